@@ -1,0 +1,2 @@
+#![forbid(unsafe_code)]
+//! mcp-keycloak-operator: secures MCP servers with Keycloak.
