@@ -1,0 +1,256 @@
+//! Bounded cache of introspection results, keyed by the SHA-256 of the token (the token
+//! itself is never stored).
+//!
+//! Lifetimes:
+//! - an active token is reused for `min(ttl, exp - now)`; a token without `exp` for `ttl`;
+//!   an already-expired one is not cached;
+//! - an inactive token is reused for `negative_ttl` (default 5 s, capped by `ttl`), which
+//!   shields Keycloak from a client retrying a dead token in a loop; a token never turns
+//!   active again, so this cannot wrongly refuse a good one;
+//! - introspection failures are never cached;
+//! - `ttl == 0` disables the cache.
+//!
+//! When full, expired entries are purged; if still full, the tenth of entries closest to
+//! expiry is evicted (amortised O(log n) per insert).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use super::auth::TokenInfo;
+
+pub type TokenKey = [u8; 32];
+
+/// SHA-256 of the token.
+pub fn token_key(token: &str) -> TokenKey {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// How long an introspection result may be reused; `None` = do not cache.
+pub fn entry_lifetime(
+    info: &TokenInfo,
+    ttl: Duration,
+    negative_ttl: Duration,
+    now: SystemTime,
+) -> Option<Duration> {
+    let lifetime = match info {
+        TokenInfo::Inactive => negative_ttl.min(ttl),
+        TokenInfo::Active(token) => match token.expires_at() {
+            Some(exp) => ttl.min(exp.duration_since(now).ok()?),
+            None => ttl,
+        },
+    };
+    (!lifetime.is_zero()).then_some(lifetime)
+}
+
+struct Entry {
+    info: Arc<TokenInfo>,
+    expires_at: Instant,
+}
+
+pub struct TokenCache {
+    ttl: Duration,
+    negative_ttl: Duration,
+    max_entries: usize,
+    map: Mutex<HashMap<TokenKey, Entry>>,
+}
+
+impl TokenCache {
+    pub fn new(ttl: Duration, negative_ttl: Duration, max_entries: usize) -> Self {
+        Self {
+            ttl,
+            negative_ttl,
+            max_entries,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenKey, Entry>> {
+        // A panic while holding the lock cannot leave the map inconsistent.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A still-valid entry.
+    pub fn get(&self, key: &TokenKey, now: Instant) -> Option<Arc<TokenInfo>> {
+        let mut map = self.lock();
+        match map.get(key) {
+            Some(entry) if entry.expires_at > now => Some(entry.info.clone()),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Stores a result for as long as [`entry_lifetime`] allows (maybe not at all).
+    pub fn insert(&self, key: TokenKey, info: Arc<TokenInfo>, now: Instant, wall: SystemTime) {
+        if self.max_entries == 0 {
+            return;
+        }
+        let Some(lifetime) = entry_lifetime(&info, self.ttl, self.negative_ttl, wall) else {
+            return;
+        };
+        let expires_at = now + lifetime;
+        let mut map = self.lock();
+        if map.len() >= self.max_entries && !map.contains_key(&key) {
+            map.retain(|_, e| e.expires_at > now);
+            if map.len() >= self.max_entries {
+                let mut by_expiry: Vec<(Instant, TokenKey)> =
+                    map.iter().map(|(k, e)| (e.expires_at, *k)).collect();
+                let evict = (self.max_entries / 10).max(1).min(by_expiry.len());
+                by_expiry.select_nth_unstable(evict - 1);
+                for (_, k) in &by_expiry[..evict] {
+                    map.remove(k);
+                }
+            }
+        }
+        map.insert(key, Entry { info, expires_at });
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::auth::ActiveToken;
+    use std::time::UNIX_EPOCH;
+
+    fn wall() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn active(exp: Option<u64>) -> TokenInfo {
+        TokenInfo::Active(ActiveToken {
+            subject: None,
+            client_id: None,
+            scopes: vec![],
+            audience: None,
+            exp,
+            nbf: None,
+            bearer_type: true,
+        })
+    }
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn lifetime_bounded_by_exp_and_ttl() {
+        // exp far away: ttl wins.
+        assert_eq!(
+            entry_lifetime(&active(Some(1_800_000_600)), S(30), S(5), wall()),
+            Some(S(30))
+        );
+        // exp sooner than ttl: exp wins.
+        assert_eq!(
+            entry_lifetime(&active(Some(1_800_000_007)), S(30), S(5), wall()),
+            Some(S(7))
+        );
+        // expired or expiring now: not cached.
+        assert_eq!(
+            entry_lifetime(&active(Some(1_800_000_000)), S(30), S(5), wall()),
+            None
+        );
+        assert_eq!(
+            entry_lifetime(&active(Some(1_700_000_000)), S(30), S(5), wall()),
+            None
+        );
+        // no exp: ttl.
+        assert_eq!(
+            entry_lifetime(&active(None), S(30), S(5), wall()),
+            Some(S(30))
+        );
+        // ttl 0 disables caching entirely.
+        assert_eq!(entry_lifetime(&active(None), S(0), S(5), wall()), None);
+        assert_eq!(
+            entry_lifetime(&TokenInfo::Inactive, S(0), S(5), wall()),
+            None
+        );
+        // negative results: short, capped by ttl.
+        assert_eq!(
+            entry_lifetime(&TokenInfo::Inactive, S(30), S(5), wall()),
+            Some(S(5))
+        );
+        assert_eq!(
+            entry_lifetime(&TokenInfo::Inactive, S(2), S(5), wall()),
+            Some(S(2))
+        );
+        assert_eq!(
+            entry_lifetime(&TokenInfo::Inactive, S(30), S(0), wall()),
+            None
+        );
+    }
+
+    #[test]
+    fn entries_expire_at_their_lifetime() {
+        let cache = TokenCache::new(S(30), S(5), 100);
+        let t0 = Instant::now();
+        let k_exp = token_key("expiring-soon");
+        let k_ttl = token_key("long-lived");
+        let k_neg = token_key("revoked");
+        cache.insert(k_exp, Arc::new(active(Some(1_800_000_010))), t0, wall());
+        cache.insert(k_ttl, Arc::new(active(Some(1_800_009_999))), t0, wall());
+        cache.insert(k_neg, Arc::new(TokenInfo::Inactive), t0, wall());
+        assert!(cache.get(&k_exp, t0 + S(9)).is_some());
+        assert!(cache.get(&k_exp, t0 + S(10)).is_none(), "outlived exp");
+        assert!(cache.get(&k_neg, t0 + S(4)).is_some());
+        assert!(
+            cache.get(&k_neg, t0 + S(5)).is_none(),
+            "negative entry outlived negative ttl"
+        );
+        assert!(cache.get(&k_ttl, t0 + S(29)).is_some());
+        assert!(cache.get(&k_ttl, t0 + S(30)).is_none(), "outlived ttl");
+        assert!(cache.is_empty(), "expired entries are removed on lookup");
+    }
+
+    #[test]
+    fn bounded_size_evicts_soonest_expiring() {
+        let cache = TokenCache::new(S(1000), S(5), 10);
+        let t0 = Instant::now();
+        for i in 0..10u64 {
+            let info = Arc::new(active(Some(1_800_000_100 + i)));
+            cache.insert(token_key(&format!("t{i}")), info, t0, wall());
+        }
+        assert_eq!(cache.len(), 10);
+        cache.insert(token_key("new"), Arc::new(active(None)), t0, wall());
+        assert_eq!(cache.len(), 10);
+        assert!(
+            cache.get(&token_key("t0"), t0).is_none(),
+            "soonest-expiring entry evicted"
+        );
+        assert!(cache.get(&token_key("t9"), t0).is_some());
+        assert!(cache.get(&token_key("new"), t0).is_some());
+        // Expired entries go first.
+        let later = t0 + S(105);
+        cache.insert(
+            token_key("newer"),
+            Arc::new(active(None)),
+            later,
+            wall() + S(105),
+        );
+        assert!(
+            cache.len() <= 6,
+            "expired entries were purged, len {}",
+            cache.len()
+        );
+    }
+
+    #[test]
+    fn key_is_sha256_not_the_token() {
+        let k = token_key("abc");
+        assert_eq!(
+            hex::encode(k),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

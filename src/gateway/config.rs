@@ -1,0 +1,499 @@
+//! Command-line / environment configuration of the auth gateway and its validation.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use super::metadata;
+use super::GatewayError;
+
+/// Default bound on request bodies (4 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Environment variable the client secret is read from (never a command-line flag).
+pub const CLIENT_SECRET_ENV: &str = "OAUTH_CLIENT_SECRET";
+/// Longest bearer token the gateway accepts (larger ones are refused as malformed).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The introspection client's secret. `Debug` never shows the value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClientSecret(String);
+
+impl ClientSecret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself; only the introspection client calls this.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientSecret([redacted])")
+    }
+}
+
+/// Configuration of `mcp-keycloak-operator proxy`.
+///
+/// Every flag can also be given through the environment variable named in its help.
+/// The client secret is deliberately not a flag: it comes from `client_secret` (set
+/// programmatically), else the file named by `--client-secret-file`, else the
+/// `OAUTH_CLIENT_SECRET` environment variable.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Auth gateway")]
+pub struct GatewayConfig {
+    /// Address the proxied MCP endpoint listens on.
+    #[arg(long, env = "MCP_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin listener serving `/healthz` and `/metrics` (unauthenticated,
+    /// kept off the MCP port so no MCP server path is shadowed).
+    #[arg(long, env = "MCP_GATEWAY_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Base URL of the MCP server behind the gateway (plain http, usually localhost).
+    #[arg(
+        long,
+        env = "MCP_GATEWAY_UPSTREAM",
+        default_value = "http://127.0.0.1:3000"
+    )]
+    pub upstream: String,
+
+    /// Canonical URL of the MCP server as clients see it: the protected-resource
+    /// metadata `resource` and the audience every token must carry. Used verbatim.
+    #[arg(long, env = "MCP_SERVER_URL")]
+    pub resource_url: String,
+
+    /// Keycloak issuer as browsers see it (`{publicUrl}/realms/{realm}`), advertised
+    /// verbatim in `authorization_servers`.
+    #[arg(long, env = "MCP_AUTH_ISSUER")]
+    pub issuer: String,
+
+    /// RFC 7662 introspection endpoint reachable from the pod
+    /// (`{url}/realms/{realm}/protocol/openid-connect/token/introspect`).
+    #[arg(long, env = "MCP_AUTH_INTROSPECTION_ENDPOINT")]
+    pub introspection_endpoint: String,
+
+    /// Confidential client used for introspection (HTTP basic auth).
+    #[arg(long, env = "OAUTH_CLIENT_ID")]
+    pub client_id: String,
+
+    /// Introspection client secret; never a flag. See the type-level docs.
+    #[arg(skip)]
+    pub client_secret: Option<ClientSecret>,
+
+    /// File holding the introspection client secret (e.g. a mounted Secret); takes
+    /// precedence over `OAUTH_CLIENT_SECRET`.
+    #[arg(long, env = "OAUTH_CLIENT_SECRET_FILE")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// Space-separated scopes every token must carry (e.g. `mcp:tools`).
+    #[arg(long, env = "MCP_REQUIRED_SCOPES", default_value = "")]
+    pub required_scopes: String,
+
+    /// Optional human-readable `resource_name` for the protected-resource metadata.
+    #[arg(long, env = "MCP_RESOURCE_NAME")]
+    pub resource_name: Option<String>,
+
+    /// Upper bound, in seconds, on how long a positive introspection result is reused
+    /// (never beyond the token's `exp`). 0 disables caching.
+    #[arg(
+        long = "cache-ttl",
+        env = "MCP_GATEWAY_CACHE_TTL_SECONDS",
+        default_value_t = 30
+    )]
+    pub cache_ttl_seconds: u64,
+
+    /// How long, in seconds, an inactive-token answer is reused (capped by `--cache-ttl`).
+    #[arg(
+        long = "negative-cache-ttl",
+        env = "MCP_GATEWAY_NEGATIVE_CACHE_TTL_SECONDS",
+        default_value_t = 5
+    )]
+    pub negative_cache_ttl_seconds: u64,
+
+    /// Maximum number of cached introspection results.
+    #[arg(long, env = "MCP_GATEWAY_CACHE_MAX_ENTRIES", default_value_t = 10_000)]
+    pub cache_max_entries: usize,
+
+    /// Largest request body forwarded upstream; larger ones get 413.
+    #[arg(long, env = "MCP_GATEWAY_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Timeout of one introspection call, in milliseconds.
+    #[arg(
+        long,
+        env = "MCP_GATEWAY_INTROSPECTION_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub introspection_timeout_ms: u64,
+
+    /// PEM bundle of extra CA certificates trusted for an https introspection endpoint.
+    #[arg(long, env = "MCP_GATEWAY_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+
+    /// After a shutdown signal, how long (seconds) open streams may drain.
+    #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl GatewayConfig {
+    /// A configuration with every optional setting at its default, for embedding and tests.
+    pub fn new(
+        resource_url: impl Into<String>,
+        issuer: impl Into<String>,
+        introspection_endpoint: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: ClientSecret,
+    ) -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            upstream: "http://127.0.0.1:3000".to_owned(),
+            resource_url: resource_url.into(),
+            issuer: issuer.into(),
+            introspection_endpoint: introspection_endpoint.into(),
+            client_id: client_id.into(),
+            client_secret: Some(client_secret),
+            client_secret_file: None,
+            required_scopes: String::new(),
+            resource_name: None,
+            cache_ttl_seconds: 30,
+            negative_cache_ttl_seconds: 5,
+            cache_max_entries: 10_000,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            introspection_timeout_ms: 5000,
+            ca_bundle: None,
+            shutdown_grace_seconds: 10,
+        }
+    }
+
+    /// Checks the configuration and derives everything the gateway needs at run time.
+    pub(crate) fn validate(&self) -> Result<Settings, GatewayError> {
+        let resource = check_resource_url(&self.resource_url)?;
+        let metadata_url = metadata::metadata_url(&resource);
+        let metadata_paths = metadata::metadata_paths(&resource);
+
+        let issuer = self.issuer.trim();
+        let issuer_url = Url::parse(issuer)
+            .map_err(|e| config_err(format!("--issuer {issuer:?} is not a URL: {e}")))?;
+        if !matches!(issuer_url.scheme(), "http" | "https") {
+            return Err(config_err("--issuer must be an http(s) URL"));
+        }
+
+        let introspection_endpoint = Url::parse(self.introspection_endpoint.trim())
+            .map_err(|e| config_err(format!("--introspection-endpoint is not a URL: {e}")))?;
+        if !matches!(introspection_endpoint.scheme(), "http" | "https") {
+            return Err(config_err(
+                "--introspection-endpoint must be an http(s) URL",
+            ));
+        }
+
+        if self.client_id.trim().is_empty() {
+            return Err(config_err("--client-id / OAUTH_CLIENT_ID is empty"));
+        }
+        let client_secret = self.resolve_secret()?;
+
+        let required_scopes = parse_scopes(&self.required_scopes)?;
+        let upstream = Upstream::parse(&self.upstream)?;
+
+        if self.cache_max_entries == 0 && self.cache_ttl_seconds > 0 {
+            return Err(config_err(
+                "--cache-max-entries must be positive (use --cache-ttl 0 to disable caching)",
+            ));
+        }
+        if self.introspection_timeout_ms == 0 {
+            return Err(config_err("--introspection-timeout-ms must be positive"));
+        }
+
+        let ttl = Duration::from_secs(self.cache_ttl_seconds);
+        Ok(Settings {
+            resource,
+            issuer: issuer.to_owned(),
+            resource_name: self.resource_name.clone().filter(|n| !n.trim().is_empty()),
+            metadata_url,
+            metadata_paths,
+            required_scopes,
+            upstream,
+            introspection_endpoint,
+            client_id: self.client_id.trim().to_owned(),
+            client_secret,
+            cache_ttl: ttl,
+            negative_cache_ttl: Duration::from_secs(self.negative_cache_ttl_seconds).min(ttl),
+            cache_max_entries: self.cache_max_entries,
+            max_body_bytes: self.max_body_bytes,
+            introspection_timeout: Duration::from_millis(self.introspection_timeout_ms),
+            ca_bundle: self.ca_bundle.clone(),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+        })
+    }
+
+    fn resolve_secret(&self) -> Result<ClientSecret, GatewayError> {
+        let secret = if let Some(secret) = &self.client_secret {
+            secret.clone()
+        } else if let Some(path) = &self.client_secret_file {
+            let raw = std::fs::read_to_string(path).map_err(|source| GatewayError::ReadFile {
+                what: "client secret",
+                path: path.clone(),
+                source,
+            })?;
+            ClientSecret::new(raw.trim_end_matches(['\r', '\n']))
+        } else {
+            ClientSecret::new(std::env::var(CLIENT_SECRET_ENV).unwrap_or_default())
+        };
+        if secret.expose().is_empty() {
+            return Err(config_err(format!(
+                "no introspection client secret: set {CLIENT_SECRET_ENV} or --client-secret-file"
+            )));
+        }
+        Ok(secret)
+    }
+}
+
+fn config_err(msg: impl Into<String>) -> GatewayError {
+    GatewayError::Config(msg.into())
+}
+
+/// The resource URL, checked but kept byte-for-byte as configured (a parsed `Url` would
+/// add a trailing slash to `https://host`, which clients compare exactly).
+#[derive(Clone, Debug)]
+pub(crate) struct Resource {
+    pub raw: String,
+    pub parsed: Url,
+}
+
+fn check_resource_url(raw: &str) -> Result<Resource, GatewayError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(config_err("--resource-url / MCP_SERVER_URL is required"));
+    }
+    if raw
+        .chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control())
+    {
+        return Err(config_err(
+            "--resource-url contains whitespace, quotes or backslashes",
+        ));
+    }
+    let parsed = Url::parse(raw)
+        .map_err(|e| config_err(format!("--resource-url {raw:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(config_err("--resource-url must be an http(s) URL"));
+    }
+    if parsed.host_str().is_none() {
+        return Err(config_err("--resource-url has no host"));
+    }
+    if parsed.fragment().is_some() || parsed.query().is_some() {
+        return Err(config_err(
+            "--resource-url must not have a query or fragment",
+        ));
+    }
+    Ok(Resource {
+        raw: raw.to_owned(),
+        parsed,
+    })
+}
+
+/// Splits a space-separated scope list, checking each against RFC 6749 `scope-token`.
+pub(crate) fn parse_scopes(list: &str) -> Result<Vec<String>, GatewayError> {
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in list.split_ascii_whitespace() {
+        let ok = scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+        if !ok {
+            return Err(config_err(format!(
+                "invalid scope {scope:?} in --required-scopes"
+            )));
+        }
+        if !scopes.iter().any(|s| s == scope) {
+            scopes.push(scope.to_owned());
+        }
+    }
+    Ok(scopes)
+}
+
+/// Where requests are forwarded: `http://authority[/base]`.
+#[derive(Clone, Debug)]
+pub(crate) struct Upstream {
+    pub authority: http::uri::Authority,
+    /// Path prefix without a trailing slash ("" for none).
+    pub base_path: String,
+}
+
+impl Upstream {
+    fn parse(raw: &str) -> Result<Self, GatewayError> {
+        let uri: http::Uri = raw
+            .trim()
+            .parse()
+            .map_err(|e| config_err(format!("--upstream {raw:?} is not a URI: {e}")))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(config_err(
+                "--upstream must be a plain http:// URL (the MCP server next to the gateway)",
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| config_err("--upstream has no host"))?;
+        if uri.query().is_some() {
+            return Err(config_err("--upstream must not have a query"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            authority,
+            base_path,
+        })
+    }
+
+    /// The upstream URI for an incoming request's path and query.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<http::Uri, http::Error> {
+        let pq = if path_and_query.is_empty() {
+            "/"
+        } else {
+            path_and_query
+        };
+        let full = format!("{}{}", self.base_path, pq);
+        http::Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(full)
+            .build()
+    }
+}
+
+/// Validated, derived settings.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub resource: Resource,
+    pub issuer: String,
+    pub resource_name: Option<String>,
+    pub metadata_url: String,
+    pub metadata_paths: Vec<String>,
+    pub required_scopes: Vec<String>,
+    pub upstream: Upstream,
+    pub introspection_endpoint: Url,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+    pub cache_max_entries: usize,
+    pub max_body_bytes: usize,
+    pub introspection_timeout: Duration,
+    pub ca_bundle: Option<PathBuf>,
+    pub shutdown_grace: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> GatewayConfig {
+        GatewayConfig::new(
+            "https://mcp.example.com/mcp",
+            "https://kc.example.com/realms/mcp",
+            "http://keycloak:8080/realms/mcp/protocol/openid-connect/token/introspect",
+            "mcp-gateway",
+            ClientSecret::new("s3cr3t-value"),
+        )
+    }
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let dbg = format!("{:?}", config());
+        assert!(!dbg.contains("s3cr3t-value"), "{dbg}");
+        assert!(dbg.contains("[redacted]"));
+        let settings = config().validate().unwrap();
+        assert!(!format!("{settings:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn resource_url_is_kept_verbatim() {
+        let mut c = config();
+        c.resource_url = "https://mcp.example.com".into();
+        assert_eq!(
+            c.validate().unwrap().resource.raw,
+            "https://mcp.example.com"
+        );
+        c.resource_url = "https://mcp.example.com/".into();
+        assert_eq!(
+            c.validate().unwrap().resource.raw,
+            "https://mcp.example.com/"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_urls_and_scopes() {
+        for bad in [
+            "",
+            "mcp.example.com",
+            "ftp://x/y",
+            "https://x/mcp#frag",
+            "https://x/mcp?q=1",
+            "https://x/a\"b",
+        ] {
+            let mut c = config();
+            c.resource_url = bad.into();
+            assert!(c.validate().is_err(), "accepted resource {bad:?}");
+        }
+        let mut c = config();
+        c.required_scopes = "mcp:tools bad\"scope".into();
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.upstream = "https://127.0.0.1:3000".into();
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.client_secret = Some(ClientSecret::new(""));
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn scopes_are_split_and_deduplicated() {
+        assert_eq!(
+            parse_scopes("  mcp:tools  mcp:prompts mcp:tools ").unwrap(),
+            vec!["mcp:tools", "mcp:prompts"]
+        );
+        assert!(parse_scopes("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn negative_ttl_is_capped_by_ttl() {
+        let mut c = config();
+        c.cache_ttl_seconds = 2;
+        c.negative_cache_ttl_seconds = 60;
+        assert_eq!(
+            c.validate().unwrap().negative_cache_ttl,
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn upstream_uri_joins_base_path() {
+        let up = Upstream::parse("http://127.0.0.1:3000").unwrap();
+        assert_eq!(
+            up.uri_for("/mcp?x=1").unwrap().to_string(),
+            "http://127.0.0.1:3000/mcp?x=1"
+        );
+        let up = Upstream::parse("http://localhost:8000/base/").unwrap();
+        assert_eq!(
+            up.uri_for("/mcp").unwrap().to_string(),
+            "http://localhost:8000/base/mcp"
+        );
+    }
+
+    #[test]
+    fn secret_from_file() {
+        let dir = std::env::temp_dir().join(format!("gw-secret-{}", std::process::id()));
+        std::fs::write(&dir, "from-file\n").unwrap();
+        let mut c = config();
+        c.client_secret = None;
+        c.client_secret_file = Some(dir.clone());
+        assert_eq!(c.validate().unwrap().client_secret.expose(), "from-file");
+        std::fs::remove_file(dir).unwrap();
+    }
+}

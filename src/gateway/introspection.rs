@@ -1,0 +1,226 @@
+//! RFC 7662 token introspection against Keycloak, behind the [`TokenCache`] and a
+//! single-flight table so concurrent requests with the same uncached token cause one call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use url::Url;
+
+use super::auth::{IntrospectionResponse, TokenInfo};
+use super::cache::{token_key, TokenCache, TokenKey};
+use super::config::{ClientSecret, Settings};
+use super::metrics::Metrics;
+use super::GatewayError;
+
+/// Largest introspection response accepted.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// Why a token could not be checked. Never carries the token; failures are not cached and
+/// the request is refused with 503 (fail closed).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IntrospectionError {
+    #[error("introspection request timed out")]
+    Timeout,
+    #[error("introspection endpoint unreachable: {0}")]
+    Transport(String),
+    #[error("introspection endpoint rejected the gateway's client credentials (HTTP {0}); check OAUTH_CLIENT_ID / OAUTH_CLIENT_SECRET")]
+    Credentials(u16),
+    #[error("introspection endpoint answered HTTP {0}")]
+    Status(u16),
+    #[error("introspection response is not valid RFC 7662 JSON: {0}")]
+    InvalidResponse(String),
+    #[error("introspection task failed")]
+    Task,
+}
+
+impl IntrospectionError {
+    fn from_reqwest(e: &reqwest::Error) -> Self {
+        if e.is_timeout() {
+            return Self::Timeout;
+        }
+        // The chain names the endpoint and the I/O cause; the token is only ever in the
+        // request body, which errors do not echo.
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        Self::Transport(msg)
+    }
+}
+
+type SharedCall = Shared<BoxFuture<'static, Result<Arc<TokenInfo>, IntrospectionError>>>;
+
+/// Checks tokens, cached. Cheap to clone.
+#[derive(Clone)]
+pub struct Introspector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoint: Url,
+    /// RFC 6749 §2.3.1: client id and secret are form-urlencoded before basic auth.
+    client_id: String,
+    client_secret: ClientSecret,
+    cache: TokenCache,
+    inflight: Mutex<HashMap<TokenKey, SharedCall>>,
+    metrics: Arc<Metrics>,
+}
+
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+impl Introspector {
+    pub(crate) fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Self, GatewayError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(settings.introspection_timeout)
+            .connect_timeout(settings.introspection_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!(
+                "mcp-keycloak-operator-gateway/",
+                env!("CARGO_PKG_VERSION")
+            ));
+        if let Some(path) = &settings.ca_bundle {
+            let pem = std::fs::read(path).map_err(|source| GatewayError::ReadFile {
+                what: "CA bundle",
+                path: path.clone(),
+                source,
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(GatewayError::HttpClient)?;
+            if certs.is_empty() {
+                return Err(GatewayError::Config(format!(
+                    "--ca-bundle {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(GatewayError::HttpClient)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                endpoint: settings.introspection_endpoint.clone(),
+                client_id: form_encode(&settings.client_id),
+                client_secret: ClientSecret::new(form_encode(settings.client_secret.expose())),
+                cache: TokenCache::new(
+                    settings.cache_ttl,
+                    settings.negative_cache_ttl,
+                    settings.cache_max_entries,
+                ),
+                inflight: Mutex::new(HashMap::new()),
+                metrics,
+            }),
+        })
+    }
+
+    /// The introspection result for `token`, from the cache when possible.
+    pub async fn check(&self, token: &str) -> Result<Arc<TokenInfo>, IntrospectionError> {
+        let key = token_key(token);
+        if let Some(info) = self.inner.cache.get(&key, Instant::now()) {
+            self.inner.metrics.cache_hit();
+            return Ok(info);
+        }
+        self.inner.metrics.cache_miss();
+        let call = {
+            let mut inflight = self.inner.lock_inflight();
+            match inflight.get(&key) {
+                Some(call) => call.clone(),
+                None => {
+                    let inner = self.inner.clone();
+                    let token = token.to_owned();
+                    // A task, so the call completes (and leaves the in-flight table) even
+                    // if every waiting client goes away.
+                    let task = tokio::spawn(async move {
+                        let result = inner.introspect(&token).await;
+                        if let Ok(info) = &result {
+                            inner.cache.insert(
+                                key,
+                                info.clone(),
+                                Instant::now(),
+                                SystemTime::now(),
+                            );
+                            inner.metrics.cache_entries(inner.cache.len());
+                        }
+                        inner.lock_inflight().remove(&key);
+                        result
+                    });
+                    let call = async move { task.await.unwrap_or(Err(IntrospectionError::Task)) }
+                        .boxed()
+                        .shared();
+                    inflight.insert(key, call.clone());
+                    call
+                }
+            }
+        };
+        call.await
+    }
+}
+
+impl Inner {
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<TokenKey, SharedCall>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn introspect(&self, token: &str) -> Result<Arc<TokenInfo>, IntrospectionError> {
+        let started = Instant::now();
+        let result = self.call(token).await;
+        let label = match &result {
+            Ok(info) if matches!(**info, TokenInfo::Inactive) => "inactive",
+            Ok(_) => "active",
+            Err(_) => "error",
+        };
+        self.metrics
+            .introspection(label, started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn call(&self, token: &str) -> Result<Arc<TokenInfo>, IntrospectionError> {
+        let mut response = self
+            .http
+            .post(self.endpoint.clone())
+            .basic_auth(&self.client_id, Some(self.client_secret.expose()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&[("token", token), ("token_type_hint", "access_token")])
+            .send()
+            .await
+            .map_err(|e| IntrospectionError::from_reqwest(&e))?;
+        let status = response.status().as_u16();
+        match status {
+            200 => {}
+            401 | 403 => return Err(IntrospectionError::Credentials(status)),
+            _ => return Err(IntrospectionError::Status(status)),
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| IntrospectionError::from_reqwest(&e))?
+        {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(IntrospectionError::InvalidResponse(
+                    "response too large".to_owned(),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        // Report only the position and category of a parse error: serde messages can
+        // quote values from the response.
+        let parsed: IntrospectionResponse = serde_json::from_slice(&body).map_err(|e| {
+            IntrospectionError::InvalidResponse(format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        Ok(Arc::new(parsed.into()))
+    }
+}

@@ -1,0 +1,351 @@
+//! MCP auth gateway: a reverse proxy, run as a sidecar in front of an MCP server, that
+//! enforces the MCP authorization spec (2025-06-18 / 2025-11-25) with Keycloak token
+//! introspection.
+//!
+//! # MCP listener (`--listen`, default `0.0.0.0:8080`)
+//! - `GET /.well-known/oauth-protected-resource` and, when the resource URL has a path
+//!   (`https://h/mcp`), `GET /.well-known/oauth-protected-resource/mcp`: RFC 9728 metadata
+//!   `{resource, authorization_servers: [issuer], scopes_supported, bearer_methods_supported:
+//!   ["header"], resource_name?}`, with `Access-Control-Allow-Origin: *` (OPTIONS answered).
+//! - Every other path is proxied to `--upstream` after authorization:
+//!   - no bearer token → 401 `WWW-Authenticate: Bearer resource_metadata="…", scope="…"`;
+//!   - malformed, inactive, expired, wrong-type or wrong-audience token → 401 with
+//!     `error="invalid_token"` added;
+//!   - active token for this audience lacking a required scope → 403
+//!     `error="insufficient_scope"`;
+//!   - introspection unreachable / non-200 / invalid → 503 (fail closed, never forwarded);
+//!   - body over `--max-body-bytes` → 413; upstream unreachable → 502.
+//! - A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`, no
+//!   `Authorization`) is forwarded without authentication so the MCP server's CORS answers.
+//! - Forwarded requests lose `Authorization`, `Host`, hop-by-hop headers and every
+//!   client-sent `X-MCP-Auth-*` header, and gain `X-MCP-Auth-Subject` (`sub`),
+//!   `X-MCP-Auth-Client-Id` (`client_id`, else `azp`), `X-MCP-Auth-Scopes` (granted scopes,
+//!   space-separated), `X-Forwarded-For` (appended) and `X-Forwarded-Host` (if absent).
+//!   All other headers (`Mcp-Session-Id`, `Mcp-Protocol-Version`, `Last-Event-ID`, …) pass
+//!   both ways. Request bodies are read (bounded) before forwarding; responses, including
+//!   SSE, are streamed frame by frame.
+//!
+//! # Admin listener (`--admin-listen`, default `0.0.0.0:9090`)
+//! `GET /healthz` (liveness, `ok`) and `GET /metrics` (OpenMetrics text, see [`metrics`]).
+//! Both are unauthenticated and kept off the MCP port so no MCP server path is shadowed.
+//!
+//! Tokens and the client secret are never logged; the cache keys on SHA-256 of the token.
+
+mod auth;
+mod cache;
+mod config;
+mod introspection;
+mod metadata;
+pub mod metrics;
+mod proxy;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use futures::FutureExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpListener;
+
+pub use auth::{Audience, Decision, Identity, IntrospectionResponse, TokenInfo};
+pub use config::{ClientSecret, GatewayConfig, CLIENT_SECRET_ENV, DEFAULT_MAX_BODY_BYTES};
+pub use introspection::IntrospectionError;
+pub use metadata::{Challenge, InvalidReason, ProtectedResourceMetadata, WELL_KNOWN_PRM};
+pub use metrics::Outcome;
+pub use proxy::{HEADER_CLIENT_ID, HEADER_SCOPES, HEADER_SUBJECT, IDENTITY_HEADER_PREFIX};
+
+use proxy::AppState;
+
+/// Errors of the gateway's setup and serving (request-level failures become HTTP answers).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid gateway configuration: {0}")]
+    Config(String),
+    #[error("cannot read the {what} from {}: {source}", path.display())]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the introspection HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gateway server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A configured gateway: build it once, then serve its routers.
+#[derive(Clone)]
+pub struct Gateway {
+    state: Arc<AppState>,
+}
+
+impl Gateway {
+    /// Validates `config` and prepares the introspection and upstream clients.
+    pub fn new(config: &GatewayConfig) -> Result<Self, GatewayError> {
+        let settings = config.validate()?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let introspector = introspection::Introspector::new(&settings, metrics.clone())?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let document = ProtectedResourceMetadata::new(
+            &settings.resource,
+            &settings.issuer,
+            &settings.required_scopes,
+            settings.resource_name.as_deref(),
+        );
+        let metadata_json = serde_json::to_vec(&document)
+            .map_err(|e| GatewayError::Config(format!("metadata not serializable: {e}")))?
+            .into();
+        tracing::info!(
+            resource = %settings.resource.raw,
+            issuer = %settings.issuer,
+            metadata_url = %settings.metadata_url,
+            introspection_endpoint = %settings.introspection_endpoint,
+            client_id = %settings.client_id,
+            required_scopes = %settings.required_scopes.join(" "),
+            upstream = %settings.upstream.authority,
+            cache_ttl_s = settings.cache_ttl.as_secs(),
+            "MCP auth gateway configured"
+        );
+        Ok(Self {
+            state: Arc::new(AppState {
+                settings,
+                introspector,
+                client,
+                metrics,
+                metadata_json,
+            }),
+        })
+    }
+
+    /// The MCP listener's router: metadata, then authorization and proxying for every other
+    /// path. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` to get
+    /// `X-Forwarded-For`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .fallback(proxy::handle)
+            .with_state(self.state.clone())
+    }
+
+    /// The admin listener's router: `/healthz` and `/metrics`.
+    pub fn admin_router(&self) -> Router {
+        let metrics = self.state.metrics.clone();
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/metrics",
+                get(move || {
+                    let metrics = metrics.clone();
+                    async move {
+                        (
+                            [(
+                                http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            metrics.encode(),
+                        )
+                    }
+                }),
+            )
+    }
+
+    /// Current metrics in OpenMetrics text.
+    pub fn metrics_text(&self) -> String {
+        self.state.metrics.encode()
+    }
+
+    /// The advertised `resource_metadata` URL.
+    pub fn metadata_url(&self) -> &str {
+        &self.state.settings.metadata_url
+    }
+
+    /// Serves until `shutdown` resolves, then lets open requests (e.g. SSE streams) drain
+    /// for at most `--shutdown-grace-seconds`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        admin_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
+        let shutdown = shutdown.boxed().shared();
+        let grace = self.state.settings.shutdown_grace;
+        let main = axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone())
+        .into_future();
+        let admin_router = self.admin_router();
+        let admin_shutdown = shutdown.clone();
+        let admin = async move {
+            match admin_listener {
+                Some(l) => {
+                    axum::serve(l, admin_router)
+                        .with_graceful_shutdown(admin_shutdown)
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        let servers = async { tokio::try_join!(main, admin).map(|_| ()) };
+        let deadline = async {
+            shutdown.await;
+            tracing::info!(
+                grace_s = grace.as_secs(),
+                "shutting down; draining open requests"
+            );
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = servers => result.map_err(GatewayError::Serve),
+            () = deadline => {
+                tracing::warn!("drain period over; closing remaining connections");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The MCP listener's router for `gateway` (see [`Gateway::router`]).
+pub fn router(gateway: &Gateway) -> Router {
+    gateway.router()
+}
+
+/// Serves the MCP listener only (no admin endpoints) on `listener` until `shutdown`.
+pub async fn serve(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    Gateway::new(&config)?.serve(listener, None, shutdown).await
+}
+
+/// Serves the MCP listener and the admin listener until `shutdown`.
+pub async fn serve_with_admin(
+    config: GatewayConfig,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    Gateway::new(&config)?
+        .serve(listener, Some(admin_listener), shutdown)
+        .await
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr, source })
+}
+
+/// `mcp-keycloak-operator proxy`: binds `--listen` and `--admin-listen`, serves until
+/// SIGTERM or SIGINT.
+pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
+    let gateway = Gateway::new(&config)?;
+    let listener = bind(config.listen).await?;
+    let admin = bind(config.admin_listen).await?;
+    tracing::info!(listen = %config.listen, admin_listen = %config.admin_listen, "MCP auth gateway listening");
+    gateway
+        .serve(listener, Some(admin), shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the gateway");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// A gateway running in the background on loopback ephemeral ports (tests, benchmarks,
+/// conformance runs). Dropping the handle shuts it down.
+pub struct GatewayHandle {
+    /// MCP listener address.
+    pub addr: SocketAddr,
+    /// Admin listener address (`/healthz`, `/metrics`).
+    pub admin_addr: SocketAddr,
+    pub gateway: Gateway,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), GatewayError>>,
+}
+
+impl GatewayHandle {
+    /// `http://127.0.0.1:PORT` of the MCP listener.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// Stops the gateway and waits for it.
+    pub async fn shutdown(mut self) -> Result<(), GatewayError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) => Err(GatewayError::Serve(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Starts a gateway for `config` on `127.0.0.1:0` (both listeners; `listen` and
+/// `admin_listen` are ignored) in a background task.
+pub async fn spawn(config: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
+    let gateway = Gateway::new(&config)?;
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener = bind(loopback).await?;
+    let admin = bind(loopback).await?;
+    let addr = listener.local_addr().map_err(GatewayError::Serve)?;
+    let admin_addr = admin.local_addr().map_err(GatewayError::Serve)?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gateway.clone().serve(listener, Some(admin), async move {
+        let _ = rx.await;
+    }));
+    Ok(GatewayHandle {
+        addr,
+        admin_addr,
+        gateway,
+        shutdown: Some(tx),
+        task,
+    })
+}

@@ -1,0 +1,785 @@
+//! HTTP behaviour of the auth gateway against an in-process fake upstream and a fake
+//! introspection endpoint (all on 127.0.0.1).
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const GOOD: &str = "good-token.abc_DEF-123";
+const METADATA_URL: &str = "https://mcp.example.com/.well-known/oauth-protected-resource/mcp";
+
+fn www_auth(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("www-authenticate")
+        .expect("WWW-Authenticate present")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn invalid_token_challenge(description: &str) -> String {
+    format!(
+        "Bearer error=\"invalid_token\", error_description=\"{description}\", resource_metadata=\"{METADATA_URL}\", scope=\"mcp:tools\""
+    )
+}
+
+async fn get_with_token(bed: &TestBed, path: &str, token: &str) -> reqwest::Response {
+    bed.http
+        .get(bed.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, line_prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metadata_is_served_at_path_suffixed_and_root_locations() {
+    let bed = TestBed::start().await;
+    let expected = json!({
+        "resource": RESOURCE,
+        "authorization_servers": [ISSUER],
+        "scopes_supported": [SCOPE],
+        "bearer_methods_supported": ["header"],
+    });
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let resp = bed.http.get(bed.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body, expected, "{path}");
+    }
+    // CORS preflight for the metadata document is answered by the gateway.
+    let resp = bed
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            bed.url("/.well-known/oauth-protected-resource/mcp"),
+        )
+        .header("origin", "http://localhost:6274")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "mcp-protocol-version")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    assert_eq!(
+        resp.headers()["access-control-allow-headers"],
+        "mcp-protocol-version"
+    );
+    assert_eq!(bed.introspection.calls(), 0);
+    assert_eq!(bed.upstream.hits(), 0, "metadata must not be proxied");
+}
+
+#[tokio::test]
+async fn root_resource_serves_only_root_metadata_and_keeps_resource_verbatim() {
+    let bed = TestBed::start_with(|c| c.resource_url = "https://mcp.example.com".into()).await;
+    let resp = bed
+        .http
+        .get(bed.url("/.well-known/oauth-protected-resource"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["resource"], "https://mcp.example.com",
+        "no trailing slash added"
+    );
+    // Any other path is protected, including what would be the path-suffixed form.
+    let resp = bed.http.get(bed.url("/mcp")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        www_auth(&resp),
+        "Bearer resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource\", scope=\"mcp:tools\""
+    );
+}
+
+#[tokio::test]
+async fn missing_or_non_bearer_credentials_get_401_with_exact_challenge() {
+    let bed = TestBed::start().await;
+    let expected = format!("Bearer resource_metadata=\"{METADATA_URL}\", scope=\"mcp:tools\"");
+    let resp = bed
+        .http
+        .post(bed.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(www_auth(&resp), expected);
+    assert_eq!(
+        resp.headers()["access-control-expose-headers"],
+        "WWW-Authenticate"
+    );
+
+    let resp = bed
+        .http
+        .get(bed.url("/mcp"))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(www_auth(&resp), expected);
+
+    // A token in the query string is never accepted.
+    let resp = bed
+        .http
+        .get(bed.url(&format!("/mcp?access_token={GOOD}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(www_auth(&resp), expected);
+
+    assert_eq!(bed.introspection.calls(), 0);
+    assert_eq!(bed.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn malformed_bearer_gets_401_invalid_token_without_introspection() {
+    let bed = TestBed::start().await;
+    for header in ["Bearer", "Bearer a b", "Bearer tok\"en"] {
+        let resp = bed
+            .http
+            .get(bed.url("/mcp"))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{header}");
+        assert_eq!(
+            www_auth(&resp),
+            invalid_token_challenge(
+                "The Authorization header does not carry a well-formed Bearer token"
+            )
+        );
+    }
+    assert_eq!(bed.introspection.calls(), 0);
+    assert_eq!(bed.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn inactive_token_gets_401_invalid_token() {
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token("revoked", json!({"active": false}));
+    let resp = get_with_token(&bed, "/mcp", "revoked").await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        www_auth(&resp),
+        invalid_token_challenge("The access token is not active (expired, revoked or unknown)")
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_token");
+    assert_eq!(bed.introspection.calls(), 1);
+    assert_eq!(bed.introspection.seen_tokens(), vec!["revoked"]);
+    assert_eq!(bed.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn wrong_audience_gets_401_invalid_token() {
+    let bed = TestBed::start().await;
+    let mut claims = active_claims("openid mcp:tools");
+    claims["aud"] = json!(["account", "https://other.example.com/mcp"]);
+    bed.introspection.set_token("other-aud", claims);
+    let mut claims = active_claims("openid mcp:tools");
+    claims["aud"] = json!(format!("{RESOURCE}/"));
+    bed.introspection.set_token("trailing-slash-aud", claims);
+    for token in ["other-aud", "trailing-slash-aud"] {
+        let resp = get_with_token(&bed, "/mcp", token).await;
+        assert_eq!(resp.status(), 401, "{token}");
+        assert_eq!(
+            www_auth(&resp),
+            invalid_token_challenge("The access token was not issued for this resource")
+        );
+    }
+    assert_eq!(bed.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn missing_scope_gets_403_insufficient_scope() {
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token("no-scope", active_claims("openid profile"));
+    let resp = get_with_token(&bed, "/mcp", "no-scope").await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        www_auth(&resp),
+        format!(
+            "Bearer error=\"insufficient_scope\", error_description=\"The access token lacks a scope this resource requires\", resource_metadata=\"{METADATA_URL}\", scope=\"mcp:tools\""
+        )
+    );
+    assert_eq!(bed.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn allowed_request_is_forwarded_without_token_and_with_verified_identity() {
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    let resp = bed
+        .http
+        .post(bed.url("/mcp?x=1"))
+        .bearer_auth(GOOD)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", "sess-42")
+        .header("mcp-protocol-version", "2025-06-18")
+        .header("last-event-id", "7")
+        .header("x-mcp-auth-subject", "admin")
+        .header("X-MCP-Auth-Scopes", "mcp:everything")
+        .header("x-mcp-auth-client-id", "spoofed")
+        .header("x-mcp-auth-extra", "spoofed")
+        .header("connection", "x-drop-me")
+        .header("x-drop-me", "1")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["mcp-session-id"],
+        "sess-42",
+        "session id back to the client"
+    );
+    assert_eq!(resp.headers()["x-upstream"], "echo");
+    let raw = resp.text().await.unwrap();
+    assert!(!raw.contains(GOOD), "token reached the upstream: {raw}");
+    let echo: Value = serde_json::from_str(&raw).unwrap();
+    let h = &echo["headers"];
+    assert!(
+        h.get("authorization").is_none(),
+        "Authorization forwarded: {h}"
+    );
+    assert_eq!(h["x-mcp-auth-subject"], json!(["6d0e2a4c-user-1"]));
+    assert_eq!(h["x-mcp-auth-client-id"], json!(["vscode-client"]));
+    assert_eq!(h["x-mcp-auth-scopes"], json!(["openid mcp:tools"]));
+    assert!(
+        h.get("x-mcp-auth-extra").is_none(),
+        "spoofed identity header forwarded"
+    );
+    assert!(
+        h.get("x-drop-me").is_none(),
+        "Connection-listed header forwarded"
+    );
+    assert_eq!(h["mcp-session-id"], json!(["sess-42"]));
+    assert_eq!(h["mcp-protocol-version"], json!(["2025-06-18"]));
+    assert_eq!(h["last-event-id"], json!(["7"]));
+    assert_eq!(h["accept"], json!(["application/json, text/event-stream"]));
+    assert_eq!(h["x-forwarded-for"], json!(["127.0.0.1"]));
+    assert_eq!(h["x-forwarded-host"], json!([bed.gateway.addr.to_string()]));
+    assert_eq!(h["host"], json!([bed.upstream.addr.to_string()]));
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/mcp");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(echo["body_len"], 46);
+}
+
+#[tokio::test]
+async fn sse_response_streams_first_event_before_stream_ends() {
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token(GOOD, active_claims("mcp:tools"));
+    let started = Instant::now();
+    let mut resp = bed
+        .http
+        .get(bed.url("/sse?delay_ms=3000"))
+        .bearer_auth(GOOD)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.headers()["mcp-session-id"], "sess-sse");
+    let first = tokio::time::timeout(Duration::from_millis(1500), resp.chunk())
+        .await
+        .expect("first SSE event must arrive while the upstream is still streaming")
+        .unwrap()
+        .expect("a chunk");
+    let first_at = started.elapsed();
+    let first = String::from_utf8(first.to_vec()).unwrap();
+    assert!(first.contains("data: first"), "{first}");
+    assert!(
+        !first.contains("second"),
+        "the stream was buffered: {first}"
+    );
+    assert!(
+        first_at < Duration::from_millis(2000),
+        "first event after {first_at:?}"
+    );
+    let mut rest = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(6), resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        rest.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(rest.contains("id: 2\ndata: second"), "{rest}");
+    assert!(started.elapsed() >= Duration::from_millis(2900));
+}
+
+async fn raw_chunked_post(addr: std::net::SocketAddr, token: &str, total: usize) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'a'; 256];
+    let mut sent = 0;
+    while sent < total {
+        let n = chunk.len().min(total - sent);
+        let piece = format!("{n:x}\r\n");
+        if stream.write_all(piece.as_bytes()).await.is_err()
+            || stream.write_all(&chunk[..n]).await.is_err()
+            || stream.write_all(b"\r\n").await.is_err()
+        {
+            break; // the gateway may answer and close early
+        }
+        sent += n;
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_are_not_forwarded() {
+    let bed = TestBed::start_with(|c| c.max_body_bytes = 1024).await;
+    bed.introspection
+        .set_token(GOOD, active_claims("mcp:tools"));
+    // Declared length over the limit.
+    let resp = bed
+        .http
+        .post(bed.url("/mcp"))
+        .bearer_auth(GOOD)
+        .body(vec![b'a'; 1025])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    // Chunked body that turns out too long.
+    let raw = raw_chunked_post(bed.gateway.addr, GOOD, 4096).await;
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    assert_eq!(bed.upstream.hits(), 0);
+    // Exactly at the limit passes, chunked or not.
+    let resp = bed
+        .http
+        .post(bed.url("/mcp"))
+        .bearer_auth(GOOD)
+        .body(vec![b'a'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let raw = raw_chunked_post(bed.gateway.addr, GOOD, 1024).await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"body_len\":1024"), "{raw}");
+    // Unauthenticated big bodies get 401 (authorization first).
+    let resp = bed
+        .http
+        .post(bed.url("/mcp"))
+        .body(vec![b'a'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let m = bed.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "mcp_gateway_requests_total{outcome=\"payload_too_large\"}"
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn fails_closed_with_503_when_introspection_fails() {
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token(GOOD, active_claims("mcp:tools"));
+    for status in [500u16, 502, 404, 401] {
+        bed.introspection.fail_with(Some(status));
+        let resp = get_with_token(&bed, "/mcp", GOOD).await;
+        assert_eq!(resp.status(), 503, "introspection answered {status}");
+        assert_eq!(resp.headers()["retry-after"], "5");
+        assert!(resp.headers().get("www-authenticate").is_none());
+    }
+    // Failures are not cached: once Keycloak is back, the token works.
+    bed.introspection.fail_with(None);
+    let resp = get_with_token(&bed, "/mcp", GOOD).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        bed.upstream.hits(),
+        1,
+        "nothing passed through while failing"
+    );
+
+    let m = bed.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "mcp_gateway_requests_total{outcome=\"auth_unavailable\"}"
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "mcp_gateway_introspection_requests_total{result=\"error\"}"
+        ),
+        Some(4.0)
+    );
+
+    // Unreachable endpoint (nothing listens on the port).
+    let gw = spawn_gateway(config(
+        &bed.upstream.url(),
+        &format!("http://{}/introspect", closed_port()),
+    ))
+    .await;
+    let resp = bed
+        .http
+        .get(format!("{}/mcp", gw.url()))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(bed.upstream.hits(), 1);
+}
+
+fn closed_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn fails_closed_on_slow_introspection_and_wrong_client_secret() {
+    let bed = TestBed::start_with(|c| c.introspection_timeout_ms = 300).await;
+    bed.introspection
+        .set_token(GOOD, active_claims("mcp:tools"));
+    bed.introspection.set_delay(Duration::from_millis(1000));
+    let started = Instant::now();
+    let resp = get_with_token(&bed, "/mcp", GOOD).await;
+    assert_eq!(resp.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "timeout not applied"
+    );
+
+    let upstream = FakeUpstream::start().await;
+    let introspection = FakeIntrospection::start(CLIENT_ID, "the-real-secret").await;
+    introspection.set_token(GOOD, active_claims("mcp:tools"));
+    let gw = spawn_gateway(config(&upstream.url(), &introspection.endpoint())).await;
+    let resp = bed
+        .http
+        .get(format!("{}/mcp", gw.url()))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        503,
+        "introspection with the wrong secret must not pass"
+    );
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn cache_hit_avoids_second_introspection() {
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token(GOOD, active_claims("mcp:tools"));
+    bed.introspection
+        .set_token("second-token", active_claims("mcp:tools"));
+    for _ in 0..3 {
+        assert_eq!(get_with_token(&bed, "/mcp", GOOD).await.status(), 200);
+    }
+    assert_eq!(bed.introspection.calls(), 1);
+    assert_eq!(
+        get_with_token(&bed, "/mcp", "second-token").await.status(),
+        200
+    );
+    assert_eq!(bed.introspection.calls(), 2);
+    let m = bed.metrics().await;
+    assert_eq!(metric(&m, "mcp_gateway_token_cache_hits_total"), Some(2.0));
+    assert_eq!(
+        metric(&m, "mcp_gateway_token_cache_misses_total"),
+        Some(2.0)
+    );
+    assert_eq!(metric(&m, "mcp_gateway_token_cache_entries"), Some(2.0));
+    assert_eq!(
+        metric(&m, "mcp_gateway_requests_total{outcome=\"allowed\"}"),
+        Some(4.0)
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_introspection() {
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token(GOOD, active_claims("mcp:tools"));
+    bed.introspection.set_delay(Duration::from_millis(300));
+    let requests = (0..8).map(|_| get_with_token(&bed, "/mcp", GOOD));
+    let responses = futures::future::join_all(requests).await;
+    assert!(responses.iter().all(|r| r.status() == 200));
+    assert_eq!(bed.introspection.calls(), 1);
+}
+
+#[tokio::test]
+async fn revoked_token_is_refused_once_the_cache_ttl_lapses() {
+    let bed = TestBed::start_with(|c| c.cache_ttl_seconds = 1).await;
+    bed.introspection
+        .set_token(GOOD, active_claims("mcp:tools"));
+    assert_eq!(get_with_token(&bed, "/mcp", GOOD).await.status(), 200);
+    bed.introspection.revoke(GOOD);
+    // Within the TTL the cached answer is used.
+    assert_eq!(get_with_token(&bed, "/mcp", GOOD).await.status(), 200);
+    assert_eq!(bed.introspection.calls(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let resp = get_with_token(&bed, "/mcp", GOOD).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        www_auth(&resp),
+        invalid_token_challenge("The access token is not active (expired, revoked or unknown)")
+    );
+    assert_eq!(bed.introspection.calls(), 2);
+    // The negative answer is reused briefly (min(negative TTL, TTL) = 1 s).
+    assert_eq!(get_with_token(&bed, "/mcp", GOOD).await.status(), 401);
+    assert_eq!(bed.introspection.calls(), 2);
+    assert_eq!(bed.upstream.hits(), 2);
+}
+
+#[tokio::test]
+async fn cache_entry_never_outlives_token_exp() {
+    let bed = TestBed::start_with(|c| c.cache_ttl_seconds = 60).await;
+    let mut claims = active_claims("mcp:tools");
+    claims["exp"] = json!(unix_now() + 2);
+    bed.introspection.set_token(GOOD, claims);
+    assert_eq!(get_with_token(&bed, "/mcp", GOOD).await.status(), 200);
+    assert_eq!(bed.introspection.calls(), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The fake still says active (with a past exp): the gateway re-introspects because
+    // the entry expired with the token, and refuses the expired token itself.
+    let resp = get_with_token(&bed, "/mcp", GOOD).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(bed.introspection.calls(), 2);
+    assert_eq!(
+        www_auth(&resp),
+        invalid_token_challenge("The access token has expired")
+    );
+}
+
+#[tokio::test]
+async fn upstream_unreachable_gives_502() {
+    let closed = closed_port();
+    let introspection = FakeIntrospection::start(CLIENT_ID, CLIENT_SECRET).await;
+    introspection.set_token(GOOD, active_claims("mcp:tools"));
+    let gw = spawn_gateway(config(
+        &format!("http://{closed}"),
+        &introspection.endpoint(),
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!("{}/mcp", gw.url()))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let m = http
+        .get(format!("{}/metrics", gw.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&m, "mcp_gateway_requests_total{outcome=\"upstream_error\"}"),
+        Some(1.0)
+    );
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cors_preflight_is_forwarded_without_authentication() {
+    let bed = TestBed::start().await;
+    let resp = bed
+        .http
+        .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
+        .header("origin", "http://localhost:6274")
+        .header("access-control-request-method", "POST")
+        .header("x-mcp-auth-subject", "spoofed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["method"], "OPTIONS");
+    assert!(echo["headers"].get("x-mcp-auth-subject").is_none());
+    assert_eq!(bed.introspection.calls(), 0);
+    // OPTIONS without the preflight headers is an ordinary, protected request.
+    let resp = bed
+        .http
+        .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn admin_listener_serves_health_and_metrics_only() {
+    let bed = TestBed::start().await;
+    let resp = bed
+        .http
+        .get(format!("{}/healthz", bed.gateway.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "ok\n");
+    // /healthz on the MCP port belongs to the MCP server (protected, not shadowed).
+    assert_eq!(
+        bed.http
+            .get(bed.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    bed.introspection
+        .set_token("nope", json!({"active": false}));
+    get_with_token(&bed, "/mcp", "nope").await;
+    bed.http.get(bed.url("/mcp")).send().await.unwrap();
+    let m = bed.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "mcp_gateway_requests_total{outcome=\"unauthenticated\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "mcp_gateway_introspection_requests_total{result=\"inactive\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(m.contains("# TYPE mcp_gateway_introspection_duration_seconds histogram"));
+}
+
+/// Captures every log line (TRACE, all crates) while driving allowed, refused and failing
+/// requests, and checks neither the token nor the client secret appears.
+#[tokio::test]
+async fn logs_never_contain_tokens_or_the_secret() {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let secret_token = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl";
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token(secret_token, active_claims("mcp:tools"));
+    assert_eq!(
+        get_with_token(&bed, "/mcp", secret_token).await.status(),
+        200
+    );
+    bed.introspection.set_token(
+        "eyJ.bad-audience.sig",
+        json!({"active": true, "aud": "x", "scope": "mcp:tools"}),
+    );
+    assert_eq!(
+        get_with_token(&bed, "/mcp", "eyJ.bad-audience.sig")
+            .await
+            .status(),
+        401
+    );
+    bed.introspection.fail_with(Some(500));
+    assert_eq!(
+        get_with_token(&bed, "/mcp", "eyJ.failing.sig")
+            .await
+            .status(),
+        503
+    );
+    let gw = spawn_gateway(config(
+        &bed.upstream.url(),
+        &format!("http://{}/introspect", closed_port()),
+    ))
+    .await;
+    let resp = bed
+        .http
+        .get(format!("{}/mcp", gw.url()))
+        .bearer_auth("eyJ.unreachable.sig")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("fail closed"),
+        "expected the failure to be logged:\n{logs}"
+    );
+    for needle in [
+        secret_token,
+        "c2VjcmV0LXBheWxvYWQ",
+        "eyJ.bad-audience.sig",
+        "eyJ.failing.sig",
+        "eyJ.unreachable.sig",
+        CLIENT_SECRET,
+    ] {
+        assert!(!logs.contains(needle), "{needle:?} leaked into logs");
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_stops_listening() {
+    let bed = TestBed::start().await;
+    let addr = bed.gateway.addr;
+    let TestBed { gateway, .. } = bed;
+    gateway.shutdown().await.unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
