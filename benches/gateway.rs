@@ -1,1 +1,164 @@
-fn main() {}
+//! Gateway overhead benchmark (plain `main`, prints figures; run with
+//! `cargo bench --bench gateway`). Everything is in-process on 127.0.0.1: the fake MCP
+//! upstream, the fake introspection endpoint, the gateway and the load generator share one
+//! 2-worker Tokio runtime, so absolute numbers are pessimistic; the ratios are the point.
+//!
+//! Phases (bounded: a few thousand requests in total):
+//! 1. sequential latency, direct vs. through the gateway with a warm cache;
+//! 2. cold-cache latency (every request a new token, so one introspection each);
+//! 3. throughput with 16 concurrent clients over 64 tokens, direct vs. gateway, and
+//!    introspection calls per token.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const SEQUENTIAL: usize = 2000;
+const COLD: usize = 200;
+const CONCURRENT_TOTAL: usize = 4000;
+const CONCURRENCY: usize = 16;
+const TOKENS: usize = 64;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn sequential(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    n: usize,
+) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let mut req = http.get(url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.expect("body");
+        samples.push(started.elapsed());
+    }
+    samples.sort_unstable();
+    samples
+}
+
+async fn throughput(http: &reqwest::Client, url: &str, tokens: Option<Arc<Vec<String>>>) -> f64 {
+    let started = Instant::now();
+    let per_worker = CONCURRENT_TOTAL / CONCURRENCY;
+    let mut workers = Vec::new();
+    for w in 0..CONCURRENCY {
+        let http = http.clone();
+        let url = url.to_owned();
+        let tokens = tokens.clone();
+        workers.push(tokio::spawn(async move {
+            for i in 0..per_worker {
+                let mut req = http.get(&url);
+                if let Some(tokens) = &tokens {
+                    req = req.bearer_auth(&tokens[(w * per_worker + i) % tokens.len()]);
+                }
+                let resp = req.send().await.expect("request");
+                assert_eq!(resp.status(), 200);
+                resp.bytes().await.expect("body");
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+    (per_worker * CONCURRENCY) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn report(name: &str, s: &[Duration]) {
+    println!(
+        "{name:<28} p50 {:>8.1} µs   p99 {:>8.1} µs   mean {:>8.1} µs",
+        us(percentile(s, 0.5)),
+        us(percentile(s, 0.99)),
+        us(s.iter().sum::<Duration>() / s.len() as u32)
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let upstream = FakeUpstream::start().await;
+        let introspection = FakeIntrospection::start(CLIENT_ID, CLIENT_SECRET).await;
+        let mut cfg = config(&upstream.url(), &introspection.endpoint());
+        cfg.cache_ttl_seconds = 300;
+        let gw = spawn_gateway(cfg).await;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("client");
+        let direct = format!("{}/small", upstream.url());
+        let via = format!("{}/small", gw.url());
+
+        let warm = "bench-warm-token";
+        introspection.set_token(warm, active_claims("openid mcp:tools"));
+        sequential(&http, &direct, None, 200).await;
+        sequential(&http, &via, Some(warm), 200).await;
+
+        println!("== sequential, {SEQUENTIAL} requests, warm cache ==");
+        let d = sequential(&http, &direct, None, SEQUENTIAL).await;
+        let g = sequential(&http, &via, Some(warm), SEQUENTIAL).await;
+        report("direct upstream", &d);
+        report("through gateway", &g);
+        let (d50, g50) = (percentile(&d, 0.5), percentile(&g, 0.5));
+        let (d99, g99) = (percentile(&d, 0.99), percentile(&g, 0.99));
+        println!(
+            "added latency                p50 {:>8.1} µs   p99 {:>8.1} µs   ratio p50 {:.2}x  p99 {:.2}x",
+            us(g50.saturating_sub(d50)),
+            us(g99.saturating_sub(d99)),
+            g50.as_secs_f64() / d50.as_secs_f64(),
+            g99.as_secs_f64() / d99.as_secs_f64()
+        );
+
+        println!("== cold cache, {COLD} requests, one new token each ==");
+        let before = introspection.calls();
+        let mut cold = Vec::with_capacity(COLD);
+        for i in 0..COLD {
+            let token = format!("bench-cold-{i}");
+            introspection.set_token(&token, active_claims("mcp:tools"));
+            cold.extend(sequential(&http, &via, Some(&token), 1).await);
+        }
+        cold.sort_unstable();
+        report("gateway, cold (introspect)", &cold);
+        println!(
+            "introspection calls          {} for {COLD} tokens",
+            introspection.calls() - before
+        );
+
+        println!("== throughput, {CONCURRENT_TOTAL} requests, {CONCURRENCY} concurrent, {TOKENS} tokens ==");
+        let tokens: Vec<String> = (0..TOKENS).map(|i| format!("bench-tp-{i}")).collect();
+        for t in &tokens {
+            introspection.set_token(t, active_claims("mcp:tools"));
+        }
+        let before = introspection.calls();
+        let direct_rps = throughput(&http, &direct, None).await;
+        let gw_rps = throughput(&http, &via, Some(Arc::new(tokens))).await;
+        let calls = introspection.calls() - before;
+        println!("direct upstream              {direct_rps:>10.0} req/s");
+        println!("through gateway              {gw_rps:>10.0} req/s");
+        println!("throughput ratio (gw/direct) {:>10.2}", gw_rps / direct_rps);
+        println!(
+            "introspection calls per token {:>9.2}  ({calls} calls, {TOKENS} tokens, {CONCURRENT_TOTAL} requests)",
+            calls as f64 / TOKENS as f64
+        );
+        gw.shutdown().await.expect("shutdown");
+    });
+}
