@@ -783,3 +783,94 @@ async fn graceful_shutdown_stops_listening() {
     gateway.shutdown().await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// An HTTPS introspection endpoint (test CA) serving one active token.
+async fn tls_introspection() -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let certs = CertificateDer::pem_file_iter(format!("{dir}/server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(format!("{dir}/server.key")).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(|_req| async {
+                    let body = active_claims("mcp:tools").to_string();
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_introspection_trusts_the_ca_bundle_and_fails_closed_without_it() {
+    let addr = tls_introspection().await;
+    let upstream = FakeUpstream::start().await;
+    let endpoint = format!("https://localhost:{}/introspect", addr.port());
+    let http = reqwest::Client::new();
+
+    let mut cfg = config(&upstream.url(), &endpoint);
+    cfg.ca_bundle = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem").into());
+    let gw = spawn_gateway(cfg).await;
+    let resp = http
+        .get(format!("{}/mcp", gw.url()))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "CA bundle not used for the introspection endpoint"
+    );
+
+    // Without the bundle the test CA is untrusted: TLS fails, the gateway refuses (503).
+    let gw = spawn_gateway(config(&upstream.url(), &endpoint)).await;
+    let resp = http
+        .get(format!("{}/mcp", gw.url()))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(upstream.hits(), 1);
+
+    // A bundle without certificates is a configuration error.
+    let mut cfg = config(&upstream.url(), &endpoint);
+    cfg.ca_bundle =
+        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/README.md").into());
+    assert!(mcp_keycloak_operator::gateway::Gateway::new(&cfg).is_err());
+}

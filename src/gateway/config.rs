@@ -496,4 +496,86 @@ mod tests {
         assert_eq!(c.validate().unwrap().client_secret.expose(), "from-file");
         std::fs::remove_file(dir).unwrap();
     }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gateway: GatewayConfig,
+    }
+
+    #[test]
+    fn cli_flags_env_names_and_defaults() {
+        use clap::{CommandFactory, Parser};
+        Cli::command().debug_assert();
+        let mut pairs: Vec<(String, String)> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| {
+                Some((
+                    a.get_long()?.to_owned(),
+                    a.get_env()?.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        pairs.sort();
+        let expected = [
+            ("admin-listen", "MCP_GATEWAY_ADMIN_LISTEN"),
+            ("ca-bundle", "MCP_GATEWAY_CA_BUNDLE"),
+            ("cache-max-entries", "MCP_GATEWAY_CACHE_MAX_ENTRIES"),
+            ("cache-ttl", "MCP_GATEWAY_CACHE_TTL_SECONDS"),
+            ("client-id", "OAUTH_CLIENT_ID"),
+            ("client-secret-file", "OAUTH_CLIENT_SECRET_FILE"),
+            ("introspection-endpoint", "MCP_AUTH_INTROSPECTION_ENDPOINT"),
+            (
+                "introspection-timeout-ms",
+                "MCP_GATEWAY_INTROSPECTION_TIMEOUT_MS",
+            ),
+            ("issuer", "MCP_AUTH_ISSUER"),
+            ("listen", "MCP_GATEWAY_LISTEN"),
+            ("max-body-bytes", "MCP_GATEWAY_MAX_BODY_BYTES"),
+            (
+                "negative-cache-ttl",
+                "MCP_GATEWAY_NEGATIVE_CACHE_TTL_SECONDS",
+            ),
+            ("required-scopes", "MCP_REQUIRED_SCOPES"),
+            ("resource-name", "MCP_RESOURCE_NAME"),
+            ("resource-url", "MCP_SERVER_URL"),
+            (
+                "shutdown-grace-seconds",
+                "MCP_GATEWAY_SHUTDOWN_GRACE_SECONDS",
+            ),
+            ("upstream", "MCP_GATEWAY_UPSTREAM"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(pairs, expected);
+
+        let base = [
+            "proxy",
+            "--resource-url",
+            "https://mcp.example.com/mcp",
+            "--issuer",
+            "https://kc.example.com/realms/mcp",
+            "--introspection-endpoint",
+            "http://kc:8080/realms/mcp/protocol/openid-connect/token/introspect",
+            "--client-id",
+            "gw",
+            "--required-scopes",
+            "mcp:tools",
+        ];
+        let cli = Cli::try_parse_from(base).unwrap().gateway;
+        assert_eq!(cli.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(cli.admin_listen, "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(cli.upstream, "http://127.0.0.1:3000");
+        assert_eq!(cli.cache_ttl_seconds, 30);
+        assert_eq!(cli.cache_max_entries, 10_000);
+        assert_eq!(cli.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(cli.introspection_timeout_ms, 5000);
+        assert!(cli.client_secret.is_none());
+        // The secret is never a flag.
+        let mut with_secret = base.to_vec();
+        with_secret.extend(["--client-secret", "x"]);
+        assert!(Cli::try_parse_from(with_secret).is_err());
+    }
 }

@@ -224,12 +224,15 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
     state.metrics.request(outcome);
     let status = response.status().as_u16();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Unauthenticated requests are routine (clients discover auth through the 401), so
+    // per-request lines are debug; refusals of presented tokens are logged at info in
+    // `dispatch`, and introspection/upstream failures at error/warn where they happen.
     match outcome {
-        Outcome::Allowed | Outcome::Metadata | Outcome::Preflight => {
-            tracing::debug!(%method, %path, status, outcome = outcome.as_str(), elapsed_ms, "request")
+        Outcome::PayloadTooLarge | Outcome::BadRequest => {
+            tracing::info!(%method, %path, status, outcome = outcome.as_str(), elapsed_ms, "request refused")
         }
         _ => {
-            tracing::info!(%method, %path, status, outcome = outcome.as_str(), elapsed_ms, "request refused")
+            tracing::debug!(%method, %path, status, outcome = outcome.as_str(), elapsed_ms, "request")
         }
     }
     response
@@ -288,8 +291,14 @@ async fn dispatch(state: &AppState, req: Request) -> (Outcome, Response) {
     ) {
         Decision::Allow(identity) => forward(state, req, Some(identity), Outcome::Allowed).await,
         Decision::Deny(challenge) => {
-            if let Challenge::InvalidToken(reason) = challenge {
-                tracing::info!(reason = reason.label(), "bearer token refused");
+            match challenge {
+                Challenge::InvalidToken(reason) => {
+                    tracing::info!(reason = reason.label(), "bearer token refused")
+                }
+                Challenge::InsufficientScope => {
+                    tracing::info!(required = %settings.required_scopes.join(" "), "bearer token lacks a required scope")
+                }
+                Challenge::Missing => {}
             }
             let outcome = match challenge {
                 Challenge::InsufficientScope => Outcome::Forbidden,
