@@ -69,13 +69,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Request headers as the upstream must not see them: hop-by-hop, `Authorization` (no
-/// token passthrough), `Host` (the client sets the upstream's), `Content-Length` (recomputed)
-/// and any client-sent `X-MCP-Auth-*` identity header.
+/// token passthrough), `Host` (the client sets the upstream's), `Content-Length` (recomputed),
+/// `Expect` (the body is already read) and any client-sent `X-MCP-Auth-*` identity header.
 pub fn sanitize_request_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
+    // The body has been read already; the upstream must not wait for a 100 Continue.
+    headers.remove(header::EXPECT);
     let spoofed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX))
@@ -472,6 +474,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("proxy-authorization", "Basic x"),
             ("content-length", "10"),
+            ("expect", "100-continue"),
             ("x-mcp-auth-subject", "admin"),
             ("X-MCP-Auth-Scopes", "everything"),
             ("x-mcp-auth-whatever", "x"),
