@@ -185,6 +185,10 @@ impl GatewayConfig {
         if !matches!(issuer_url.scheme(), "http" | "https") {
             return Err(config_err("--issuer must be an http(s) URL"));
         }
+        if issuer.ends_with('/') {
+            // Keycloak's issuer has no trailing slash and clients compare it exactly.
+            tracing::warn!(%issuer, "--issuer ends with '/'; Keycloak's issuer has none and MCP clients compare it exactly");
+        }
 
         let introspection_endpoint = Url::parse(self.introspection_endpoint.trim())
             .map_err(|e| config_err(format!("--introspection-endpoint is not a URL: {e}")))?;

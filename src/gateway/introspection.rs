@@ -129,6 +129,7 @@ impl Introspector {
             return Ok(info);
         }
         self.inner.metrics.cache_miss();
+        self.inner.metrics.cache_entries(self.inner.cache.len());
         let call = {
             let mut inflight = self.inner.lock_inflight();
             match inflight.get(&key) {

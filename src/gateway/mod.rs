@@ -30,6 +30,25 @@
 //! Both are unauthenticated and kept off the MCP port so no MCP server path is shadowed.
 //!
 //! Tokens and the client secret are never logged; the cache keys on SHA-256 of the token.
+//! See `docs/gateway.md` for the full contract.
+//!
+//! # Embedding
+//! ```no_run
+//! use clap::Parser;
+//! use mcp_keycloak_operator::gateway::{self, GatewayConfig};
+//!
+//! #[derive(Parser)]
+//! enum Cli {
+//!     /// Run the MCP auth gateway.
+//!     Proxy(GatewayConfig),
+//! }
+//!
+//! # async fn main_() -> Result<(), gateway::GatewayError> {
+//! match Cli::parse() {
+//!     Cli::Proxy(config) => gateway::run(config).await,
+//! }
+//! # }
+//! ```
 
 mod auth;
 mod cache;
