@@ -874,3 +874,51 @@ async fn https_introspection_trusts_the_ca_bundle_and_fails_closed_without_it() 
         Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/README.md").into());
     assert!(mcp_keycloak_operator::gateway::Gateway::new(&cfg).is_err());
 }
+
+#[tokio::test]
+async fn streamable_http_post_answered_with_sse_streams_through() {
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token(GOOD, active_claims("mcp:tools"));
+    let mut resp = bed
+        .http
+        .post(bed.url("/sse?delay_ms=2500"))
+        .bearer_auth(GOOD)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = tokio::time::timeout(Duration::from_millis(1500), resp.chunk())
+        .await
+        .expect("first event before the stream ends")
+        .unwrap()
+        .unwrap();
+    assert!(std::str::from_utf8(&first).unwrap().contains("data: first"));
+}
+
+#[tokio::test]
+async fn client_abandoning_a_stream_closes_the_upstream_stream() {
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token(GOOD, active_claims("mcp:tools"));
+    let mut resp = get_with_token(&bed, "/sse?delay_ms=30000", GOOD).await;
+    let first = tokio::time::timeout(Duration::from_secs(2), resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(std::str::from_utf8(&first).unwrap().contains("data: first"));
+    assert_eq!(bed.upstream.streams_closed(), 0);
+    drop(resp);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bed.upstream.streams_closed() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "upstream stream still open after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

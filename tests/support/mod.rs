@@ -14,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, post};
 use axum::Router;
 use base64::Engine;
 use mcp_keycloak_operator::gateway::{self, ClientSecret, GatewayConfig, GatewayHandle};
@@ -193,6 +193,17 @@ pub fn active_claims(scope: &str) -> serde_json::Value {
 #[derive(Default)]
 struct UpstreamState {
     hits: AtomicUsize,
+    /// SSE streams whose body was dropped (finished or abandoned by the reader).
+    streams_closed: AtomicUsize,
+}
+
+/// Counts a stream as closed when the body holding it is dropped.
+struct StreamGuard(Arc<UpstreamState>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams_closed.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 pub struct FakeUpstream {
@@ -202,14 +213,14 @@ pub struct FakeUpstream {
 }
 
 impl FakeUpstream {
-    /// Routes: `GET /sse?delay_ms=N` streams `id: 1` at once, `id: 2` after N ms (default
+    /// Routes: `GET|POST /sse?delay_ms=N` streams `id: 1` at once, `id: 2` after N ms (default
     /// 1500), then ends; `GET /small` answers a fixed small JSON; every other path echoes
     /// the request as JSON `{method, path, query, headers: {name: [values]}, body_len}`
     /// and answers `Mcp-Session-Id` (the request's, else `sess-new`).
     pub async fn start() -> Self {
         let state = Arc::new(UpstreamState::default());
         let router = Router::new()
-            .route("/sse", get(sse))
+            .route("/sse", any(sse))
             .route("/small", any(small))
             .fallback(echo)
             .with_state(state.clone());
@@ -223,6 +234,10 @@ impl FakeUpstream {
 
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn streams_closed(&self) -> usize {
+        self.state.streams_closed.load(Ordering::SeqCst)
     }
 }
 
@@ -287,15 +302,16 @@ async fn sse(State(state): State<Arc<UpstreamState>>, req: Request) -> Response 
                 .and_then(|(_, v)| v.parse::<u64>().ok())
         })
         .unwrap_or(1500);
-    let stream = futures::stream::unfold(0u8, move |step| async move {
+    let guard = StreamGuard(state.clone());
+    let stream = futures::stream::unfold((0u8, guard), move |(step, guard)| async move {
         match step {
             0 => Some((
                 Ok::<_, Infallible>(Bytes::from("id: 1\ndata: first\n\n")),
-                1,
+                (1, guard),
             )),
             1 => {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
-                Some((Ok(Bytes::from("id: 2\ndata: second\n\n")), 2))
+                Some((Ok(Bytes::from("id: 2\ndata: second\n\n")), (2, guard)))
             }
             _ => None,
         }
