@@ -12,13 +12,13 @@
 //! Direct and gateway measurements are interleaved in rounds so that load from other
 //! processes affects both alike.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+#[path = "../tests/fakes/mod.rs"]
+mod fakes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::*;
+use fakes::*;
 
 const SEQUENTIAL: usize = 2000;
 const COLD: usize = 200;

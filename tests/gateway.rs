@@ -1,13 +1,13 @@
 //! HTTP behaviour of the auth gateway against an in-process fake upstream and a fake
 //! introspection endpoint (all on 127.0.0.1).
 
-mod support;
+mod fakes;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::*;
+use fakes::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const GOOD: &str = "good-token.abc_DEF-123";
