@@ -1,2 +1,80 @@
 #![forbid(unsafe_code)]
-fn main() {}
+//! CLI: `run` the operator, `crdgen` the CRDs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use mcp_keycloak_operator::controller::{self, Context, OperatorConfig};
+use mcp_keycloak_operator::metrics::Metrics;
+
+#[derive(Parser)]
+#[command(name = "mcp-keycloak-operator", version, about = "Secures MCP servers with Keycloak")]
+struct Cli {
+    /// Log as JSON lines.
+    #[arg(long, env = "LOG_JSON", global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers (ambient kubeconfig or in-cluster config).
+    Run {
+        /// Resync period in seconds (drift in Keycloak is repaired within it).
+        #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+        resync_seconds: u64,
+        /// Image for gateway containers (defaults to this operator's image).
+        #[arg(long, env = "OPERATOR_IMAGE")]
+        operator_image: Option<String>,
+        /// Only watch this namespace.
+        #[arg(long, env = "WATCH_NAMESPACE")]
+        namespace: Option<String>,
+    },
+    /// Write the CRD manifests.
+    Crdgen {
+        #[arg(long, default_value = "crds")]
+        out: PathBuf,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow_free::Result {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crdgen { out } => {
+            mcp_keycloak_operator::crdgen::write(&out)?;
+            Ok(())
+        }
+        Command::Run { resync_seconds, operator_image, namespace } => {
+            init_logging(cli.log_json);
+            let client = kube::Client::try_default().await?;
+            let mut config = OperatorConfig { resync: Duration::from_secs(resync_seconds), ..Default::default() };
+            if let Some(image) = operator_image {
+                config.operator_image = image;
+            }
+            let ctx = Context::new(client, Arc::new(Metrics::default()), config);
+            tracing::info!("starting controllers");
+            controller::run(ctx, namespace).await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+mod anyhow_free {
+    pub type Result = std::result::Result<(), Box<dyn std::error::Error>>;
+}
