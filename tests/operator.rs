@@ -44,8 +44,8 @@ impl Scenario {
     }
 
     async fn finish(self) {
+        teardown(&self.client, &self.ns, self.op).await;
         self.realm.delete().await;
-        support::delete_namespace(&self.client, &self.ns).await;
     }
 }
 

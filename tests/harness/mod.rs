@@ -354,3 +354,18 @@ pub async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> O
     let s = Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await.ok()??;
     s.data?.get(key).map(|b| String::from_utf8_lossy(&b.0).to_string())
 }
+
+/// Deletes the namespace while the operator still runs, and waits until its finalizers have
+/// let every McpServer and McpAuthPolicy go (so no namespace is left stuck terminating).
+pub async fn teardown(client: &Client, ns: &str, op: Operator) {
+    support::delete_namespace(client, ns).await;
+    let servers: Api<McpServer> = Api::namespaced(client.clone(), ns);
+    let policies: Api<McpAuthPolicy> = Api::namespaced(client.clone(), ns);
+    support::wait_for(&format!("custom resources of {ns} finalized"), WAIT, || async {
+        let s = servers.list(&Default::default()).await.ok()?.items.len();
+        let p = policies.list(&Default::default()).await.ok()?.items.len();
+        (s + p == 0).then_some(())
+    })
+    .await;
+    drop(op);
+}
