@@ -8,5 +8,6 @@ pub mod desired;
 mod error;
 pub mod keycloak;
 pub mod metrics;
+pub mod runtime;
 
 pub use error::{Error, Result};

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use mcp_keycloak_operator::controller::{self, Context, OperatorConfig};
+use mcp_keycloak_operator::controller::{Context, OperatorConfig};
+use mcp_keycloak_operator::runtime;
 use mcp_keycloak_operator::metrics::Metrics;
 
 #[derive(Parser)]
@@ -32,6 +33,19 @@ enum Command {
         /// Only watch this namespace.
         #[arg(long, env = "WATCH_NAMESPACE")]
         namespace: Option<String>,
+        /// Address of `/healthz`, `/readyz` and `/metrics`.
+        #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+        metrics_addr: std::net::SocketAddr,
+        /// Only the holder of a coordination.k8s.io Lease reconciles (for replicas > 1).
+        #[arg(long, env = "LEADER_ELECTION")]
+        leader_election: bool,
+        /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        #[arg(long, default_value = "mcp-keycloak-operator")]
+        lease_name: String,
+        #[arg(long, default_value_t = 15)]
+        lease_seconds: u64,
     },
     /// Write the CRD manifests.
     Crdgen {
@@ -59,7 +73,7 @@ async fn main() -> anyhow_free::Result {
             mcp_keycloak_operator::crdgen::write(&out)?;
             Ok(())
         }
-        Command::Run { resync_seconds, operator_image, namespace } => {
+        Command::Run { resync_seconds, operator_image, namespace, metrics_addr, leader_election, lease_namespace, lease_name, lease_seconds } => {
             init_logging(cli.log_json);
             let client = kube::Client::try_default().await?;
             let mut config = OperatorConfig { resync: Duration::from_secs(resync_seconds), ..Default::default() };
@@ -67,12 +81,30 @@ async fn main() -> anyhow_free::Result {
                 config.operator_image = image;
             }
             let ctx = Context::new(client, Arc::new(Metrics::default()), config);
-            tracing::info!("starting controllers");
-            controller::run(ctx, namespace).await;
+            let health = Arc::new(runtime::Health::default());
+            let leader = leader_election.then(|| runtime::LeaderElection {
+                lease_name,
+                namespace: lease_namespace,
+                identity: std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
+                lease_seconds,
+            });
+            let admin = tokio::spawn(runtime::serve_admin(metrics_addr, ctx.clone(), health.clone()));
+            tracing::info!(%metrics_addr, "starting");
+            let result = tokio::select! {
+                r = runtime::run(ctx, namespace, health, leader) => r,
+                r = admin => match r {
+                    Ok(Err(e)) => Err(e),
+                    _ => Ok(()),
+                },
+            };
             tracing::info!("stopped");
-            Ok(())
+            Ok(result?)
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "operator".into())
 }
 
 mod anyhow_free {

@@ -243,6 +243,11 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Ar
 
 /// Runs both controllers until a shutdown signal. `namespace` restricts them to one namespace.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    run_until_synced(ctx, namespace, |_| {}).await
+}
+
+/// Like [`run`], calling `on_synced(true)` once every watch cache has its initial list.
+pub async fn run_until_synced(ctx: Arc<Context>, namespace: Option<String>, on_synced: impl FnOnce(bool) + Send + 'static) {
     let client = ctx.client.clone();
     let (policies, servers): (Api<McpAuthPolicy>, Api<McpServer>) = match &namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
@@ -259,6 +264,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 
     let server_controller = Controller::new(servers.clone(), watcher::Config::default());
     let server_store = server_controller.store();
+    let synced_servers = server_store.clone();
     let server_controller = server_controller
         .owns(deployments, owned.clone())
         .owns(secrets, owned.clone())
@@ -281,7 +287,13 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         )
         .for_each(|_| futures::future::ready(()));
 
-    let policy_controller = Controller::new(policies, watcher::Config::default())
+    let policy_controller = Controller::new(policies, watcher::Config::default());
+    let synced_policies = policy_controller.store();
+    tokio::spawn(async move {
+        let ok = synced_servers.wait_until_ready().await.is_ok() && synced_policies.wait_until_ready().await.is_ok();
+        on_synced(ok);
+    });
+    let policy_controller = policy_controller
         .shutdown_on_signal()
         .run(
             policy::reconcile,
