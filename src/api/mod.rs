@@ -106,3 +106,48 @@ impl McpServer {
         )
     }
 }
+
+/// Schemas written by hand where the derive cannot express them: CEL rules on the *items* of a
+/// string list (with `maxLength`, so the API server's CEL cost estimate stays within budget).
+pub(crate) mod schemas {
+    use schemars::{json_schema, Schema, SchemaGenerator};
+
+    fn string_list(max_items: u32, max_len: u32, rule: &str, message: &str) -> Schema {
+        json_schema!({
+            "type": "array",
+            "maxItems": max_items,
+            "items": {
+                "type": "string",
+                "maxLength": max_len,
+                "x-kubernetes-validations": [{"rule": rule, "message": message}]
+            }
+        })
+    }
+
+    pub fn trusted_hosts(_: &mut SchemaGenerator) -> Schema {
+        string_list(
+            64,
+            253,
+            r"self.matches('^(\\*\\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$')",
+            "trustedHosts entries must be a lowercase host name, an IP address or '*.domain' (no scheme, port, path, or bare '*')",
+        )
+    }
+
+    pub fn allowed_client_scopes(_: &mut SchemaGenerator) -> Schema {
+        string_list(
+            64,
+            200,
+            r"self.matches('^[!#-\\[\\]-~]+$')",
+            "allowedClientScopes entries must be scope tokens without spaces",
+        )
+    }
+
+    pub fn server_scopes(_: &mut SchemaGenerator) -> Schema {
+        string_list(
+            32,
+            200,
+            r"self.matches('^[!#-\\[\\]-~]+$')",
+            "scopes must be scope tokens without spaces",
+        )
+    }
+}

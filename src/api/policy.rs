@@ -34,8 +34,7 @@ pub struct McpAuthPolicySpec {
 
     /// MCP scopes (client scopes in Keycloak), e.g. `mcp:tools`.
     #[serde(default = "default_scopes")]
-    #[schemars(length(min = 1, max = 32))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("scope names must be unique"))]
+    #[schemars(length(min = 1, max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub scopes: Vec<ScopeSpec>,
 
     /// Anonymous Dynamic Client Registration (RFC 7591) as MCP clients such as VS Code use it.
@@ -201,8 +200,7 @@ pub struct DynamicClientRegistration {
     /// Hosts allowed in registered clients' URIs (and, if `requireSendingHostMatch`, as the sender):
     /// exact host names or IPs, or `*.domain`. No scheme, port, path or bare `*`.
     #[serde(default)]
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = kube::core::Rule::new(r#"self.all(h, size(h) <= 253 && h.matches('^(\\*\\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$'))"#).message("trustedHosts entries must be a lowercase host name, an IP address or '*.domain' (no scheme, port, path, or bare '*')"))]
+    #[schemars(schema_with = "super::schemas::trusted_hosts")]
     pub trusted_hosts: Vec<String>,
 
     /// Presets that add the hosts well-known MCP clients register with.
@@ -221,8 +219,7 @@ pub struct DynamicClientRegistration {
 
     /// Extra client scopes registered clients may ask for (the policy's own scopes are always allowed).
     #[serde(default)]
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = kube::core::Rule::new(r#"self.all(s, size(s) <= 200 && s.matches('^[!#-\\[\\]-~]+$'))"#).message("allowedClientScopes entries must be scope tokens without spaces"))]
+    #[schemars(schema_with = "super::schemas::allowed_client_scopes")]
     pub allowed_client_scopes: Vec<String>,
 
     /// Maximum number of clients in the realm (all clients count, not just registered ones).

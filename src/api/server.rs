@@ -83,13 +83,12 @@ pub struct McpServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = kube::core::Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && !self.endsWith('/') && !self.contains('?') && !self.contains('#')").message("url must be an absolute http(s) URL without trailing slash, query or fragment"))]
-    #[x_kube(validation = kube::core::Rule::new("url(self).getHostname() == url(self).getHostname().lowerAscii()").message("url host must be lowercase (the audience is compared as an exact string)"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*[A-Z]')").message("url host must be lowercase (the audience is compared as an exact string)"))]
     pub url: Option<String>,
 
     /// Scopes a token must carry (each must be one of the policy's scopes). Default: all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = kube::core::Rule::new(r#"self.all(s, size(s) <= 200 && s.matches('^[!#-\\[\\]-~]+$'))"#).message("scopes must be scope tokens without spaces"))]
+    #[schemars(schema_with = "super::schemas::server_scopes")]
     pub scopes: Vec<String>,
 
     #[serde(default)]

@@ -153,20 +153,18 @@ async fn converge(
 
     let keycloak_step = async {
         let kc = ctx.keycloak_for(&policy).await?;
+        // Client first: the audience scope's second mapper names it.
+        let client = kc
+            .ensure_introspection_client(&realm, &kdesired::introspection_client(server), known_secret.as_deref())
+            .await?;
         let scopes = kc.client_scopes(&realm).await?;
         let scope_id = kc
-            .ensure_client_scope(
-                &realm,
-                &scopes,
-                &kdesired::audience_scope(server),
-                &[kdesired::audience_mapper(&server.canonical_url())],
-            )
+            .ensure_client_scope(&realm, &scopes, &kdesired::audience_scope(server), &kdesired::audience_mappers(server))
             .await?;
         let assignments = kc.realm_scope_assignments(&realm).await?;
         // Optional, never default: a default audience scope would put this URL in every token.
         kc.ensure_realm_scope_type(&realm, &assignments, &scope_id, ScopeType::Optional).await?;
-        kc.ensure_introspection_client(&realm, &kdesired::introspection_client(server), known_secret.as_deref())
-            .await
+        Ok::<_, Error>(client)
     };
     let (_uuid, client_secret) = keycloak_step.await.map_err(|e| (Stage::Keycloak, e))?;
     status.keycloak_realm = Some(realm.clone());

@@ -13,6 +13,7 @@ use crate::api::{
 use crate::keycloak::REGISTRATION_POLICY_TYPE;
 
 pub const AUDIENCE_MAPPER_NAME: &str = "mcp-audience";
+pub const INTROSPECTION_AUDIENCE_MAPPER_NAME: &str = "mcp-introspection-audience";
 
 /// Client scope for one of the policy's MCP scopes (e.g. `mcp:tools`).
 pub fn policy_scope(policy: &McpAuthPolicy, scope: &ScopeSpec) -> ClientScopeRepresentation {
@@ -80,6 +81,37 @@ pub fn audience_mapper(url: &str) -> ProtocolMapperRepresentation {
         config: Some(config),
         ..Default::default()
     }
+}
+
+/// Second audience: the server's introspection client. Keycloak (verified on 26.7) answers
+/// `active: false` to an introspection request from a client that is not in the token's `aud`,
+/// so this is what lets the server check its tokens — and what stops every other server's
+/// client from introspecting them.
+pub fn introspection_audience_mapper(client_id: &str) -> ProtocolMapperRepresentation {
+    let config: HashMap<String, String> = [
+        ("included.client.audience", client_id),
+        ("access.token.claim", "true"),
+        ("introspection.token.claim", "true"),
+        ("id.token.claim", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    ProtocolMapperRepresentation {
+        name: Some(INTROSPECTION_AUDIENCE_MAPPER_NAME.into()),
+        protocol: Some("openid-connect".into()),
+        protocol_mapper: Some("oidc-audience-mapper".into()),
+        config: Some(config),
+        ..Default::default()
+    }
+}
+
+/// Mappers of a server's audience scope.
+pub fn audience_mappers(server: &McpServer) -> Vec<ProtocolMapperRepresentation> {
+    vec![
+        audience_mapper(&server.canonical_url()),
+        introspection_audience_mapper(&server.client_id()),
+    ]
 }
 
 /// Confidential client used only to call the introspection endpoint: every flow off.
@@ -347,5 +379,8 @@ mod tests {
         assert_eq!(c["introspection.token.claim"], "true");
         assert_eq!(c["id.token.claim"], "false");
         assert_eq!(c.len(), 4);
+        let i = introspection_audience_mapper("mcp.team.weather");
+        assert_eq!(i.config.unwrap()["included.client.audience"], "mcp.team.weather");
+        assert_eq!(i.name.as_deref(), Some(INTROSPECTION_AUDIENCE_MAPPER_NAME));
     }
 }
