@@ -94,7 +94,7 @@ async fn admission_rejects_bad_specs_with_specific_messages() {
         ("empty realm", p(json!({"keycloak": {"realm": ""}})), "should be at least 1 chars long"),
         ("scope with space", p(json!({"scopes": [{"name": "mcp tools"}]})), "scope names are RFC 6749 scope tokens"),
         ("scope with quote", p(json!({"scopes": [{"name": "mcp\"x"}]})), "scope names are RFC 6749 scope tokens"),
-        ("duplicate scopes", p(json!({"scopes": [{"name": "mcp:tools"}, {"name": "mcp:tools"}]})), "scope names must be unique"),
+        ("duplicate scopes", p(json!({"scopes": [{"name": "mcp:tools"}, {"name": "mcp:tools"}]})), "spec.scopes[1]: Duplicate value"),
         ("unknown scope type", p(json!({"scopes": [{"name": "mcp:tools", "type": "Mandatory"}]})), "Unsupported value: \"Mandatory\""),
         ("oversized realm", p(json!({"keycloak": {"realm": "r".repeat(65)}})), "may not be more than 64"),
         ("server url trailing slash", s(json!({"url": "http://localhost:3000/"})), srv_url),

@@ -22,6 +22,7 @@ fn crds_carry_cel_rules_and_printer_columns() {
     for needle in [
         "x-kubernetes-validations",
         "trustedHosts entries must be",
+        "x-kubernetes-list-map-keys",
         "policyRef is immutable",
         "set allowUnauthenticated: true",
         "additionalPrinterColumns",
