@@ -10,11 +10,17 @@ pub fn manifests() -> Vec<(&'static str, String)> {
     vec![
         (
             "mcpauthpolicies.mcpauth.dev.yaml",
-            format!("{header}{}", serde_yaml::to_string(&McpAuthPolicy::crd()).expect("CRD serializes")),
+            format!(
+                "{header}{}",
+                serde_yaml::to_string(&McpAuthPolicy::crd()).expect("CRD serializes")
+            ),
         ),
         (
             "mcpservers.mcpauth.dev.yaml",
-            format!("{header}{}", serde_yaml::to_string(&McpServer::crd()).expect("CRD serializes")),
+            format!(
+                "{header}{}",
+                serde_yaml::to_string(&McpServer::crd()).expect("CRD serializes")
+            ),
         ),
     ]
 }

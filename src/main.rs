@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mcp_keycloak_operator::controller::{Context, OperatorConfig};
-use mcp_keycloak_operator::runtime;
 use mcp_keycloak_operator::metrics::Metrics;
+use mcp_keycloak_operator::runtime;
 
 #[derive(Parser)]
-#[command(name = "mcp-keycloak-operator", version, about = "Secures MCP servers with Keycloak")]
+#[command(
+    name = "mcp-keycloak-operator",
+    version,
+    about = "Secures MCP servers with Keycloak"
+)]
 struct Cli {
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON", global = true)]
@@ -73,10 +77,22 @@ async fn main() -> anyhow_free::Result {
             mcp_keycloak_operator::crdgen::write(&out)?;
             Ok(())
         }
-        Command::Run { resync_seconds, operator_image, namespace, metrics_addr, leader_election, lease_namespace, lease_name, lease_seconds } => {
+        Command::Run {
+            resync_seconds,
+            operator_image,
+            namespace,
+            metrics_addr,
+            leader_election,
+            lease_namespace,
+            lease_name,
+            lease_seconds,
+        } => {
             init_logging(cli.log_json);
             let client = kube::Client::try_default().await?;
-            let mut config = OperatorConfig { resync: Duration::from_secs(resync_seconds), ..Default::default() };
+            let mut config = OperatorConfig {
+                resync: Duration::from_secs(resync_seconds),
+                ..Default::default()
+            };
             if let Some(image) = operator_image {
                 config.operator_image = image;
             }
@@ -85,10 +101,15 @@ async fn main() -> anyhow_free::Result {
             let leader = leader_election.then(|| runtime::LeaderElection {
                 lease_name,
                 namespace: lease_namespace,
-                identity: std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
+                identity: std::env::var("POD_NAME")
+                    .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
                 lease_seconds,
             });
-            let admin = tokio::spawn(runtime::serve_admin(metrics_addr, ctx.clone(), health.clone()));
+            let admin = tokio::spawn(runtime::serve_admin(
+                metrics_addr,
+                ctx.clone(),
+                health.clone(),
+            ));
             tracing::info!(%metrics_addr, "starting");
             let result = tokio::select! {
                 r = runtime::run(ctx, namespace, health, leader) => r,
@@ -104,7 +125,9 @@ async fn main() -> anyhow_free::Result {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "operator".into())
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "operator".into())
 }
 
 mod anyhow_free {

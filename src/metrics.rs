@@ -43,10 +43,9 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("mcp_operator");
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        let reconcile_duration =
-            Family::<ReconcileLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.005, 2.0, 14))
-            });
+        let reconcile_duration = Family::<ReconcileLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
         let keycloak_requests = Family::<KeycloakRequestLabels, Counter>::default();
         let admin_token_refreshes = Counter::default();
         registry.register("reconciles", "Reconciliations run", reconciles.clone());

@@ -46,7 +46,10 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.ctx.metrics.encode(),
     )
 }
@@ -76,10 +79,18 @@ pub struct LeaderElection {
 
 /// Runs the controllers; with leader election, only while holding the lease. Losing the lease
 /// ends the process with an error (a fresh start is the safe way back to standby).
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, health: Arc<Health>, leader: Option<LeaderElection>) -> Result<()> {
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    health: Arc<Health>,
+    leader: Option<LeaderElection>,
+) -> Result<()> {
     let Some(le) = leader else {
         let h = health.clone();
-        controller::run_until_synced(ctx, namespace, move |ok| h.synced.store(ok, Ordering::Relaxed)).await;
+        controller::run_until_synced(ctx, namespace, move |ok| {
+            h.synced.store(ok, Ordering::Relaxed)
+        })
+        .await;
         return Ok(());
     };
     health.standby.store(true, Ordering::Relaxed);
@@ -95,13 +106,18 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, health: Arc<Healt
     tracing::info!(lease = %le.lease_name, identity = %le.identity, "waiting for leadership");
     while !*is_leader.borrow_and_update() {
         if is_leader.changed().await.is_err() {
-            return Err(Error::invalid("LeaderElectionFailed", "lease watcher stopped"));
+            return Err(Error::invalid(
+                "LeaderElectionFailed",
+                "lease watcher stopped",
+            ));
         }
     }
     tracing::info!(identity = %le.identity, "acquired leadership; starting controllers");
     health.standby.store(false, Ordering::Relaxed);
     let h = health.clone();
-    let controllers = controller::run_until_synced(ctx, namespace, move |ok| h.synced.store(ok, Ordering::Relaxed));
+    let controllers = controller::run_until_synced(ctx, namespace, move |ok| {
+        h.synced.store(ok, Ordering::Relaxed)
+    });
     let lost = async {
         loop {
             if is_leader.changed().await.is_err() || !*is_leader.borrow() {

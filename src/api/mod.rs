@@ -1,6 +1,9 @@
 //! Custom resource types (`mcpauth.dev/v1alpha1`) and the names derived from them.
 
+// kube-derive repeats `type_ = ...` across printcolumns, which this lint misreads.
+#[allow(clippy::duplicated_attributes)]
 mod policy;
+#[allow(clippy::duplicated_attributes)]
 mod server;
 
 pub use policy::*;
@@ -28,7 +31,10 @@ impl McpAuthPolicy {
 
     /// Realm base as the operator and pods reach it.
     pub fn internal_realm_url(&self) -> String {
-        format!("{}/realms/{}", self.spec.keycloak.url, self.spec.keycloak.realm)
+        format!(
+            "{}/realms/{}",
+            self.spec.keycloak.url, self.spec.keycloak.realm
+        )
     }
 
     pub fn introspection_endpoint(&self) -> String {

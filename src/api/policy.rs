@@ -24,8 +24,16 @@ pub const SCOPE_PATTERN: &str = r#"^[!#-\[\]-~]+$"#;
     category = "mcp",
     printcolumn(name = "Realm", type_ = "string", json_path = ".spec.keycloak.realm"),
     printcolumn(name = "Issuer", type_ = "string", json_path = ".status.issuer"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct McpAuthPolicySpec {
@@ -146,14 +154,18 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 pub enum ScopeType {
     Default,
     #[default]
     Optional,
 }
 
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 pub enum DeletionPolicy {
     #[default]
     Delete,
@@ -162,7 +174,9 @@ pub enum DeletionPolicy {
 
 /// Well-known MCP clients whose registration hosts the operator knows, so users need not learn
 /// Keycloak's host-matching rules.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
 pub enum TrustedClient {
     /// VS Code: `vscode.dev`, `insiders.vscode.dev` (redirects), `code.visualstudio.com`
     /// (`client_uri`), loopback redirects `127.0.0.1` and `localhost`.

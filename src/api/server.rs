@@ -153,7 +153,9 @@ pub struct AuthSpec {
     pub gateway_image: Option<String>,
 }
 
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 pub enum AuthMode {
     #[default]
     Proxy,

@@ -41,7 +41,10 @@ impl Default for OperatorConfig {
     fn default() -> Self {
         OperatorConfig {
             resync: Duration::from_secs(300),
-            operator_image: format!("ghcr.io/mcp-keycloak-operator/operator:{}", env!("CARGO_PKG_VERSION")),
+            operator_image: format!(
+                "ghcr.io/mcp-keycloak-operator/operator:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
         }
     }
 }
@@ -90,7 +93,11 @@ impl Context {
         let data = secret.data.unwrap_or_default();
         let get = |key: &str| {
             data.get(key)
-                .map(|v| String::from_utf8_lossy(&v.0).trim_end_matches('\n').to_string())
+                .map(|v| {
+                    String::from_utf8_lossy(&v.0)
+                        .trim_end_matches('\n')
+                        .to_string()
+                })
                 .filter(|v| !v.is_empty())
         };
         let credentials = match (get("username"), get("password"), get("clientId"), get("clientSecret")) {
@@ -107,11 +114,22 @@ impl Context {
             None => None,
             Some(r) => {
                 let s = secrets.get_opt(&r.name).await?.ok_or_else(|| {
-                    Error::invalid("CABundleNotFound", format!("CA bundle Secret {ns}/{} not found", r.name))
+                    Error::invalid(
+                        "CABundleNotFound",
+                        format!("CA bundle Secret {ns}/{} not found", r.name),
+                    )
                 })?;
-                let pem = s.data.unwrap_or_default().get(&r.key).map(|b| b.0.clone()).ok_or_else(|| {
-                    Error::invalid("CABundleNotFound", format!("CA bundle Secret {ns}/{} has no key {}", r.name, r.key))
-                })?;
+                let pem = s
+                    .data
+                    .unwrap_or_default()
+                    .get(&r.key)
+                    .map(|b| b.0.clone())
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "CABundleNotFound",
+                            format!("CA bundle Secret {ns}/{} has no key {}", r.name, r.key),
+                        )
+                    })?;
                 Some(pem)
             }
         };
@@ -122,12 +140,18 @@ impl Context {
             .unwrap_or_else(|| "master".into());
         // The cache key includes a digest of the credentials, so rotated credentials get a fresh client.
         let cred_digest = match &credentials {
-            AdminCredentials::Password { username, password } => crate::desired::digest(&["pw", username, password]),
-            AdminCredentials::ClientCredentials { client_id, client_secret } => {
-                crate::desired::digest(&["cc", client_id, client_secret])
+            AdminCredentials::Password { username, password } => {
+                crate::desired::digest(&["pw", username, password])
             }
+            AdminCredentials::ClientCredentials {
+                client_id,
+                client_secret,
+            } => crate::desired::digest(&["cc", client_id, client_secret]),
         };
-        let ca_digest = ca.as_ref().map(|c| crate::desired::digest(&[&String::from_utf8_lossy(c)])).unwrap_or_default();
+        let ca_digest = ca
+            .as_ref()
+            .map(|c| crate::desired::digest(&[&String::from_utf8_lossy(c)]))
+            .unwrap_or_default();
         let key = format!("{}|{}|{}|{}", k.url, auth_realm, cred_digest, ca_digest);
         let mut pool = self.keycloak.lock().await;
         if let Some(c) = pool.get(&key) {
@@ -158,9 +182,19 @@ impl Context {
         Duration::from_secs(secs)
     }
 
-    pub async fn publish(&self, obj_ref: &k8s_openapi::api::core::v1::ObjectReference, warning: bool, reason: &str, note: String) {
+    pub async fn publish(
+        &self,
+        obj_ref: &k8s_openapi::api::core::v1::ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
         let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.into(),
             note: Some(note),
             action: "Reconcile".into(),
@@ -197,17 +231,29 @@ where
                 format!("{name} already exists and is not owned by this McpServer"),
             ));
         }
-        if is_subset(&serde_json::to_value(desired)?, &serde_json::to_value(&live)?) {
+        if is_subset(
+            &serde_json::to_value(desired)?,
+            &serde_json::to_value(&live)?,
+        ) {
             return Ok(false);
         }
     }
-    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired))
-        .await?;
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(desired),
+    )
+    .await?;
     Ok(true)
 }
 
 /// Writes status with server-side apply, only when it differs from what is there.
-pub async fn patch_status_if_changed<K, S>(api: &Api<K>, obj: &K, old: Option<&S>, new: &S) -> Result<()>
+pub async fn patch_status_if_changed<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    old: Option<&S>,
+    new: &S,
+) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
@@ -220,12 +266,21 @@ where
         "kind": K::kind(&()),
         "status": new,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
-fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>, controller: &'static str) -> Action {
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Context>,
+    controller: &'static str,
+) -> Action {
     let key = obj.meta().uid.clone().unwrap_or_default();
     ctx.metrics.record_error(controller, err.reason());
     let delay = ctx.backoff(&key, err.is_permanent());
@@ -247,20 +302,36 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 }
 
 /// Like [`run`], calling `on_synced(true)` once every watch cache has its initial list.
-pub async fn run_until_synced(ctx: Arc<Context>, namespace: Option<String>, on_synced: impl FnOnce(bool) + Send + 'static) {
+pub async fn run_until_synced(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    on_synced: impl FnOnce(bool) + Send + 'static,
+) {
     let client = ctx.client.clone();
     let (policies, servers): (Api<McpAuthPolicy>, Api<McpServer>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let owned = watcher::Config::default().labels(&format!(
         "app.kubernetes.io/managed-by={}",
         crate::desired::workload::MANAGED_BY
     ));
-    let (deployments, secrets, services): (Api<Deployment>, Api<Secret>, Api<Service>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (deployments, secrets, services): (Api<Deployment>, Api<Secret>, Api<Service>) =
+        match &namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
 
     let server_controller = Controller::new(servers.clone(), watcher::Config::default());
     let server_store = server_controller.store();
@@ -269,16 +340,20 @@ pub async fn run_until_synced(ctx: Arc<Context>, namespace: Option<String>, on_s
         .owns(deployments, owned.clone())
         .owns(secrets, owned.clone())
         .owns(services, owned)
-        .watches(policies.clone(), watcher::Config::default(), move |policy: McpAuthPolicy| {
-            let ns = policy.namespace();
-            let name = policy.name_any();
-            server_store
-                .state()
-                .into_iter()
-                .filter(|s| s.namespace() == ns && s.spec.policy_ref.name == name)
-                .map(|s| ObjectRef::from_obj(&*s))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            policies.clone(),
+            watcher::Config::default(),
+            move |policy: McpAuthPolicy| {
+                let ns = policy.namespace();
+                let name = policy.name_any();
+                server_store
+                    .state()
+                    .into_iter()
+                    .filter(|s| s.namespace() == ns && s.spec.policy_ref.name == name)
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            },
+        )
         .shutdown_on_signal()
         .run(
             server::reconcile,
@@ -290,7 +365,8 @@ pub async fn run_until_synced(ctx: Arc<Context>, namespace: Option<String>, on_s
     let policy_controller = Controller::new(policies, watcher::Config::default());
     let synced_policies = policy_controller.store();
     tokio::spawn(async move {
-        let ok = synced_servers.wait_until_ready().await.is_ok() && synced_policies.wait_until_ready().await.is_ok();
+        let ok = synced_servers.wait_until_ready().await.is_ok()
+            && synced_policies.wait_until_ready().await.is_ok();
         on_synced(ok);
     });
     let policy_controller = policy_controller

@@ -31,7 +31,8 @@ pub async fn reconcile(policy: Arc<McpAuthPolicy>, ctx: Arc<Context>) -> Result<
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics.record_reconcile("mcpauthpolicy", started.elapsed());
+    ctx.metrics
+        .record_reconcile("mcpauthpolicy", started.elapsed());
     result
 }
 
@@ -43,7 +44,11 @@ enum Stage {
     Registration,
 }
 
-async fn apply(policy: Arc<McpAuthPolicy>, ctx: &Context, api: &Api<McpAuthPolicy>) -> Result<Action> {
+async fn apply(
+    policy: Arc<McpAuthPolicy>,
+    ctx: &Context,
+    api: &Api<McpAuthPolicy>,
+) -> Result<Action> {
     let now = Time(jiff::Timestamp::now());
     let generation = policy.metadata.generation;
     let old = policy.status.clone();
@@ -55,7 +60,15 @@ async fn apply(policy: Arc<McpAuthPolicy>, ctx: &Context, api: &Api<McpAuthPolic
     let conds = &mut status.conditions;
     match &outcome {
         Ok(()) => {
-            conditions::upsert(conds, READY, true, "Ready", "Keycloak realm configured", generation, &now);
+            conditions::upsert(
+                conds,
+                READY,
+                true,
+                "Ready",
+                "Keycloak realm configured",
+                generation,
+                &now,
+            );
         }
         Err((stage, e)) => {
             let t = match stage {
@@ -64,15 +77,35 @@ async fn apply(policy: Arc<McpAuthPolicy>, ctx: &Context, api: &Api<McpAuthPolic
                 Stage::Registration => REGISTRATION_POLICY_APPLIED,
             };
             conditions::upsert(conds, t, false, e.reason(), e.to_string(), generation, &now);
-            conditions::upsert(conds, READY, false, e.reason(), e.to_string(), generation, &now);
+            conditions::upsert(
+                conds,
+                READY,
+                false,
+                e.reason(),
+                e.to_string(),
+                generation,
+                &now,
+            );
         }
     }
-    let was_ready = old.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, READY));
+    let was_ready = old
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, READY));
     let is_ready = conditions::is_true(&status.conditions, READY);
     patch_status_if_changed(api, policy.as_ref(), old.as_ref(), &status).await?;
-    if was_ready != is_ready || (!is_ready && old.as_ref().and_then(|s| conditions::find(&s.conditions, READY)).map(|c| c.reason.clone()) != conditions::find(&status.conditions, READY).map(|c| c.reason.clone())) {
-        let c = conditions::find(&status.conditions, READY).cloned().expect("Ready was just set");
-        ctx.publish(&policy.object_ref(&()), !is_ready, &c.reason, c.message).await;
+    if was_ready != is_ready
+        || (!is_ready
+            && old
+                .as_ref()
+                .and_then(|s| conditions::find(&s.conditions, READY))
+                .map(|c| c.reason.clone())
+                != conditions::find(&status.conditions, READY).map(|c| c.reason.clone()))
+    {
+        let c = conditions::find(&status.conditions, READY)
+            .cloned()
+            .expect("Ready was just set");
+        ctx.publish(&policy.object_ref(&()), !is_ready, &c.reason, c.message)
+            .await;
     }
     match outcome {
         Ok(()) => {
@@ -94,13 +127,24 @@ async fn configure(
     let realm = &spec.keycloak.realm;
     let conds = &mut status.conditions;
 
-    let kc = ctx.keycloak_for(policy).await.map_err(|e| (Stage::Connect, e))?;
+    let kc = ctx
+        .keycloak_for(policy)
+        .await
+        .map_err(|e| (Stage::Connect, e))?;
     let realm_id = match kc.ensure_realm(realm, spec.keycloak.create_realm).await {
         Ok(id) => id,
         Err(e @ Error::Invalid { .. }) => return Err((Stage::Realm, e)),
         Err(e) => return Err((Stage::Connect, e)),
     };
-    conditions::upsert(conds, KEYCLOAK_REACHABLE, true, "Connected", format!("admin API of {} answers", kc.base_url()), generation, now);
+    conditions::upsert(
+        conds,
+        KEYCLOAK_REACHABLE,
+        true,
+        "Connected",
+        format!("admin API of {} answers", kc.base_url()),
+        generation,
+        now,
+    );
 
     let realm_step = async {
         let existing = kc.client_scopes(realm).await?;
@@ -108,26 +152,57 @@ async fn configure(
         for scope in &spec.scopes {
             let rep = desired::policy_scope(policy, scope);
             let id = kc.ensure_client_scope(realm, &existing, &rep, &[]).await?;
-            kc.ensure_realm_scope_type(realm, &assignments, &id, scope.r#type).await?;
+            kc.ensure_realm_scope_type(realm, &assignments, &id, scope.r#type)
+                .await?;
         }
         Ok::<_, Error>(())
     };
     realm_step.await.map_err(|e| (Stage::Realm, e))?;
     let names: Vec<_> = spec.scopes.iter().map(|s| s.name.as_str()).collect();
-    conditions::upsert(conds, REALM_CONFIGURED, true, "ScopesConfigured", format!("realm {realm} has client scopes {}", names.join(", ")), generation, now);
+    conditions::upsert(
+        conds,
+        REALM_CONFIGURED,
+        true,
+        "ScopesConfigured",
+        format!("realm {realm} has client scopes {}", names.join(", ")),
+        generation,
+        now,
+    );
 
     match desired::registration_policies(policy) {
         Some(rp) => {
             kc.ensure_registration_policies(realm, &realm_id, &rp)
                 .await
                 .map_err(|e| (Stage::Registration, e))?;
-            let dcr = spec.dynamic_client_registration.as_ref().expect("registration_policies implies a section");
+            let dcr = spec
+                .dynamic_client_registration
+                .as_ref()
+                .expect("registration_policies implies a section");
             if dcr.enabled {
                 status.registration_endpoint = Some(policy.registration_endpoint());
-                conditions::upsert(conds, REGISTRATION_POLICY_APPLIED, true, "RegistrationOpen", format!("anonymous registration allowed for hosts {}", desired::trusted_hosts(dcr).join(", ")), generation, now);
+                conditions::upsert(
+                    conds,
+                    REGISTRATION_POLICY_APPLIED,
+                    true,
+                    "RegistrationOpen",
+                    format!(
+                        "anonymous registration allowed for hosts {}",
+                        desired::trusted_hosts(dcr).join(", ")
+                    ),
+                    generation,
+                    now,
+                );
             } else {
                 status.registration_endpoint = None;
-                conditions::upsert(conds, REGISTRATION_POLICY_APPLIED, true, "RegistrationClosed", "anonymous registration is closed", generation, now);
+                conditions::upsert(
+                    conds,
+                    REGISTRATION_POLICY_APPLIED,
+                    true,
+                    "RegistrationClosed",
+                    "anonymous registration is closed",
+                    generation,
+                    now,
+                );
             }
         }
         None => {
@@ -161,11 +236,17 @@ async fn cleanup(policy: Arc<McpAuthPolicy>, ctx: &Context) -> Result<Action> {
     let result = async {
         let kc = ctx.keycloak_for(&policy).await?;
         let realm = &policy.spec.keycloak.realm;
-        let Some(r) = kc.realm(realm).await? else { return Ok(()) };
+        let Some(r) = kc.realm(realm).await? else {
+            return Ok(());
+        };
         let assignments = kc.realm_scope_assignments(realm).await?;
         let owner = policy.owner_marker();
         for s in kc.client_scopes(realm).await? {
-            let ours = s.attributes.as_ref().and_then(|a| a.get(crate::api::OWNER_ATTRIBUTE)) == Some(&owner);
+            let ours = s
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get(crate::api::OWNER_ATTRIBUTE))
+                == Some(&owner);
             if let (true, Some(id)) = (ours, s.id.as_deref()) {
                 if assignments.default_ids.iter().any(|i| i == id) {
                     kc.remove_realm_default_scope(realm, id).await?;
@@ -181,7 +262,8 @@ async fn cleanup(policy: Arc<McpAuthPolicy>, ctx: &Context) -> Result<Action> {
             dcr.enabled = false;
             let mut closed = (*policy).clone();
             closed.spec.dynamic_client_registration = Some(dcr);
-            if let (Some(rp), Some(id)) = (desired::registration_policies(&closed), r.id.as_deref()) {
+            if let (Some(rp), Some(id)) = (desired::registration_policies(&closed), r.id.as_deref())
+            {
                 kc.ensure_registration_policies(realm, id, &rp).await?;
             }
         }
@@ -191,7 +273,13 @@ async fn cleanup(policy: Arc<McpAuthPolicy>, ctx: &Context) -> Result<Action> {
     match result {
         Ok(()) => Ok(Action::await_change()),
         Err(e) if ctx.namespace_terminating(&ns).await => {
-            ctx.publish(&policy.object_ref(&()), true, "CleanupSkipped", format!("namespace is being deleted; Keycloak cleanup failed: {e}")).await;
+            ctx.publish(
+                &policy.object_ref(&()),
+                true,
+                "CleanupSkipped",
+                format!("namespace is being deleted; Keycloak cleanup failed: {e}"),
+            )
+            .await;
             Ok(Action::await_change())
         }
         Err(e) => Err(e),

@@ -7,9 +7,7 @@ use keycloak::types::{
     ProtocolMapperRepresentation,
 };
 
-use crate::api::{
-    DynamicClientRegistration, McpAuthPolicy, McpServer, ScopeSpec, OWNER_ATTRIBUTE,
-};
+use crate::api::{DynamicClientRegistration, McpAuthPolicy, McpServer, ScopeSpec, OWNER_ATTRIBUTE};
 use crate::keycloak::REGISTRATION_POLICY_TYPE;
 
 pub const AUDIENCE_MAPPER_NAME: &str = "mcp-audience";
@@ -25,7 +23,10 @@ pub fn policy_scope(policy: &McpAuthPolicy, scope: &ScopeSpec) -> ClientScopeRep
     attributes.insert("display.on.consent.screen".to_string(), "true".to_string());
     attributes.insert(
         "consent.screen.text".to_string(),
-        scope.consent_text.clone().unwrap_or_else(|| scope.name.clone()),
+        scope
+            .consent_text
+            .clone()
+            .unwrap_or_else(|| scope.name.clone()),
     );
     attributes.insert(OWNER_ATTRIBUTE.to_string(), policy.owner_marker());
     ClientScopeRepresentation {
@@ -151,8 +152,11 @@ pub fn trusted_hosts(dcr: &DynamicClientRegistration) -> Vec<String> {
 /// `None` for a provider means "must not exist" (only `consent-required` can be absent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegistrationPolicies {
-    pub components: Vec<(&'static str, Option<HashMap<String, Vec<String>>>)>,
+    pub components: Vec<(&'static str, Option<ComponentConfig>)>,
 }
+
+/// A component's multivalued config.
+pub type ComponentConfig = HashMap<String, Vec<String>>;
 
 pub fn registration_policies(policy: &McpAuthPolicy) -> Option<RegistrationPolicies> {
     let dcr = policy.spec.dynamic_client_registration.as_ref()?;
@@ -189,19 +193,14 @@ pub fn registration_policies(policy: &McpAuthPolicy) -> Option<RegistrationPolic
         ),
         ("allow-default-scopes".to_string(), b(true)),
     ]);
-    let max_clients = HashMap::from([(
-        "max-clients".to_string(),
-        vec![dcr.max_clients.to_string()],
-    )]);
+    let max_clients =
+        HashMap::from([("max-clients".to_string(), vec![dcr.max_clients.to_string()])]);
     Some(RegistrationPolicies {
         components: vec![
             ("trusted-hosts", Some(trusted)),
             ("allowed-client-templates", Some(allowed_scopes)),
             ("max-clients", Some(max_clients)),
-            (
-                "consent-required",
-                dcr.consent_required.then(HashMap::new),
-            ),
+            ("consent-required", dcr.consent_required.then(HashMap::new)),
         ],
     })
 }
@@ -328,9 +327,19 @@ mod tests {
     #[test]
     fn registration_policies_exact() {
         let rp = registration_policies(&policy(Some(dcr()))).unwrap();
-        let get = |id: &str| rp.components.iter().find(|(p, _)| *p == id).unwrap().1.clone();
+        let get = |id: &str| {
+            rp.components
+                .iter()
+                .find(|(p, _)| *p == id)
+                .unwrap()
+                .1
+                .clone()
+        };
         let trusted = get("trusted-hosts").unwrap();
-        assert_eq!(trusted["host-sending-registration-request-must-match"], vec!["false"]);
+        assert_eq!(
+            trusted["host-sending-registration-request-must-match"],
+            vec!["false"]
+        );
         assert_eq!(trusted["client-uris-must-match"], vec!["true"]);
         assert_eq!(
             get("allowed-client-templates").unwrap()["allowed-client-scopes"],
@@ -348,7 +357,10 @@ mod tests {
         let trusted = rp.components[0].1.clone().unwrap();
         assert!(trusted["trusted-hosts"].is_empty());
         assert_eq!(trusted["client-uris-must-match"], vec!["true"]);
-        assert_eq!(trusted["host-sending-registration-request-must-match"], vec!["true"]);
+        assert_eq!(
+            trusted["host-sending-registration-request-must-match"],
+            vec!["true"]
+        );
     }
 
     #[test]
@@ -380,7 +392,10 @@ mod tests {
         assert_eq!(c["id.token.claim"], "false");
         assert_eq!(c.len(), 4);
         let i = introspection_audience_mapper("mcp.team.weather");
-        assert_eq!(i.config.unwrap()["included.client.audience"], "mcp.team.weather");
+        assert_eq!(
+            i.config.unwrap()["included.client.audience"],
+            "mcp.team.weather"
+        );
         assert_eq!(i.name.as_deref(), Some(INTROSPECTION_AUDIENCE_MAPPER_NAME));
     }
 }

@@ -14,9 +14,11 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
         (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| match l.get(k) {
             Some(lv) => is_subset(dv, lv),
             // An empty desired collection or null matches an absent field.
-            None => matches!(dv, Value::Null)
-                || dv.as_array().is_some_and(|a| a.is_empty())
-                || dv.as_object().is_some_and(|o| o.is_empty()),
+            None => {
+                matches!(dv, Value::Null)
+                    || dv.as_array().is_some_and(|a| a.is_empty())
+                    || dv.as_object().is_some_and(|o| o.is_empty())
+            }
         }),
         (Value::Array(d), Value::Array(l)) => {
             d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv))

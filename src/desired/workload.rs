@@ -198,7 +198,11 @@ fn mcp_container(server: &McpServer, inputs: &WorkloadInputs) -> Container {
         // Behind the gateway the server must only be reachable from inside the pod.
         env(
             "HOST",
-            if mode == AuthMode::Proxy { "127.0.0.1" } else { "0.0.0.0" },
+            if mode == AuthMode::Proxy {
+                "127.0.0.1"
+            } else {
+                "0.0.0.0"
+            },
         ),
         env("PORT", port.to_string()),
     ];
@@ -213,7 +217,14 @@ fn mcp_container(server: &McpServer, inputs: &WorkloadInputs) -> Container {
         args: (!server.spec.args.is_empty()).then(|| server.spec.args.clone()),
         env: Some(vars),
         ports: Some(vec![ContainerPort {
-            name: Some(if mode == AuthMode::Proxy { "mcp" } else { "http" }.into()),
+            name: Some(
+                if mode == AuthMode::Proxy {
+                    "mcp"
+                } else {
+                    "http"
+                }
+                .into(),
+            ),
             container_port: port,
             protocol: Some("TCP".into()),
             ..Default::default()
@@ -421,7 +432,9 @@ mod tests {
     }
 
     fn value(e: &BTreeMap<String, EnvVar>, k: &str) -> String {
-        e[k].value.clone().unwrap_or_else(|| panic!("{k} has no literal value"))
+        e[k].value
+            .clone()
+            .unwrap_or_else(|| panic!("{k} has no literal value"))
     }
 
     #[test]
@@ -433,13 +446,23 @@ mod tests {
             i.introspection_endpoint,
             "http://keycloak.auth.svc:8080/realms/acme/protocol/openid-connect/token/introspect"
         );
-        assert_eq!((i.auth_host.as_str(), i.auth_port), ("keycloak.auth.svc", 8080));
+        assert_eq!(
+            (i.auth_host.as_str(), i.auth_port),
+            ("keycloak.auth.svc", 8080)
+        );
         assert_eq!(i.client_id, "mcp.team.weather");
         assert_eq!(i.secret_name, "weather-oauth");
-        assert_eq!(i.required_scopes, vec!["mcp:tools", "mcp:server:team:weather"]);
+        assert_eq!(
+            i.required_scopes,
+            vec!["mcp:tools", "mcp:server:team:weather"]
+        );
         assert_eq!(i.gateway_image, "op:1");
-        let other = WorkloadInputs::resolve(&server(AuthMode::Native), &policy(), "rotated", "op:1");
-        assert_ne!(i.config_hash, other.config_hash, "a new secret must roll the pods");
+        let other =
+            WorkloadInputs::resolve(&server(AuthMode::Native), &policy(), "rotated", "op:1");
+        assert_ne!(
+            i.config_hash, other.config_hash,
+            "a new secret must roll the pods"
+        );
     }
 
     #[test]
@@ -457,12 +480,24 @@ mod tests {
         assert_eq!(value(&e, "AUTH_PORT"), "8080");
         assert_eq!(value(&e, "AUTH_REALM"), "acme");
         assert_eq!(value(&e, "OAUTH_CLIENT_ID"), "mcp.team.weather");
-        assert_eq!(value(&e, "MCP_REQUIRED_SCOPES"), "mcp:tools mcp:server:team:weather");
+        assert_eq!(
+            value(&e, "MCP_REQUIRED_SCOPES"),
+            "mcp:tools mcp:server:team:weather"
+        );
         assert_eq!(value(&e, "LOG_LEVEL"), "debug");
         let secret = &e["OAUTH_CLIENT_SECRET"];
         assert_eq!(secret.value, None, "the secret must never be a literal");
-        let r = secret.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
-        assert_eq!((r.name.as_str(), r.key.as_str()), ("weather-oauth", "client-secret"));
+        let r = secret
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("weather-oauth", "client-secret")
+        );
         assert!(!serde_json::to_string(&d).unwrap().contains("s3cr3t"));
         assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("http"));
         assert_eq!(c.args, Some(vec!["--http".to_string()]));
@@ -487,16 +522,31 @@ mod tests {
         assert_eq!(value(&ge, "MCP_GATEWAY_UPSTREAM"), "http://127.0.0.1:3000");
         assert_eq!(value(&ge, "MCP_GATEWAY_LISTEN"), "0.0.0.0:8080");
         assert_eq!(value(&ge, "MCP_SERVER_URL"), "http://localhost:3000");
-        assert_eq!(value(&ge, "MCP_AUTH_ISSUER"), "https://sso.example.com/realms/acme");
+        assert_eq!(
+            value(&ge, "MCP_AUTH_ISSUER"),
+            "https://sso.example.com/realms/acme"
+        );
         assert!(ge["OAUTH_CLIENT_SECRET"].value_from.is_some());
-        let ports: Vec<_> = gw.ports.as_ref().unwrap().iter().map(|p| (p.name.clone().unwrap(), p.container_port)).collect();
-        assert_eq!(ports, vec![("http".to_string(), 8080), ("admin".to_string(), 9090)]);
+        let ports: Vec<_> = gw
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![("http".to_string(), 8080), ("admin".to_string(), 9090)]
+        );
         let sc = gw.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         let me = env_of(&pod.containers[1]);
         assert_eq!(value(&me, "HOST"), "127.0.0.1");
         assert!(!me.contains_key("OAUTH_CLIENT_SECRET"));
-        assert_eq!(pod.containers[1].ports.as_ref().unwrap()[0].name.as_deref(), Some("mcp"));
+        assert_eq!(
+            pod.containers[1].ports.as_ref().unwrap()[0].name.as_deref(),
+            Some("mcp")
+        );
     }
 
     #[test]
@@ -509,7 +559,10 @@ mod tests {
         assert_eq!(p.target_port, Some(IntOrString::String("http".into())));
         assert_eq!(spec.selector.unwrap()[SERVER_LABEL], "weather");
         let owner = &svc.metadata.owner_references.unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("McpServer", "uid-1", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("McpServer", "uid-1", Some(true))
+        );
     }
 
     #[test]

@@ -3,21 +3,31 @@
 
 use std::collections::HashMap;
 
-use keycloak::types::{ClientRepresentation, ClientScopeRepresentation, ProtocolMapperRepresentation};
+use keycloak::types::{
+    ClientRepresentation, ClientScopeRepresentation, ProtocolMapperRepresentation,
+};
 use rand::Rng;
 
 use super::KeycloakAdminClient;
 use crate::api::{ScopeType, OWNER_ATTRIBUTE};
-use crate::desired::keycloak::{component_config_matches, new_anonymous_component, RegistrationPolicies};
 use crate::desired::is_subset;
+use crate::desired::keycloak::{
+    component_config_matches, new_anonymous_component, RegistrationPolicies,
+};
 use crate::{Error, Result};
 
 fn owner_of_scope(s: &ClientScopeRepresentation) -> Option<&str> {
-    s.attributes.as_ref()?.get(OWNER_ATTRIBUTE).map(|v| v.as_str())
+    s.attributes
+        .as_ref()?
+        .get(OWNER_ATTRIBUTE)
+        .map(|v| v.as_str())
 }
 
 fn owner_of_client(c: &ClientRepresentation) -> Option<&str> {
-    c.attributes.as_ref()?.get(OWNER_ATTRIBUTE).map(|v| v.as_str())
+    c.attributes
+        .as_ref()?
+        .get(OWNER_ATTRIBUTE)
+        .map(|v| v.as_str())
 }
 
 /// Generated client secrets: 32 random alphanumeric characters (~190 bits).
@@ -33,11 +43,14 @@ impl KeycloakAdminClient {
     /// The realm's internal id (needed as `parentId` of components). Creates the realm if asked.
     pub async fn ensure_realm(&self, realm: &str, create: bool) -> Result<String> {
         if let Some(r) = self.realm(realm).await? {
-            return r.id.map(|id| id.to_string()).ok_or_else(|| Error::KeycloakApi {
-                operation: "read realm".into(),
-                status: 200,
-                message: "realm has no id".into(),
-            });
+            return r
+                .id
+                .map(|id| id.to_string())
+                .ok_or_else(|| Error::KeycloakApi {
+                    operation: "read realm".into(),
+                    status: 200,
+                    message: "realm has no id".into(),
+                });
         }
         if !create {
             return Err(Error::invalid(
@@ -71,7 +84,9 @@ impl KeycloakAdminClient {
             .as_ref()
             .and_then(|a| a.get(OWNER_ATTRIBUTE))
             .cloned();
-        let live = existing.iter().find(|s| s.name.as_deref() == Some(name.as_str()));
+        let live = existing
+            .iter()
+            .find(|s| s.name.as_deref() == Some(name.as_str()));
         let (id, live_mappers) = match live {
             None => {
                 let id = self.create_client_scope(realm, desired).await?;
@@ -98,7 +113,10 @@ impl KeycloakAdminClient {
                 }
                 let mut live_cmp = live.clone();
                 live_cmp.protocol_mappers = None;
-                if !is_subset(&serde_json::to_value(&want)?, &serde_json::to_value(&live_cmp)?) {
+                if !is_subset(
+                    &serde_json::to_value(&want)?,
+                    &serde_json::to_value(&live_cmp)?,
+                ) {
                     // PUT replaces attributes: keep the ones Keycloak or users added.
                     let mut attrs = live.attributes.clone().unwrap_or_default();
                     attrs.extend(want.attributes.clone().unwrap_or_default());
@@ -110,7 +128,10 @@ impl KeycloakAdminClient {
                     };
                     self.update_client_scope(realm, &id, &body).await?;
                 }
-                (id, live.protocol_mappers.clone().unwrap_or_default().to_vec())
+                (
+                    id,
+                    live.protocol_mappers.clone().unwrap_or_default().to_vec(),
+                )
             }
         };
         for m in mappers {
@@ -124,7 +145,8 @@ impl KeycloakAdminClient {
                             id: Some(mapper_id.clone()),
                             ..m.clone()
                         };
-                        self.update_scope_mapper(realm, &id, &mapper_id, &body).await?;
+                        self.update_scope_mapper(realm, &id, &mapper_id, &body)
+                            .await?;
                     }
                 }
             }
@@ -239,7 +261,9 @@ impl KeycloakAdminClient {
         let live = self.client_by_client_id(realm, &client_id).await?;
         let uuid = match live {
             None => {
-                let secret = known_secret.map(str::to_string).unwrap_or_else(generate_secret);
+                let secret = known_secret
+                    .map(str::to_string)
+                    .unwrap_or_else(generate_secret);
                 let body = ClientRepresentation {
                     secret: Some(secret),
                     ..desired.clone()
@@ -260,7 +284,10 @@ impl KeycloakAdminClient {
                 let uuid = live.id.clone().unwrap_or_default().to_string();
                 let mut live_cmp = live.clone();
                 live_cmp.secret = None;
-                if !is_subset(&serde_json::to_value(desired)?, &serde_json::to_value(&live_cmp)?) {
+                if !is_subset(
+                    &serde_json::to_value(desired)?,
+                    &serde_json::to_value(&live_cmp)?,
+                ) {
                     let mut attrs = live.attributes.clone().unwrap_or_default();
                     attrs.extend(desired.attributes.clone().unwrap_or_default());
                     let body = ClientRepresentation {
@@ -273,16 +300,24 @@ impl KeycloakAdminClient {
                 uuid
             }
         };
-        let secret = self.client_secret(realm, &uuid).await?.ok_or_else(|| Error::KeycloakApi {
-            operation: "read client secret".into(),
-            status: 200,
-            message: "client has no secret".into(),
-        })?;
+        let secret = self
+            .client_secret(realm, &uuid)
+            .await?
+            .ok_or_else(|| Error::KeycloakApi {
+                operation: "read client secret".into(),
+                status: 200,
+                message: "client has no secret".into(),
+            })?;
         Ok((uuid, secret))
     }
 
     /// Deletes a client only if it carries our marker; 404 counts as done.
-    pub async fn delete_owned_client(&self, realm: &str, client_id: &str, owner: &str) -> Result<()> {
+    pub async fn delete_owned_client(
+        &self,
+        realm: &str,
+        client_id: &str,
+        owner: &str,
+    ) -> Result<()> {
         if let Some(c) = self.client_by_client_id(realm, client_id).await? {
             if owner_of_client(&c) == Some(owner) {
                 if let Some(id) = &c.id {

@@ -42,7 +42,10 @@ impl std::fmt::Debug for AdminCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AdminCredentials::Password { username, .. } => {
-                write!(f, "Password {{ username: {username:?}, password: <redacted> }}")
+                write!(
+                    f,
+                    "Password {{ username: {username:?}, password: <redacted> }}"
+                )
             }
             AdminCredentials::ClientCredentials { client_id, .. } => write!(
                 f,
@@ -121,7 +124,8 @@ impl TokenCache {
             let margin = (lifetime / 5).clamp(1, 30);
             *current = Some(CachedToken {
                 token: body.access_token.clone(),
-                refresh_after: Instant::now() + Duration::from_secs(lifetime.saturating_sub(margin)),
+                refresh_after: Instant::now()
+                    + Duration::from_secs(lifetime.saturating_sub(margin)),
             });
             return Ok(body.access_token);
         }
@@ -194,11 +198,14 @@ struct SharedTokens(Arc<TokenCache>);
 impl KeycloakTokenSupplier for SharedTokens {
     async fn get(&self, _url: &str) -> Result<String, KeycloakError> {
         // `KeycloakAdminClient::call` fetched (or refreshed) the token just before; this hits the cache.
-        self.0.token().await.map_err(|e| KeycloakError::HttpFailure {
-            status: 401,
-            body: None,
-            text: e.to_string(),
-        })
+        self.0
+            .token()
+            .await
+            .map_err(|e| KeycloakError::HttpFailure {
+                status: 401,
+                body: None,
+                text: e.to_string(),
+            })
     }
 }
 
@@ -232,7 +239,10 @@ impl KeycloakAdminClient {
             .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = ca_bundle_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                Error::invalid("InvalidCABundle", format!("CA bundle is not valid PEM: {e}"))
+                Error::invalid(
+                    "InvalidCABundle",
+                    format!("CA bundle is not valid PEM: {e}"),
+                )
             })? {
                 builder = builder.add_root_certificate(cert);
             }
@@ -311,7 +321,12 @@ impl KeycloakAdminClient {
     }
 
     /// `Ok(None)` on 404.
-    async fn call_opt<T, F, Fut>(&self, method: &'static str, operation: &str, f: F) -> Result<Option<T>>
+    async fn call_opt<T, F, Fut>(
+        &self,
+        method: &'static str,
+        operation: &str,
+        f: F,
+    ) -> Result<Option<T>>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, KeycloakError>>,
@@ -379,16 +394,24 @@ impl KeycloakAdminClient {
                 self.api.realm_clients_post(realm, rep.clone())
             })
             .await?;
-        resp.to_id().map(str::to_string).ok_or_else(|| Error::KeycloakApi {
-            operation: "create client".into(),
-            status: 201,
-            message: "no Location header".into(),
-        })
+        resp.to_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::KeycloakApi {
+                operation: "create client".into(),
+                status: 201,
+                message: "no Location header".into(),
+            })
     }
 
-    pub async fn update_client(&self, realm: &str, id: &str, rep: &ClientRepresentation) -> Result<()> {
+    pub async fn update_client(
+        &self,
+        realm: &str,
+        id: &str,
+        rep: &ClientRepresentation,
+    ) -> Result<()> {
         self.call("PUT", "update client", || {
-            self.api.realm_clients_with_client_uuid_put(realm, id, rep.clone())
+            self.api
+                .realm_clients_with_client_uuid_put(realm, id, rep.clone())
         })
         .await?;
         Ok(())
@@ -406,7 +429,8 @@ impl KeycloakAdminClient {
     pub async fn client_secret(&self, realm: &str, id: &str) -> Result<Option<String>> {
         let cred = self
             .call("GET", "read client secret", || {
-                self.api.realm_clients_with_client_uuid_client_secret_get(realm, id)
+                self.api
+                    .realm_clients_with_client_uuid_client_secret_get(realm, id)
             })
             .await?;
         Ok(cred.value.map(|v| v.to_string()))
@@ -427,7 +451,9 @@ impl KeycloakAdminClient {
 
     pub async fn client_scopes(&self, realm: &str) -> Result<Vec<ClientScopeRepresentation>> {
         let scopes = self
-            .call("GET", "list client scopes", || self.api.realm_client_scopes_get(realm))
+            .call("GET", "list client scopes", || {
+                self.api.realm_client_scopes_get(realm)
+            })
             .await?;
         Ok(scopes.into_iter().collect())
     }
@@ -442,11 +468,13 @@ impl KeycloakAdminClient {
                 self.api.realm_client_scopes_post(realm, rep.clone())
             })
             .await?;
-        resp.to_id().map(str::to_string).ok_or_else(|| Error::KeycloakApi {
-            operation: "create client scope".into(),
-            status: 201,
-            message: "no Location header".into(),
-        })
+        resp.to_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::KeycloakApi {
+                operation: "create client scope".into(),
+                status: 201,
+                message: "no Location header".into(),
+            })
     }
 
     pub async fn update_client_scope(
@@ -510,7 +538,12 @@ impl KeycloakAdminClient {
         Ok(())
     }
 
-    pub async fn delete_scope_mapper(&self, realm: &str, scope_id: &str, mapper_id: &str) -> Result<()> {
+    pub async fn delete_scope_mapper(
+        &self,
+        realm: &str,
+        scope_id: &str,
+        mapper_id: &str,
+    ) -> Result<()> {
         self.call_opt("DELETE", "delete protocol mapper", || {
             self.api
                 .realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_delete(
@@ -611,7 +644,8 @@ impl KeycloakAdminClient {
         rep: &ComponentRepresentation,
     ) -> Result<()> {
         self.call("PUT", "update component", || {
-            self.api.realm_components_with_id_put(realm, id, rep.clone())
+            self.api
+                .realm_components_with_id_put(realm, id, rep.clone())
         })
         .await?;
         Ok(())

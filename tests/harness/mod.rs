@@ -29,15 +29,23 @@ pub async fn install_crds(client: &Client) {
         for (_, yaml) in mcp_keycloak_operator::crdgen::manifests() {
             let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).expect("CRD yaml");
             let name = crd.metadata.name.clone().unwrap();
-            api.patch(&name, &PatchParams::apply("mcp-tests").force(), &Patch::Apply(&crd))
-                .await
-                .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+            api.patch(
+                &name,
+                &PatchParams::apply("mcp-tests").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
             wait_for(&format!("CRD {name} established"), WAIT, || {
                 let api = api.clone();
                 let name = name.clone();
                 async move {
                     let c = api.get(&name).await.ok()?;
-                    let established = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+                    let established = c
+                        .status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
                     established.then_some(())
                 }
             })
@@ -63,7 +71,10 @@ impl Operator {
         let ctx = Context::new(
             client.clone(),
             Arc::new(Metrics::default()),
-            OperatorConfig { resync, operator_image: "mcp-keycloak-operator:test".into() },
+            OperatorConfig {
+                resync,
+                operator_image: "mcp-keycloak-operator:test".into(),
+            },
         );
         let handle = tokio::spawn(controller::run(ctx.clone(), Some(namespace.to_string())));
         Operator { ctx, handle }
@@ -134,7 +145,11 @@ pub fn server(name: &str, policy: &str, url: &str) -> McpServer {
 
 pub async fn create<K>(client: &Client, ns: &str, obj: &K) -> K
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
     Api::<K>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), obj)
@@ -143,19 +158,33 @@ where
 }
 
 fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
-    status["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
-        (
-            c["status"].as_str().unwrap_or_default().to_string(),
-            c["reason"].as_str().unwrap_or_default().to_string(),
-            c["message"].as_str().unwrap_or_default().to_string(),
-        )
-    })
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
 }
 
 /// Waits until condition `type_` has `status`; returns (reason, message).
-pub async fn wait_condition<K>(client: &Client, ns: &str, name: &str, type_: &str, status: &str) -> (String, String)
+pub async fn wait_condition<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+) -> (String, String)
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let mut last = Value::Null;
@@ -179,9 +208,19 @@ where
 }
 
 /// Waits for condition `type_` = False with exactly `reason`; returns the message.
-pub async fn wait_reason<K>(client: &Client, ns: &str, name: &str, type_: &str, reason: &str) -> String
+pub async fn wait_reason<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    reason: &str,
+) -> String
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let mut last = Value::Null;
@@ -199,7 +238,9 @@ where
         }
     })
     .await;
-    r.unwrap_or_else(|_| panic!("timed out waiting for {type_} reason {reason} on {ns}/{name}; last status: {last}"))
+    r.unwrap_or_else(|_| {
+        panic!("timed out waiting for {type_} reason {reason} on {ns}/{name}; last status: {last}")
+    })
 }
 
 /// Keycloak's view of one realm, through the test's own admin client (not the operator's).
@@ -211,7 +252,10 @@ pub struct Realm {
 impl Realm {
     pub async fn new(name: &str) -> Realm {
         let tb = support::testbed().await;
-        Realm { kc: support::keycloak_admin(tb).await, name: name.to_string() }
+        Realm {
+            kc: support::keycloak_admin(tb).await,
+            name: name.to_string(),
+        }
     }
 
     pub fn path(&self, p: &str) -> String {
@@ -225,8 +269,13 @@ impl Realm {
     }
 
     pub async fn client(&self, client_id: &str) -> Option<Value> {
-        let v = self.get(&format!("/clients?clientId={}", urlencode(client_id))).await;
-        v.as_array()?.iter().find(|c| c["clientId"] == client_id).cloned()
+        let v = self
+            .get(&format!("/clients?clientId={}", urlencode(client_id)))
+            .await;
+        v.as_array()?
+            .iter()
+            .find(|c| c["clientId"] == client_id)
+            .cloned()
     }
 
     pub async fn scope(&self, name: &str) -> Option<Value> {
@@ -261,7 +310,10 @@ impl Realm {
                 &json!({"clientId": client_id, "publicClient": true, "directAccessGrantsEnabled": true, "standardFlowEnabled": false}),
             )
             .await;
-        assert!(s.is_success() || s.as_u16() == 409, "create test client: {s} {v}");
+        assert!(
+            s.is_success() || s.as_u16() == 409,
+            "create test client: {s} {v}"
+        );
         let user = "alice".to_string();
         let password = "alice-password-1".to_string();
         let (s, v) = self
@@ -280,10 +332,19 @@ impl Realm {
     /// Password-grant token for the minter client with the given scope string.
     pub async fn mint_token(&self, scope: &str) -> Value {
         let (client_id, user, password) = self.token_minter().await;
-        let url = format!("{}/realms/{}/protocol/openid-connect/token", self.kc.base_url, self.name);
+        let url = format!(
+            "{}/realms/{}/protocol/openid-connect/token",
+            self.kc.base_url, self.name
+        );
         let resp = reqwest::Client::new()
             .post(url)
-            .form(&[("grant_type", "password"), ("client_id", &client_id), ("username", &user), ("password", &password), ("scope", scope)])
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", &client_id),
+                ("username", &user),
+                ("password", &password),
+                ("scope", scope),
+            ])
             .send()
             .await
             .unwrap();
@@ -295,7 +356,10 @@ impl Realm {
 
     /// RFC 7662 introspection with a confidential client's credentials.
     pub async fn introspect(&self, client_id: &str, secret: &str, token: &str) -> (u16, Value) {
-        let url = format!("{}/realms/{}/protocol/openid-connect/token/introspect", self.kc.base_url, self.name);
+        let url = format!(
+            "{}/realms/{}/protocol/openid-connect/token/introspect",
+            self.kc.base_url, self.name
+        );
         let resp = reqwest::Client::new()
             .post(url)
             .basic_auth(client_id, Some(secret))
@@ -308,7 +372,10 @@ impl Realm {
     }
 
     pub async fn delete(&self) {
-        let _ = self.kc.delete(&format!("/admin/realms/{}", self.name)).await;
+        let _ = self
+            .kc
+            .delete(&format!("/admin/realms/{}", self.name))
+            .await;
     }
 }
 
@@ -345,14 +412,22 @@ fn base64_url_decode(s: &str) -> Vec<u8> {
 pub fn audiences(claims: &Value) -> Vec<String> {
     match &claims["aud"] {
         Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         _ => vec![],
     }
 }
 
 pub async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> Option<String> {
-    let s = Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await.ok()??;
-    s.data?.get(key).map(|b| String::from_utf8_lossy(&b.0).to_string())
+    let s = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .ok()??;
+    s.data?
+        .get(key)
+        .map(|b| String::from_utf8_lossy(&b.0).to_string())
 }
 
 /// Deletes the namespace while the operator still runs, and waits until its finalizers have
@@ -361,11 +436,15 @@ pub async fn teardown(client: &Client, ns: &str, op: Operator) {
     support::delete_namespace(client, ns).await;
     let servers: Api<McpServer> = Api::namespaced(client.clone(), ns);
     let policies: Api<McpAuthPolicy> = Api::namespaced(client.clone(), ns);
-    support::wait_for(&format!("custom resources of {ns} finalized"), WAIT, || async {
-        let s = servers.list(&Default::default()).await.ok()?.items.len();
-        let p = policies.list(&Default::default()).await.ok()?.items.len();
-        (s + p == 0).then_some(())
-    })
+    support::wait_for(
+        &format!("custom resources of {ns} finalized"),
+        WAIT,
+        || async {
+            let s = servers.list(&Default::default()).await.ok()?.items.len();
+            let p = policies.list(&Default::default()).await.ok()?.items.len();
+            (s + p == 0).then_some(())
+        },
+    )
     .await;
     drop(op);
 }
