@@ -8,6 +8,7 @@ pub mod desired;
 mod error;
 pub mod keycloak;
 pub mod metrics;
+pub mod podrunner;
 pub mod runtime;
 
 pub use error::{Error, Result};
