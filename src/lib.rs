@@ -1,4 +1,15 @@
 #![forbid(unsafe_code)]
-//! mcp-keycloak-operator: secures MCP servers with Keycloak.
+//! mcp-keycloak-operator: secures MCP servers with Keycloak, one `kubectl apply` at a time.
 
+pub mod api;
+pub mod controller;
+pub mod crdgen;
+pub mod desired;
+mod error;
 pub mod gateway;
+pub mod keycloak;
+pub mod metrics;
+pub mod podrunner;
+pub mod runtime;
+
+pub use error::{Error, Result};

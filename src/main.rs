@@ -1,2 +1,142 @@
 #![forbid(unsafe_code)]
-fn main() {}
+//! CLI: `run` the operator, `crdgen` the CRDs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use mcp_keycloak_operator::controller::{Context, OperatorConfig};
+use mcp_keycloak_operator::metrics::Metrics;
+use mcp_keycloak_operator::runtime;
+
+#[derive(Parser)]
+#[command(
+    name = "mcp-keycloak-operator",
+    version,
+    about = "Secures MCP servers with Keycloak"
+)]
+struct Cli {
+    /// Log as JSON lines.
+    #[arg(long, env = "LOG_JSON", global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers (ambient kubeconfig or in-cluster config).
+    Run {
+        /// Resync period in seconds (drift in Keycloak is repaired within it).
+        #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+        resync_seconds: u64,
+        /// Image for gateway containers (defaults to this operator's image).
+        #[arg(long, env = "OPERATOR_IMAGE")]
+        operator_image: Option<String>,
+        /// Only watch this namespace.
+        #[arg(long, env = "WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// Address of `/healthz`, `/readyz` and `/metrics`.
+        #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+        metrics_addr: std::net::SocketAddr,
+        /// Only the holder of a coordination.k8s.io Lease reconciles (for replicas > 1).
+        #[arg(long, env = "LEADER_ELECTION")]
+        leader_election: bool,
+        /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        #[arg(long, default_value = "mcp-keycloak-operator")]
+        lease_name: String,
+        #[arg(long, default_value_t = 15)]
+        lease_seconds: u64,
+    },
+    /// Run the auth gateway in front of an MCP server (the sidecar of `auth.mode: Proxy`).
+    Proxy(Box<mcp_keycloak_operator::gateway::GatewayConfig>),
+    /// Write the CRD manifests.
+    Crdgen {
+        #[arg(long, default_value = "crds")]
+        out: PathBuf,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow_free::Result {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Proxy(config) => {
+            init_logging(cli.log_json);
+            mcp_keycloak_operator::gateway::run(*config).await?;
+            Ok(())
+        }
+        Command::Crdgen { out } => {
+            mcp_keycloak_operator::crdgen::write(&out)?;
+            Ok(())
+        }
+        Command::Run {
+            resync_seconds,
+            operator_image,
+            namespace,
+            metrics_addr,
+            leader_election,
+            lease_namespace,
+            lease_name,
+            lease_seconds,
+        } => {
+            init_logging(cli.log_json);
+            let client = kube::Client::try_default().await?;
+            let mut config = OperatorConfig {
+                resync: Duration::from_secs(resync_seconds),
+                ..Default::default()
+            };
+            if let Some(image) = operator_image {
+                config.operator_image = image;
+            }
+            let ctx = Context::new(client, Arc::new(Metrics::default()), config);
+            let health = Arc::new(runtime::Health::default());
+            let leader = leader_election.then(|| runtime::LeaderElection {
+                lease_name,
+                namespace: lease_namespace,
+                identity: std::env::var("POD_NAME")
+                    .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
+                lease_seconds,
+            });
+            let admin = tokio::spawn(runtime::serve_admin(
+                metrics_addr,
+                ctx.clone(),
+                health.clone(),
+            ));
+            tracing::info!(%metrics_addr, "starting");
+            let result = tokio::select! {
+                r = runtime::run(ctx, namespace, health, leader) => r,
+                r = admin => match r {
+                    Ok(Err(e)) => Err(e),
+                    _ => Ok(()),
+                },
+            };
+            tracing::info!("stopped");
+            Ok(result?)
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "operator".into())
+}
+
+mod anyhow_free {
+    pub type Result = std::result::Result<(), Box<dyn std::error::Error>>;
+}

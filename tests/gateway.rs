@@ -6,8 +6,8 @@ mod fakes;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use fakes::*;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const GOOD: &str = "good-token.abc_DEF-123";
@@ -784,18 +784,44 @@ async fn graceful_shutdown_stops_listening() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
-/// An HTTPS introspection endpoint (test CA) serving one active token.
-async fn tls_introspection() -> std::net::SocketAddr {
-    use hyper::service::service_fn;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+/// A throw-away CA and a leaf for `localhost`/`127.0.0.1`, generated per run (no key material
+/// in git). Returns (CA PEM, leaf cert DER, leaf key DER).
+fn test_pki() -> (
+    String,
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+    (
+        ca.pem(),
+        leaf.der().clone(),
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+}
 
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
-    let certs = CertificateDer::pem_file_iter(format!("{dir}/server.pem"))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(format!("{dir}/server.key")).unwrap();
+/// An HTTPS introspection endpoint (per-run test CA) serving one active token. Returns its
+/// address and a file holding the CA bundle.
+async fn tls_introspection() -> (std::net::SocketAddr, std::path::PathBuf) {
+    use hyper::service::service_fn;
+
+    let (ca_pem, cert, key) = test_pki();
+    let ca_file = std::env::temp_dir().join(format!(
+        "mcp-gw-test-ca-{}-{}.pem",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let certs = vec![cert];
     let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -832,18 +858,25 @@ async fn tls_introspection() -> std::net::SocketAddr {
             });
         }
     });
-    addr
+    (addr, ca_file)
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish()
 }
 
 #[tokio::test]
 async fn https_introspection_trusts_the_ca_bundle_and_fails_closed_without_it() {
-    let addr = tls_introspection().await;
+    let (addr, ca_file) = tls_introspection().await;
     let upstream = FakeUpstream::start().await;
     let endpoint = format!("https://localhost:{}/introspect", addr.port());
     let http = reqwest::Client::new();
 
     let mut cfg = config(&upstream.url(), &endpoint);
-    cfg.ca_bundle = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem").into());
+    cfg.ca_bundle = Some(ca_file.clone());
     let gw = spawn_gateway(cfg).await;
     let resp = http
         .get(format!("{}/mcp", gw.url()))
@@ -870,9 +903,12 @@ async fn https_introspection_trusts_the_ca_bundle_and_fails_closed_without_it() 
 
     // A bundle without certificates is a configuration error.
     let mut cfg = config(&upstream.url(), &endpoint);
-    cfg.ca_bundle =
-        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/README.md").into());
+    let not_pem = ca_file.with_extension("txt");
+    std::fs::write(&not_pem, "no certificates here\n").unwrap();
+    cfg.ca_bundle = Some(not_pem.clone());
     assert!(mcp_keycloak_operator::gateway::Gateway::new(&cfg).is_err());
+    let _ = std::fs::remove_file(ca_file);
+    let _ = std::fs::remove_file(not_pem);
 }
 
 #[tokio::test]

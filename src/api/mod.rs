@@ -1,0 +1,159 @@
+//! Custom resource types (`mcpauth.dev/v1alpha1`) and the names derived from them.
+
+// kube-derive repeats `type_ = ...` across printcolumns, which this lint misreads.
+#[allow(clippy::duplicated_attributes)]
+mod policy;
+#[allow(clippy::duplicated_attributes)]
+mod server;
+
+pub use policy::*;
+pub use server::*;
+
+use kube::ResourceExt;
+
+/// API group of both kinds.
+pub const GROUP: &str = "mcpauth.dev";
+/// Finalizer guarding the Keycloak objects each kind writes.
+pub const FINALIZER: &str = "mcpauth.dev/keycloak-cleanup";
+/// Keycloak attribute that marks clients and client scopes the operator owns.
+pub const OWNER_ATTRIBUTE: &str = "mcpauth.dev/owner";
+
+impl McpAuthPolicy {
+    /// Browser-facing issuer, `{publicUrl or url}/realms/{realm}`: what tokens carry in `iss`.
+    pub fn issuer(&self) -> String {
+        let k = &self.spec.keycloak;
+        format!(
+            "{}/realms/{}",
+            k.public_url.as_deref().unwrap_or(&k.url),
+            k.realm
+        )
+    }
+
+    /// Realm base as the operator and pods reach it.
+    pub fn internal_realm_url(&self) -> String {
+        format!(
+            "{}/realms/{}",
+            self.spec.keycloak.url, self.spec.keycloak.realm
+        )
+    }
+
+    pub fn introspection_endpoint(&self) -> String {
+        format!(
+            "{}/protocol/openid-connect/token/introspect",
+            self.internal_realm_url()
+        )
+    }
+
+    pub fn registration_endpoint(&self) -> String {
+        format!("{}/clients-registrations/openid-connect", self.issuer())
+    }
+
+    /// Ownership marker value written on Keycloak objects this policy creates.
+    pub fn owner_marker(&self) -> String {
+        format!(
+            "McpAuthPolicy/{}/{}",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        )
+    }
+}
+
+impl McpServer {
+    pub fn client_id(&self) -> String {
+        self.spec
+            .introspection_client
+            .client_id
+            .clone()
+            .unwrap_or_else(|| {
+                format!(
+                    "mcp.{}.{}",
+                    self.namespace().unwrap_or_default(),
+                    self.name_any()
+                )
+            })
+    }
+
+    pub fn secret_name(&self) -> String {
+        self.spec
+            .introspection_client
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-oauth", self.name_any()))
+    }
+
+    /// Canonical URL: the audience tokens must carry and the protected-resource `resource`.
+    pub fn canonical_url(&self) -> String {
+        self.spec.url.clone().unwrap_or_else(|| {
+            format!(
+                "http://{}.{}.svc:{}",
+                self.name_any(),
+                self.namespace().unwrap_or_default(),
+                self.spec.port
+            )
+        })
+    }
+
+    /// Per-server client scope carrying the audience mapper. One scope per server keeps tokens
+    /// of one server out of every other server's audience (a shared scope would add all URLs).
+    pub fn audience_scope(&self) -> String {
+        format!(
+            "mcp:server:{}:{}",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        )
+    }
+
+    /// Ownership marker value written on the Keycloak objects this server creates.
+    pub fn owner_marker(&self) -> String {
+        format!(
+            "McpServer/{}/{}",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        )
+    }
+}
+
+/// Schemas written by hand where the derive cannot express them: CEL rules on the *items* of a
+/// string list (with `maxLength`, so the API server's CEL cost estimate stays within budget).
+pub(crate) mod schemas {
+    use schemars::{json_schema, Schema, SchemaGenerator};
+
+    fn string_list(max_items: u32, max_len: u32, rule: &str, message: &str) -> Schema {
+        json_schema!({
+            "type": "array",
+            "maxItems": max_items,
+            "items": {
+                "type": "string",
+                "maxLength": max_len,
+                "x-kubernetes-validations": [{"rule": rule, "message": message}]
+            }
+        })
+    }
+
+    pub fn trusted_hosts(_: &mut SchemaGenerator) -> Schema {
+        string_list(
+            64,
+            253,
+            r"self.matches('^(\\*\\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$')",
+            "trustedHosts entries must be a lowercase host name, an IP address or '*.domain' (no scheme, port, path, or bare '*')",
+        )
+    }
+
+    pub fn allowed_client_scopes(_: &mut SchemaGenerator) -> Schema {
+        string_list(
+            64,
+            200,
+            r"self.matches('^[!#-\\[\\]-~]+$')",
+            "allowedClientScopes entries must be scope tokens without spaces",
+        )
+    }
+
+    pub fn server_scopes(_: &mut SchemaGenerator) -> Schema {
+        string_list(
+            32,
+            200,
+            r"self.matches('^[!#-\\[\\]-~]+$')",
+            "scopes must be scope tokens without spaces",
+        )
+    }
+}

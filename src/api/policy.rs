@@ -1,0 +1,269 @@
+//! `McpAuthPolicy`: realm-level plumbing shared by MCP servers (Keycloak connection, MCP scopes,
+//! anonymous Dynamic Client Registration policies).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Keycloak host-pattern rule: an exact host name / IP, or `*.domain`. Keycloak ignores ports and
+/// paths and has no bare `*`, so anything else would be silently misread: reject it at admission.
+pub const HOST_PATTERN: &str =
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+
+/// RFC 6749 `scope-token`: printable ASCII without space, `"` and `\`.
+pub const SCOPE_PATTERN: &str = r#"^[!#-\[\]-~]+$"#;
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "mcpauth.dev",
+    version = "v1alpha1",
+    kind = "McpAuthPolicy",
+    namespaced,
+    status = "McpAuthPolicyStatus",
+    shortname = "mcpap",
+    category = "mcp",
+    printcolumn(name = "Realm", type_ = "string", json_path = ".spec.keycloak.realm"),
+    printcolumn(name = "Issuer", type_ = "string", json_path = ".status.issuer"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct McpAuthPolicySpec {
+    /// How the operator and the MCP pods reach Keycloak, and which realm to configure.
+    pub keycloak: KeycloakConnection,
+
+    /// MCP scopes (client scopes in Keycloak), e.g. `mcp:tools`.
+    #[serde(default = "default_scopes")]
+    #[schemars(length(min = 1, max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub scopes: Vec<ScopeSpec>,
+
+    /// Anonymous Dynamic Client Registration (RFC 7591) as MCP clients such as VS Code use it.
+    /// When absent the operator leaves the realm's registration policies untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_client_registration: Option<DynamicClientRegistration>,
+
+    /// What happens in Keycloak when this policy is deleted: `Delete` removes the client scopes the
+    /// operator created and closes anonymous registration again; `Retain` leaves Keycloak as is.
+    /// The realm itself is never deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_scopes() -> Vec<ScopeSpec> {
+    vec![ScopeSpec {
+        name: "mcp:tools".into(),
+        description: None,
+        consent_text: None,
+        include_in_token_scope: true,
+        r#type: ScopeType::Optional,
+    }]
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeycloakConnection {
+    /// Base URL the operator and the MCP pods use, e.g. `http://keycloak.keycloak.svc:8080`
+    /// (no trailing slash, no query).
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = kube::core::Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && !self.endsWith('/') && !self.contains('?') && !self.contains('#')").message("must be an absolute http(s) URL without trailing slash, query or fragment"))]
+    pub url: String,
+
+    /// Browser-facing base URL of Keycloak (the issuer's base). Defaults to `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = kube::core::Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && !self.endsWith('/') && !self.contains('?') && !self.contains('#')").message("must be an absolute http(s) URL without trailing slash, query or fragment"))]
+    pub public_url: Option<String>,
+
+    /// Realm to configure, e.g. `acme`. Immutable: objects already written to a realm would be orphaned.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]*$')").message("realm must start with a letter or digit and contain only letters, digits, '.', '_' and '-'"))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("realm is immutable; create a new McpAuthPolicy instead"))]
+    pub realm: String,
+
+    /// Create the realm if it does not exist (default false: a missing realm is an error).
+    #[serde(default)]
+    pub create_realm: bool,
+
+    /// Secret (same namespace) with either `username`/`password` (password grant of `admin-cli`) or
+    /// `clientId`/`clientSecret` (a service account: the least-privilege choice).
+    pub admin_credentials_secret_ref: AdminCredentialsSecretRef,
+
+    /// Optional PEM CA bundle for an https Keycloak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminCredentialsSecretRef {
+    /// Name of the Secret in the policy's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Realm the admin credentials belong to (default `master`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub auth_realm: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopeSpec {
+    /// Scope name as clients request it, e.g. `mcp:tools`.
+    #[schemars(length(min = 1, max = 200))]
+    #[x_kube(validation = kube::core::Rule::new(r#"self.matches('^[!#-\\[\\]-~]+$')"#).message("scope names are RFC 6749 scope tokens: printable ASCII without spaces, quotes or backslashes"))]
+    pub name: String,
+    /// Description shown in Keycloak's admin console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+    /// Text on Keycloak's consent screen (defaults to the name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub consent_text: Option<String>,
+    /// Put the scope into the token's `scope` claim (needed by MCP servers that check scopes).
+    #[serde(default = "default_true")]
+    pub include_in_token_scope: bool,
+    /// `Default`: every new client of the realm gets it; `Optional`: clients request it.
+    #[serde(default)]
+    pub r#type: ScopeType,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum ScopeType {
+    Default,
+    #[default]
+    Optional,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+/// Well-known MCP clients whose registration hosts the operator knows, so users need not learn
+/// Keycloak's host-matching rules.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum TrustedClient {
+    /// VS Code: `vscode.dev`, `insiders.vscode.dev` (redirects), `code.visualstudio.com`
+    /// (`client_uri`), loopback redirects `127.0.0.1` and `localhost`.
+    VSCode,
+    /// Claude (claude.ai, Desktop, Code): `claude.ai`, `claude.com`, loopback.
+    Claude,
+    /// MCP Inspector: loopback callbacks only.
+    MCPInspector,
+}
+
+impl TrustedClient {
+    /// Hosts Keycloak's Trusted Hosts policy must list for this client's registration request.
+    pub fn hosts(self) -> &'static [&'static str] {
+        match self {
+            TrustedClient::VSCode => &[
+                "vscode.dev",
+                "insiders.vscode.dev",
+                "code.visualstudio.com",
+                "127.0.0.1",
+                "localhost",
+            ],
+            TrustedClient::Claude => &["claude.ai", "claude.com", "127.0.0.1", "localhost"],
+            TrustedClient::MCPInspector => &["127.0.0.1", "localhost"],
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DynamicClientRegistration {
+    /// Allow anonymous registration. `false` closes it (empty Trusted Hosts, both checks on).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Hosts allowed in registered clients' URIs (and, if `requireSendingHostMatch`, as the sender):
+    /// exact host names or IPs, or `*.domain`. No scheme, port, path or bare `*`.
+    #[serde(default)]
+    #[schemars(schema_with = "super::schemas::trusted_hosts")]
+    pub trusted_hosts: Vec<String>,
+
+    /// Presets that add the hosts well-known MCP clients register with.
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    pub trusted_clients: Vec<TrustedClient>,
+
+    /// Keycloak "Host Sending Client Registration Request Must Match": the requester's IP must
+    /// resolve from a trusted host. Off by default: MCP clients register from user machines.
+    #[serde(default)]
+    pub require_sending_host_match: bool,
+
+    /// Keycloak "Client URIs Must Match": redirect and client URIs must use trusted hosts.
+    #[serde(default = "default_true")]
+    pub require_client_uris_match: bool,
+
+    /// Extra client scopes registered clients may ask for (the policy's own scopes are always allowed).
+    #[serde(default)]
+    #[schemars(schema_with = "super::schemas::allowed_client_scopes")]
+    pub allowed_client_scopes: Vec<String>,
+
+    /// Maximum number of clients in the realm (all clients count, not just registered ones).
+    #[serde(default = "default_max_clients")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_clients: i32,
+
+    /// Registered clients must ask the user for consent (Keycloak's default; recommended).
+    #[serde(default = "default_true")]
+    pub consent_required: bool,
+}
+
+fn default_max_clients() -> i32 {
+    200
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct McpAuthPolicyStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Issuer as clients see it: `{publicUrl}/realms/{realm}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Anonymous DCR endpoint, when registration is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_endpoint: Option<String>,
+    /// Clients in the realm now, against `maxClients`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm_clients: Option<i64>,
+}

@@ -1,0 +1,187 @@
+//! `McpServer`: one MCP server, its Keycloak introspection client and its workload.
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::DeletionPolicy;
+
+/// Environment variables the operator sets itself (the seed's contract plus explicit URLs);
+/// `spec.env` may not override them.
+pub const RESERVED_ENV: &[&str] = &[
+    "HOST",
+    "PORT",
+    "AUTH_HOST",
+    "AUTH_PORT",
+    "AUTH_REALM",
+    "OAUTH_CLIENT_ID",
+    "OAUTH_CLIENT_SECRET",
+    "MCP_SERVER_URL",
+    "MCP_AUTH_ISSUER",
+    "MCP_AUTH_INTROSPECTION_ENDPOINT",
+    "MCP_REQUIRED_SCOPES",
+];
+
+/// Port of the gateway container in `proxy` mode, and of its admin (health/metrics) listener.
+pub const GATEWAY_PORT: i32 = 8080;
+pub const GATEWAY_ADMIN_PORT: i32 = 9090;
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "mcpauth.dev",
+    version = "v1alpha1",
+    kind = "McpServer",
+    namespaced,
+    status = "McpServerStatus",
+    shortname = "mcps",
+    category = "mcp",
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+    printcolumn(name = "Client", type_ = "string", json_path = ".status.clientId"),
+    printcolumn(name = "Auth", type_ = "string", json_path = ".spec.auth.mode"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = kube::core::Rule::new("!has(self.spec.auth) || self.spec.auth.mode != 'Proxy' || (self.spec.port != 8080 && self.spec.port != 9090)").message("in Proxy mode ports 8080 and 9090 belong to the gateway; choose another spec.port")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct McpServerSpec {
+    /// Container image of the MCP server (Streamable HTTP transport).
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: String,
+
+    /// Port the MCP server listens on (and the Service's port).
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// Extra environment for the MCP container. The contract variables are set by the operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(e, !(e.name in ['HOST', 'PORT', 'AUTH_HOST', 'AUTH_PORT', 'AUTH_REALM', 'OAUTH_CLIENT_ID', 'OAUTH_CLIENT_SECRET', 'MCP_SERVER_URL', 'MCP_AUTH_ISSUER', 'MCP_AUTH_INTROSPECTION_ENDPOINT', 'MCP_REQUIRED_SCOPES']))").message("env may not set the operator's contract variables (HOST, PORT, AUTH_*, OAUTH_*, MCP_*)"))]
+    pub env: Vec<EnvVar>,
+
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub args: Vec<String>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+
+    /// The McpAuthPolicy in this namespace. Immutable.
+    pub policy_ref: PolicyRef,
+
+    /// Canonical public URL of the server: the token audience and the protected-resource
+    /// `resource`. Defaults to `http://{name}.{namespace}.svc:{port}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = kube::core::Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && !self.endsWith('/') && !self.contains('?') && !self.contains('#')").message("url must be an absolute http(s) URL without trailing slash, query or fragment"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*[A-Z]')").message("url host must be lowercase (the audience is compared as an exact string)"))]
+    pub url: Option<String>,
+
+    /// Scopes a token must carry (each must be one of the policy's scopes). Default: all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schemas::server_scopes")]
+    pub scopes: Vec<String>,
+
+    #[serde(default)]
+    pub introspection_client: IntrospectionClient,
+
+    #[serde(default)]
+    pub auth: AuthSpec,
+
+    /// `Delete` (default) removes the Keycloak client on deletion; `Retain` keeps it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_port() -> i32 {
+    3000
+}
+fn default_replicas() -> i32 {
+    1
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRef {
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("policyRef is immutable; delete and recreate the McpServer"))]
+    pub name: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IntrospectionClient {
+    /// Keycloak clientId of the confidential introspection client. Default
+    /// `mcp.{namespace}.{name}` (namespaces have no dots, so defaults never collide). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._/-]*$')").message("clientId must start with a letter or digit and contain only letters, digits, '.', '_', '/' and '-'"))]
+    #[x_kube(validation = kube::core::Rule::new("!(self in ['admin-cli', 'account', 'account-console', 'broker', 'realm-management', 'security-admin-console', 'master-realm'])").message("clientId names one of Keycloak's built-in clients"))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("clientId is immutable"))]
+    pub client_id: Option<String>,
+
+    /// Secret that receives the client credentials. Default `{name}-oauth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("secretName must be a DNS subdomain name"))]
+    pub secret_name: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.mode != 'None' || (has(self.allowUnauthenticated) && self.allowUnauthenticated)").message("mode None serves the MCP server without authentication; set allowUnauthenticated: true to confirm"))]
+pub struct AuthSpec {
+    /// `Proxy` (default): a gateway container validates every request. `Native`: the server
+    /// validates tokens itself from the env contract. `None`: no authentication (needs opt-out).
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// Explicit opt-out required by `mode: None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unauthenticated: Option<bool>,
+    /// Gateway image (defaults to the operator's own image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub gateway_image: Option<String>,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum AuthMode {
+    #[default]
+    Proxy,
+    Native,
+    None,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct McpServerStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Client scope that carries this server's audience; clients request it with `scope`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience_scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Where the Keycloak objects live, recorded so cleanup finds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keycloak_realm: Option<String>,
+}

@@ -1,0 +1,382 @@
+//! Controllers for McpAuthPolicy and McpServer, and what they share.
+
+pub mod conditions;
+mod policy;
+mod server;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::api::{McpAuthPolicy, McpServer};
+use crate::desired::is_subset;
+use crate::keycloak::{AdminCredentials, KeycloakAdminClient};
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+pub const MANAGER: &str = "mcp-keycloak-operator";
+
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Period of the level-triggered resync that repairs drift made behind our back.
+    pub resync: Duration,
+    /// Image used for the gateway container when an McpServer does not name one.
+    pub operator_image: String,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            resync: Duration::from_secs(300),
+            operator_image: format!(
+                "ghcr.io/mcp-keycloak-operator/operator:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+        }
+    }
+}
+
+/// Shared by both controllers.
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub config: OperatorConfig,
+    keycloak: Mutex<HashMap<String, Arc<KeycloakAdminClient>>>,
+    failures: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: kube::Client, metrics: Arc<Metrics>, config: OperatorConfig) -> Arc<Self> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Arc::new(Context {
+            client,
+            recorder,
+            metrics,
+            config,
+            keycloak: Mutex::new(HashMap::new()),
+            failures: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One admin client (and so one cached admin token) per Keycloak, realm and credentials.
+    pub async fn keycloak_for(&self, policy: &McpAuthPolicy) -> Result<Arc<KeycloakAdminClient>> {
+        let ns = policy.namespace().unwrap_or_default();
+        let k = &policy.spec.keycloak;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let secret_name = &k.admin_credentials_secret_ref.name;
+        let secret = secrets.get_opt(secret_name).await?.ok_or_else(|| {
+            Error::invalid(
+                "AdminSecretNotFound",
+                format!("admin credentials Secret {ns}/{secret_name} not found"),
+            )
+        })?;
+        let data = secret.data.unwrap_or_default();
+        let get = |key: &str| {
+            data.get(key)
+                .map(|v| {
+                    String::from_utf8_lossy(&v.0)
+                        .trim_end_matches('\n')
+                        .to_string()
+                })
+                .filter(|v| !v.is_empty())
+        };
+        let credentials = match (get("username"), get("password"), get("clientId"), get("clientSecret")) {
+            (_, _, Some(client_id), Some(client_secret)) => AdminCredentials::ClientCredentials { client_id, client_secret },
+            (Some(username), Some(password), _, _) => AdminCredentials::Password { username, password },
+            _ => {
+                return Err(Error::invalid(
+                    "AdminSecretInvalid",
+                    format!("Secret {ns}/{secret_name} must contain either keys username and password, or clientId and clientSecret"),
+                ))
+            }
+        };
+        let ca = match &k.ca_bundle_secret_ref {
+            None => None,
+            Some(r) => {
+                let s = secrets.get_opt(&r.name).await?.ok_or_else(|| {
+                    Error::invalid(
+                        "CABundleNotFound",
+                        format!("CA bundle Secret {ns}/{} not found", r.name),
+                    )
+                })?;
+                let pem = s
+                    .data
+                    .unwrap_or_default()
+                    .get(&r.key)
+                    .map(|b| b.0.clone())
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "CABundleNotFound",
+                            format!("CA bundle Secret {ns}/{} has no key {}", r.name, r.key),
+                        )
+                    })?;
+                Some(pem)
+            }
+        };
+        let auth_realm = k
+            .admin_credentials_secret_ref
+            .auth_realm
+            .clone()
+            .unwrap_or_else(|| "master".into());
+        // The cache key includes a digest of the credentials, so rotated credentials get a fresh client.
+        let cred_digest = match &credentials {
+            AdminCredentials::Password { username, password } => {
+                crate::desired::digest(&["pw", username, password])
+            }
+            AdminCredentials::ClientCredentials {
+                client_id,
+                client_secret,
+            } => crate::desired::digest(&["cc", client_id, client_secret]),
+        };
+        let ca_digest = ca
+            .as_ref()
+            .map(|c| crate::desired::digest(&[&String::from_utf8_lossy(c)]))
+            .unwrap_or_default();
+        let key = format!("{}|{}|{}|{}", k.url, auth_realm, cred_digest, ca_digest);
+        let mut pool = self.keycloak.lock().await;
+        if let Some(c) = pool.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(KeycloakAdminClient::new(
+            &k.url,
+            &auth_realm,
+            credentials,
+            ca.as_deref(),
+            self.metrics.clone(),
+        )?);
+        pool.insert(key, c.clone());
+        Ok(c)
+    }
+
+    fn reset_failures(&self, key: &str) {
+        self.failures.lock().expect("poisoned").remove(key);
+    }
+
+    /// Per-object exponential backoff: 5 s doubling to 5 min (permanent errors start at 30 s).
+    fn backoff(&self, key: &str, permanent: bool) -> Duration {
+        let mut f = self.failures.lock().expect("poisoned");
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let base: u64 = if permanent { 30 } else { 5 };
+        let secs = base.saturating_mul(1u64 << (*n - 1).min(10)).min(300);
+        Duration::from_secs(secs)
+    }
+
+    pub async fn publish(
+        &self,
+        obj_ref: &k8s_openapi::api::core::v1::ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, obj_ref).await {
+            tracing::warn!(error = %e, "failed to publish event");
+        }
+    }
+
+    /// Whether the object's namespace is being deleted (cleanup then never blocks it).
+    async fn namespace_terminating(&self, ns: &str) -> bool {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        matches!(api.get_opt(ns).await, Ok(Some(n)) if n.metadata.deletion_timestamp.is_some())
+    }
+}
+
+/// Server-side applies `desired` unless the live object already matches it (no write at steady
+/// state). Refuses to take over an object of the same name that we do not own.
+pub async fn apply_if_changed<K>(api: &Api<K>, desired: &K, owner_uid: &str) -> Result<bool>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    if let Some(live) = api.get_opt(&name).await? {
+        let owned = live
+            .meta()
+            .owner_references
+            .as_ref()
+            .is_some_and(|refs| refs.iter().any(|r| r.uid == owner_uid));
+        if !owned {
+            return Err(Error::invalid(
+                "ResourceConflict",
+                format!("{name} already exists and is not owned by this McpServer"),
+            ));
+        }
+        if is_subset(
+            &serde_json::to_value(desired)?,
+            &serde_json::to_value(&live)?,
+        ) {
+            return Ok(false);
+        }
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(desired),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Writes status with server-side apply, only when it differs from what is there.
+pub async fn patch_status_if_changed<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    old: Option<&S>,
+    new: &S,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if old == Some(new) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Context>,
+    controller: &'static str,
+) -> Action {
+    let key = obj.meta().uid.clone().unwrap_or_default();
+    ctx.metrics.record_error(controller, err.reason());
+    let delay = ctx.backoff(&key, err.is_permanent());
+    tracing::warn!(
+        controller,
+        name = %obj.meta().name.clone().unwrap_or_default(),
+        namespace = %obj.meta().namespace.clone().unwrap_or_default(),
+        reason = err.reason(),
+        error = %err,
+        retry_in_secs = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Runs both controllers until a shutdown signal. `namespace` restricts them to one namespace.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    run_until_synced(ctx, namespace, |_| {}).await
+}
+
+/// Like [`run`], calling `on_synced(true)` once every watch cache has its initial list.
+pub async fn run_until_synced(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    on_synced: impl FnOnce(bool) + Send + 'static,
+) {
+    let client = ctx.client.clone();
+    let (policies, servers): (Api<McpAuthPolicy>, Api<McpServer>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let owned = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={}",
+        crate::desired::workload::MANAGED_BY
+    ));
+    let (deployments, secrets, services): (Api<Deployment>, Api<Secret>, Api<Service>) =
+        match &namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+
+    let server_controller = Controller::new(servers.clone(), watcher::Config::default());
+    let server_store = server_controller.store();
+    let synced_servers = server_store.clone();
+    let server_controller = server_controller
+        .owns(deployments, owned.clone())
+        .owns(secrets, owned.clone())
+        .owns(services, owned)
+        .watches(
+            policies.clone(),
+            watcher::Config::default(),
+            move |policy: McpAuthPolicy| {
+                let ns = policy.namespace();
+                let name = policy.name_any();
+                server_store
+                    .state()
+                    .into_iter()
+                    .filter(|s| s.namespace() == ns && s.spec.policy_ref.name == name)
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(
+            server::reconcile,
+            |obj, err, ctx| error_policy(obj, err, ctx, "mcpserver"),
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    let policy_controller = Controller::new(policies, watcher::Config::default());
+    let synced_policies = policy_controller.store();
+    tokio::spawn(async move {
+        let ok = synced_servers.wait_until_ready().await.is_ok()
+            && synced_policies.wait_until_ready().await.is_ok();
+        on_synced(ok);
+    });
+    let policy_controller = policy_controller
+        .shutdown_on_signal()
+        .run(
+            policy::reconcile,
+            |obj, err, ctx| error_policy(obj, err, ctx, "mcpauthpolicy"),
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    futures::join!(server_controller, policy_controller);
+}

@@ -1,0 +1,401 @@
+//! Desired Keycloak representations for a policy and a server.
+
+use std::collections::{BTreeSet, HashMap};
+
+use keycloak::types::{
+    ClientRepresentation, ClientScopeRepresentation, ComponentRepresentation,
+    ProtocolMapperRepresentation,
+};
+
+use crate::api::{DynamicClientRegistration, McpAuthPolicy, McpServer, ScopeSpec, OWNER_ATTRIBUTE};
+use crate::keycloak::REGISTRATION_POLICY_TYPE;
+
+pub const AUDIENCE_MAPPER_NAME: &str = "mcp-audience";
+pub const INTROSPECTION_AUDIENCE_MAPPER_NAME: &str = "mcp-introspection-audience";
+
+/// Client scope for one of the policy's MCP scopes (e.g. `mcp:tools`).
+pub fn policy_scope(policy: &McpAuthPolicy, scope: &ScopeSpec) -> ClientScopeRepresentation {
+    let mut attributes = HashMap::new();
+    attributes.insert(
+        "include.in.token.scope".to_string(),
+        scope.include_in_token_scope.to_string(),
+    );
+    attributes.insert("display.on.consent.screen".to_string(), "true".to_string());
+    attributes.insert(
+        "consent.screen.text".to_string(),
+        scope
+            .consent_text
+            .clone()
+            .unwrap_or_else(|| scope.name.clone()),
+    );
+    attributes.insert(OWNER_ATTRIBUTE.to_string(), policy.owner_marker());
+    ClientScopeRepresentation {
+        name: Some(scope.name.clone()),
+        description: Some(
+            scope
+                .description
+                .clone()
+                .unwrap_or_else(|| format!("MCP scope {}", scope.name)),
+        ),
+        protocol: Some("openid-connect".into()),
+        attributes: Some(attributes),
+        ..Default::default()
+    }
+}
+
+/// The per-server scope whose only job is to put the server's URL into `aud`.
+pub fn audience_scope(server: &McpServer) -> ClientScopeRepresentation {
+    let url = server.canonical_url();
+    let mut attributes = HashMap::new();
+    attributes.insert("include.in.token.scope".to_string(), "true".to_string());
+    attributes.insert("display.on.consent.screen".to_string(), "true".to_string());
+    attributes.insert(
+        "consent.screen.text".to_string(),
+        format!("Access the MCP server at {url}"),
+    );
+    attributes.insert(OWNER_ATTRIBUTE.to_string(), server.owner_marker());
+    ClientScopeRepresentation {
+        name: Some(server.audience_scope()),
+        description: Some(format!("Audience of the MCP server {url}")),
+        protocol: Some("openid-connect".into()),
+        attributes: Some(attributes),
+        ..Default::default()
+    }
+}
+
+/// Audience mapper: tokens carrying the scope get `aud` = the server's canonical URL, both in the
+/// access token and in introspection responses.
+pub fn audience_mapper(url: &str) -> ProtocolMapperRepresentation {
+    let config: HashMap<String, String> = [
+        ("included.custom.audience", url),
+        ("access.token.claim", "true"),
+        ("introspection.token.claim", "true"),
+        ("id.token.claim", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    ProtocolMapperRepresentation {
+        name: Some(AUDIENCE_MAPPER_NAME.into()),
+        protocol: Some("openid-connect".into()),
+        protocol_mapper: Some("oidc-audience-mapper".into()),
+        config: Some(config),
+        ..Default::default()
+    }
+}
+
+/// Second audience: the server's introspection client. Keycloak (verified on 26.7) answers
+/// `active: false` to an introspection request from a client that is not in the token's `aud`,
+/// so this is what lets the server check its tokens — and what stops every other server's
+/// client from introspecting them.
+pub fn introspection_audience_mapper(client_id: &str) -> ProtocolMapperRepresentation {
+    let config: HashMap<String, String> = [
+        ("included.client.audience", client_id),
+        ("access.token.claim", "true"),
+        ("introspection.token.claim", "true"),
+        ("id.token.claim", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    ProtocolMapperRepresentation {
+        name: Some(INTROSPECTION_AUDIENCE_MAPPER_NAME.into()),
+        protocol: Some("openid-connect".into()),
+        protocol_mapper: Some("oidc-audience-mapper".into()),
+        config: Some(config),
+        ..Default::default()
+    }
+}
+
+/// Mappers of a server's audience scope.
+pub fn audience_mappers(server: &McpServer) -> Vec<ProtocolMapperRepresentation> {
+    vec![
+        audience_mapper(&server.canonical_url()),
+        introspection_audience_mapper(&server.client_id()),
+    ]
+}
+
+/// Confidential client used only to call the introspection endpoint: every flow off.
+pub fn introspection_client(server: &McpServer) -> ClientRepresentation {
+    let mut attributes = HashMap::new();
+    attributes.insert(OWNER_ATTRIBUTE.to_string(), server.owner_marker());
+    ClientRepresentation {
+        client_id: Some(server.client_id()),
+        name: Some(format!("MCP server {}", server.canonical_url())),
+        description: Some(
+            "Token introspection client managed by mcp-keycloak-operator".to_string(),
+        ),
+        protocol: Some("openid-connect".into()),
+        enabled: Some(true),
+        public_client: Some(false),
+        bearer_only: Some(false),
+        client_authenticator_type: Some("client-secret".into()),
+        standard_flow_enabled: Some(false),
+        implicit_flow_enabled: Some(false),
+        direct_access_grants_enabled: Some(false),
+        service_accounts_enabled: Some(false),
+        attributes: Some(attributes),
+        ..Default::default()
+    }
+}
+
+/// Hosts for Keycloak's Trusted Hosts policy: explicit hosts plus the presets, sorted, unique.
+pub fn trusted_hosts(dcr: &DynamicClientRegistration) -> Vec<String> {
+    let mut hosts: BTreeSet<String> = dcr.trusted_hosts.iter().cloned().collect();
+    for client in &dcr.trusted_clients {
+        hosts.extend(client.hosts().iter().map(|h| h.to_string()));
+    }
+    hosts.into_iter().collect()
+}
+
+/// Desired config of each anonymous registration-policy component, by `providerId`.
+/// `None` for a provider means "must not exist" (only `consent-required` can be absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrationPolicies {
+    pub components: Vec<(&'static str, Option<ComponentConfig>)>,
+}
+
+/// A component's multivalued config.
+pub type ComponentConfig = HashMap<String, Vec<String>>;
+
+pub fn registration_policies(policy: &McpAuthPolicy) -> Option<RegistrationPolicies> {
+    let dcr = policy.spec.dynamic_client_registration.as_ref()?;
+    let b = |v: bool| vec![v.to_string()];
+    let trusted = if dcr.enabled {
+        HashMap::from([
+            ("trusted-hosts".to_string(), trusted_hosts(dcr)),
+            (
+                "host-sending-registration-request-must-match".to_string(),
+                b(dcr.require_sending_host_match),
+            ),
+            (
+                "client-uris-must-match".to_string(),
+                b(dcr.require_client_uris_match),
+            ),
+        ])
+    } else {
+        // Keycloak's own "closed" state: nobody is trusted and both checks are on.
+        HashMap::from([
+            ("trusted-hosts".to_string(), vec![]),
+            (
+                "host-sending-registration-request-must-match".to_string(),
+                b(true),
+            ),
+            ("client-uris-must-match".to_string(), b(true)),
+        ])
+    };
+    let mut allowed: BTreeSet<String> = policy.spec.scopes.iter().map(|s| s.name.clone()).collect();
+    allowed.extend(dcr.allowed_client_scopes.iter().cloned());
+    let allowed_scopes = HashMap::from([
+        (
+            "allowed-client-scopes".to_string(),
+            allowed.into_iter().collect(),
+        ),
+        ("allow-default-scopes".to_string(), b(true)),
+    ]);
+    let max_clients =
+        HashMap::from([("max-clients".to_string(), vec![dcr.max_clients.to_string()])]);
+    Some(RegistrationPolicies {
+        components: vec![
+            ("trusted-hosts", Some(trusted)),
+            ("allowed-client-templates", Some(allowed_scopes)),
+            ("max-clients", Some(max_clients)),
+            ("consent-required", dcr.consent_required.then(HashMap::new)),
+        ],
+    })
+}
+
+/// Display name Keycloak gives each default anonymous component (used when one must be created).
+pub fn component_display_name(provider_id: &str) -> &'static str {
+    match provider_id {
+        "trusted-hosts" => "Trusted Hosts",
+        "allowed-client-templates" => "Allowed Client Scopes",
+        "max-clients" => "Max Clients Limit",
+        "consent-required" => "Consent Required",
+        _ => "MCP registration policy",
+    }
+}
+
+pub fn new_anonymous_component(
+    provider_id: &str,
+    realm_id: &str,
+    config: &HashMap<String, Vec<String>>,
+) -> ComponentRepresentation {
+    ComponentRepresentation {
+        name: Some(component_display_name(provider_id).into()),
+        provider_id: Some(provider_id.into()),
+        provider_type: Some(REGISTRATION_POLICY_TYPE.into()),
+        parent_id: Some(realm_id.into()),
+        sub_type: Some("anonymous".into()),
+        config: Some(config.clone()),
+        ..Default::default()
+    }
+}
+
+/// Component config values are multivalued sets: Keycloak does not keep their order.
+pub fn component_config_matches(
+    desired: &HashMap<String, Vec<String>>,
+    live: Option<&HashMap<String, Vec<String>>>,
+) -> bool {
+    let empty = HashMap::new();
+    let live = live.unwrap_or(&empty);
+    desired.iter().all(|(k, want)| {
+        let want: BTreeSet<&String> = want.iter().collect();
+        let have: BTreeSet<&String> = live.get(k).map(|v| v.iter().collect()).unwrap_or_default();
+        want == have
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::*;
+    use kube::api::ObjectMeta;
+
+    fn policy(dcr: Option<DynamicClientRegistration>) -> McpAuthPolicy {
+        McpAuthPolicy {
+            metadata: ObjectMeta {
+                name: Some("acme".into()),
+                namespace: Some("team".into()),
+                ..Default::default()
+            },
+            spec: McpAuthPolicySpec {
+                keycloak: KeycloakConnection {
+                    url: "http://kc:8080".into(),
+                    public_url: None,
+                    realm: "acme".into(),
+                    create_realm: false,
+                    admin_credentials_secret_ref: AdminCredentialsSecretRef {
+                        name: "admin".into(),
+                        auth_realm: None,
+                    },
+                    ca_bundle_secret_ref: None,
+                },
+                scopes: vec![ScopeSpec {
+                    name: "mcp:tools".into(),
+                    description: None,
+                    consent_text: Some("Use MCP tools".into()),
+                    include_in_token_scope: true,
+                    r#type: ScopeType::Default,
+                }],
+                dynamic_client_registration: dcr,
+                deletion_policy: DeletionPolicy::Delete,
+            },
+            status: None,
+        }
+    }
+
+    fn dcr() -> DynamicClientRegistration {
+        DynamicClientRegistration {
+            enabled: true,
+            trusted_hosts: vec!["localhost".into(), "example.com".into()],
+            trusted_clients: vec![TrustedClient::VSCode],
+            require_sending_host_match: false,
+            require_client_uris_match: true,
+            allowed_client_scopes: vec!["profile".into()],
+            max_clients: 50,
+            consent_required: false,
+        }
+    }
+
+    #[test]
+    fn policy_scope_has_consent_text_and_owner() {
+        let p = policy(None);
+        let s = policy_scope(&p, &p.spec.scopes[0]);
+        let attrs = s.attributes.unwrap();
+        assert_eq!(s.name.as_deref(), Some("mcp:tools"));
+        assert_eq!(attrs["include.in.token.scope"], "true");
+        assert_eq!(attrs["consent.screen.text"], "Use MCP tools");
+        assert_eq!(attrs[OWNER_ATTRIBUTE], "McpAuthPolicy/team/acme");
+    }
+
+    #[test]
+    fn trusted_hosts_merge_presets_sorted_and_unique() {
+        assert_eq!(
+            trusted_hosts(&dcr()),
+            vec![
+                "127.0.0.1",
+                "code.visualstudio.com",
+                "example.com",
+                "insiders.vscode.dev",
+                "localhost",
+                "vscode.dev"
+            ]
+        );
+    }
+
+    #[test]
+    fn registration_policies_exact() {
+        let rp = registration_policies(&policy(Some(dcr()))).unwrap();
+        let get = |id: &str| {
+            rp.components
+                .iter()
+                .find(|(p, _)| *p == id)
+                .unwrap()
+                .1
+                .clone()
+        };
+        let trusted = get("trusted-hosts").unwrap();
+        assert_eq!(
+            trusted["host-sending-registration-request-must-match"],
+            vec!["false"]
+        );
+        assert_eq!(trusted["client-uris-must-match"], vec!["true"]);
+        assert_eq!(
+            get("allowed-client-templates").unwrap()["allowed-client-scopes"],
+            vec!["mcp:tools", "profile"]
+        );
+        assert_eq!(get("max-clients").unwrap()["max-clients"], vec!["50"]);
+        assert_eq!(get("consent-required"), None);
+    }
+
+    #[test]
+    fn disabled_registration_closes_trusted_hosts() {
+        let mut d = dcr();
+        d.enabled = false;
+        let rp = registration_policies(&policy(Some(d))).unwrap();
+        let trusted = rp.components[0].1.clone().unwrap();
+        assert!(trusted["trusted-hosts"].is_empty());
+        assert_eq!(trusted["client-uris-must-match"], vec!["true"]);
+        assert_eq!(
+            trusted["host-sending-registration-request-must-match"],
+            vec!["true"]
+        );
+    }
+
+    #[test]
+    fn no_dcr_section_means_unmanaged() {
+        assert!(registration_policies(&policy(None)).is_none());
+    }
+
+    #[test]
+    fn component_config_compares_as_sets() {
+        let desired = HashMap::from([("k".to_string(), vec!["a".to_string(), "b".to_string()])]);
+        let live = HashMap::from([
+            ("k".to_string(), vec!["b".to_string(), "a".to_string()]),
+            ("other".to_string(), vec!["x".to_string()]),
+        ]);
+        assert!(component_config_matches(&desired, Some(&live)));
+        let live2 = HashMap::from([("k".to_string(), vec!["a".to_string()])]);
+        assert!(!component_config_matches(&desired, Some(&live2)));
+        assert!(!component_config_matches(&desired, None));
+    }
+
+    #[test]
+    fn audience_mapper_exact() {
+        let m = audience_mapper("http://localhost:3000");
+        assert_eq!(m.protocol_mapper.as_deref(), Some("oidc-audience-mapper"));
+        let c = m.config.unwrap();
+        assert_eq!(c["included.custom.audience"], "http://localhost:3000");
+        assert_eq!(c["access.token.claim"], "true");
+        assert_eq!(c["introspection.token.claim"], "true");
+        assert_eq!(c["id.token.claim"], "false");
+        assert_eq!(c.len(), 4);
+        let i = introspection_audience_mapper("mcp.team.weather");
+        assert_eq!(
+            i.config.unwrap()["included.client.audience"],
+            "mcp.team.weather"
+        );
+        assert_eq!(i.name.as_deref(), Some(INTROSPECTION_AUDIENCE_MAPPER_NAME));
+    }
+}

@@ -1,0 +1,577 @@
+//! Desired Deployment, Service and Secret of an McpServer.
+//!
+//! Env contract of the MCP container (`Native` mode; the gateway gets the same in `Proxy` mode):
+//! the seed's `HOST PORT AUTH_HOST AUTH_PORT AUTH_REALM OAUTH_CLIENT_ID OAUTH_CLIENT_SECRET` (the
+//! secret always through `secretKeyRef`), plus `MCP_SERVER_URL` (canonical URL = audience),
+//! `MCP_AUTH_ISSUER`, `MCP_AUTH_INTROSPECTION_ENDPOINT` and `MCP_REQUIRED_SCOPES` (space-separated).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+    ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::api::{AuthMode, McpAuthPolicy, McpServer, GATEWAY_ADMIN_PORT, GATEWAY_PORT};
+
+pub const SECRET_KEY_CLIENT_ID: &str = "client-id";
+pub const SECRET_KEY_CLIENT_SECRET: &str = "client-secret";
+pub const CONFIG_HASH_ANNOTATION: &str = "mcpauth.dev/config-hash";
+pub const SERVER_LABEL: &str = "mcpauth.dev/server";
+pub const MANAGED_BY: &str = "mcp-keycloak-operator";
+
+/// Everything the workload needs from the policy and Keycloak, resolved by the reconciler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadInputs {
+    pub url: String,
+    pub issuer: String,
+    pub introspection_endpoint: String,
+    pub auth_host: String,
+    pub auth_port: u16,
+    pub realm: String,
+    pub client_id: String,
+    pub secret_name: String,
+    pub required_scopes: Vec<String>,
+    /// Digest of the client secret and the auth settings: changes roll the pods.
+    pub config_hash: String,
+    pub gateway_image: String,
+}
+
+impl WorkloadInputs {
+    pub fn resolve(
+        server: &McpServer,
+        policy: &McpAuthPolicy,
+        client_secret: &str,
+        operator_image: &str,
+    ) -> Self {
+        let kc_url = url::Url::parse(&policy.spec.keycloak.url).ok();
+        let auth_host = kc_url
+            .as_ref()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
+        let auth_port = kc_url
+            .as_ref()
+            .and_then(|u| u.port_or_known_default())
+            .unwrap_or(80);
+        let required_scopes = required_scopes(server, policy);
+        let url = server.canonical_url();
+        let issuer = policy.issuer();
+        let introspection_endpoint = policy.introspection_endpoint();
+        let client_id = server.client_id();
+        let config_hash = super::digest(&[
+            client_secret,
+            &client_id,
+            &url,
+            &issuer,
+            &introspection_endpoint,
+            &required_scopes.join(" "),
+        ]);
+        WorkloadInputs {
+            url,
+            issuer,
+            introspection_endpoint,
+            auth_host,
+            auth_port,
+            realm: policy.spec.keycloak.realm.clone(),
+            client_id,
+            secret_name: server.secret_name(),
+            required_scopes,
+            config_hash,
+            gateway_image: server
+                .spec
+                .auth
+                .gateway_image
+                .clone()
+                .unwrap_or_else(|| operator_image.to_string()),
+        }
+    }
+}
+
+/// Scopes a token must carry: the server's (default: all of the policy's) plus its audience
+/// scope, so the 401 challenge tells clients exactly what to request.
+pub fn required_scopes(server: &McpServer, policy: &McpAuthPolicy) -> Vec<String> {
+    let mut scopes: Vec<String> = if server.spec.scopes.is_empty() {
+        policy.spec.scopes.iter().map(|s| s.name.clone()).collect()
+    } else {
+        server.spec.scopes.clone()
+    };
+    scopes.push(server.audience_scope());
+    scopes
+}
+
+pub fn labels(server: &McpServer) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "mcp-server".into()),
+        ("app.kubernetes.io/instance".into(), server.name_any()),
+        ("app.kubernetes.io/managed-by".into(), MANAGED_BY.into()),
+        (SERVER_LABEL.into(), server.name_any()),
+    ])
+}
+
+fn selector(server: &McpServer) -> BTreeMap<String, String> {
+    BTreeMap::from([(SERVER_LABEL.into(), server.name_any())])
+}
+
+fn meta(server: &McpServer, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: server.namespace(),
+        labels: Some(labels(server)),
+        owner_references: server.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The auth part of the env contract (everything but HOST and PORT).
+fn auth_env(inputs: &WorkloadInputs) -> Vec<EnvVar> {
+    vec![
+        env("AUTH_HOST", inputs.auth_host.clone()),
+        env("AUTH_PORT", inputs.auth_port.to_string()),
+        env("AUTH_REALM", inputs.realm.clone()),
+        env("OAUTH_CLIENT_ID", inputs.client_id.clone()),
+        secret_env(
+            "OAUTH_CLIENT_SECRET",
+            &inputs.secret_name,
+            SECRET_KEY_CLIENT_SECRET,
+        ),
+        env("MCP_SERVER_URL", inputs.url.clone()),
+        env("MCP_AUTH_ISSUER", inputs.issuer.clone()),
+        env(
+            "MCP_AUTH_INTROSPECTION_ENDPOINT",
+            inputs.introspection_endpoint.clone(),
+        ),
+        env("MCP_REQUIRED_SCOPES", inputs.required_scopes.join(" ")),
+    ]
+}
+
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn mcp_container(server: &McpServer, inputs: &WorkloadInputs) -> Container {
+    let mode = server.spec.auth.mode;
+    let port = server.spec.port;
+    let mut vars = vec![
+        // Behind the gateway the server must only be reachable from inside the pod.
+        env(
+            "HOST",
+            if mode == AuthMode::Proxy {
+                "127.0.0.1"
+            } else {
+                "0.0.0.0"
+            },
+        ),
+        env("PORT", port.to_string()),
+    ];
+    match mode {
+        AuthMode::Native => vars.extend(auth_env(inputs)),
+        AuthMode::Proxy | AuthMode::None => vars.push(env("MCP_SERVER_URL", inputs.url.clone())),
+    }
+    vars.extend(server.spec.env.iter().cloned());
+    Container {
+        name: "mcp".into(),
+        image: Some(server.spec.image.clone()),
+        args: (!server.spec.args.is_empty()).then(|| server.spec.args.clone()),
+        env: Some(vars),
+        ports: Some(vec![ContainerPort {
+            name: Some(
+                if mode == AuthMode::Proxy {
+                    "mcp"
+                } else {
+                    "http"
+                }
+                .into(),
+            ),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: server.spec.resources.clone(),
+        ..Default::default()
+    }
+}
+
+fn gateway_container(server: &McpServer, inputs: &WorkloadInputs) -> Container {
+    let mut vars = vec![
+        env("MCP_GATEWAY_LISTEN", format!("0.0.0.0:{GATEWAY_PORT}")),
+        env(
+            "MCP_GATEWAY_ADMIN_LISTEN",
+            format!("0.0.0.0:{GATEWAY_ADMIN_PORT}"),
+        ),
+        env(
+            "MCP_GATEWAY_UPSTREAM",
+            format!("http://127.0.0.1:{}", server.spec.port),
+        ),
+    ];
+    vars.extend(auth_env(inputs));
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        ..Default::default()
+    };
+    Container {
+        name: "gateway".into(),
+        image: Some(inputs.gateway_image.clone()),
+        args: Some(vec!["proxy".into()]),
+        env: Some(vars),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: GATEWAY_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: GATEWAY_ADMIN_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        readiness_probe: Some(probe("/healthz")),
+        liveness_probe: Some(probe("/healthz")),
+        security_context: Some(restricted_security_context()),
+        ..Default::default()
+    }
+}
+
+pub fn deployment(server: &McpServer, inputs: &WorkloadInputs) -> Deployment {
+    let mut containers = vec![];
+    if server.spec.auth.mode == AuthMode::Proxy {
+        containers.push(gateway_container(server, inputs));
+    }
+    containers.push(mcp_container(server, inputs));
+    Deployment {
+        metadata: meta(server, server.name_any()),
+        spec: DeploymentSpec {
+            replicas: Some(server.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(server)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(server)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.into(),
+                        inputs.config_hash.clone(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers,
+                    service_account_name: server.spec.service_account_name.clone(),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+pub fn service(server: &McpServer) -> Service {
+    Service {
+        metadata: meta(server, server.name_any()),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(server)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: server.spec.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn secret(server: &McpServer, client_id: &str, client_secret: &str) -> Secret {
+    Secret {
+        metadata: meta(server, server.secret_name()),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([
+            (
+                SECRET_KEY_CLIENT_ID.into(),
+                ByteString(client_id.as_bytes().to_vec()),
+            ),
+            (
+                SECRET_KEY_CLIENT_SECRET.into(),
+                ByteString(client_secret.as_bytes().to_vec()),
+            ),
+        ])),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::*;
+
+    pub(crate) fn server(mode: AuthMode) -> McpServer {
+        let mut s = McpServer::new(
+            "weather",
+            McpServerSpec {
+                image: "ghcr.io/example/weather:1".into(),
+                port: 3000,
+                replicas: 2,
+                env: vec![EnvVar {
+                    name: "LOG_LEVEL".into(),
+                    value: Some("debug".into()),
+                    ..Default::default()
+                }],
+                args: vec!["--http".into()],
+                resources: None,
+                service_account_name: Some("weather".into()),
+                policy_ref: PolicyRef {
+                    name: "acme".into(),
+                },
+                url: Some("http://localhost:3000".into()),
+                scopes: vec![],
+                introspection_client: IntrospectionClient::default(),
+                auth: AuthSpec {
+                    mode,
+                    allow_unauthenticated: None,
+                    gateway_image: None,
+                },
+                deletion_policy: DeletionPolicy::Delete,
+            },
+        );
+        s.metadata.namespace = Some("team".into());
+        s.metadata.uid = Some("uid-1".into());
+        s
+    }
+
+    pub(crate) fn policy() -> McpAuthPolicy {
+        let mut p = McpAuthPolicy::new(
+            "acme",
+            McpAuthPolicySpec {
+                keycloak: KeycloakConnection {
+                    url: "http://keycloak.auth.svc:8080".into(),
+                    public_url: Some("https://sso.example.com".into()),
+                    realm: "acme".into(),
+                    create_realm: false,
+                    admin_credentials_secret_ref: AdminCredentialsSecretRef {
+                        name: "admin".into(),
+                        auth_realm: None,
+                    },
+                    ca_bundle_secret_ref: None,
+                },
+                scopes: vec![ScopeSpec {
+                    name: "mcp:tools".into(),
+                    description: None,
+                    consent_text: None,
+                    include_in_token_scope: true,
+                    r#type: ScopeType::Default,
+                }],
+                dynamic_client_registration: None,
+                deletion_policy: DeletionPolicy::Delete,
+            },
+        );
+        p.metadata.namespace = Some("team".into());
+        p
+    }
+
+    fn env_of(c: &Container) -> BTreeMap<String, EnvVar> {
+        c.env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect()
+    }
+
+    fn value(e: &BTreeMap<String, EnvVar>, k: &str) -> String {
+        e[k].value
+            .clone()
+            .unwrap_or_else(|| panic!("{k} has no literal value"))
+    }
+
+    #[test]
+    fn inputs_resolve_from_policy_and_server() {
+        let i = WorkloadInputs::resolve(&server(AuthMode::Native), &policy(), "s3cr3t", "op:1");
+        assert_eq!(i.url, "http://localhost:3000");
+        assert_eq!(i.issuer, "https://sso.example.com/realms/acme");
+        assert_eq!(
+            i.introspection_endpoint,
+            "http://keycloak.auth.svc:8080/realms/acme/protocol/openid-connect/token/introspect"
+        );
+        assert_eq!(
+            (i.auth_host.as_str(), i.auth_port),
+            ("keycloak.auth.svc", 8080)
+        );
+        assert_eq!(i.client_id, "mcp.team.weather");
+        assert_eq!(i.secret_name, "weather-oauth");
+        assert_eq!(
+            i.required_scopes,
+            vec!["mcp:tools", "mcp:server:team:weather"]
+        );
+        assert_eq!(i.gateway_image, "op:1");
+        let other =
+            WorkloadInputs::resolve(&server(AuthMode::Native), &policy(), "rotated", "op:1");
+        assert_ne!(
+            i.config_hash, other.config_hash,
+            "a new secret must roll the pods"
+        );
+    }
+
+    #[test]
+    fn native_mode_gets_the_seed_env_contract_with_secret_by_reference() {
+        let s = server(AuthMode::Native);
+        let i = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
+        let d = deployment(&s, &i);
+        let pod = d.spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.containers.len(), 1);
+        let c = &pod.containers[0];
+        let e = env_of(c);
+        assert_eq!(value(&e, "HOST"), "0.0.0.0");
+        assert_eq!(value(&e, "PORT"), "3000");
+        assert_eq!(value(&e, "AUTH_HOST"), "keycloak.auth.svc");
+        assert_eq!(value(&e, "AUTH_PORT"), "8080");
+        assert_eq!(value(&e, "AUTH_REALM"), "acme");
+        assert_eq!(value(&e, "OAUTH_CLIENT_ID"), "mcp.team.weather");
+        assert_eq!(
+            value(&e, "MCP_REQUIRED_SCOPES"),
+            "mcp:tools mcp:server:team:weather"
+        );
+        assert_eq!(value(&e, "LOG_LEVEL"), "debug");
+        let secret = &e["OAUTH_CLIENT_SECRET"];
+        assert_eq!(secret.value, None, "the secret must never be a literal");
+        let r = secret
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("weather-oauth", "client-secret")
+        );
+        assert!(!serde_json::to_string(&d).unwrap().contains("s3cr3t"));
+        assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("http"));
+        assert_eq!(c.args, Some(vec!["--http".to_string()]));
+        assert_eq!(pod.service_account_name.as_deref(), Some("weather"));
+        assert_eq!(d.spec.replicas, Some(2));
+        let ann = d.spec.template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(ann[CONFIG_HASH_ANNOTATION], i.config_hash);
+    }
+
+    #[test]
+    fn proxy_mode_puts_the_gateway_in_front_and_keeps_the_secret_out_of_the_mcp_container() {
+        let s = server(AuthMode::Proxy);
+        let i = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
+        let d = deployment(&s, &i);
+        let pod = d.spec.template.spec.unwrap();
+        let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, vec!["gateway", "mcp"]);
+        let gw = &pod.containers[0];
+        assert_eq!(gw.image.as_deref(), Some("op:1"));
+        assert_eq!(gw.args, Some(vec!["proxy".to_string()]));
+        let ge = env_of(gw);
+        assert_eq!(value(&ge, "MCP_GATEWAY_UPSTREAM"), "http://127.0.0.1:3000");
+        assert_eq!(value(&ge, "MCP_GATEWAY_LISTEN"), "0.0.0.0:8080");
+        assert_eq!(value(&ge, "MCP_SERVER_URL"), "http://localhost:3000");
+        assert_eq!(
+            value(&ge, "MCP_AUTH_ISSUER"),
+            "https://sso.example.com/realms/acme"
+        );
+        assert!(ge["OAUTH_CLIENT_SECRET"].value_from.is_some());
+        let ports: Vec<_> = gw
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![("http".to_string(), 8080), ("admin".to_string(), 9090)]
+        );
+        let sc = gw.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let me = env_of(&pod.containers[1]);
+        assert_eq!(value(&me, "HOST"), "127.0.0.1");
+        assert!(!me.contains_key("OAUTH_CLIENT_SECRET"));
+        assert_eq!(
+            pod.containers[1].ports.as_ref().unwrap()[0].name.as_deref(),
+            Some("mcp")
+        );
+    }
+
+    #[test]
+    fn service_targets_the_http_port_and_is_owned() {
+        let s = server(AuthMode::Proxy);
+        let svc = service(&s);
+        let spec = svc.spec.unwrap();
+        let p = &spec.ports.unwrap()[0];
+        assert_eq!(p.port, 3000);
+        assert_eq!(p.target_port, Some(IntOrString::String("http".into())));
+        assert_eq!(spec.selector.unwrap()[SERVER_LABEL], "weather");
+        let owner = &svc.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("McpServer", "uid-1", Some(true))
+        );
+    }
+
+    #[test]
+    fn secret_holds_client_credentials() {
+        let s = server(AuthMode::Proxy);
+        let sec = secret(&s, "mcp.team.weather", "s3cr3t");
+        assert_eq!(sec.metadata.name.as_deref(), Some("weather-oauth"));
+        let data = sec.data.unwrap();
+        assert_eq!(data[SECRET_KEY_CLIENT_ID].0, b"mcp.team.weather");
+        assert_eq!(data[SECRET_KEY_CLIENT_SECRET].0, b"s3cr3t");
+    }
+}

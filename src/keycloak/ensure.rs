@@ -1,0 +1,342 @@
+//! Typed `ensure_*` operations: read, compare with the desired representation, write only what
+//! differs. At steady state they issue GETs only.
+
+use std::collections::HashMap;
+
+use keycloak::types::{
+    ClientRepresentation, ClientScopeRepresentation, ProtocolMapperRepresentation,
+};
+use rand::Rng;
+
+use super::KeycloakAdminClient;
+use crate::api::{ScopeType, OWNER_ATTRIBUTE};
+use crate::desired::is_subset;
+use crate::desired::keycloak::{
+    component_config_matches, new_anonymous_component, RegistrationPolicies,
+};
+use crate::{Error, Result};
+
+fn owner_of_scope(s: &ClientScopeRepresentation) -> Option<&str> {
+    s.attributes
+        .as_ref()?
+        .get(OWNER_ATTRIBUTE)
+        .map(|v| v.as_str())
+}
+
+fn owner_of_client(c: &ClientRepresentation) -> Option<&str> {
+    c.attributes
+        .as_ref()?
+        .get(OWNER_ATTRIBUTE)
+        .map(|v| v.as_str())
+}
+
+/// Generated client secrets: 32 random alphanumeric characters (~190 bits).
+pub fn generate_secret() -> String {
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+impl KeycloakAdminClient {
+    /// The realm's internal id (needed as `parentId` of components). Creates the realm if asked.
+    pub async fn ensure_realm(&self, realm: &str, create: bool) -> Result<String> {
+        if let Some(r) = self.realm(realm).await? {
+            return r
+                .id
+                .map(|id| id.to_string())
+                .ok_or_else(|| Error::KeycloakApi {
+                    operation: "read realm".into(),
+                    status: 200,
+                    message: "realm has no id".into(),
+                });
+        }
+        if !create {
+            return Err(Error::invalid(
+                "RealmNotFound",
+                format!("realm {realm} does not exist in Keycloak and createRealm is false"),
+            ));
+        }
+        self.create_realm(realm).await?;
+        let r = self.realm(realm).await?.ok_or_else(|| Error::KeycloakApi {
+            operation: "create realm".into(),
+            status: 404,
+            message: "realm missing right after creation".into(),
+        })?;
+        Ok(r.id.map(|id| id.to_string()).unwrap_or_default())
+    }
+
+    /// Ensures a client scope with the desired name and attributes exists, and its mappers.
+    /// `owner` is our ownership marker: a scope marked by someone else is a conflict; an unmarked
+    /// scope (made by hand) is managed but never marked, so cleanup leaves it alone.
+    /// `existing` is the realm's scope list read once per reconcile.
+    pub async fn ensure_client_scope(
+        &self,
+        realm: &str,
+        existing: &[ClientScopeRepresentation],
+        desired: &ClientScopeRepresentation,
+        mappers: &[ProtocolMapperRepresentation],
+    ) -> Result<String> {
+        let name = desired.name.clone().unwrap_or_default();
+        let want_owner = desired
+            .attributes
+            .as_ref()
+            .and_then(|a| a.get(OWNER_ATTRIBUTE))
+            .cloned();
+        let live = existing
+            .iter()
+            .find(|s| s.name.as_deref() == Some(name.as_str()));
+        let (id, live_mappers) = match live {
+            None => {
+                let id = self.create_client_scope(realm, desired).await?;
+                (id, vec![])
+            }
+            Some(live) => {
+                let id = live.id.clone().unwrap_or_default().to_string();
+                let live_owner = owner_of_scope(live).map(str::to_string);
+                if live_owner.is_some() && live_owner != want_owner {
+                    return Err(Error::invalid(
+                        "ScopeConflict",
+                        format!(
+                            "client scope {name} belongs to {}",
+                            live_owner.unwrap_or_default()
+                        ),
+                    ));
+                }
+                let mut want = desired.clone();
+                if live_owner.is_none() {
+                    // Adopt a hand-made scope's settings without claiming it.
+                    if let Some(a) = want.attributes.as_mut() {
+                        a.remove(OWNER_ATTRIBUTE);
+                    }
+                }
+                let mut live_cmp = live.clone();
+                live_cmp.protocol_mappers = None;
+                if !is_subset(
+                    &serde_json::to_value(&want)?,
+                    &serde_json::to_value(&live_cmp)?,
+                ) {
+                    // PUT replaces attributes: keep the ones Keycloak or users added.
+                    let mut attrs = live.attributes.clone().unwrap_or_default();
+                    attrs.extend(want.attributes.clone().unwrap_or_default());
+                    let body = ClientScopeRepresentation {
+                        id: Some(id.clone()),
+                        attributes: Some(attrs),
+                        protocol_mappers: None,
+                        ..want
+                    };
+                    self.update_client_scope(realm, &id, &body).await?;
+                }
+                (
+                    id,
+                    live.protocol_mappers.clone().unwrap_or_default().to_vec(),
+                )
+            }
+        };
+        for m in mappers {
+            let live = live_mappers.iter().find(|l| l.name == m.name);
+            match live {
+                None => self.create_scope_mapper(realm, &id, m).await?,
+                Some(l) => {
+                    if !is_subset(&serde_json::to_value(m)?, &serde_json::to_value(l)?) {
+                        let mapper_id = l.id.clone().unwrap_or_default().to_string();
+                        let body = ProtocolMapperRepresentation {
+                            id: Some(mapper_id.clone()),
+                            ..m.clone()
+                        };
+                        self.update_scope_mapper(realm, &id, &mapper_id, &body)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    /// Makes the scope a realm default or optional scope (and not the other).
+    pub async fn ensure_realm_scope_type(
+        &self,
+        realm: &str,
+        assignments: &super::RealmScopeAssignments,
+        scope_id: &str,
+        ty: ScopeType,
+    ) -> Result<()> {
+        let is_default = assignments.default_ids.iter().any(|i| i == scope_id);
+        let is_optional = assignments.optional_ids.iter().any(|i| i == scope_id);
+        match ty {
+            ScopeType::Default => {
+                if is_optional {
+                    self.remove_realm_optional_scope(realm, scope_id).await?;
+                }
+                if !is_default {
+                    self.add_realm_default_scope(realm, scope_id).await?;
+                }
+            }
+            ScopeType::Optional => {
+                if is_default {
+                    self.remove_realm_default_scope(realm, scope_id).await?;
+                }
+                if !is_optional {
+                    self.add_realm_optional_scope(realm, scope_id).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Updates Keycloak's existing anonymous registration-policy components in place (a second
+    /// component beside the default would not widen anything: every policy must pass), creates
+    /// one only if the realm has none of that provider, and removes duplicates we find.
+    pub async fn ensure_registration_policies(
+        &self,
+        realm: &str,
+        realm_id: &str,
+        desired: &RegistrationPolicies,
+    ) -> Result<()> {
+        let live = self.registration_policies(realm, realm_id).await?;
+        for (provider, want) in &desired.components {
+            let mut matching: Vec<_> = live
+                .iter()
+                .filter(|c| {
+                    c.provider_id.as_deref() == Some(*provider)
+                        && c.sub_type.as_deref() == Some("anonymous")
+                })
+                .collect();
+            // Deterministic choice of the one to keep.
+            matching.sort_by(|a, b| a.id.cmp(&b.id));
+            match want {
+                None => {
+                    for c in matching {
+                        if let Some(id) = &c.id {
+                            self.delete_component(realm, id).await?;
+                        }
+                    }
+                }
+                Some(config) => {
+                    let mut rest = matching.into_iter();
+                    match rest.next() {
+                        None => {
+                            self.create_component(
+                                realm,
+                                &new_anonymous_component(provider, realm_id, config),
+                            )
+                            .await?
+                        }
+                        Some(c) => {
+                            if !component_config_matches(config, c.config.as_ref()) {
+                                let mut body = c.clone();
+                                let mut merged: HashMap<String, Vec<String>> =
+                                    c.config.clone().unwrap_or_default();
+                                merged.extend(config.clone());
+                                body.config = Some(merged);
+                                let id = c.id.clone().unwrap_or_default();
+                                self.update_component(realm, &id, &body).await?;
+                            }
+                        }
+                    }
+                    // Extra components of the same provider would each have to pass too.
+                    for extra in rest {
+                        if let Some(id) = &extra.id {
+                            self.delete_component(realm, id).await?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ensures the confidential introspection client and returns `(uuid, secret)`.
+    /// `known_secret` (from the existing Kubernetes Secret) is used when the client has to be
+    /// (re)created, so running pods keep working; otherwise Keycloak's secret is authoritative.
+    pub async fn ensure_introspection_client(
+        &self,
+        realm: &str,
+        desired: &ClientRepresentation,
+        known_secret: Option<&str>,
+    ) -> Result<(String, String)> {
+        let client_id = desired.client_id.clone().unwrap_or_default();
+        let want_owner = owner_of_client(desired).map(str::to_string);
+        let live = self.client_by_client_id(realm, &client_id).await?;
+        let uuid = match live {
+            None => {
+                let secret = known_secret
+                    .map(str::to_string)
+                    .unwrap_or_else(generate_secret);
+                let body = ClientRepresentation {
+                    secret: Some(secret),
+                    ..desired.clone()
+                };
+                self.create_client(realm, &body).await?
+            }
+            Some(live) => {
+                let live_owner = owner_of_client(&live).map(str::to_string);
+                if live_owner != want_owner {
+                    return Err(Error::invalid(
+                        "ClientIdConflict",
+                        format!(
+                            "a Keycloak client {client_id} already exists in realm {realm} and is not managed by this McpServer{}",
+                            live_owner.map(|o| format!(" (owner: {o})")).unwrap_or_default()
+                        ),
+                    ));
+                }
+                let uuid = live.id.clone().unwrap_or_default().to_string();
+                let mut live_cmp = live.clone();
+                live_cmp.secret = None;
+                if !is_subset(
+                    &serde_json::to_value(desired)?,
+                    &serde_json::to_value(&live_cmp)?,
+                ) {
+                    let mut attrs = live.attributes.clone().unwrap_or_default();
+                    attrs.extend(desired.attributes.clone().unwrap_or_default());
+                    let body = ClientRepresentation {
+                        id: Some(uuid.clone()),
+                        attributes: Some(attrs),
+                        ..desired.clone()
+                    };
+                    self.update_client(realm, &uuid, &body).await?;
+                }
+                uuid
+            }
+        };
+        let secret = self
+            .client_secret(realm, &uuid)
+            .await?
+            .ok_or_else(|| Error::KeycloakApi {
+                operation: "read client secret".into(),
+                status: 200,
+                message: "client has no secret".into(),
+            })?;
+        Ok((uuid, secret))
+    }
+
+    /// Deletes a client only if it carries our marker; 404 counts as done.
+    pub async fn delete_owned_client(
+        &self,
+        realm: &str,
+        client_id: &str,
+        owner: &str,
+    ) -> Result<()> {
+        if let Some(c) = self.client_by_client_id(realm, client_id).await? {
+            if owner_of_client(&c) == Some(owner) {
+                if let Some(id) = &c.id {
+                    self.delete_client(realm, id).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes client scopes carrying our marker (and their mappers with them).
+    pub async fn delete_owned_scopes(&self, realm: &str, owner: &str) -> Result<()> {
+        for s in self.client_scopes(realm).await? {
+            if owner_of_scope(&s) == Some(owner) {
+                if let Some(id) = &s.id {
+                    self.delete_client_scope(realm, id).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,667 @@
+//! Keycloak Admin REST API client: the typed `keycloak` crate underneath, plus what an operator
+//! needs on top — one admin token reused until it nearly expires, request counters by method and
+//! outcome, error classification into condition reasons, and a retry after a 401 (Keycloak
+//! restarted and forgot our token).
+
+mod ensure;
+
+pub use ensure::*;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keycloak::types::{
+    ClientRepresentation, ClientScopeRepresentation, ComponentRepresentation,
+    ProtocolMapperRepresentation, RealmRepresentation,
+};
+use keycloak::{KeycloakError, KeycloakTokenSupplier};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+pub const REGISTRATION_POLICY_TYPE: &str =
+    "org.keycloak.services.clientregistration.policy.ClientRegistrationPolicy";
+
+/// How the operator authenticates to Keycloak.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum AdminCredentials {
+    /// Password grant of the public `admin-cli` client.
+    Password { username: String, password: String },
+    /// Client-credentials grant of a service-account client.
+    ClientCredentials {
+        client_id: String,
+        client_secret: String,
+    },
+}
+
+impl std::fmt::Debug for AdminCredentials {
+    // Never print secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminCredentials::Password { username, .. } => {
+                write!(
+                    f,
+                    "Password {{ username: {username:?}, password: <redacted> }}"
+                )
+            }
+            AdminCredentials::ClientCredentials { client_id, .. } => write!(
+                f,
+                "ClientCredentials {{ client_id: {client_id:?}, client_secret: <redacted> }}"
+            ),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: Option<u64>,
+}
+
+struct CachedToken {
+    token: String,
+    refresh_after: Instant,
+}
+
+/// Obtains and caches the admin access token; shared by every request of one client.
+struct TokenCache {
+    http: reqwest::Client,
+    base_url: String,
+    auth_realm: String,
+    credentials: AdminCredentials,
+    current: Mutex<Option<CachedToken>>,
+    metrics: Arc<Metrics>,
+}
+
+impl TokenCache {
+    async fn token(&self) -> Result<String> {
+        let mut current = self.current.lock().await;
+        if let Some(c) = current.as_ref() {
+            if Instant::now() < c.refresh_after {
+                return Ok(c.token.clone());
+            }
+        }
+        let url = format!(
+            "{}/realms/{}/protocol/openid-connect/token",
+            self.base_url, self.auth_realm
+        );
+        let form: Vec<(&str, &str)> = match &self.credentials {
+            AdminCredentials::Password { username, password } => vec![
+                ("grant_type", "password"),
+                ("client_id", "admin-cli"),
+                ("username", username),
+                ("password", password),
+            ],
+            AdminCredentials::ClientCredentials {
+                client_id,
+                client_secret,
+            } => vec![
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", client_secret),
+            ],
+        };
+        let resp = self
+            .http
+            .post(&url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| unreachable_error(&self.base_url, &e))?;
+        let status = resp.status();
+        if status.is_success() {
+            let body: TokenResponse = resp.json().await.map_err(|e| Error::KeycloakApi {
+                operation: "admin token".into(),
+                status: status.as_u16(),
+                message: e.to_string(),
+            })?;
+            self.metrics.admin_token_refreshes.inc();
+            // Refresh a little before expiry; never cache for less than a second.
+            let lifetime = body.expires_in.unwrap_or(60);
+            let margin = (lifetime / 5).clamp(1, 30);
+            *current = Some(CachedToken {
+                token: body.access_token.clone(),
+                refresh_after: Instant::now()
+                    + Duration::from_secs(lifetime.saturating_sub(margin)),
+            });
+            return Ok(body.access_token);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = oauth_error_message(&text);
+        if matches!(status.as_u16(), 400 | 401) {
+            Err(Error::InvalidAdminCredentials(format!(
+                "token request to realm {} failed ({status}): {message}",
+                self.auth_realm
+            )))
+        } else if status.as_u16() == 404 {
+            Err(Error::InvalidAdminCredentials(format!(
+                "realm {} for the admin credentials does not exist",
+                self.auth_realm
+            )))
+        } else {
+            Err(Error::KeycloakApi {
+                operation: "admin token".into(),
+                status: status.as_u16(),
+                message,
+            })
+        }
+    }
+
+    async fn invalidate(&self) {
+        *self.current.lock().await = None;
+    }
+}
+
+/// Keep only the OAuth `error`/`error_description`: never echo request data.
+fn oauth_error_message(text: &str) -> String {
+    #[derive(Deserialize)]
+    struct E {
+        error: Option<String>,
+        error_description: Option<String>,
+    }
+    match serde_json::from_str::<E>(text) {
+        Ok(E {
+            error,
+            error_description,
+        }) => format!(
+            "{}{}",
+            error.unwrap_or_default(),
+            error_description
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        ),
+        Err(_) => "unexpected response".into(),
+    }
+}
+
+fn unreachable_error(url: &str, e: &reqwest::Error) -> Error {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    Error::KeycloakUnreachable {
+        url: url.to_string(),
+        message: kind.to_string(),
+    }
+}
+
+#[derive(Clone)]
+struct SharedTokens(Arc<TokenCache>);
+
+#[async_trait::async_trait]
+impl KeycloakTokenSupplier for SharedTokens {
+    async fn get(&self, _url: &str) -> Result<String, KeycloakError> {
+        // `KeycloakAdminClient::call` fetched (or refreshed) the token just before; this hits the cache.
+        self.0
+            .token()
+            .await
+            .map_err(|e| KeycloakError::HttpFailure {
+                status: 401,
+                body: None,
+                text: e.to_string(),
+            })
+    }
+}
+
+/// A connection to one Keycloak with one set of admin credentials.
+pub struct KeycloakAdminClient {
+    base_url: String,
+    api: keycloak::KeycloakAdmin<SharedTokens>,
+    tokens: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for KeycloakAdminClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeycloakAdminClient")
+            .field("base_url", &self.base_url)
+            .finish()
+    }
+}
+
+impl KeycloakAdminClient {
+    pub fn new(
+        base_url: &str,
+        auth_realm: &str,
+        credentials: AdminCredentials,
+        ca_bundle_pem: Option<&[u8]>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = ca_bundle_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                Error::invalid(
+                    "InvalidCABundle",
+                    format!("CA bundle is not valid PEM: {e}"),
+                )
+            })? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| Error::invalid("InvalidCABundle", e.to_string()))?;
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let tokens = Arc::new(TokenCache {
+            http: http.clone(),
+            base_url: base_url.clone(),
+            auth_realm: auth_realm.to_string(),
+            credentials,
+            current: Mutex::new(None),
+            metrics: metrics.clone(),
+        });
+        let api = keycloak::KeycloakAdmin::new(&base_url, SharedTokens(tokens.clone()), http);
+        Ok(KeycloakAdminClient {
+            base_url,
+            api,
+            tokens,
+            metrics,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Runs one admin request: token first (so credential errors are classified as such), counts
+    /// it, and retries once with a fresh token after a 401.
+    async fn call<T, F, Fut>(&self, method: &'static str, operation: &str, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, KeycloakError>>,
+    {
+        let mut retried = false;
+        loop {
+            self.tokens.token().await?;
+            let result = f().await;
+            let outcome = match &result {
+                Ok(_) => "success",
+                Err(KeycloakError::HttpFailure { status, .. }) if *status < 500 => "client_error",
+                Err(KeycloakError::HttpFailure { .. }) => "server_error",
+                Err(KeycloakError::ReqwestFailure(_)) => "network_error",
+            };
+            self.metrics.record_keycloak_request(method, outcome);
+            match result {
+                Ok(v) => return Ok(v),
+                Err(KeycloakError::HttpFailure { status: 401, .. }) if !retried => {
+                    retried = true;
+                    self.tokens.invalidate().await;
+                }
+                Err(e) => return Err(self.classify(operation, e)),
+            }
+        }
+    }
+
+    fn classify(&self, operation: &str, e: KeycloakError) -> Error {
+        match e {
+            KeycloakError::ReqwestFailure(e) => unreachable_error(&self.base_url, &e),
+            KeycloakError::HttpFailure { status: 403, .. } => Error::InsufficientAdminPermissions {
+                operation: operation.to_string(),
+            },
+            KeycloakError::HttpFailure { status: 401, .. } => Error::InvalidAdminCredentials(
+                format!("Keycloak refused a fresh admin token for {operation}"),
+            ),
+            KeycloakError::HttpFailure { status, body, text } => Error::KeycloakApi {
+                operation: operation.to_string(),
+                status,
+                message: body
+                    .and_then(|b| b.message().map(|m| m.into_owned()))
+                    .unwrap_or_else(|| text.chars().take(200).collect()),
+            },
+        }
+    }
+
+    /// `Ok(None)` on 404.
+    async fn call_opt<T, F, Fut>(
+        &self,
+        method: &'static str,
+        operation: &str,
+        f: F,
+    ) -> Result<Option<T>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, KeycloakError>>,
+    {
+        match self.call(method, operation, f).await {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::KeycloakApi { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- realms ----
+
+    pub async fn realm(&self, realm: &str) -> Result<Option<RealmRepresentation>> {
+        self.call_opt("GET", "read realm", || self.api.realm_get(realm))
+            .await
+    }
+
+    pub async fn create_realm(&self, realm: &str) -> Result<()> {
+        let rep = RealmRepresentation {
+            realm: Some(realm.into()),
+            enabled: Some(true),
+            ..Default::default()
+        };
+        self.call("POST", "create realm", || self.api.post(rep.clone()))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_realm(&self, realm: &str) -> Result<()> {
+        self.call_opt("DELETE", "delete realm", || self.api.realm_delete(realm))
+            .await?;
+        Ok(())
+    }
+
+    // ---- clients ----
+
+    pub async fn client_by_client_id(
+        &self,
+        realm: &str,
+        client_id: &str,
+    ) -> Result<Option<ClientRepresentation>> {
+        let found = self
+            .call("GET", "find client", || {
+                self.api.realm_clients_get(
+                    realm,
+                    Some(client_id.to_string()),
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            })
+            .await?;
+        // The query is exact, but be strict anyway.
+        Ok(found
+            .into_iter()
+            .find(|c| c.client_id.as_deref() == Some(client_id)))
+    }
+
+    pub async fn create_client(&self, realm: &str, rep: &ClientRepresentation) -> Result<String> {
+        let resp = self
+            .call("POST", "create client", || {
+                self.api.realm_clients_post(realm, rep.clone())
+            })
+            .await?;
+        resp.to_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::KeycloakApi {
+                operation: "create client".into(),
+                status: 201,
+                message: "no Location header".into(),
+            })
+    }
+
+    pub async fn update_client(
+        &self,
+        realm: &str,
+        id: &str,
+        rep: &ClientRepresentation,
+    ) -> Result<()> {
+        self.call("PUT", "update client", || {
+            self.api
+                .realm_clients_with_client_uuid_put(realm, id, rep.clone())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// 404 counts as success: the client is gone either way.
+    pub async fn delete_client(&self, realm: &str, id: &str) -> Result<()> {
+        self.call_opt("DELETE", "delete client", || {
+            self.api.realm_clients_with_client_uuid_delete(realm, id)
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn client_secret(&self, realm: &str, id: &str) -> Result<Option<String>> {
+        let cred = self
+            .call("GET", "read client secret", || {
+                self.api
+                    .realm_clients_with_client_uuid_client_secret_get(realm, id)
+            })
+            .await?;
+        Ok(cred.value.map(|v| v.to_string()))
+    }
+
+    /// Every client of the realm counts against Keycloak's "Max Clients" policy.
+    pub async fn client_count(&self, realm: &str) -> Result<usize> {
+        let all = self
+            .call("GET", "list clients", || {
+                self.api
+                    .realm_clients_get(realm, None, None, None, None, None, None)
+            })
+            .await?;
+        Ok(all.len())
+    }
+
+    // ---- client scopes and mappers ----
+
+    pub async fn client_scopes(&self, realm: &str) -> Result<Vec<ClientScopeRepresentation>> {
+        let scopes = self
+            .call("GET", "list client scopes", || {
+                self.api.realm_client_scopes_get(realm)
+            })
+            .await?;
+        Ok(scopes.into_iter().collect())
+    }
+
+    pub async fn create_client_scope(
+        &self,
+        realm: &str,
+        rep: &ClientScopeRepresentation,
+    ) -> Result<String> {
+        let resp = self
+            .call("POST", "create client scope", || {
+                self.api.realm_client_scopes_post(realm, rep.clone())
+            })
+            .await?;
+        resp.to_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::KeycloakApi {
+                operation: "create client scope".into(),
+                status: 201,
+                message: "no Location header".into(),
+            })
+    }
+
+    pub async fn update_client_scope(
+        &self,
+        realm: &str,
+        id: &str,
+        rep: &ClientScopeRepresentation,
+    ) -> Result<()> {
+        self.call("PUT", "update client scope", || {
+            self.api
+                .realm_client_scopes_with_client_scope_id_put(realm, id, rep.clone())
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_client_scope(&self, realm: &str, id: &str) -> Result<()> {
+        self.call_opt("DELETE", "delete client scope", || {
+            self.api
+                .realm_client_scopes_with_client_scope_id_delete(realm, id)
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn create_scope_mapper(
+        &self,
+        realm: &str,
+        scope_id: &str,
+        rep: &ProtocolMapperRepresentation,
+    ) -> Result<()> {
+        self.call("POST", "create protocol mapper", || {
+            self.api
+                .realm_client_scopes_with_client_scope_id_protocol_mappers_models_post(
+                    realm,
+                    scope_id,
+                    rep.clone(),
+                )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn update_scope_mapper(
+        &self,
+        realm: &str,
+        scope_id: &str,
+        mapper_id: &str,
+        rep: &ProtocolMapperRepresentation,
+    ) -> Result<()> {
+        self.call("PUT", "update protocol mapper", || {
+            self.api
+                .realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_put(
+                    realm,
+                    scope_id,
+                    mapper_id,
+                    rep.clone(),
+                )
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_scope_mapper(
+        &self,
+        realm: &str,
+        scope_id: &str,
+        mapper_id: &str,
+    ) -> Result<()> {
+        self.call_opt("DELETE", "delete protocol mapper", || {
+            self.api
+                .realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_delete(
+                    realm, scope_id, mapper_id,
+                )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Names of the realm's default and optional client scopes (by id).
+    pub async fn realm_scope_assignments(&self, realm: &str) -> Result<RealmScopeAssignments> {
+        let defaults = self
+            .call("GET", "list realm default scopes", || {
+                self.api.realm_default_default_client_scopes_get(realm)
+            })
+            .await?;
+        let optionals = self
+            .call("GET", "list realm optional scopes", || {
+                self.api.realm_default_optional_client_scopes_get(realm)
+            })
+            .await?;
+        Ok(RealmScopeAssignments {
+            default_ids: defaults.iter().filter_map(|s| s.id.clone()).collect(),
+            optional_ids: optionals.iter().filter_map(|s| s.id.clone()).collect(),
+        })
+    }
+
+    pub async fn add_realm_default_scope(&self, realm: &str, id: &str) -> Result<()> {
+        self.call("PUT", "add realm default scope", || {
+            self.api
+                .realm_default_default_client_scopes_with_client_scope_id_put(realm, id)
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_realm_default_scope(&self, realm: &str, id: &str) -> Result<()> {
+        self.call_opt("DELETE", "remove realm default scope", || {
+            self.api
+                .realm_default_default_client_scopes_with_client_scope_id_delete(realm, id)
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn add_realm_optional_scope(&self, realm: &str, id: &str) -> Result<()> {
+        self.call("PUT", "add realm optional scope", || {
+            self.api
+                .realm_default_optional_client_scopes_with_client_scope_id_put(realm, id)
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_realm_optional_scope(&self, realm: &str, id: &str) -> Result<()> {
+        self.call_opt("DELETE", "remove realm optional scope", || {
+            self.api
+                .realm_default_optional_client_scopes_with_client_scope_id_delete(realm, id)
+        })
+        .await?;
+        Ok(())
+    }
+
+    // ---- client registration policies (components) ----
+
+    pub async fn registration_policies(
+        &self,
+        realm: &str,
+        realm_id: &str,
+    ) -> Result<Vec<ComponentRepresentation>> {
+        let found = self
+            .call("GET", "list client registration policies", || {
+                self.api.realm_components_get(
+                    realm,
+                    None,
+                    Some(realm_id.to_string()),
+                    None,
+                    Some(REGISTRATION_POLICY_TYPE.to_string()),
+                )
+            })
+            .await?;
+        Ok(found.into_iter().collect())
+    }
+
+    pub async fn create_component(&self, realm: &str, rep: &ComponentRepresentation) -> Result<()> {
+        self.call("POST", "create component", || {
+            self.api.realm_components_post(realm, rep.clone())
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn update_component(
+        &self,
+        realm: &str,
+        id: &str,
+        rep: &ComponentRepresentation,
+    ) -> Result<()> {
+        self.call("PUT", "update component", || {
+            self.api
+                .realm_components_with_id_put(realm, id, rep.clone())
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_component(&self, realm: &str, id: &str) -> Result<()> {
+        self.call_opt("DELETE", "delete component", || {
+            self.api.realm_components_with_id_delete(realm, id)
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RealmScopeAssignments {
+    pub default_ids: Vec<String>,
+    pub optional_ids: Vec<String>,
+}

@@ -1,0 +1,126 @@
+//! Prometheus metrics of the operator (text format at `/metrics`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeycloakRequestLabels {
+    pub method: &'static str,
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<ReconcileLabels, Histogram>,
+    pub keycloak_requests: Family<KeycloakRequestLabels, Counter>,
+    pub admin_token_refreshes: Counter,
+    /// Plain totals for tests and benchmarks (also visible through the families above).
+    keycloak_reads: AtomicU64,
+    keycloak_writes: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mcp_operator");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_duration = Family::<ReconcileLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        let keycloak_requests = Family::<KeycloakRequestLabels, Counter>::default();
+        let admin_token_refreshes = Counter::default();
+        registry.register("reconciles", "Reconciliations run", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations by reason",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconciliations",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "keycloak_admin_requests",
+            "Keycloak Admin REST API requests by method and outcome",
+            keycloak_requests.clone(),
+        );
+        registry.register(
+            "keycloak_admin_token_refreshes",
+            "Admin access tokens obtained from Keycloak",
+            admin_token_refreshes.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            keycloak_requests,
+            admin_token_refreshes,
+            keycloak_reads: AtomicU64::new(0),
+            keycloak_writes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_keycloak_request(&self, method: &'static str, outcome: &'static str) {
+        self.keycloak_requests
+            .get_or_create(&KeycloakRequestLabels { method, outcome })
+            .inc();
+        if method == "GET" {
+            self.keycloak_reads.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.keycloak_writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn keycloak_reads(&self) -> u64 {
+        self.keycloak_reads.load(Ordering::Relaxed)
+    }
+
+    /// Every non-GET admin request, successful or not.
+    pub fn keycloak_writes(&self) -> u64 {
+        self.keycloak_writes.load(Ordering::Relaxed)
+    }
+
+    pub fn record_reconcile(&self, controller: &'static str, took: Duration) {
+        let labels = ReconcileLabels { controller };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn record_error(&self, controller: &'static str, reason: &'static str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels { controller, reason })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
