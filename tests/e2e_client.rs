@@ -2,9 +2,10 @@
 //! anonymous DCR in a realm the operator configured, a real headless Chromium logs alice in and
 //! consents, and the client lists and calls a tool on a protected MCP server.
 //!
-//! The protected server is [`browser::stand_in`] until the operator's auth gateway lands; the
-//! client code ([`browser::client::connect_like_vscode`]) takes only a URL, so pointing it at the
-//! gateway is a one-line change here.
+//! The protected server is either [`browser::stand_in`] (a minimal resource server written here)
+//! or the operator's own auth gateway, configured from the env the operator reconciled into the
+//! McpServer's Deployment, in front of an unprotected MCP server. The client
+//! ([`browser::client::connect_like_vscode`]) takes only the URL in both cases.
 //!
 //! Needs the test bed (`eval "$(./hack/testbed up)"`) and Debian's `chromium` + `chromium-driver`.
 
@@ -12,53 +13,54 @@ mod browser;
 mod harness;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use browser::client::{
     self, connect_like_vscode, probe_unauthenticated, probe_with_token, register_anonymously,
-    result_text, vscode_registration_request, VSCODE_CLIENT_URI, VSCODE_REDIRECT_URIS,
+    result_text, vscode_registration_request, ConnectedClient, VSCODE_CLIENT_URI,
+    VSCODE_REDIRECT_URIS,
 };
-use browser::stand_in::{ProtectedMcpServer, StandInConfig};
+use browser::stand_in::{PlainMcpServer, ProtectedMcpServer, StandInConfig};
 use browser::Browser;
 use harness::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::Client;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
+use mcp_keycloak_operator::gateway::{ClientSecret, GatewayConfig};
+use mcp_keycloak_operator::podrunner::{plan_pod, ImageMap, LocalCommand};
 use serde_json::{json, Value};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "alice-e2e-password-1";
 
-/// Operator + seed policy + one Ready McpServer whose URL is the (not yet started) stand-in.
-struct Walkthrough {
+/// Operator + seed policy + one Ready McpServer `calc` whose canonical URL is `url`.
+struct Base {
     client: Client,
     ns: String,
     realm: Realm,
     op: Operator,
     policy: McpAuthPolicy,
     server: McpServer,
-    stand_in: ProtectedMcpServer,
 }
 
-async fn walkthrough(prefix: &str) -> Walkthrough {
+async fn base(prefix: &str, url: &str) -> Base {
     let tb = support::testbed().await;
     let client = support::kube_client().await;
     let ns = support::test_namespace(&client, prefix).await;
     let realm = Realm::new(&support::unique_name(prefix)).await;
     admin_secret(&client, &ns, "keycloak-admin").await;
     let op = Operator::start(&client, &ns).await;
-
-    let mut stand_in = ProtectedMcpServer::bind().await.expect("stand-in bind");
     create(
         &client,
         &ns,
         &seed_policy("acme", &realm.name, &tb.keycloak_url),
     )
     .await;
-    create(&client, &ns, &server("calc", "acme", stand_in.url())).await;
+    create(&client, &ns, &server("calc", "acme", url)).await;
     wait_condition::<McpAuthPolicy>(&client, &ns, "acme", "Ready", "True").await;
     wait_condition::<McpServer>(&client, &ns, "calc", "Ready", "True").await;
-
     let policy = Api::<McpAuthPolicy>::namespaced(client.clone(), &ns)
         .get("acme")
         .await
@@ -67,38 +69,90 @@ async fn walkthrough(prefix: &str) -> Walkthrough {
         .get("calc")
         .await
         .expect("server");
-    let status = server.status.clone().expect("server status");
-    let secret = status.secret_name.clone().expect("status.secretName");
-    let client_id = support::wait_for("introspection credentials", WAIT, || {
-        secret_value(&client, &ns, &secret, "client-id")
-    })
-    .await;
-    let client_secret = secret_value(&client, &ns, &secret, "client-secret")
-        .await
-        .expect("client-secret in the Secret");
-    let audience_scope = status.audience_scope.clone().expect("status.audienceScope");
-    stand_in
-        .start(StandInConfig {
-            issuer: policy.issuer(),
-            introspection_endpoint: policy.introspection_endpoint(),
-            client_id,
-            client_secret,
-            scopes: vec!["mcp:tools".into(), audience_scope],
-        })
-        .expect("stand-in start");
-
-    Walkthrough {
+    Base {
         client,
         ns,
         realm,
         op,
         policy,
         server,
-        stand_in,
     }
 }
 
-impl Walkthrough {
+impl Base {
+    fn audience_scope(&self) -> String {
+        let status = self.server.status.as_ref().expect("server status");
+        status.audience_scope.clone().expect("status.audienceScope")
+    }
+
+    /// The stand-in's settings, from the policy, the server's status and its `-oauth` Secret.
+    async fn stand_in_config(&self) -> StandInConfig {
+        let status = self.server.status.as_ref().expect("server status");
+        let secret = status.secret_name.clone().expect("status.secretName");
+        let (client, ns) = (&self.client, &self.ns);
+        let client_id = support::wait_for("introspection credentials", WAIT, || {
+            secret_value(client, ns, &secret, "client-id")
+        })
+        .await;
+        let client_secret = secret_value(client, ns, &secret, "client-secret")
+            .await
+            .expect("client-secret in the Secret");
+        StandInConfig {
+            issuer: self.policy.issuer(),
+            introspection_endpoint: self.policy.introspection_endpoint(),
+            client_id,
+            client_secret,
+            scopes: vec!["mcp:tools".into(), self.audience_scope()],
+        }
+    }
+
+    /// The gateway's settings exactly as the operator put them into the `gateway` container of
+    /// the server's Deployment (env and Secret refs resolved by the local pod runner).
+    async fn gateway_config(&self, upstream: &str) -> GatewayConfig {
+        let dep = Api::<Deployment>::namespaced(self.client.clone(), &self.ns)
+            .get("calc")
+            .await
+            .expect("the server's Deployment");
+        let secrets = Api::<Secret>::namespaced(self.client.clone(), &self.ns)
+            .list(&Default::default())
+            .await
+            .expect("secrets")
+            .items;
+        let images = ImageMap::default()
+            .with(
+                "mcp-keycloak-operator:test",
+                LocalCommand {
+                    program: env!("CARGO_BIN_EXE_mcp-keycloak-operator").into(),
+                    fixed_args: vec![],
+                    default_args: vec![],
+                },
+            )
+            .with(
+                "ghcr.io/example/mcp-server",
+                LocalCommand {
+                    program: "/bin/false".into(),
+                    fixed_args: vec![],
+                    default_args: vec![],
+                },
+            );
+        let plans = plan_pod(&dep, &secrets, &[], &images).expect("plan the pod");
+        let gw = plans
+            .iter()
+            .find(|p| p.container == "gateway")
+            .expect("a gateway container (Proxy mode)");
+        let env = &gw.env;
+        let mut cfg = GatewayConfig::new(
+            env["MCP_SERVER_URL"].clone(),
+            env["MCP_AUTH_ISSUER"].clone(),
+            env["MCP_AUTH_INTROSPECTION_ENDPOINT"].clone(),
+            env["OAUTH_CLIENT_ID"].clone(),
+            ClientSecret::new(env["OAUTH_CLIENT_SECRET"].clone()),
+        );
+        cfg.required_scopes = env["MCP_REQUIRED_SCOPES"].clone();
+        cfg.upstream = upstream.to_string();
+        cfg
+    }
+
     /// alice, with everything Keycloak's default "update profile" required action would ask for.
     async fn create_user(&self) -> String {
         let (s, v) = self
@@ -122,7 +176,6 @@ impl Walkthrough {
     }
 
     async fn finish(self) {
-        drop(self.stand_in);
         teardown(&self.client, &self.ns, self.op).await;
         self.realm.delete().await;
     }
@@ -137,47 +190,36 @@ fn is_generated_id(id: &str) -> bool {
         })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vscode_like_client_registers_logs_in_consents_and_calls_a_tool() {
-    let t_test = Instant::now();
-    let w = walkthrough("e2e").await;
-    let t_setup = t_test.elapsed();
-    let user_id = w.create_user().await;
-    let url = w.stand_in.url().to_string();
-    let audience_scope = w
-        .server
-        .status
-        .as_ref()
-        .unwrap()
-        .audience_scope
-        .clone()
-        .unwrap();
+/// `http://host:port/.well-known/oauth-protected-resource/<path>` for an MCP URL.
+fn path_metadata_url(mcp_url: &str) -> String {
+    let u = url::Url::parse(mcp_url).unwrap();
+    format!(
+        "{}/.well-known/oauth-protected-resource{}",
+        u.origin().ascii_serialization(),
+        u.path()
+    )
+}
 
-    let browser = Browser::start().await.expect("headless Chromium");
-    let conn = connect_like_vscode(&url, &browser, (USER, PASSWORD))
-        .await
-        .unwrap_or_else(|e| panic!("connect_like_vscode: {e}"));
+/// Everything the walkthrough must have produced, whatever protects the server.
+async fn check_walkthrough(b: &Base, conn: &ConnectedClient, url: &str, user_id: &str) {
+    let audience_scope = b.audience_scope();
 
     // The tool works through the authorized session.
     let tools = conn.tool_names().await.expect("tools/list");
-    assert_eq!(tools, vec!["add".to_string()], "tools of the stand-in");
+    assert_eq!(tools, vec!["add".to_string()], "tools of the MCP server");
     let result = conn
         .call_tool("add", json!({"a": 2, "b": 40}))
         .await
         .expect("tools/call add");
-    assert_ne!(
-        result.is_error,
-        Some(true),
-        "add returned an error: {result:?}"
-    );
+    assert_ne!(result.is_error, Some(true), "add failed: {result:?}");
     assert_eq!(result_text(&result), "42");
 
     // Discovery went through the challenge and the PRM to the realm's exact issuer.
     assert_eq!(
         conn.challenge.resource_metadata.as_deref(),
-        Some(w.stand_in.resource_metadata_url().as_str())
+        Some(path_metadata_url(url).as_str())
     );
-    assert_eq!(conn.issuer.as_deref(), Some(w.policy.issuer().as_str()));
+    assert_eq!(conn.issuer.as_deref(), Some(b.policy.issuer().as_str()));
 
     // The authorization request: code + PKCE S256, resource = the server URL, challenge scopes.
     let p = &conn.authorization_params;
@@ -186,7 +228,7 @@ async fn vscode_like_client_registers_logs_in_consents_and_calls_a_tool() {
         p.get("code_challenge_method").map(String::as_str),
         Some("S256")
     );
-    assert_eq!(p.get("resource"), Some(&url), "RFC 8707 resource");
+    assert_eq!(p.get("resource").map(String::as_str), Some(url), "RFC 8707");
     assert_eq!(p.get("client_id"), Some(&conn.client_id));
     let requested: Vec<&str> = p["scope"].split(' ').collect();
     assert!(
@@ -213,16 +255,16 @@ async fn vscode_like_client_registers_logs_in_consents_and_calls_a_tool() {
     // The token: for this server and its introspection client, issued to the DCR client for alice.
     let claims = &conn.token_claims;
     let aud = audiences(claims);
-    assert!(aud.contains(&url), "aud {aud:?} lacks {url}");
+    assert!(aud.iter().any(|a| a == url), "aud {aud:?} lacks {url}");
     assert!(
-        aud.contains(&format!("mcp.{}.calc", w.ns)),
+        aud.contains(&format!("mcp.{}.calc", b.ns)),
         "aud {aud:?} lacks the introspection client"
     );
     assert_eq!(claims["azp"], conn.client_id.as_str());
     // `sub` only: a DCR request with `scope` gets just `basic` as default scope in Keycloak
     // <= 26.7 (keycloak#50807), so `profile` claims such as preferred_username are absent.
-    assert_eq!(claims["sub"], user_id.as_str());
-    assert_eq!(claims["iss"], w.policy.issuer().as_str());
+    assert_eq!(claims["sub"], user_id);
+    assert_eq!(claims["iss"], b.policy.issuer().as_str());
     let token_scopes: Vec<&str> = claims["scope"].as_str().unwrap_or("").split(' ').collect();
     assert!(
         token_scopes.contains(&"mcp:tools"),
@@ -234,19 +276,6 @@ async fn vscode_like_client_registers_logs_in_consents_and_calls_a_tool() {
         conn.granted_scopes
     );
 
-    // The protected server let the token in after introspection, and only that client's.
-    let accepted = w.stand_in.accepted();
-    assert!(!accepted.is_empty(), "the stand-in accepted no token");
-    for a in &accepted {
-        assert_eq!(a.client_id.as_deref(), Some(conn.client_id.as_str()));
-        assert_eq!(a.sub.as_deref(), Some(user_id.as_str()));
-    }
-    assert!(
-        w.stand_in.rejected().is_empty(),
-        "rejections: {:?}",
-        w.stand_in.rejected()
-    );
-
     // The registered client, through the Admin REST API: generated id, VS Code's metadata,
     // public, consent required (anonymous DCR policy).
     assert!(
@@ -254,7 +283,7 @@ async fn vscode_like_client_registers_logs_in_consents_and_calls_a_tool() {
         "client id {:?}",
         conn.client_id
     );
-    let kc_client = w
+    let kc_client = b
         .realm
         .client(&conn.client_id)
         .await
@@ -271,7 +300,7 @@ async fn vscode_like_client_registers_logs_in_consents_and_calls_a_tool() {
     assert_eq!(redirects, expected, "registered redirect URIs");
 
     // Keycloak recorded alice's consent for that client, covering mcp:tools.
-    let consents = w.realm.get(&format!("/users/{user_id}/consents")).await;
+    let consents = b.realm.get(&format!("/users/{user_id}/consents")).await;
     let consent = consents
         .as_array()
         .and_then(|a| a.iter().find(|c| c["clientId"] == conn.client_id.as_str()))
@@ -282,45 +311,150 @@ async fn vscode_like_client_registers_logs_in_consents_and_calls_a_tool() {
         granted.iter().any(|s| s == "mcp:tools"),
         "consent covers {granted:?}"
     );
+}
 
+fn report(
+    what: &str,
+    browser_version: &str,
+    conn: &ConnectedClient,
+    t_setup: std::time::Duration,
+    t_test: Instant,
+) {
+    let t = &conn.timings;
     eprintln!(
-        "e2e: Chromium {}; client {} consented to {:?}; granted {:?}",
-        browser.version().await,
-        conn.client_id,
+        "e2e [{what}]: Chromium {browser_version}; consented to {:?}; granted {:?}\n\
+         e2e [{what}] timings: setup (namespace, realm, operator, Ready) {t_setup:?}; discovery {:?}; \
+         registration {:?}; browser login round trip {:?}; token exchange {:?}; MCP initialize {:?}; \
+         client total {:?}; test so far {:?}",
         conn.login.consent_items,
-        conn.granted_scopes
-    );
-    let timings = conn.timings.clone();
-    conn.close().await;
-    browser.close().await;
-    eprintln!(
-        "e2e timings: setup (namespace, realm, operator, Ready) {:?}; discovery {:?}; registration {:?}; \
-         browser login round trip {:?}; token exchange {:?}; MCP initialize {:?}; client total {:?}; whole test (before teardown) {:?}",
-        t_setup,
-        timings.discovery,
-        timings.registration,
-        timings.browser_login,
-        timings.token_exchange,
-        timings.mcp_initialize,
-        timings.total,
+        conn.granted_scopes,
+        t.discovery,
+        t.registration,
+        t.browser_login,
+        t.token_exchange,
+        t.mcp_initialize,
+        t.total,
         t_test.elapsed()
     );
-    w.finish().await;
-    eprintln!("e2e whole test incl. teardown: {:?}", t_test.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vscode_like_client_registers_logs_in_consents_and_calls_a_tool() {
+    let t_test = Instant::now();
+    let mut stand_in = ProtectedMcpServer::bind().await.expect("stand-in bind");
+    let url = stand_in.url().to_string();
+    let b = base("e2e", &url).await;
+    stand_in
+        .start(b.stand_in_config().await)
+        .expect("stand-in start");
+    let t_setup = t_test.elapsed();
+    let user_id = b.create_user().await;
+
+    let browser = Browser::start().await.expect("headless Chromium");
+    let conn = connect_like_vscode(&url, &browser, (USER, PASSWORD))
+        .await
+        .unwrap_or_else(|e| panic!("connect_like_vscode: {e}"));
+    check_walkthrough(&b, &conn, &url, &user_id).await;
+
+    // The stand-in let the token in after introspection, and only that client's, for alice.
+    let accepted = stand_in.accepted();
+    assert!(!accepted.is_empty(), "the stand-in accepted no token");
+    for a in &accepted {
+        assert_eq!(a.client_id.as_deref(), Some(conn.client_id.as_str()));
+        assert_eq!(a.sub.as_deref(), Some(user_id.as_str()));
+    }
+    assert!(
+        stand_in.rejected().is_empty(),
+        "rejections: {:?}",
+        stand_in.rejected()
+    );
+
+    report("stand-in", &browser.version().await, &conn, t_setup, t_test);
+    conn.close().await;
+    browser.close().await;
+    drop(stand_in);
+    b.finish().await;
+    eprintln!(
+        "e2e [stand-in] whole test incl. teardown: {:?}",
+        t_test.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vscode_like_client_through_the_operators_gateway() {
+    let t_test = Instant::now();
+    // The gateway's listener first: its address is the canonical URL the McpServer declares,
+    // so the PRM `resource` and the token audience are the URL the client connects to.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("gateway listener");
+    let url = format!(
+        "http://127.0.0.1:{}/mcp",
+        listener.local_addr().unwrap().port()
+    );
+    let b = base("e2e-gw", &url).await;
+    let upstream = PlainMcpServer::start().await.expect("upstream MCP server");
+    let cfg = b.gateway_config(&upstream.base_url).await;
+    assert_eq!(
+        cfg.resource_url, url,
+        "MCP_SERVER_URL of the gateway container"
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(mcp_keycloak_operator::gateway::serve(
+        cfg,
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let t_setup = t_test.elapsed();
+    let user_id = b.create_user().await;
+
+    let browser = Browser::start().await.expect("headless Chromium");
+    let conn = connect_like_vscode(&url, &browser, (USER, PASSWORD))
+        .await
+        .unwrap_or_else(|e| panic!("connect_like_vscode through the gateway: {e}"));
+    check_walkthrough(&b, &conn, &url, &user_id).await;
+
+    // The upstream saw no token, only the identity the gateway verified.
+    let seen = upstream.seen();
+    assert!(!seen.is_empty(), "nothing reached the upstream");
+    for r in &seen {
+        assert!(!r.had_authorization, "the token was passed through");
+        assert_eq!(r.client_id.as_deref(), Some(conn.client_id.as_str()));
+        assert_eq!(r.subject.as_deref(), Some(user_id.as_str()));
+        assert!(
+            r.scopes
+                .as_deref()
+                .unwrap_or("")
+                .split(' ')
+                .any(|s| s == "mcp:tools"),
+            "forwarded scopes {:?}",
+            r.scopes
+        );
+    }
+
+    report("gateway", &browser.version().await, &conn, t_setup, t_test);
+    conn.close().await;
+    browser.close().await;
+    let _ = stop.send(());
+    let _ = gateway.await;
+    b.finish().await;
+    eprintln!(
+        "e2e [gateway] whole test incl. teardown: {:?}",
+        t_test.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_is_challenged_and_untrusted_redirect_hosts_cannot_register() {
-    let w = walkthrough("e2e-neg").await;
-    let url = w.stand_in.url().to_string();
-    let audience_scope = w
-        .server
-        .status
-        .as_ref()
-        .unwrap()
-        .audience_scope
-        .clone()
-        .unwrap();
+    let mut stand_in = ProtectedMcpServer::bind().await.expect("stand-in bind");
+    let url = stand_in.url().to_string();
+    let b = base("e2e-neg", &url).await;
+    stand_in
+        .start(b.stand_in_config().await)
+        .expect("stand-in start");
+    let audience_scope = b.audience_scope();
 
     // No token: 401 with a Bearer challenge naming the metadata and the scopes.
     let ch = probe_unauthenticated(&url).await.expect("probe");
@@ -334,7 +468,7 @@ async fn no_token_is_challenged_and_untrusted_redirect_hosts_cannot_register() {
         .resource_metadata
         .clone()
         .expect("resource_metadata in the challenge");
-    assert_eq!(prm_url, w.stand_in.resource_metadata_url());
+    assert_eq!(prm_url, path_metadata_url(&url));
     let scopes: Vec<&str> = ch.scope.as_deref().unwrap_or("").split(' ').collect();
     assert_eq!(scopes, vec!["mcp:tools", audience_scope.as_str()]);
 
@@ -346,7 +480,7 @@ async fn no_token_is_challenged_and_untrusted_redirect_hosts_cannot_register() {
         .await
         .expect("PRM JSON");
     assert_eq!(prm["resource"], url.as_str());
-    assert_eq!(prm["authorization_servers"], json!([w.policy.issuer()]));
+    assert_eq!(prm["authorization_servers"], json!([b.policy.issuer()]));
 
     // A token Keycloak does not know: 401 invalid_token.
     let bogus = probe_with_token(&url, Some("not-a-token"))
@@ -356,7 +490,7 @@ async fn no_token_is_challenged_and_untrusted_redirect_hosts_cannot_register() {
     assert_eq!(bogus.error.as_deref(), Some("invalid_token"));
 
     // Registration with a redirect host outside the trusted hosts: refused by the policy.
-    let endpoint = w.policy.registration_endpoint();
+    let endpoint = b.policy.registration_endpoint();
     let mut body = vscode_registration_request(None, Some("mcp:tools"));
     body["client_name"] = json!("e2e untrusted redirect");
     body["redirect_uris"] = json!(["https://evil.example.com/callback"]);
@@ -382,8 +516,8 @@ async fn no_token_is_challenged_and_untrusted_redirect_hosts_cannot_register() {
         "client id {:?}",
         ok.client_id
     );
-    assert!(w.realm.client(&ok.client_id).await.is_some());
+    assert!(b.realm.client(&ok.client_id).await.is_some());
 
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    w.finish().await;
+    drop(stand_in);
+    b.finish().await;
 }

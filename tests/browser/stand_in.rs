@@ -9,6 +9,9 @@
 //!   the URL;
 //! - RFC 7662 introspection with the McpServer's confidential client (its `{name}-oauth` Secret);
 //! - behind that, an rmcp Streamable HTTP server with one tool, `add`.
+//!
+//! [`PlainMcpServer`] is that MCP server alone, with no authorization, as the upstream behind the
+//! operator's real auth gateway.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -159,14 +162,8 @@ impl ProtectedMcpServer {
             rejected: self.rejected.clone(),
         });
 
-        let mcp: StreamableHttpService<Calculator, LocalSessionManager> =
-            StreamableHttpService::new(
-                || Ok(Calculator::default()),
-                Default::default(),
-                StreamableHttpServerConfig::default().with_sse_keep_alive(None),
-            );
         let protected = Router::new()
-            .nest_service(MCP_PATH, mcp)
+            .nest_service(MCP_PATH, calculator_service())
             .layer(middleware::from_fn_with_state(inner.clone(), require_token));
         let prm = Router::new()
             .route("/.well-known/oauth-protected-resource", get(metadata))
@@ -201,6 +198,97 @@ impl ProtectedMcpServer {
 }
 
 impl Drop for ProtectedMcpServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The calculator as a Streamable HTTP service (stateful sessions, loopback hosts only).
+pub fn calculator_service() -> StreamableHttpService<Calculator, LocalSessionManager> {
+    StreamableHttpService::new(
+        || Ok(Calculator::default()),
+        Default::default(),
+        StreamableHttpServerConfig::default().with_sse_keep_alive(None),
+    )
+}
+
+/// What the unprotected upstream saw of one request (header values, never a token).
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub had_authorization: bool,
+    /// `x-mcp-auth-client-id`, `x-mcp-auth-subject`, `x-mcp-auth-scopes` as forwarded.
+    pub client_id: Option<String>,
+    pub subject: Option<String>,
+    pub scopes: Option<String>,
+}
+
+/// The calculator at `http://127.0.0.1:<port>/mcp` without any authorization: the upstream
+/// behind the real gateway. It records which identity headers reached it.
+pub struct PlainMcpServer {
+    /// `http://127.0.0.1:<port>` (the gateway keeps the request path).
+    pub base_url: String,
+    seen: Arc<Mutex<Vec<UpstreamRequest>>>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl PlainMcpServer {
+    pub async fn start() -> Result<PlainMcpServer> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(|e| Error::new("upstream", format!("bind: {e}")))?;
+        let port = listener.local_addr().expect("local addr").port();
+        let seen: Arc<Mutex<Vec<UpstreamRequest>>> = Default::default();
+        let record = {
+            let seen = seen.clone();
+            move |req: Request, next: Next| {
+                let seen = seen.clone();
+                async move {
+                    let r = {
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string)
+                        };
+                        UpstreamRequest {
+                            had_authorization: req.headers().contains_key(header::AUTHORIZATION),
+                            client_id: h("x-mcp-auth-client-id"),
+                            subject: h("x-mcp-auth-subject"),
+                            scopes: h("x-mcp-auth-scopes"),
+                        }
+                    };
+                    seen.lock().unwrap().push(r);
+                    next.run(req).await
+                }
+            }
+        };
+        let app = Router::new()
+            .nest_service(MCP_PATH, calculator_service())
+            .layer(middleware::from_fn(record));
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(PlainMcpServer {
+            base_url: format!("http://127.0.0.1:{port}"),
+            seen,
+            shutdown: Some(tx),
+        })
+    }
+
+    /// Requests that reached the upstream so far.
+    pub fn seen(&self) -> Vec<UpstreamRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for PlainMcpServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
