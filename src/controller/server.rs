@@ -82,9 +82,16 @@ async fn resolve_policy(server: &McpServer, ctx: &Context) -> Result<McpAuthPoli
             && s.observed_generation == policy.metadata.generation
     });
     if !ready {
+        let why = policy
+            .status
+            .as_ref()
+            .and_then(|s| conditions::find(&s.conditions, READY))
+            .filter(|c| c.status == "False")
+            .map(|c| format!(": {}", c.message))
+            .unwrap_or_else(|| " yet".into());
         return Err(Error::invalid(
             "PolicyNotReady",
-            format!("McpAuthPolicy {ns}/{name} is not Ready yet"),
+            format!("McpAuthPolicy {ns}/{name} is not Ready{why}"),
         ));
     }
     Ok(policy)
