@@ -296,6 +296,22 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(delay)
 }
 
+/// Waits until a store has its initial list. The store's readiness future keeps a single waker
+/// (a oneshot shared by every waiter), and the controller waits on it too, so a lone waiter may
+/// never be woken: poll again every half second instead of trusting the wake-up.
+async fn wait_ready<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready()).await {
+            Ok(r) => return r.is_ok(),
+            Err(_elapsed) => continue,
+        }
+    }
+}
+
 /// Runs both controllers until a shutdown signal. `namespace` restricts them to one namespace.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     run_until_synced(ctx, namespace, |_| {}).await
@@ -365,11 +381,18 @@ pub async fn run_until_synced(
     let policy_controller = Controller::new(policies, watcher::Config::default());
     let synced_policies = policy_controller.store();
     tokio::spawn(async move {
-        let ok = synced_servers.wait_until_ready().await.is_ok()
-            && synced_policies.wait_until_ready().await.is_ok();
-        on_synced(ok);
+        let servers = wait_ready(&synced_servers).await;
+        let policies = wait_ready(&synced_policies).await;
+        tracing::info!(synced = servers && policies, "watch caches synced");
+        on_synced(servers && policies);
     });
     let policy_controller = policy_controller
+        // A server's audience scope must reach the clients Keycloak created from metadata
+        // documents (see `policy::apply_cimd`): reconcile its policy when the server changes.
+        .watches(servers, watcher::Config::default(), |server: McpServer| {
+            let ns = server.namespace()?;
+            Some(ObjectRef::<McpAuthPolicy>::new(&server.spec.policy_ref.name).within(&ns))
+        })
         .shutdown_on_signal()
         .run(
             policy::reconcile,
