@@ -28,14 +28,14 @@ go_env() {
 }
 
 # run_logged <logfile> <cmd...>: run a command with output to a log file,
-# printing a dot to stderr every 30 s so long builds show progress; on failure
-# print the log tail.
+# saying "still running" on stderr every minute so long builds show progress;
+# on failure print the log tail.
 run_logged() {
   local logfile=$1; shift
   "$@" >>"$logfile" 2>&1 &
   local pid=$! waited=0
   while kill -0 "$pid" 2>/dev/null; do
-    sleep 5; waited=$((waited + 5))
+    sleep 1; waited=$((waited + 1))
     if ((waited % 60 == 0)); then log "  ... still running ($((waited / 60)) min, log: $logfile)"; fi
   done
   if ! wait "$pid"; then

@@ -215,7 +215,10 @@ start_scheduler() {
 
 # One fake node, managed by kwok: it becomes Ready, Pods bound to it get a
 # Pod IP and turn Running/Ready (no container runs). No taint, so ordinary
-# Deployments land there without tolerations.
+# Deployments land there without tolerations. Pod IPs (10.244.x) and Service
+# IPs (10.96.x) are bookkeeping only: nothing listens there, never connect to
+# them. The node's address is 127.0.0.1 so that anything the API server would
+# send to "the kubelet" (logs, exec) stays on loopback (and is refused).
 start_kwok() {
   local pf="$TESTBED_DIR/run/kwok.pid" lf="$TESTBED_DIR/logs/kwok.log"
   if ! pid_alive "$pf"; then
@@ -235,11 +238,15 @@ metadata:
     node-role.kubernetes.io/agent: ""
     type: kwok
 EOF
+    # kwok fills in missing addresses only; pin them (also on nodes made by
+    # older versions of this script).
+    KUBECTL patch node "$KWOK_NODE_NAME" --subresource=status --type=merge -p \
+      '{"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"},{"type":"Hostname","address":"'"$KWOK_NODE_NAME"'"}]}}' >/dev/null
     log "starting kwok (fake node $KWOK_NODE_NAME)"
     spawn "$pf" "$lf" "$(KWOK_BIN)" --kubeconfig="$TESTBED_DIR/kubeconfig" \
       --config="$CACHE_ROOT/bin/kwok-$KWOK_VERSION/stages.yaml" \
       --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-      --node-lease-duration-seconds=40 --cidr=10.244.0.0/16 --node-ip=10.0.0.1
+      --node-lease-duration-seconds=40 --cidr=10.244.0.0/16 --node-ip=127.0.0.1
   fi
 }
 
