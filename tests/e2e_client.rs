@@ -109,48 +109,7 @@ impl Base {
     /// The gateway's settings exactly as the operator put them into the `gateway` container of
     /// the server's Deployment (env and Secret refs resolved by the local pod runner).
     async fn gateway_config(&self, upstream: &str) -> GatewayConfig {
-        let dep = Api::<Deployment>::namespaced(self.client.clone(), &self.ns)
-            .get("calc")
-            .await
-            .expect("the server's Deployment");
-        let secrets = Api::<Secret>::namespaced(self.client.clone(), &self.ns)
-            .list(&Default::default())
-            .await
-            .expect("secrets")
-            .items;
-        let images = ImageMap::default()
-            .with(
-                "mcp-keycloak-operator:test",
-                LocalCommand {
-                    program: env!("CARGO_BIN_EXE_mcp-keycloak-operator").into(),
-                    fixed_args: vec![],
-                    default_args: vec![],
-                },
-            )
-            .with(
-                "ghcr.io/example/mcp-server",
-                LocalCommand {
-                    program: "/bin/false".into(),
-                    fixed_args: vec![],
-                    default_args: vec![],
-                },
-            );
-        let plans = plan_pod(&dep, &secrets, &[], &images).expect("plan the pod");
-        let gw = plans
-            .iter()
-            .find(|p| p.container == "gateway")
-            .expect("a gateway container (Proxy mode)");
-        let env = &gw.env;
-        let mut cfg = GatewayConfig::new(
-            env["MCP_SERVER_URL"].clone(),
-            env["MCP_AUTH_ISSUER"].clone(),
-            env["MCP_AUTH_INTROSPECTION_ENDPOINT"].clone(),
-            env["OAUTH_CLIENT_ID"].clone(),
-            ClientSecret::new(env["OAUTH_CLIENT_SECRET"].clone()),
-        );
-        cfg.required_scopes = env["MCP_REQUIRED_SCOPES"].clone();
-        cfg.upstream = upstream.to_string();
-        cfg
+        gateway_config_from_deployment(&self.client, &self.ns, "calc", upstream).await
     }
 
     /// alice, with everything Keycloak's default "update profile" required action would ask for.

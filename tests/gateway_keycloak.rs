@@ -26,48 +26,7 @@ async fn gateway_from_deployment(
     upstream: &str,
     ttl: u64,
 ) -> GatewayHandle {
-    let dep = Api::<Deployment>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-        .unwrap();
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns)
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items;
-    let images = ImageMap::default()
-        .with(
-            "mcp-keycloak-operator:test",
-            LocalCommand {
-                program: env!("CARGO_BIN_EXE_mcp-keycloak-operator").into(),
-                fixed_args: vec![],
-                default_args: vec![],
-            },
-        )
-        .with(
-            "ghcr.io/example/mcp-server",
-            LocalCommand {
-                program: "/bin/false".into(),
-                fixed_args: vec![],
-                default_args: vec![],
-            },
-        );
-    let plans = plan_pod(&dep, &secrets, &[], &images).expect("plan the pod");
-    let gw = plans
-        .iter()
-        .find(|p| p.container == "gateway")
-        .expect("a gateway container (Proxy mode)");
-    assert_eq!(gw.args, vec!["proxy"]);
-    let env = &gw.env;
-    let mut cfg = GatewayConfig::new(
-        env["MCP_SERVER_URL"].clone(),
-        env["MCP_AUTH_ISSUER"].clone(),
-        env["MCP_AUTH_INTROSPECTION_ENDPOINT"].clone(),
-        env["OAUTH_CLIENT_ID"].clone(),
-        ClientSecret::new(env["OAUTH_CLIENT_SECRET"].clone()),
-    );
-    cfg.required_scopes = env["MCP_REQUIRED_SCOPES"].clone();
-    cfg.upstream = upstream.to_string();
+    let mut cfg = gateway_config_from_deployment(client, ns, name, upstream).await;
     cfg.cache_ttl_seconds = ttl;
     cfg.negative_cache_ttl_seconds = 0;
     spawn(cfg).await.expect("gateway starts")

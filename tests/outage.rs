@@ -34,35 +34,8 @@ async fn keycloak_outage_fails_closed_backs_off_and_converges() {
     wait_condition::<McpServer>(&client, &ns, "alpha", "Ready", "True").await;
 
     // The gateway, configured from the reconciled Deployment.
-    let dep = Api::<Deployment>::namespaced(client.clone(), &ns)
-        .get("alpha")
-        .await
-        .unwrap();
-    let secrets = Api::<Secret>::namespaced(client.clone(), &ns)
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items;
-    let none = || LocalCommand {
-        program: "/bin/false".into(),
-        fixed_args: vec![],
-        default_args: vec![],
-    };
-    let images = ImageMap::default()
-        .with("mcp-keycloak-operator:test", none())
-        .with("ghcr.io/example/mcp-server", none());
-    let plan = plan_pod(&dep, &secrets, &[], &images).unwrap();
-    let env = &plan.iter().find(|p| p.container == "gateway").unwrap().env;
-    let mut cfg = GatewayConfig::new(
-        env["MCP_SERVER_URL"].clone(),
-        env["MCP_AUTH_ISSUER"].clone(),
-        env["MCP_AUTH_INTROSPECTION_ENDPOINT"].clone(),
-        env["OAUTH_CLIENT_ID"].clone(),
-        ClientSecret::new(env["OAUTH_CLIENT_SECRET"].clone()),
-    );
-    cfg.required_scopes = env["MCP_REQUIRED_SCOPES"].clone();
+    let mut cfg = gateway_config_from_deployment(&client, &ns, "alpha", "http://127.0.0.1:1").await;
     // Upstream: a closed port — a 502 proves the request got past auth, a 503 that it did not.
-    cfg.upstream = "http://127.0.0.1:1".into();
     cfg.cache_ttl_seconds = 0;
     let gw = spawn(cfg).await.unwrap();
     let http = reqwest::Client::new();

@@ -448,3 +448,56 @@ pub async fn teardown(client: &Client, ns: &str, op: Operator) {
     .await;
     drop(op);
 }
+
+/// The gateway's config exactly as the `gateway` container of the reconciled Deployment would
+/// get it (env and Secret references resolved by the local pod runner), for an in-process
+/// gateway in front of `upstream` on loopback ephemeral ports.
+pub async fn gateway_config_from_deployment(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    upstream: &str,
+) -> mcp_keycloak_operator::gateway::GatewayConfig {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use mcp_keycloak_operator::gateway::{ClientSecret, GatewayConfig};
+    use mcp_keycloak_operator::podrunner::{plan_pod, ImageMap, LocalCommand};
+
+    let dep = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .expect("the server's Deployment");
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("secrets")
+        .items;
+    // Only the gateway container is used; the MCP image maps to a placeholder.
+    let cmd = |program: &str| LocalCommand {
+        program: program.into(),
+        fixed_args: vec![],
+        default_args: vec![],
+    };
+    let images = ImageMap::default()
+        .with(
+            "mcp-keycloak-operator:test",
+            cmd(env!("CARGO_BIN_EXE_mcp-keycloak-operator")),
+        )
+        .with("ghcr.io/example/mcp-server", cmd("/bin/false"));
+    let plans = plan_pod(&dep, &secrets, &[], &images).expect("plan the pod");
+    let gw = plans
+        .iter()
+        .find(|p| p.container == "gateway")
+        .expect("a gateway container (Proxy mode)");
+    assert_eq!(gw.args, vec!["proxy"]);
+    let env = &gw.env;
+    let mut cfg = GatewayConfig::new(
+        env["MCP_SERVER_URL"].clone(),
+        env["MCP_AUTH_ISSUER"].clone(),
+        env["MCP_AUTH_INTROSPECTION_ENDPOINT"].clone(),
+        env["OAUTH_CLIENT_ID"].clone(),
+        ClientSecret::new(env["OAUTH_CLIENT_SECRET"].clone()),
+    );
+    cfg.required_scopes = env["MCP_REQUIRED_SCOPES"].clone();
+    cfg.upstream = upstream.to_string();
+    cfg
+}
