@@ -23,13 +23,10 @@ use browser::client::{
 use browser::stand_in::{PlainMcpServer, ProtectedMcpServer, StandInConfig};
 use browser::Browser;
 use harness::*;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::Client;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
-use mcp_keycloak_operator::gateway::{ClientSecret, GatewayConfig};
-use mcp_keycloak_operator::podrunner::{plan_pod, ImageMap, LocalCommand};
+use mcp_keycloak_operator::gateway::GatewayConfig;
 use serde_json::{json, Value};
 
 const USER: &str = "alice";

@@ -9,12 +9,10 @@ use std::time::Duration;
 
 use harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::Client;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
-use mcp_keycloak_operator::gateway::{spawn, ClientSecret, GatewayConfig, GatewayHandle};
-use mcp_keycloak_operator::podrunner::{plan_pod, ImageMap, LocalCommand};
+use mcp_keycloak_operator::gateway::{spawn, GatewayHandle};
 use serde_json::{json, Value};
 
 /// Gateway config from the `gateway` container of the reconciled Deployment, listening on

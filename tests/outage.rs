@@ -8,12 +8,8 @@ mod support;
 use std::time::Duration;
 
 use harness::*;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
-use mcp_keycloak_operator::gateway::{spawn, ClientSecret, GatewayConfig};
-use mcp_keycloak_operator::podrunner::{plan_pod, ImageMap, LocalCommand};
+use mcp_keycloak_operator::gateway::spawn;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keycloak_outage_fails_closed_backs_off_and_converges() {
