@@ -296,18 +296,27 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(delay)
 }
 
-/// Waits until a store has its initial list. The store's readiness future keeps a single waker
-/// (a oneshot shared by every waiter), and the controller waits on it too, so a lone waiter may
-/// never be woken: poll again every half second instead of trusting the wake-up.
-async fn wait_ready<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+/// Succeeds once `api` answers a LIST (limit 1) with the operator's identity, retrying with a
+/// capped backoff. Readiness is built from these rather than from the controllers' store
+/// readiness: that future keeps a single waker, and a second waiter could take the controller's
+/// own wake-up away.
+async fn listable<K>(api: &Api<K>, selector: Option<&str>) -> bool
 where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone,
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    let mut lp = kube::api::ListParams::default().limit(1);
+    if let Some(sel) = selector {
+        lp = lp.labels(sel);
+    }
+    let mut delay = Duration::from_millis(250);
     loop {
-        match tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready()).await {
-            Ok(r) => return r.is_ok(),
-            Err(_elapsed) => continue,
+        match api.list_metadata(&lp).await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::debug!(kind = std::any::type_name::<K>(), error = %e, "not listable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }
@@ -317,7 +326,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     run_until_synced(ctx, namespace, |_| {}).await
 }
 
-/// Like [`run`], calling `on_synced(true)` once every watch cache has its initial list.
+/// Like [`run`], calling `on_synced(true)` once every watched kind can be listed.
 pub async fn run_until_synced(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -349,9 +358,15 @@ pub async fn run_until_synced(
             ),
         };
 
+    let probes = (
+        servers.clone(),
+        policies.clone(),
+        deployments.clone(),
+        secrets.clone(),
+        services.clone(),
+    );
     let server_controller = Controller::new(servers.clone(), watcher::Config::default());
     let server_store = server_controller.store();
-    let synced_servers = server_store.clone();
     let server_controller = server_controller
         .owns(deployments, owned.clone())
         .owns(secrets, owned.clone())
@@ -379,12 +394,19 @@ pub async fn run_until_synced(
         .for_each(|_| futures::future::ready(()));
 
     let policy_controller = Controller::new(policies, watcher::Config::default());
-    let synced_policies = policy_controller.store();
     tokio::spawn(async move {
-        let servers = wait_ready(&synced_servers).await;
-        let policies = wait_ready(&synced_policies).await;
-        tracing::info!(synced = servers && policies, "watch caches synced");
-        on_synced(servers && policies);
+        let (servers, policies, deployments, secrets, services) = probes;
+        let sel = format!(
+            "app.kubernetes.io/managed-by={}",
+            crate::desired::workload::MANAGED_BY
+        );
+        let ok = listable(&servers, None).await
+            && listable(&policies, None).await
+            && listable(&deployments, Some(&sel)).await
+            && listable(&secrets, Some(&sel)).await
+            && listable(&services, Some(&sel)).await;
+        tracing::info!(ok, "every watched kind is listable");
+        on_synced(ok);
     });
     let policy_controller = policy_controller
         // A server's audience scope must reach the clients Keycloak created from metadata
