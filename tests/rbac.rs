@@ -8,7 +8,8 @@
 //! 1. the seed McpAuthPolicy and McpServer become Ready;
 //! 2. the server's Secret, Service and Deployment, each deleted behind the operator's back, come
 //!    back (its watches; the resync is 10 min, so nothing else would bring them back);
-//! 3. its Events are recorded, and the server's second `Ready` is counted in a series (a patch);
+//! 3. its Events are recorded; the policy loses its admin credentials and gets them back, and its
+//!    second `Ready` is counted in the first one's series (a patch);
 //! 4. deleting the server runs the Keycloak cleanup and removes the finalizer;
 //! 5. (cluster scope) the namespace is deleted while Keycloak cleanup cannot work (no admin
 //!    credentials) and the policy still lets go: the operator saw the namespace terminating.
@@ -960,7 +961,45 @@ async fn exercise(run: &Run, realm: &str, cluster_scope: bool) -> Result<(), Str
     })
     .await?;
 
-    // 3. Events, one per transition; the server's second Ready is the same event, in a series.
+    // 3. Events, one per transition. The policy loses its admin credentials and gets them back
+    //    (each time poked by an annotation, as nothing else would reconcile it before the
+    //    resync): its second Ready is the same event again, counted in a series (a patch).
+    let policies: Api<McpAuthPolicy> = Api::namespaced(c.clone(), ns);
+    let poke = |n: u32| {
+        Patch::Merge(json!({"metadata": {"annotations": {"rbac-test/poke": n.to_string()}}}))
+    };
+    run.quiet().await?;
+    Api::<Secret>::namespaced(c.clone(), ns)
+        .delete("keycloak-admin", &dp)
+        .await
+        .map_err(err)?;
+    policies
+        .patch("acme", &PatchParams::default(), &poke(1))
+        .await
+        .map_err(err)?;
+    run.step(
+        "McpAuthPolicy not Ready without admin credentials",
+        || async {
+            let p = policies.get_opt("acme").await.ok()??;
+            let conds = p.status?.conditions;
+            conds
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "False")
+                .then_some(())
+        },
+    )
+    .await?;
+    admin_secret(c, ns, "keycloak-admin").await;
+    policies
+        .patch("acme", &PatchParams::default(), &poke(2))
+        .await
+        .map_err(err)?;
+    run.step("McpAuthPolicy Ready again", || async {
+        condition_true::<McpAuthPolicy>(c, ns, "acme", "Ready")
+            .await
+            .then_some(())
+    })
+    .await?;
     run.step("Events recorded, a repeated one as a series", || async {
         let events = Api::<K8sEvent>::namespaced(c.clone(), ns)
             .list(&ListParams::default())
@@ -973,8 +1012,9 @@ async fn exercise(run: &Run, realm: &str, cluster_scope: bool) -> Result<(), Str
                     && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some(kind)
             })
         };
-        ours("McpAuthPolicy", "Ready")?;
-        let ready = ours("McpServer", "Ready")?;
+        ours("McpServer", "Ready")?;
+        ours("McpAuthPolicy", "AdminSecretNotFound")?;
+        let ready = ours("McpAuthPolicy", "Ready")?;
         (ready.series.as_ref()?.count >= 2).then_some(())
     })
     .await?;
