@@ -6,13 +6,25 @@
 //! error instead of running something else.
 //!
 //! Containers of one pod share the host's loopback (as they share the pod's), so two pods that
-//! listen on the same ports cannot run at once; the runner reports the clash.
+//! listen on the same ports cannot run at once: [`RunningPod::spawn`] checks every declared
+//! container port first and refuses with [`RunnerError::PortBusy`].
+//!
+//! - [`images`]: the default image → local command mapping (operator image → the built binary,
+//!   server-everything image → the pinned npm package, native example image → the example binary);
+//! - [`forward`]: a loopback TCP port-forward (the McpServer's URL port → the Service's target);
+//! - [`cluster`]: everything together for one McpServer read from the API server.
+
+pub mod cluster;
+pub mod forward;
+pub mod images;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Secret};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -31,6 +43,19 @@ pub enum RunnerError {
         var: String,
         reason: String,
     },
+    #[error(
+        "{owner}: port {port} is already in use on this host (containers run on the host's \
+         loopback, so two pods with the same ports cannot run at once; stop the other one)"
+    )]
+    PortBusy { owner: String, port: u16 },
+    #[error("container {container}: {message}")]
+    Spawn { container: String, message: String },
+    #[error("container {container} did not become ready: {message}")]
+    NotReady { container: String, message: String },
+    #[error("installing {what}: {message}")]
+    Install { what: String, message: String },
+    #[error("reading {what} from the API server: {message}")]
+    Cluster { what: String, message: String },
 }
 
 /// What an image runs locally. Container `args` replace `default_args` (Docker's CMD); a
@@ -43,24 +68,39 @@ pub struct LocalCommand {
     pub default_args: Vec<String>,
 }
 
-/// Image reference (without tag/digest) → local command.
+/// Image reference → local command. An entry without a tag (`mcp/everything`) stands for every
+/// tag of that repository; an entry with a tag (`x/y:1.2`) only for exactly that tag (an image
+/// without a tag is `:latest`, one pinned only by digest matches no tagged entry), so a pod
+/// asking for another version is refused rather than run with the one that is installed.
 #[derive(Debug, Clone, Default)]
 pub struct ImageMap {
     entries: Vec<(String, LocalCommand)>,
 }
 
 impl ImageMap {
-    pub fn with(mut self, image_repository: &str, cmd: LocalCommand) -> Self {
-        self.entries.push((image_repository.to_string(), cmd));
+    pub fn with(mut self, image: &str, cmd: LocalCommand) -> Self {
+        self.entries.push((image.to_string(), cmd));
         self
     }
 
     pub fn lookup(&self, image: &str) -> Option<&LocalCommand> {
         let repo = repository(image);
+        let image_tag = tag(image);
         self.entries
             .iter()
-            .find(|(r, _)| repository(r) == repo)
+            .find(|(entry, _)| {
+                repository(entry) == repo
+                    && match explicit_tag(entry) {
+                        None => true,
+                        Some(t) => image_tag.as_deref() == Some(t.as_str()),
+                    }
+            })
             .map(|(_, c)| c)
+    }
+
+    /// The mapped image references, in the order they were added.
+    pub fn images(&self) -> impl Iterator<Item = (&str, &LocalCommand)> {
+        self.entries.iter().map(|(i, c)| (i.as_str(), c))
     }
 
     fn known(&self) -> String {
@@ -69,6 +109,25 @@ impl ImageMap {
             .map(|(r, _)| r.as_str())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// The tag an image reference is pulled with: `x:1` → `1`, `x` → `latest`, `x@sha256:…` → none.
+pub fn tag(image: &str) -> Option<String> {
+    match explicit_tag(image) {
+        Some(t) => Some(t),
+        None if image.contains('@') => None,
+        None => Some("latest".to_string()),
+    }
+}
+
+/// The tag written in an image reference, if any.
+fn explicit_tag(image: &str) -> Option<String> {
+    let name = image.split('@').next().unwrap_or(image);
+    match (name.rfind(':'), name.rfind('/')) {
+        (Some(c), Some(s)) if c > s => Some(name[c + 1..].to_string()),
+        (Some(c), None) => Some(name[c + 1..].to_string()),
+        _ => None,
     }
 }
 
@@ -96,6 +155,18 @@ pub struct ProcessPlan {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub ports: Vec<i32>,
+    /// How the runner decides the container is ready (from its readiness probe, else a TCP
+    /// connect to each declared port).
+    pub readiness: Readiness,
+}
+
+/// A container's readiness check, resolved to port numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Readiness {
+    /// `httpGet` probe: `GET http://127.0.0.1:{port}{path}` answers 2xx/3xx.
+    Http { port: u16, path: String },
+    /// `tcpSocket` probe, or no probe: every listed port accepts connections.
+    Tcp { ports: Vec<u16> },
 }
 
 /// Plans the pod of `deployment` (pure: every object it needs is passed in).
@@ -154,19 +225,73 @@ pub fn plan_pod(
             Some(a) => a.iter().map(|x| expand(x, &env)).collect(),
             None => cmd.default_args.clone(),
         };
+        let ports: Vec<i32> = c
+            .ports
+            .as_ref()
+            .map(|p| p.iter().map(|p| p.container_port).collect())
+            .unwrap_or_default();
+        let readiness = readiness(c, &ports).map_err(|r| unsupported(&r))?;
         plans.push(ProcessPlan {
             container: c.name.clone(),
             program: cmd.program.clone(),
             args: cmd.fixed_args.iter().cloned().chain(args).collect(),
             env,
-            ports: c
-                .ports
-                .as_ref()
-                .map(|p| p.iter().map(|p| p.container_port).collect())
-                .unwrap_or_default(),
+            ports,
+            readiness,
         });
     }
     Ok(plans)
+}
+
+/// A port of a probe (`IntOrString`: a number or the name of one of the container's ports).
+fn probe_port(c: &Container, port: &IntOrString) -> Result<u16, String> {
+    let n = match port {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| p.container_port)
+            .ok_or_else(|| {
+                format!(
+                    "container {}: probe port {name:?} names no port of the container",
+                    c.name
+                )
+            })?,
+    };
+    u16::try_from(n).map_err(|_| format!("container {}: probe port {n} is invalid", c.name))
+}
+
+fn readiness(c: &Container, ports: &[i32]) -> Result<Readiness, String> {
+    let tcp_ports = || Readiness::Tcp {
+        ports: ports
+            .iter()
+            .filter_map(|p| u16::try_from(*p).ok())
+            .collect(),
+    };
+    let Some(probe) = &c.readiness_probe else {
+        return Ok(tcp_ports());
+    };
+    if let Some(http) = &probe.http_get {
+        if http.scheme.as_deref().is_some_and(|s| s != "HTTP") {
+            return Err(format!(
+                "container {}: only HTTP readiness probes are supported",
+                c.name
+            ));
+        }
+        return Ok(Readiness::Http {
+            port: probe_port(c, &http.port)?,
+            path: http.path.clone().unwrap_or_else(|| "/".into()),
+        });
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        return Ok(Readiness::Tcp {
+            ports: vec![probe_port(c, &tcp.port)?],
+        });
+    }
+    // exec/grpc probes cannot be evaluated here: fall back to the declared ports.
+    Ok(tcp_ports())
 }
 
 fn resolve_env(
@@ -263,46 +388,247 @@ pub fn expand(input: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
-/// Spawned containers of one pod; killed (by their recorded PIDs) on drop.
+/// Whether something already listens on `port` of this host (any address): binding
+/// `0.0.0.0:port` fails.
+pub fn port_in_use(port: u16) -> bool {
+    matches!(
+        std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
+    )
+}
+
+/// Refuses a pod whose declared container ports are taken on this host.
+pub fn check_ports_free(plans: &[ProcessPlan]) -> Result<(), RunnerError> {
+    for p in plans {
+        for port in p.ports.iter().filter_map(|p| u16::try_from(*p).ok()) {
+            if port_in_use(port) {
+                return Err(RunnerError::PortBusy {
+                    owner: format!("container {}", p.container),
+                    port,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Grace period between SIGTERM and SIGKILL in [`RunningPod::stop`].
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+struct Process {
+    container: String,
+    pid: u32,
+    child: tokio::process::Child,
+    readiness: Readiness,
+}
+
+/// How [`RunningPod::spawn_with`] starts processes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpawnOptions {
+    /// Put each process in its own process group, so a terminal's Ctrl-C reaches only the
+    /// program that started them (which then stops them by PID). Off by default: in tests, a
+    /// Ctrl-C that kills the test binary should reach its children too.
+    pub own_process_group: bool,
+}
+
+/// Spawned containers of one pod. [`RunningPod::stop`] ends them by their recorded PIDs
+/// (SIGTERM, then SIGKILL after [`STOP_GRACE`]); dropping it SIGKILLs them.
 pub struct RunningPod {
-    pub children: Vec<(String, tokio::process::Child)>,
+    processes: Vec<Process>,
+    log_dir: PathBuf,
 }
 
 impl RunningPod {
-    /// Spawns every container. `path` is given to containers that do not set `PATH` (the host's
-    /// toolchain stands in for the image's filesystem). Logs go to `log_dir/{container}.log`.
-    pub fn spawn(
+    /// Spawns every container after checking that none of their ports is taken. `path` is given
+    /// to containers that do not set `PATH` (the host's toolchain stands in for the image's
+    /// filesystem); `HOME` is passed through; nothing else of this process's environment is.
+    /// Each container's stdout and stderr go to `log_dir/{container}.log`.
+    pub fn spawn(plans: &[ProcessPlan], path: &str, log_dir: &Path) -> Result<Self, RunnerError> {
+        Self::spawn_with(plans, path, log_dir, SpawnOptions::default())
+    }
+
+    pub fn spawn_with(
         plans: &[ProcessPlan],
         path: &str,
-        log_dir: &std::path::Path,
-    ) -> std::io::Result<Self> {
-        std::fs::create_dir_all(log_dir)?;
-        let mut children = vec![];
+        log_dir: &Path,
+        options: SpawnOptions,
+    ) -> Result<Self, RunnerError> {
+        check_ports_free(plans)?;
+        let io_err = |container: &str, what: &str, e: std::io::Error| RunnerError::Spawn {
+            container: container.to_string(),
+            message: format!("{what}: {e}"),
+        };
+        std::fs::create_dir_all(log_dir).map_err(|e| io_err("-", "log dir", e))?;
+        let mut pod = RunningPod {
+            processes: vec![],
+            log_dir: log_dir.to_path_buf(),
+        };
         for p in plans {
-            let log = std::fs::File::create(log_dir.join(format!("{}.log", p.container)))?;
+            let log_path = pod.log_file(&p.container);
+            let log = std::fs::File::create(&log_path)
+                .map_err(|e| io_err(&p.container, "log file", e))?;
+            let log2 = log
+                .try_clone()
+                .map_err(|e| io_err(&p.container, "log file", e))?;
             let mut cmd = tokio::process::Command::new(&p.program);
             cmd.args(&p.args)
                 .env_clear()
                 .envs(&p.env)
                 .stdin(std::process::Stdio::null())
-                .stdout(log.try_clone()?)
+                .stdout(log2)
                 .stderr(log)
                 .kill_on_drop(true);
+            if options.own_process_group {
+                cmd.process_group(0);
+            }
             if !p.env.contains_key("PATH") {
                 cmd.env("PATH", path);
             }
             if let Ok(home) = std::env::var("HOME") {
-                cmd.env("HOME", home);
+                if !p.env.contains_key("HOME") {
+                    cmd.env("HOME", home);
+                }
             }
-            children.push((p.container.clone(), cmd.spawn()?));
+            // On failure the containers spawned so far are killed when `pod` drops.
+            let child = cmd
+                .spawn()
+                .map_err(|e| io_err(&p.container, &format!("{}", p.program.display()), e))?;
+            pod.processes.push(Process {
+                container: p.container.clone(),
+                pid: child.id().unwrap_or_default(),
+                child,
+                readiness: p.readiness.clone(),
+            });
         }
-        Ok(RunningPod { children })
+        Ok(pod)
     }
 
-    /// Stops every container: SIGKILL to each recorded child, then reaps it.
-    pub async fn stop(mut self) {
-        for (_, c) in self.children.iter_mut() {
-            let _ = c.kill().await;
+    /// `(container, pid)` of every spawned container.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.processes
+            .iter()
+            .map(|p| (p.container.clone(), p.pid))
+            .collect()
+    }
+
+    /// Where a container's output goes.
+    pub fn log_file(&self, container: &str) -> PathBuf {
+        self.log_dir.join(format!("{container}.log"))
+    }
+
+    /// The last `lines` lines of a container's log.
+    pub fn log_tail(&self, container: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_file(container)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The first container that has exited, with its status.
+    pub fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        self.processes.iter_mut().find_map(|p| {
+            p.child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|s| (p.container.clone(), s))
+        })
+    }
+
+    /// Waits until every container passes its readiness check; fails as soon as one exits
+    /// (with the tail of its log) or when `timeout` has passed.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), RunnerError> {
+        let deadline = Instant::now() + timeout;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| RunnerError::NotReady {
+                container: "-".into(),
+                message: e.to_string(),
+            })?;
+        let mut ready = vec![false; self.processes.len()];
+        loop {
+            if let Some((container, status)) = self.exited() {
+                return Err(RunnerError::NotReady {
+                    message: format!(
+                        "exited with {status}; last lines of {}:\n{}",
+                        self.log_file(&container).display(),
+                        self.log_tail(&container, 15)
+                    ),
+                    container,
+                });
+            }
+            for (i, p) in self.processes.iter().enumerate() {
+                if !ready[i] {
+                    ready[i] = check_ready(&http, &p.readiness).await;
+                }
+            }
+            if ready.iter().all(|r| *r) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let i = ready.iter().position(|r| !*r).unwrap_or_default();
+                let p = &self.processes[i];
+                return Err(RunnerError::NotReady {
+                    container: p.container.clone(),
+                    message: format!(
+                        "{:?} not passed within {timeout:?}; last lines of {}:\n{}",
+                        p.readiness,
+                        self.log_file(&p.container).display(),
+                        self.log_tail(&p.container, 15)
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every container by its recorded PID: SIGTERM (through `kill(1)`), then SIGKILL for
+    /// whatever still runs after [`STOP_GRACE`]; every child is reaped.
+    pub async fn stop(self) {
+        self.stop_with_grace(STOP_GRACE).await
+    }
+
+    pub async fn stop_with_grace(mut self, grace: Duration) {
+        for p in self.processes.iter_mut() {
+            if matches!(p.child.try_wait(), Ok(None)) && p.pid != 0 {
+                let _ = tokio::process::Command::new("kill")
+                    .args(["-TERM", &p.pid.to_string()])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        for p in self.processes.iter_mut() {
+            if tokio::time::timeout_at(deadline, p.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+}
+
+async fn check_ready(http: &reqwest::Client, r: &Readiness) -> bool {
+    match r {
+        Readiness::Http { port, path } => http
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
+            .await
+            .is_ok_and(|resp| resp.status().as_u16() < 400),
+        Readiness::Tcp { ports } => {
+            for port in ports {
+                if tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, *port))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            true
         }
     }
 }
@@ -357,6 +683,82 @@ mod tests {
         assert_eq!(repository("docker.io/library/node:22"), "node");
         assert_eq!(repository("localhost:5000/x/y"), "localhost:5000/x/y");
         assert_eq!(repository("localhost:5000/x/y:1"), "localhost:5000/x/y");
+    }
+
+    #[test]
+    fn tagged_entries_match_only_their_tag() {
+        let cmd = |p: &str| LocalCommand {
+            program: p.into(),
+            fixed_args: vec![],
+            default_args: vec![],
+        };
+        let map = ImageMap::default()
+            .with("x/pinned:1.2", cmd("/pinned"))
+            .with("x/any", cmd("/any"));
+        assert_eq!(
+            map.lookup("docker.io/x/pinned:1.2").unwrap().program,
+            PathBuf::from("/pinned")
+        );
+        assert!(map.lookup("x/pinned:1.3").is_none());
+        assert!(map.lookup("x/pinned").is_none(), "no tag is :latest");
+        assert!(map.lookup("x/pinned@sha256:abc").is_none());
+        assert!(map.lookup("x/any:7").is_some());
+        assert!(map.lookup("x/any@sha256:abc").is_some());
+        assert_eq!(tag("x/y"), Some("latest".into()));
+        assert_eq!(tag("localhost:5000/x/y:2"), Some("2".into()));
+        assert_eq!(tag("x/y@sha256:abc"), None);
+    }
+
+    #[test]
+    fn a_busy_port_is_refused_before_anything_starts() {
+        let holder = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = holder.local_addr().unwrap().port();
+        assert!(port_in_use(port));
+        let d = deployment(json!({"containers": [
+            {"name": "gateway", "image": "ghcr.io/mcp-keycloak-operator/operator:1", "args": ["proxy"]},
+            {"name": "mcp", "image": "mcp/everything", "ports": [{"containerPort": port}]}
+        ]}));
+        let plans = plan_pod(&d, &[], &[], &images()).unwrap();
+        let dir = std::env::temp_dir().join(format!("podrunner-busy-{}", std::process::id()));
+        let err = RunningPod::spawn(&plans, "/usr/bin:/bin", &dir)
+            .err()
+            .expect("a pod on a busy port must be refused");
+        assert_eq!(
+            err,
+            RunnerError::PortBusy {
+                owner: "container mcp".into(),
+                port
+            }
+        );
+        assert!(err.to_string().contains("already in use"), "{err}");
+        assert!(!dir.exists(), "nothing was started, not even a log file");
+    }
+
+    #[test]
+    fn readiness_comes_from_the_probe_or_the_ports() {
+        let d = deployment(json!({"containers": [
+            {"name": "gateway", "image": "ghcr.io/mcp-keycloak-operator/operator:1",
+             "ports": [{"name": "http", "containerPort": 8080}, {"name": "admin", "containerPort": 9090}],
+             "readinessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}}},
+            {"name": "mcp", "image": "mcp/everything", "ports": [{"containerPort": 3001}]}
+        ]}));
+        let plans = plan_pod(&d, &[], &[], &images()).unwrap();
+        assert_eq!(
+            plans[0].readiness,
+            Readiness::Http {
+                port: 9090,
+                path: "/healthz".into()
+            }
+        );
+        assert_eq!(plans[1].readiness, Readiness::Tcp { ports: vec![3001] });
+        let bad = deployment(
+            json!({"containers": [{"name": "mcp", "image": "mcp/everything",
+            "readinessProbe": {"httpGet": {"path": "/", "port": "nope"}}}]}),
+        );
+        assert!(matches!(
+            plan_pod(&bad, &[], &[], &images()),
+            Err(RunnerError::Unsupported { .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,744 @@
+//! The seed's walkthrough end to end (issue 5), with the McpServer's pod really running: the
+//! operator reconciles the seed-style policy and server to `Ready`, the local pod runner starts
+//! the reconciled Deployment's containers as processes (the operator binary as the `gateway`
+//! container; npm `@modelcontextprotocol/server-everything` or `examples/native_server` as the
+//! `mcp` container), and a VS Code-like client ([`browser::client::connect_like_vscode`]:
+//! anonymous DCR with VS Code's body, PKCE + `resource`, headless Chromium login and consent)
+//! lists and calls a tool through the McpServer's URL.
+//!
+//! - `proxy_mode_walkthrough`: server-everything behind the gateway, URL port → gateway port
+//!   through the runner's port-forward; `native_mode_walkthrough`: the example server on its own.
+//!   Both also check the negative paths: no token → 401 + `resource_metadata`; a registration
+//!   with an untrusted redirect host → refused; a token minted for another McpServer → 401.
+//! - `breaks_when_*`: one link broken each, and the walkthrough must fail at that link: trusted
+//!   hosts emptied (registration refused), the audience mapper removed from the server's
+//!   audience scope (token without the URL in `aud` → 401), the introspection secret rotated
+//!   behind the pod's back (Keycloak answers 401 → gateway 503 / native server 401). These run
+//!   the operator with a one-hour resync so it does not repair the break mid-test.
+//!
+//! Pods with a gateway bind its fixed ports 8080/9090 on this host, so they take turns
+//! ([`GATEWAY_PORTS`]); every test picks free ports for `spec.port` and the URL.
+//! Needs the test bed, Debian's `chromium` + `chromium-driver`, Node.js + npm, and the
+//! `native_server` example built (`cargo test` builds examples; with `--test walkthrough` alone
+//! run `cargo build --example native_server` first). Container logs: `target/debug/walkthrough-logs/`.
+
+mod browser;
+mod harness;
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use browser::client::{
+    connect_like_vscode, probe_unauthenticated, probe_with_token, register_anonymously,
+    result_text, vscode_registration_request, ConnectedClient, VSCODE_CLIENT_NAME,
+    VSCODE_CLIENT_URI, VSCODE_REDIRECT_URIS,
+};
+use browser::{Browser, Error};
+use harness::*;
+use kube::api::Api;
+use kube::Client;
+use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
+use mcp_keycloak_operator::podrunner::cluster::{start_server_pod, LocalServer, RunOptions};
+use mcp_keycloak_operator::podrunner::images::{
+    default_image_map, ensure_server_everything, native_example_image, npm_dir, operator_command,
+    LocalBinaries, SERVER_EVERYTHING_IMAGE,
+};
+use mcp_keycloak_operator::podrunner::{ImageMap, RunnerError};
+use serde_json::{json, Value};
+use tokio::sync::{Mutex, MutexGuard};
+
+/// The realm user who logs in (not `alice`: the harness's token minter owns that name).
+const USER: &str = "dana";
+const PASSWORD: &str = "dana-walkthrough-password-1";
+const SERVER: &str = "calc";
+const OTHER: &str = "other";
+
+/// Held while a pod with a gateway container (fixed ports 8080 and 9090) runs.
+static GATEWAY_PORTS: Mutex<()> = Mutex::const_new(());
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Proxy,
+    Native,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Proxy => "Proxy",
+            Mode::Native => "Native",
+        }
+    }
+
+    /// The tool call of the walkthrough and the text it must return.
+    fn tool_call(self) -> (&'static str, Value, &'static str) {
+        match self {
+            Mode::Proxy => (
+                "echo",
+                json!({"message": "hello through the gateway"}),
+                "Echo: hello through the gateway",
+            ),
+            Mode::Native => ("add", json!({"a": 2, "b": 40}), "42"),
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A seed-style McpServer: server-everything behind the gateway, or the native example.
+fn mcp_server(name: &str, mode: Mode, port: u16, url: &str) -> McpServer {
+    let image = match mode {
+        Mode::Proxy => SERVER_EVERYTHING_IMAGE.to_string(),
+        Mode::Native => native_example_image(),
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "mcpauth.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": {"name": name},
+        "spec": {
+            "image": image,
+            "port": port,
+            "url": url,
+            "policyRef": {"name": "acme"},
+            "scopes": ["mcp:tools"],
+            "auth": {"mode": mode.name()}
+        }
+    }))
+    .unwrap()
+}
+
+/// `target/<profile>/` of this test binary.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+/// The default image map, plus the image name the harness's operator gives gateways.
+async fn images() -> ImageMap {
+    let script = tokio::task::spawn_blocking(|| ensure_server_everything(&npm_dir()))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let operator = PathBuf::from(env!("CARGO_BIN_EXE_mcp-keycloak-operator"));
+    let native = profile_dir().join("examples/native_server");
+    assert!(
+        native.exists(),
+        "{} is missing: run `cargo build --example native_server` (plain `cargo test` builds it)",
+        native.display()
+    );
+    default_image_map(&LocalBinaries {
+        operator: operator.clone(),
+        native_example: Some(native),
+        server_everything_script: Some(script),
+    })
+    .with("mcp-keycloak-operator:test", operator_command(&operator))
+}
+
+/// One walkthrough's world: namespace, realm, operator, policy `acme`, server `calc` Ready,
+/// and the realm user.
+struct Walk {
+    mode: Mode,
+    client: Client,
+    ns: String,
+    realm: Realm,
+    op: Operator,
+    policy: McpAuthPolicy,
+    server: McpServer,
+    url: String,
+    user_id: String,
+    t0: Instant,
+}
+
+impl Walk {
+    /// `other`: a second McpServer in the same realm (no pod), for the cross-server token check.
+    async fn setup(prefix: &str, mode: Mode, resync: Duration, other: bool) -> Walk {
+        let t0 = Instant::now();
+        let tb = support::testbed().await;
+        let client = support::kube_client().await;
+        let ns = support::test_namespace(&client, prefix).await;
+        let realm = Realm::new(&support::unique_name(prefix)).await;
+        admin_secret(&client, &ns, "keycloak-admin").await;
+        let op = Operator::start_with(&client, &ns, resync).await;
+        create(
+            &client,
+            &ns,
+            &seed_policy("acme", &realm.name, &tb.keycloak_url),
+        )
+        .await;
+        // Proxy: the URL's port is forwarded to the gateway; the MCP container has its own port.
+        // Native: the example server listens on the URL's port itself.
+        let port = free_port();
+        let url_port = match mode {
+            Mode::Proxy => free_port(),
+            Mode::Native => port,
+        };
+        let url = format!("http://127.0.0.1:{url_port}/mcp");
+        create(&client, &ns, &mcp_server(SERVER, mode, port, &url)).await;
+        if other {
+            let other_url = format!("http://127.0.0.1:{}/mcp", free_port());
+            create(
+                &client,
+                &ns,
+                &mcp_server(OTHER, mode, free_port(), &other_url),
+            )
+            .await;
+        }
+        wait_condition::<McpAuthPolicy>(&client, &ns, "acme", "Ready", "True").await;
+        wait_condition::<McpServer>(&client, &ns, SERVER, "Ready", "True").await;
+        if other {
+            wait_condition::<McpServer>(&client, &ns, OTHER, "Ready", "True").await;
+        }
+        let policy = Api::<McpAuthPolicy>::namespaced(client.clone(), &ns)
+            .get("acme")
+            .await
+            .unwrap();
+        let server = Api::<McpServer>::namespaced(client.clone(), &ns)
+            .get(SERVER)
+            .await
+            .unwrap();
+        let user_id = create_user(&realm).await;
+        Walk {
+            mode,
+            client,
+            ns,
+            realm,
+            op,
+            policy,
+            server,
+            url,
+            user_id,
+            t0,
+        }
+    }
+
+    fn audience_scope(&self) -> String {
+        self.server
+            .status
+            .as_ref()
+            .and_then(|s| s.audience_scope.clone())
+            .expect("status.audienceScope")
+    }
+
+    /// The pod of `calc`, run by the local pod runner; with a gateway, one at a time.
+    async fn start_pod(&self) -> Pod {
+        let guard = match self.mode {
+            Mode::Proxy => Some(GATEWAY_PORTS.lock().await),
+            Mode::Native => None,
+        };
+        let images = images().await;
+        let log_dir = profile_dir().join("walkthrough-logs").join(&self.ns);
+        // A process outside this test binary may hold a port for a while (another engineer's
+        // pod, a demo): wait for it, then let the runner's own check speak.
+        let options = RunOptions::new(&log_dir);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match start_server_pod(&self.client, &self.ns, SERVER, &images, &options).await {
+                Ok(server) => {
+                    assert_eq!(
+                        server.url, self.url,
+                        "the runner serves the McpServer's URL"
+                    );
+                    eprintln!(
+                        "walkthrough [{}]: pod running {:?}, forwards {:?}, logs in {}",
+                        self.mode.name(),
+                        server.pod.pids(),
+                        server
+                            .forwards
+                            .iter()
+                            .map(|f| format!("{} → {}", f.listen, f.target))
+                            .collect::<Vec<_>>(),
+                        log_dir.display()
+                    );
+                    return Pod {
+                        server: Some(server),
+                        _guard: guard,
+                    };
+                }
+                Err(RunnerError::PortBusy { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("starting the pod of {}/{SERVER}: {e}", self.ns),
+            }
+        }
+    }
+
+    /// Mints a token (password grant of the harness's test client) carrying `scope`.
+    async fn token_for_scope(&self, scope: &str) -> String {
+        self.realm.mint_token(scope).await["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
+    }
+
+    async fn finish(self) {
+        teardown(&self.client, &self.ns, self.op).await;
+        self.realm.delete().await;
+        eprintln!(
+            "walkthrough [{}]: whole test incl. teardown {:?}",
+            self.mode.name(),
+            self.t0.elapsed()
+        );
+    }
+}
+
+struct Pod {
+    server: Option<LocalServer>,
+    _guard: Option<MutexGuard<'static, ()>>,
+}
+
+impl Pod {
+    async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+    }
+}
+
+/// The realm user, with everything Keycloak's "update profile" action would ask for.
+async fn create_user(realm: &Realm) -> String {
+    let (s, v) = realm
+        .kc
+        .post(
+            &realm.path("/users"),
+            &json!({
+                "username": USER, "enabled": true, "emailVerified": true,
+                "email": "dana@example.com", "firstName": "Dana", "lastName": "Example",
+                "credentials": [{"type": "password", "value": PASSWORD, "temporary": false}]
+            }),
+        )
+        .await;
+    assert!(s.is_success(), "create user: {s} {v}");
+    let users = realm
+        .get(&format!("/users?username={USER}&exact=true"))
+        .await;
+    users[0]["id"].as_str().expect("user id").to_string()
+}
+
+/// What a successful walkthrough produced.
+struct Outcome {
+    conn: ConnectedClient,
+    tools: Vec<String>,
+    text: String,
+}
+
+/// The walkthrough as a user lives it: add the URL in "VS Code", register, log in, consent,
+/// list the tools, call one, get the expected answer. Fails at the first broken link.
+async fn walkthrough(w: &Walk, browser: &Browser) -> Result<Outcome, Error> {
+    let conn = connect_like_vscode(&w.url, browser, (USER, PASSWORD)).await?;
+    let tools = conn.tool_names().await?;
+    let (tool, args, expected) = w.mode.tool_call();
+    let result = conn.call_tool(tool, args).await?;
+    let text = result_text(&result);
+    if result.is_error == Some(true) || text != expected {
+        return Err(Error::new(
+            "result",
+            format!(
+                "{tool} answered {text:?} (is_error {:?}), expected {expected:?}",
+                result.is_error
+            ),
+        ));
+    }
+    Ok(Outcome { conn, tools, text })
+}
+
+fn path_metadata_url(mcp_url: &str) -> String {
+    let u = url::Url::parse(mcp_url).unwrap();
+    format!(
+        "{}/.well-known/oauth-protected-resource{}",
+        u.origin().ascii_serialization(),
+        u.path()
+    )
+}
+
+fn is_generated_id(id: &str) -> bool {
+    id.len() == 36
+        && id.chars().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Everything a successful walkthrough must show, in either mode.
+async fn check_success(w: &Walk, o: &Outcome) {
+    let conn = &o.conn;
+    match w.mode {
+        Mode::Proxy => {
+            for t in ["echo", "get-sum"] {
+                assert!(o.tools.iter().any(|n| n == t), "tools {:?}", o.tools);
+            }
+            // The MCP container behind the gateway never sees the introspection credentials.
+            let env = conn.call_tool("get-env", json!({})).await.expect("get-env");
+            let env = result_text(&env);
+            assert!(env.contains("MCP_SERVER_URL"), "get-env: {env}");
+            assert!(
+                !env.contains("OAUTH_CLIENT_SECRET"),
+                "the MCP container got the secret"
+            );
+        }
+        Mode::Native => {
+            assert_eq!(o.tools, vec!["add", "echo", "whoami"]);
+            // The server's identity for the call is the introspected token's.
+            let who = conn.call_tool("whoami", json!({})).await.expect("whoami");
+            let who: Value = serde_json::from_str(&result_text(&who)).expect("whoami JSON");
+            assert_eq!(who["sub"], w.user_id.as_str());
+            assert_eq!(who["client_id"], conn.client_id.as_str());
+        }
+    }
+    let (_, _, expected) = w.mode.tool_call();
+    assert_eq!(o.text, expected);
+
+    // Discovery: the challenge's metadata URL, the realm's exact issuer.
+    assert_eq!(
+        conn.challenge.resource_metadata.as_deref(),
+        Some(path_metadata_url(&w.url).as_str())
+    );
+    assert_eq!(conn.issuer.as_deref(), Some(w.policy.issuer().as_str()));
+    // The authorization request: code + PKCE S256, resource = URL, the challenge's scopes.
+    let p = &conn.authorization_params;
+    assert_eq!(p.get("response_type").map(String::as_str), Some("code"));
+    assert_eq!(
+        p.get("code_challenge_method").map(String::as_str),
+        Some("S256")
+    );
+    assert_eq!(p.get("resource"), Some(&w.url), "RFC 8707 resource");
+    let requested: Vec<&str> = p["scope"].split(' ').collect();
+    let audience_scope = w.audience_scope();
+    assert!(
+        requested.contains(&"mcp:tools") && requested.contains(&audience_scope.as_str()),
+        "requested scopes {requested:?}"
+    );
+    // The browser saw Keycloak's consent page for "Use MCP tools".
+    assert!(conn.login.consent_shown, "no consent page");
+    assert!(
+        conn.login
+            .consent_items
+            .iter()
+            .any(|i| i == "Use MCP tools"),
+        "consent page listed {:?}",
+        conn.login.consent_items
+    );
+    // The token: for this URL, issued to the DCR client, for the user.
+    let aud = audiences(&conn.token_claims);
+    assert!(aud.contains(&w.url), "aud {aud:?}");
+    assert_eq!(conn.token_claims["azp"], conn.client_id.as_str());
+    assert_eq!(conn.token_claims["sub"], w.user_id.as_str());
+
+    // The registered client through the Admin REST API: generated id, VS Code's metadata.
+    assert!(
+        is_generated_id(&conn.client_id),
+        "client id {:?}",
+        conn.client_id
+    );
+    let kc = w
+        .realm
+        .client(&conn.client_id)
+        .await
+        .unwrap_or_else(|| panic!("DCR client {} not in the realm", conn.client_id));
+    assert_eq!(kc["name"], VSCODE_CLIENT_NAME);
+    assert_eq!(kc["baseUrl"], VSCODE_CLIENT_URI);
+    assert_eq!(kc["publicClient"], true);
+    assert_eq!(kc["consentRequired"], true);
+    let mut redirects: Vec<String> =
+        serde_json::from_value(kc["redirectUris"].clone()).unwrap_or_default();
+    redirects.sort();
+    let mut expected: Vec<String> = VSCODE_REDIRECT_URIS.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(redirects, expected);
+}
+
+/// The negative paths against the running pod.
+async fn check_negatives(w: &Walk) {
+    let audience_scope = w.audience_scope();
+    // No token: 401, Bearer challenge naming the metadata and the scopes.
+    let ch = probe_unauthenticated(&w.url).await.expect("probe");
+    assert_eq!(ch.status, 401, "no token must be refused");
+    let www = ch.www_authenticate.clone().expect("WWW-Authenticate");
+    assert!(www.starts_with("Bearer "), "challenge {www:?}");
+    assert_eq!(
+        ch.resource_metadata.as_deref(),
+        Some(path_metadata_url(&w.url).as_str())
+    );
+    let scopes: Vec<&str> = ch.scope.as_deref().unwrap_or("").split(' ').collect();
+    assert_eq!(scopes, vec!["mcp:tools", audience_scope.as_str()]);
+    let prm: Value = reqwest::get(path_metadata_url(&w.url))
+        .await
+        .expect("GET PRM")
+        .json()
+        .await
+        .expect("PRM JSON");
+    assert_eq!(prm["resource"], w.url.as_str());
+    assert_eq!(prm["authorization_servers"], json!([w.policy.issuer()]));
+
+    // Registration with a redirect host outside the trusted hosts: refused by the policy.
+    let mut body = vscode_registration_request(None, Some("mcp:tools"));
+    body["client_name"] = json!("walkthrough untrusted redirect");
+    body["redirect_uris"] = json!(["https://evil.example.com/callback"]);
+    let refused = register_anonymously(&w.policy.registration_endpoint(), &body)
+        .await
+        .expect_err("an untrusted redirect host must not register");
+    assert_eq!(refused.status, 403, "{refused}");
+    assert!(
+        refused.body["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Trusted Hosts"),
+        "{refused}"
+    );
+
+    // A token minted for the other McpServer of the realm: 401. Control: one for this server
+    // (same user, same client, same way) is let in.
+    let other_scope = format!("mcp:server:{}:{OTHER}", w.ns);
+    let foreign = w.token_for_scope(&format!("mcp:tools {other_scope}")).await;
+    assert!(
+        !audiences(&jwt_claims(&foreign)).contains(&w.url),
+        "the foreign token names this server"
+    );
+    let r = probe_with_token(&w.url, Some(&foreign)).await.unwrap();
+    assert_eq!(r.status, 401, "a token for {OTHER} must be refused");
+    assert_eq!(r.error.as_deref(), Some("invalid_token"));
+    let own = w
+        .token_for_scope(&format!("mcp:tools {audience_scope}"))
+        .await;
+    let r = probe_with_token(&w.url, Some(&own)).await.unwrap();
+    assert_eq!(r.status, 200, "control: a token for this server is let in");
+}
+
+async fn full_walkthrough(mode: Mode, prefix: &str) {
+    let w = Walk::setup(prefix, mode, Duration::from_secs(3), true).await;
+    let t_ready = w.t0.elapsed();
+    let pod = w.start_pod().await;
+    let t_pod = w.t0.elapsed();
+    let browser = Browser::start().await.expect("headless Chromium");
+    let outcome = walkthrough(&w, &browser)
+        .await
+        .unwrap_or_else(|e| panic!("walkthrough ({mode:?}): {e}"));
+    check_success(&w, &outcome).await;
+    let t = &outcome.conn.timings;
+    eprintln!(
+        "walkthrough [{}]: Ready after {t_ready:?}, pod ready after {t_pod:?}; client: discovery {:?}, \
+         registration {:?}, browser login+consent {:?}, token {:?}, initialize {:?}; tool answered {:?}",
+        mode.name(),
+        t.discovery,
+        t.registration,
+        t.browser_login,
+        t.token_exchange,
+        t.mcp_initialize,
+        outcome.text
+    );
+    outcome.conn.close().await;
+    browser.close().await;
+    check_negatives(&w).await;
+    pod.stop().await;
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_walkthrough() {
+    full_walkthrough(Mode::Proxy, "walk-proxy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_mode_walkthrough() {
+    full_walkthrough(Mode::Native, "walk-native").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Breakage: each test breaks one link and asserts where and how the walkthrough fails.
+
+/// No resync during the test: a break in Keycloak stays broken until the test ends.
+const NO_RESYNC: Duration = Duration::from_secs(3600);
+
+/// Runs the walkthrough expecting it to fail; returns the error.
+async fn walkthrough_fails(w: &Walk) -> Error {
+    let browser = Browser::start().await.expect("headless Chromium");
+    let r = walkthrough(w, &browser).await;
+    browser.close().await;
+    match r {
+        Ok(o) => panic!(
+            "the walkthrough ({:?}) succeeded with a broken link (tool answered {:?})",
+            w.mode, o.text
+        ),
+        Err(e) => {
+            eprintln!("walkthrough [{}] failed as it must: {e}", w.mode.name());
+            e
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaks_when_trusted_hosts_are_emptied() {
+    let w = Walk::setup("walk-hosts", Mode::Native, NO_RESYNC, false).await;
+    let pod = w.start_pod().await;
+    let components = w.realm.anonymous_components("trusted-hosts").await;
+    assert!(!components.is_empty(), "no anonymous trusted-hosts policy");
+    for mut c in components {
+        c["config"]["trusted-hosts"] = json!([]);
+        let id = c["id"].as_str().unwrap().to_string();
+        let (s, v) = w
+            .realm
+            .kc
+            .put(&w.realm.path(&format!("/components/{id}")), &c)
+            .await;
+        assert!(s.is_success(), "emptying trusted hosts: {s} {v}");
+    }
+
+    let e = walkthrough_fails(&w).await;
+    assert_eq!(e.stage, "registration", "{e}");
+    assert!(
+        e.message.contains("HTTP 403") && e.message.contains("Trusted Hosts"),
+        "{e}"
+    );
+    pod.stop().await;
+    w.finish().await;
+}
+
+/// Deletes the `included.custom.audience` = URL mapper of the server's audience scope.
+async fn remove_audience_mapper(w: &Walk) -> String {
+    let scope = w
+        .realm
+        .scope(&w.audience_scope())
+        .await
+        .expect("audience scope");
+    let sid = scope["id"].as_str().unwrap().to_string();
+    let mappers = w
+        .realm
+        .get(&format!("/client-scopes/{sid}/protocol-mappers/models"))
+        .await;
+    let m = mappers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["config"]["included.custom.audience"] == w.url.as_str())
+        .unwrap_or_else(|| panic!("no audience mapper for {} in {mappers}", w.url))
+        .clone();
+    let mid = m["id"].as_str().unwrap();
+    let (s, v) = w
+        .realm
+        .kc
+        .delete(&w.realm.path(&format!(
+            "/client-scopes/{sid}/protocol-mappers/models/{mid}"
+        )))
+        .await;
+    assert!(s.is_success(), "deleting the audience mapper: {s} {v}");
+    sid
+}
+
+async fn audience_mapper_removed(mode: Mode, prefix: &str) {
+    let w = Walk::setup(prefix, mode, NO_RESYNC, false).await;
+    let pod = w.start_pod().await;
+    let sid = remove_audience_mapper(&w).await;
+
+    // The whole flow gets as far as the token, then the server turns it away (rmcp reports
+    // the 401 as "Auth required").
+    let e = walkthrough_fails(&w).await;
+    assert_eq!(e.stage, "mcp", "{e}");
+    assert!(e.message.contains("Auth required"), "{e}");
+    // Why, precisely: the token lacks the URL in `aud`, so the server answers 401 invalid_token.
+    let token = w
+        .token_for_scope(&format!("mcp:tools {}", w.audience_scope()))
+        .await;
+    let aud = audiences(&jwt_claims(&token));
+    assert!(!aud.contains(&w.url), "aud {aud:?} still names the URL");
+    let r = probe_with_token(&w.url, Some(&token)).await.unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error.as_deref(), Some("invalid_token"));
+    let www = r.www_authenticate.unwrap_or_default().to_lowercase();
+    assert!(www.contains("not issued for this"), "challenge {www}");
+    // The break held for the whole test (the operator did not repair it in between).
+    let mappers = w
+        .realm
+        .get(&format!("/client-scopes/{sid}/protocol-mappers/models"))
+        .await;
+    assert!(!mappers
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["config"]["included.custom.audience"] == w.url.as_str()));
+    pod.stop().await;
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaks_when_the_audience_mapper_is_removed_proxy() {
+    audience_mapper_removed(Mode::Proxy, "walk-aud-proxy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaks_when_the_audience_mapper_is_removed_native() {
+    audience_mapper_removed(Mode::Native, "walk-aud-native").await;
+}
+
+async fn secret_wrong(mode: Mode, prefix: &str) {
+    let w = Walk::setup(prefix, mode, NO_RESYNC, false).await;
+    let pod = w.start_pod().await;
+    // Rotate the introspection client's secret in Keycloak: the running pod keeps the old one.
+    let client_id = format!("mcp.{}.{SERVER}", w.ns);
+    let kc_client = w
+        .realm
+        .client(&client_id)
+        .await
+        .expect("introspection client");
+    let id = kc_client["id"].as_str().unwrap();
+    let (s, v) = w
+        .realm
+        .kc
+        .post(
+            &w.realm.path(&format!("/clients/{id}/client-secret")),
+            &json!({}),
+        )
+        .await;
+    assert!(s.is_success(), "regenerating the secret: {s} {v}");
+
+    let e = walkthrough_fails(&w).await;
+    assert_eq!(e.stage, "mcp", "{e}");
+    let expected = match mode {
+        Mode::Proxy => "HTTP 503",
+        Mode::Native => "Auth required",
+    };
+    assert!(e.message.contains(expected), "{e}");
+    // Precisely: a token valid for this server, but the pod cannot introspect it.
+    let token = w
+        .token_for_scope(&format!("mcp:tools {}", w.audience_scope()))
+        .await;
+    let r = probe_with_token(&w.url, Some(&token)).await.unwrap();
+    match mode {
+        // The gateway fails closed: 503, nothing forwarded.
+        Mode::Proxy => assert_eq!(r.status, 503),
+        Mode::Native => {
+            assert_eq!(r.status, 401);
+            assert_eq!(r.error.as_deref(), Some("invalid_token"));
+        }
+    }
+    // And with the Secret's (old) credentials Keycloak refuses introspection outright.
+    let old = secret_value(
+        &w.client,
+        &w.ns,
+        &format!("{SERVER}-oauth"),
+        "client-secret",
+    )
+    .await
+    .expect("client-secret");
+    let (status, _) = w.realm.introspect(&client_id, &old, &token).await;
+    assert_eq!(status, 401, "Keycloak must refuse the stale secret");
+    pod.stop().await;
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaks_when_the_client_secret_is_wrong_proxy() {
+    secret_wrong(Mode::Proxy, "walk-secret-proxy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaks_when_the_client_secret_is_wrong_native() {
+    secret_wrong(Mode::Native, "walk-secret-native").await;
+}
