@@ -105,9 +105,9 @@ mod refusals {
             let (path, query) = self.url.split_once('?').unwrap_or((&self.url, ""));
             let path = path.find("/api").map(|i| &path[i..])?;
             let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-            let (group, rest) = match segs.first()? {
-                &"api" => ("", segs.get(2..)?),
-                &"apis" => (*segs.get(1)?, segs.get(3..)?),
+            let (group, rest) = match *segs.first()? {
+                "api" => ("", segs.get(2..)?),
+                "apis" => (*segs.get(1)?, segs.get(3..)?),
                 _ => return None,
             };
             let rest = match rest {

@@ -471,17 +471,15 @@ pub async fn gateway_config_from_deployment(
         .await
         .expect("secrets")
         .items;
-    // Only the gateway container is used; the MCP image maps to a placeholder.
+    // Only the gateway container's resolved env is used (nothing is spawned): both images map to
+    // placeholders (`env!(CARGO_BIN_EXE_…)` does not exist for the demo example that includes this).
     let cmd = |program: &str| LocalCommand {
         program: program.into(),
         fixed_args: vec![],
         default_args: vec![],
     };
     let images = ImageMap::default()
-        .with(
-            "mcp-keycloak-operator:test",
-            cmd(env!("CARGO_BIN_EXE_mcp-keycloak-operator")),
-        )
+        .with("mcp-keycloak-operator:test", cmd("mcp-keycloak-operator"))
         .with("ghcr.io/example/mcp-server", cmd("/bin/false"));
     let plans = plan_pod(&dep, &secrets, &[], &images).expect("plan the pod");
     let gw = plans
