@@ -271,8 +271,234 @@ async fn admission_rejects_bad_specs_with_specific_messages() {
             s(json!({"image": "i".repeat(1025)})),
             "may not be more than 1024",
         ),
+        // Policy: more malformed hosts and URLs, missing and oversized fields.
+        (
+            "empty trusted host",
+            p(json!({"dynamicClientRegistration": {"trustedHosts": [""]}})),
+            hosts,
+        ),
+        (
+            "host with space",
+            p(json!({"dynamicClientRegistration": {"trustedHosts": ["local host"]}})),
+            hosts,
+        ),
+        (
+            "ip with port as host",
+            p(json!({"dynamicClientRegistration": {"trustedHosts": ["127.0.0.1:8080"]}})),
+            hosts,
+        ),
+        (
+            "wildcard without dot",
+            p(json!({"dynamicClientRegistration": {"trustedHosts": ["*example.com"]}})),
+            hosts,
+        ),
+        (
+            "empty host label",
+            p(json!({"dynamicClientRegistration": {"trustedHosts": ["example..com"]}})),
+            hosts,
+        ),
+        (
+            "nested wildcard",
+            p(json!({"dynamicClientRegistration": {"trustedHosts": ["*.*.example.com"]}})),
+            hosts,
+        ),
+        (
+            "keycloak url without host",
+            p(json!({"keycloak": {"url": "http://"}})),
+            kc_url,
+        ),
+        (
+            "keycloak url with fragment",
+            p(json!({"keycloak": {"url": "http://keycloak#admin"}})),
+            kc_url,
+        ),
+        (
+            "public url trailing slash",
+            p(json!({"keycloak": {"publicUrl": "https://sso.example.com/"}})),
+            kc_url,
+        ),
+        (
+            "empty admin secret name",
+            p(json!({"keycloak": {"adminCredentialsSecretRef": {"name": ""}}})),
+            "spec.keycloak.adminCredentialsSecretRef.name in body should be at least 1 chars long",
+        ),
+        (
+            "missing admin secret ref",
+            p(json!({"keycloak": {"adminCredentialsSecretRef": null}})),
+            "spec.keycloak.adminCredentialsSecretRef: Required value",
+        ),
+        (
+            "oversized auth realm",
+            p(
+                json!({"keycloak": {"adminCredentialsSecretRef": {"name": "a", "authRealm": "r".repeat(65)}}}),
+            ),
+            "may not be more than 64",
+        ),
+        (
+            "empty scope name",
+            p(json!({"scopes": [{"name": ""}]})),
+            "spec.scopes[0].name in body should be at least 1 chars long",
+        ),
+        (
+            "scope with backslash",
+            p(json!({"scopes": [{"name": "mcp\\tools"}]})),
+            "scope names are RFC 6749 scope tokens",
+        ),
+        (
+            "no scopes",
+            p(json!({"scopes": []})),
+            "should have at least 1 items",
+        ),
+        (
+            "oversized scope name",
+            p(json!({"scopes": [{"name": "s".repeat(201)}]})),
+            "may not be more than 200",
+        ),
+        (
+            "oversized consent text",
+            p(json!({"scopes": [{"name": "mcp:tools", "consentText": "c".repeat(1025)}]})),
+            "may not be more than 1024",
+        ),
+        (
+            "unknown policy deletion policy",
+            p(json!({"deletionPolicy": "Orphan"})),
+            "Unsupported value: \"Orphan\"",
+        ),
+        // Server: malformed and non-canonical URLs (an MCP client normalises its resource URL,
+        // so a non-canonical audience would never match), names, oversized and empty fields.
+        (
+            "server url without host",
+            s(json!({"url": "http://"})),
+            srv_url,
+        ),
+        (
+            "server url with query",
+            s(json!({"url": "http://localhost:3000/mcp?tenant=a"})),
+            srv_url,
+        ),
+        (
+            "server url with user info",
+            s(json!({"url": "http://user:secret@localhost:3000/mcp"})),
+            "url must not contain user information",
+        ),
+        (
+            "server url uppercase scheme",
+            s(json!({"url": "HTTP://localhost:3000/mcp"})),
+            "url scheme must be lowercase http or https",
+        ),
+        (
+            "server url default http port",
+            s(json!({"url": "http://mcp.example.com:80/mcp"})),
+            "url must not name the scheme's default port",
+        ),
+        (
+            "server url default https port",
+            s(json!({"url": "https://mcp.example.com:443"})),
+            "url must not name the scheme's default port",
+        ),
+        (
+            "server url dot segment",
+            s(json!({"url": "http://localhost:3000/a/../mcp"})),
+            "url must not contain '.' or '..' path segments or whitespace",
+        ),
+        (
+            "server url trailing space",
+            s(json!({"url": "http://localhost:3000/mcp "})),
+            "url must not contain '.' or '..' path segments or whitespace",
+        ),
+        (
+            "oversized server url",
+            s(json!({"url": format!("http://localhost/{}", "u".repeat(2040))})),
+            "may not be more than 2048",
+        ),
+        (
+            "server name longer than a DNS label",
+            server_json(&"n".repeat(64), json!({})),
+            "McpServer names must be DNS labels",
+        ),
+        (
+            "server name with a dot",
+            server_json("team.weather", json!({})),
+            "McpServer names must be DNS labels",
+        ),
+        (
+            "server name starting with a digit",
+            server_json("1weather", json!({})),
+            "McpServer names must be DNS labels",
+        ),
+        (
+            "too many replicas",
+            s(json!({"replicas": 1001})),
+            "should be less than or equal to 1000",
+        ),
+        (
+            "gateway admin port collision",
+            s(json!({"port": 9090})),
+            "ports 8080 and 9090 belong to the gateway",
+        ),
+        (
+            "oversized client id",
+            s(json!({"introspectionClient": {"clientId": "c".repeat(256)}})),
+            "may not be more than 255",
+        ),
+        (
+            "client id starting with dash",
+            s(json!({"introspectionClient": {"clientId": "-mine"}})),
+            "clientId must start with a letter or digit",
+        ),
+        (
+            "built-in master-realm client id",
+            s(json!({"introspectionClient": {"clientId": "master-realm"}})),
+            "clientId names one of Keycloak's built-in clients",
+        ),
+        (
+            "oversized secret name",
+            s(json!({"introspectionClient": {"secretName": "s".repeat(254)}})),
+            "may not be more than 253",
+        ),
+        (
+            "empty service account",
+            s(json!({"serviceAccountName": ""})),
+            "spec.serviceAccountName in body should be at least 1 chars long",
+        ),
+        (
+            "empty policy name",
+            s(json!({"policyRef": {"name": ""}})),
+            "spec.policyRef.name in body should be at least 1 chars long",
+        ),
+        (
+            "empty image",
+            s(json!({"image": ""})),
+            "spec.image in body should be at least 1 chars long",
+        ),
+        (
+            "empty server scope",
+            s(json!({"scopes": [""]})),
+            "scopes must be scope tokens without spaces",
+        ),
+        (
+            "unauthenticated with explicit false",
+            s(json!({"auth": {"mode": "None", "allowUnauthenticated": false}})),
+            "set allowUnauthenticated: true to confirm",
+        ),
+        (
+            "empty gateway image",
+            s(json!({"auth": {"gatewayImage": ""}})),
+            "spec.auth.gatewayImage in body should be at least 1 chars long",
+        ),
+        (
+            "env overrides realm",
+            s(json!({"env": [{"name": "AUTH_REALM", "value": "master"}]})),
+            "env may not set the operator's contract variables",
+        ),
+        (
+            "unknown server deletion policy",
+            s(json!({"deletionPolicy": "Orphan"})),
+            "Unsupported value: \"Orphan\"",
+        ),
     ];
-    assert!(cases.len() >= 35);
+    println!("admission cases: {}", cases.len());
+    assert!(cases.len() >= 80);
     let mut failures = vec![];
     for (what, obj, expected) in &cases {
         let msg = rejected(&client, &ns, obj.clone()).await;
@@ -556,5 +782,454 @@ async fn runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
     );
 
     teardown(&client, &ns, op).await;
+    realm.delete().await;
+}
+
+/// A master-realm user without any admin role, for the "admin account lacks permissions" case.
+async fn unprivileged_master_user(kc: &support::KcAdmin) -> (String, String, String) {
+    let username = support::unique_name("noperm");
+    let password = mcp_keycloak_operator::keycloak::generate_secret();
+    let (st, v) = kc
+        .post(
+            "/admin/realms/master/users",
+            &json!({"username": username, "enabled": true, "email": format!("{username}@example.com"),
+                    "emailVerified": true, "firstName": "No", "lastName": "Perm",
+                    "credentials": [{"type": "password", "value": password, "temporary": false}]}),
+        )
+        .await;
+    assert!(st.is_success(), "create user: {st} {v}");
+    let (_, users) = kc
+        .get(&format!(
+            "/admin/realms/master/users?username={username}&exact=true"
+        ))
+        .await;
+    let id = users[0]["id"].as_str().unwrap().to_string();
+    (username, password, id)
+}
+
+async fn owned_secret_absent(client: &Client, ns: &str, name: &str) -> bool {
+    secret_value(client, ns, &format!("{name}-oauth"), "client-secret")
+        .await
+        .is_none()
+        && Api::<Deployment>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .unwrap()
+            .is_none()
+}
+
+/// More runtime reasons: missing/wrong admin Secret keys, wrong client secret, unknown auth
+/// realm, an admin account without permissions, CA bundle problems, a policy in another
+/// namespace, clientId collisions between McpServers (same and other namespace), a foreign
+/// audience scope, a foreign Secret; and oversized-but-valid fields that must just work. Each
+/// failure has its specific reason with nothing half-applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
+    let client = support::kube_client().await;
+    let tb = support::testbed().await;
+    let ns = support::test_namespace(&client, "runtime2").await;
+    let ns2 = support::test_namespace(&client, "runtime2b").await;
+    let op = Operator::start(&client, &ns).await;
+    let op2 = Operator::start(&client, &ns2).await;
+    let realm = Realm::new(&support::unique_name("rt2")).await;
+    let kc = tb.keycloak_url.as_str();
+    admin_secret(&client, &ns, "keycloak-admin").await;
+    admin_secret(&client, &ns2, "keycloak-admin").await;
+    let (noperm_user, noperm_password, noperm_id) = unprivileged_master_user(&realm.kc).await;
+    secret(
+        &client,
+        &ns,
+        "username-only",
+        json!({"username": tb.admin_user}),
+    )
+    .await;
+    secret(
+        &client,
+        &ns,
+        "client-id-only",
+        json!({"clientId": "admin-cli"}),
+    )
+    .await;
+    secret(
+        &client,
+        &ns,
+        "empty-password",
+        json!({"username": tb.admin_user, "password": ""}),
+    )
+    .await;
+    secret(
+        &client,
+        &ns,
+        "wrong-client-secret",
+        json!({"clientId": "no-such-service-account", "clientSecret": "not-the-secret"}),
+    )
+    .await;
+    secret(
+        &client,
+        &ns,
+        "noperm",
+        json!({"username": noperm_user, "password": noperm_password}),
+    )
+    .await;
+    secret(&client, &ns, "ca-wrong-key", json!({"other.pem": "x"})).await;
+    let kcref = |secret: &str| json!({"keycloak": {"url": kc, "realm": realm.name, "adminCredentialsSecretRef": {"name": secret}}, "dynamicClientRegistration": null});
+    for (name, secret_name) in [
+        ("username-only", "username-only"),
+        ("client-id-only", "client-id-only"),
+        ("empty-password", "empty-password"),
+        ("wrong-client-secret", "wrong-client-secret"),
+        ("noperm", "noperm"),
+    ] {
+        create_policy(&client, &ns, policy_json(name, kcref(secret_name))).await;
+    }
+    let mut unknown_auth_realm = kcref("keycloak-admin");
+    unknown_auth_realm["keycloak"]["adminCredentialsSecretRef"]["authRealm"] =
+        json!("no-such-auth-realm");
+    create_policy(
+        &client,
+        &ns,
+        policy_json("unknown-auth-realm", unknown_auth_realm),
+    )
+    .await;
+    let mut ca_missing = kcref("keycloak-admin");
+    ca_missing["keycloak"]["caBundleSecretRef"] = json!({"name": "no-such-ca"});
+    create_policy(&client, &ns, policy_json("ca-missing", ca_missing)).await;
+    let mut ca_key = kcref("keycloak-admin");
+    ca_key["keycloak"]["caBundleSecretRef"] = json!({"name": "ca-wrong-key"});
+    create_policy(&client, &ns, policy_json("ca-wrong-key", ca_key)).await;
+    // The good policy, with a scope description longer than Keycloak's 255-character column.
+    let mut good = policy_json("acme", kcref("keycloak-admin"));
+    good["spec"]["keycloak"]["createRealm"] = json!(true);
+    good["spec"]["scopes"] = json!([{"name": "mcp:tools", "description": "d".repeat(1024)}]);
+    create_policy(&client, &ns, good).await;
+
+    let cases = [
+        ("username-only", "KeycloakReachable", "AdminSecretInvalid"),
+        ("client-id-only", "KeycloakReachable", "AdminSecretInvalid"),
+        ("empty-password", "KeycloakReachable", "AdminSecretInvalid"),
+        (
+            "wrong-client-secret",
+            "KeycloakReachable",
+            "InvalidAdminCredentials",
+        ),
+        (
+            "unknown-auth-realm",
+            "KeycloakReachable",
+            "InvalidAdminCredentials",
+        ),
+        (
+            "noperm",
+            "KeycloakReachable",
+            "InsufficientAdminPermissions",
+        ),
+        ("ca-missing", "KeycloakReachable", "CABundleNotFound"),
+        ("ca-wrong-key", "KeycloakReachable", "CABundleNotFound"),
+    ];
+    let mut messages = vec![];
+    for (name, cond, reason) in cases {
+        let msg = wait_reason::<McpAuthPolicy>(&client, &ns, name, cond, reason).await;
+        let ready = wait_reason::<McpAuthPolicy>(&client, &ns, name, "Ready", reason).await;
+        assert_eq!(msg, ready);
+        assert!(
+            !msg.contains("not-the-secret")
+                && !msg.contains(&noperm_password)
+                && !msg.contains(&tb.admin_password),
+            "secret in status: {msg}"
+        );
+        messages.push((name, msg));
+    }
+    let expect = |name: &str, needle: &str| {
+        let m = &messages.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert!(m.contains(needle), "{name}: {needle:?} not in {m:?}");
+    };
+    expect(
+        "username-only",
+        "must contain either keys username and password, or clientId and clientSecret",
+    );
+    expect(
+        "empty-password",
+        "must contain either keys username and password",
+    );
+    expect(
+        "wrong-client-secret",
+        "token request to realm master failed",
+    );
+    expect(
+        "unknown-auth-realm",
+        "realm no-such-auth-realm for the admin credentials does not exist",
+    );
+    expect(
+        "noperm",
+        "the Keycloak admin account lacks permission for read realm",
+    );
+    expect(
+        "ca-missing",
+        &format!("CA bundle Secret {ns}/no-such-ca not found"),
+    );
+    expect("ca-wrong-key", "has no key ca.crt");
+    // None of the failing policies touched Keycloak: only the good one's scope exists.
+    wait_condition::<McpAuthPolicy>(&client, &ns, "acme", "Ready", "True").await;
+    let tools = realm.scope("mcp:tools").await.expect("mcp:tools");
+    assert_eq!(
+        tools["description"].as_str().unwrap().len(),
+        255,
+        "the long description is cut to Keycloak's column"
+    );
+    assert_eq!(
+        realm.anonymous_components("trusted-hosts").await.len(),
+        1,
+        "failing policies must not touch registration policies"
+    );
+
+    let srv = |name: &str, patch: Value| -> McpServer {
+        serde_json::from_value(server_json(name, patch)).unwrap()
+    };
+    // Oversized but valid: a 2000-character url (Keycloak's client name is cut, the audience is
+    // whole). Before the fix Keycloak answered 500 to the client's 2000-character name, forever.
+    let long_url = format!("http://localhost/{}", "u".repeat(1983));
+    create(
+        &client,
+        &ns,
+        &srv("longurl", json!({"url": long_url, "replicas": 0})),
+    )
+    .await;
+    // clientId collision between two McpServers of this namespace.
+    create(
+        &client,
+        &ns,
+        &srv(
+            "first",
+            json!({"introspectionClient": {"clientId": "shared-id"}, "replicas": 0}),
+        ),
+    )
+    .await;
+    wait_condition::<McpServer>(&client, &ns, "first", "Ready", "True").await;
+    create(
+        &client,
+        &ns,
+        &srv(
+            "second",
+            json!({"introspectionClient": {"clientId": "shared-id"}, "replicas": 0}),
+        ),
+    )
+    .await;
+    // A foreign audience scope of the server's name (marked by someone else).
+    let (st, v) = realm
+        .kc
+        .post(
+            &realm.path("/client-scopes"),
+            &json!({"name": format!("mcp:server:{ns}:scoped"), "protocol": "openid-connect",
+                    "attributes": {"mcpauth.dev/owner": "someone/else"}}),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    create(&client, &ns, &srv("scoped", json!({"replicas": 0}))).await;
+    // A foreign Secret where the credentials Secret goes.
+    secret(
+        &client,
+        &ns,
+        "parked-oauth",
+        json!({"client-secret": "theirs"}),
+    )
+    .await;
+    create(&client, &ns, &srv("parked", json!({"replicas": 0}))).await;
+
+    // Policy in another namespace: policyRef has no namespace field. Strict field validation
+    // refuses one; without it the API server drops it and the server looks in its own namespace.
+    let mut cross = server_json(
+        "cross",
+        json!({"policyRef": {"name": "acme", "namespace": ns}}),
+    );
+    cross["metadata"]["namespace"] = json!(ns2);
+    let o: DynamicObject = serde_json::from_value(cross.clone()).unwrap();
+    let api2 = dynamic_api(&client, &ns2, "McpServer");
+    match api2
+        .patch(
+            "cross",
+            &PatchParams::apply("bad-input-test").validation_strict(),
+            &Patch::Apply(&o),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert!(
+            s.message
+                .contains("unknown field \"spec.policyRef.namespace\""),
+            "{}",
+            s.message
+        ),
+        other => panic!("strict apply accepted policyRef.namespace: {other:?}"),
+    }
+    api2.create(&PostParams::default(), &o).await.unwrap();
+    let stored = api2.get("cross").await.unwrap();
+    assert_eq!(stored.data["spec"]["policyRef"], json!({"name": "acme"}));
+    // A clientId collision across namespaces: same realm through a policy of ns2.
+    let acme2 = policy_json("acme2", kcref("keycloak-admin"));
+    create_policy(&client, &ns2, acme2).await;
+    wait_condition::<McpAuthPolicy>(&client, &ns2, "acme2", "Ready", "True").await;
+    create(
+        &client,
+        &ns2,
+        &srv(
+            "elsewhere",
+            json!({"policyRef": {"name": "acme2"}, "introspectionClient": {"clientId": "shared-id"}, "replicas": 0}),
+        ),
+    )
+    .await;
+
+    let m =
+        wait_reason::<McpServer>(&client, &ns2, "cross", "PolicyResolved", "PolicyNotFound").await;
+    assert_eq!(
+        m,
+        format!("PolicyNotFound: McpAuthPolicy {ns2}/acme not found")
+    );
+    let m = wait_reason::<McpServer>(
+        &client,
+        &ns,
+        "second",
+        "KeycloakClientReady",
+        "ClientIdConflict",
+    )
+    .await;
+    assert!(m.contains(&format!("(owner: McpServer/{ns}/first)")), "{m}");
+    let m = wait_reason::<McpServer>(
+        &client,
+        &ns2,
+        "elsewhere",
+        "KeycloakClientReady",
+        "ClientIdConflict",
+    )
+    .await;
+    assert!(m.contains(&format!("(owner: McpServer/{ns}/first)")), "{m}");
+    let m = wait_reason::<McpServer>(
+        &client,
+        &ns,
+        "scoped",
+        "KeycloakClientReady",
+        "ScopeConflict",
+    )
+    .await;
+    assert_eq!(
+        m,
+        format!("ScopeConflict: client scope mcp:server:{ns}:scoped belongs to someone/else")
+    );
+    let m =
+        wait_reason::<McpServer>(&client, &ns, "parked", "SecretReady", "ResourceConflict").await;
+    assert!(
+        m.contains("parked-oauth already exists and is not owned by this McpServer"),
+        "{m}"
+    );
+    for (n, name) in [
+        (&ns, "second"),
+        (&ns2, "elsewhere"),
+        (&ns, "scoped"),
+        (&ns2, "cross"),
+    ] {
+        wait_reason::<McpServer>(
+            &client,
+            n,
+            name,
+            "Ready",
+            match name {
+                "cross" => "PolicyNotFound",
+                "scoped" => "ScopeConflict",
+                _ => "ClientIdConflict",
+            },
+        )
+        .await;
+        assert!(
+            owned_secret_absent(&client, n, name).await,
+            "{n}/{name} got a Secret or a Deployment"
+        );
+    }
+    // Nothing half-applied in Keycloak: no client, no audience scope for the refused servers.
+    for name in ["scoped", "cross"] {
+        assert!(realm.client(&format!("mcp.{ns}.{name}")).await.is_none());
+        assert!(realm.client(&format!("mcp.{ns2}.{name}")).await.is_none());
+    }
+    for (n, name) in [(&ns, "second"), (&ns2, "elsewhere"), (&ns2, "cross")] {
+        assert!(
+            realm
+                .scope(&format!("mcp:server:{n}:{name}"))
+                .await
+                .is_none(),
+            "{n}/{name}: audience scope created"
+        );
+    }
+    let foreign = realm
+        .scope(&format!("mcp:server:{ns}:scoped"))
+        .await
+        .unwrap();
+    assert_eq!(foreign["attributes"]["mcpauth.dev/owner"], "someone/else");
+    assert_eq!(
+        foreign["protocolMappers"].as_array().map_or(0, |m| m.len()),
+        0,
+        "foreign scope was modified"
+    );
+    assert_eq!(
+        secret_value(&client, &ns, "parked-oauth", "client-secret")
+            .await
+            .as_deref(),
+        Some("theirs"),
+        "foreign Secret was overwritten"
+    );
+    // The shared clientId still belongs to the first server, with its secret.
+    let shared = realm.client("shared-id").await.unwrap();
+    assert_eq!(
+        shared["attributes"]["mcpauth.dev/owner"],
+        format!("McpServer/{ns}/first").as_str()
+    );
+
+    // The oversized url works end to end.
+    wait_condition::<McpServer>(&client, &ns, "longurl", "Ready", "True").await;
+    let c = realm.client(&format!("mcp.{ns}.longurl")).await.unwrap();
+    assert_eq!(c["name"].as_str().unwrap().chars().count(), 255);
+    let scope = realm
+        .scope(&format!("mcp:server:{ns}:longurl"))
+        .await
+        .unwrap();
+    assert!(scope["protocolMappers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["config"]["included.custom.audience"] == long_url.as_str()));
+
+    // Deleting the refused servers leaves the first server's client and the foreign objects alone.
+    let servers: Api<McpServer> = Api::namespaced(client.clone(), &ns);
+    for name in ["second", "scoped", "parked"] {
+        servers.delete(name, &Default::default()).await.unwrap();
+    }
+    Api::<McpServer>::namespaced(client.clone(), &ns2)
+        .delete("elsewhere", &Default::default())
+        .await
+        .unwrap();
+    support::wait_for("refused servers deleted", WAIT, || async {
+        let left = servers.list(&Default::default()).await.ok()?.items.len();
+        let left2 = Api::<McpServer>::namespaced(client.clone(), &ns2)
+            .get_opt("elsewhere")
+            .await
+            .ok()?;
+        (left == 2 && left2.is_none()).then_some(())
+    })
+    .await;
+    assert!(
+        realm.client("shared-id").await.is_some(),
+        "first's client was deleted"
+    );
+    assert!(realm
+        .scope(&format!("mcp:server:{ns}:scoped"))
+        .await
+        .is_some());
+    assert!(
+        realm.client(&format!("mcp.{ns}.parked")).await.is_none(),
+        "parked's Keycloak client outlived it"
+    );
+    wait_condition::<McpServer>(&client, &ns, "first", "Ready", "True").await;
+
+    teardown(&client, &ns2, op2).await;
+    teardown(&client, &ns, op).await;
+    realm
+        .kc
+        .delete(&format!("/admin/realms/master/users/{noperm_id}"))
+        .await;
     realm.delete().await;
 }

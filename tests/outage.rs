@@ -8,11 +8,18 @@ mod support;
 use std::time::Duration;
 
 use harness::*;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use mcp_keycloak_operator::gateway::spawn;
+use serde_json::json;
+
+/// The tests of this binary each stop the shared Keycloak: one at a time.
+static KEYCLOAK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keycloak_outage_fails_closed_backs_off_and_converges() {
+    let _serial = KEYCLOAK.lock().await;
     let client = support::kube_client().await;
     let tb = support::testbed().await;
     let ns = support::test_namespace(&client, "outage").await;
@@ -130,6 +137,194 @@ async fn keycloak_outage_fails_closed_backs_off_and_converges() {
     );
 
     gw.shutdown().await.unwrap();
+    teardown(&client, &ns, op).await;
+    realm.delete().await;
+}
+
+fn kc_requests(op: &Operator, method: &'static str, outcome: &'static str) -> u64 {
+    op.ctx
+        .metrics
+        .keycloak_requests
+        .get_or_create(&mcp_keycloak_operator::metrics::KeycloakRequestLabels { method, outcome })
+        .get()
+}
+
+fn kc_errors(op: &Operator, reason: &'static str) -> u64 {
+    ["mcpauthpolicy", "mcpserver"]
+        .into_iter()
+        .map(|controller| {
+            op.ctx
+                .metrics
+                .reconcile_errors
+                .get_or_create(&mcp_keycloak_operator::metrics::ErrorLabels { controller, reason })
+                .get()
+        })
+        .sum()
+}
+
+/// A Keycloak restart that loses the sessions behind the operator's cached admin token: the
+/// next admin request answers 401, the client fetches a fresh token and retries once, and the
+/// reconcile succeeds without ever reporting bad credentials.
+///
+/// The operator authenticates in the managed realm itself (`authRealm`) as a realm admin whose
+/// access tokens live 10 minutes, so its cached token is still valid by the clock when Keycloak
+/// comes back: only the 401 can make it fetch a new one. The test bed's Keycloak (26.x) persists
+/// user sessions across restarts, so after the restart the test drops the realm's sessions
+/// (`logout-all`), which is what a restart of a Keycloak with in-memory sessions (or a failover
+/// to a node that never saw them) does; a token minted before is checked to be refused after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_token() {
+    let _serial = KEYCLOAK.lock().await;
+    let client = support::kube_client().await;
+    let tb = support::testbed().await;
+    let ns = support::test_namespace(&client, "kcrestart").await;
+    let realm = Realm::new(&support::unique_name("kcrestart")).await;
+    let kc = &realm.kc;
+
+    // The realm, a realm admin in it with 10-minute access tokens.
+    let (st, v) = kc
+        .post(
+            "/admin/realms",
+            &json!({"realm": realm.name, "enabled": true, "accessTokenLifespan": 600}),
+        )
+        .await;
+    assert!(st.is_success(), "create realm: {st} {v}");
+    let password = mcp_keycloak_operator::keycloak::generate_secret();
+    let (st, v) = kc
+        .post(
+            &realm.path("/users"),
+            &json!({"username": "operator", "enabled": true, "email": "operator@example.com",
+                    "emailVerified": true, "firstName": "Op", "lastName": "Erator",
+                    "credentials": [{"type": "password", "value": password, "temporary": false}]}),
+        )
+        .await;
+    assert!(st.is_success(), "create user: {st} {v}");
+    let uid = realm.get("/users?username=operator&exact=true").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rm = realm.get("/clients?clientId=realm-management").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let role = realm.get(&format!("/clients/{rm}/roles/realm-admin")).await;
+    let (st, v) = kc
+        .post(
+            &realm.path(&format!("/users/{uid}/role-mappings/clients/{rm}")),
+            &json!([role]),
+        )
+        .await;
+    assert!(st.is_success(), "grant realm-admin: {st} {v}");
+    let s: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "realm-admin"},
+        "stringData": {"username": "operator", "password": password}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&Default::default(), &s)
+        .await
+        .unwrap();
+    let mut policy = seed_policy("acme", &realm.name, &tb.keycloak_url);
+    policy.spec.keycloak.create_realm = false;
+    policy.spec.keycloak.admin_credentials_secret_ref.name = "realm-admin".into();
+    policy.spec.keycloak.admin_credentials_secret_ref.auth_realm = Some(realm.name.clone());
+
+    let op = Operator::start(&client, &ns).await;
+    create(&client, &ns, &policy).await;
+    create(
+        &client,
+        &ns,
+        &server("alpha", "acme", "http://alpha.example/mcp"),
+    )
+    .await;
+    wait_condition::<McpServer>(&client, &ns, "alpha", "Ready", "True").await;
+    let refreshes_before = op.ctx.metrics.admin_token_refreshes.get();
+    let rejected_before = kc_requests(&op, "GET", "client_error");
+    let bad_credentials_before = kc_errors(&op, "InvalidAdminCredentials");
+
+    // A token of the same account minted before the restart, to show the restart killed it.
+    let token_url = format!(
+        "{}/realms/{}/protocol/openid-connect/token",
+        tb.keycloak_url, realm.name
+    );
+    let http = reqwest::Client::new();
+    let old: serde_json::Value = http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", "admin-cli"),
+            ("username", "operator"),
+            ("password", &password),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let old = old["access_token"].as_str().unwrap().to_string();
+    let realm_url = format!("{}/admin/realms/{}", tb.keycloak_url, realm.name);
+    let status_with_old = || async {
+        http.get(&realm_url)
+            .bearer_auth(&old)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status_with_old().await, 200);
+
+    KeycloakDown::stop().await.start().await;
+    let (st, v) = kc.post(&realm.path("/logout-all"), &json!({})).await;
+    assert!(st.is_success(), "logout-all: {st} {v}");
+    assert_eq!(
+        status_with_old().await,
+        401,
+        "tokens from before the restart must be dead"
+    );
+
+    // The operator must talk to Keycloak again: a new url updates the audience mapper.
+    Api::<McpServer>::namespaced(client.clone(), &ns)
+        .patch(
+            "alpha",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"url": "http://alpha.example/mcp/v2"}})),
+        )
+        .await
+        .unwrap();
+    let scope = format!("mcp:server:{ns}:alpha");
+    support::wait_for("audience mapper updated", WAIT, || async {
+        let s = realm.scope(&scope).await?;
+        let ok = s["protocolMappers"]
+            .as_array()?
+            .iter()
+            .any(|m| m["config"]["included.custom.audience"] == "http://alpha.example/mcp/v2");
+        ok.then_some(())
+    })
+    .await;
+    wait_condition::<McpServer>(&client, &ns, "alpha", "Ready", "True").await;
+    let refreshes = op.ctx.metrics.admin_token_refreshes.get() - refreshes_before;
+    let rejected = kc_requests(&op, "GET", "client_error") - rejected_before;
+    let bad_credentials = kc_errors(&op, "InvalidAdminCredentials") - bad_credentials_before;
+    println!(
+        "Keycloak restart with sessions lost: {rejected} admin request(s) answered 401 and retried,          admin token refreshes {refreshes_before} before, +{refreshes} after; InvalidAdminCredentials errors: {bad_credentials}"
+    );
+    assert_eq!(
+        refreshes_before, 1,
+        "one admin token served everything before the restart"
+    );
+    assert!(rejected >= 1, "no request was answered 401");
+    assert!(refreshes >= 1, "no fresh admin token after the 401");
+    assert!(
+        refreshes <= rejected,
+        "{refreshes} refreshes for {rejected} 401s: refreshing without need"
+    );
+    assert_eq!(
+        bad_credentials, 0,
+        "a 401 retried with a fresh token must not surface as bad credentials"
+    );
+
     teardown(&client, &ns, op).await;
     realm.delete().await;
 }

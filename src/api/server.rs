@@ -41,7 +41,10 @@ pub const GATEWAY_ADMIN_PORT: i32 = 9090;
     printcolumn(name = "Auth", type_ = "string", json_path = ".spec.auth.mode"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = kube::core::Rule::new("!has(self.spec.auth) || self.spec.auth.mode != 'Proxy' || (self.spec.port != 8080 && self.spec.port != 9090)").message("in Proxy mode ports 8080 and 9090 belong to the gateway; choose another spec.port")
+    validation = kube::core::Rule::new("!has(self.spec.auth) || self.spec.auth.mode != 'Proxy' || (self.spec.port != 8080 && self.spec.port != 9090)").message("in Proxy mode ports 8080 and 9090 belong to the gateway; choose another spec.port"),
+    // The Service and the label values are named after the server: a longer or dotted name
+    // (valid for a custom resource) would fail only after the Keycloak client was created.
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("McpServer names must be DNS labels (at most 63 characters: lowercase letters, digits and '-', starting with a letter): the Service and label values carry the name")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct McpServerSpec {
@@ -84,6 +87,12 @@ pub struct McpServerSpec {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = kube::core::Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && !self.endsWith('/') && !self.contains('?') && !self.contains('#')").message("url must be an absolute http(s) URL without trailing slash, query or fragment"))]
     #[x_kube(validation = kube::core::Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*[A-Z]')").message("url host must be lowercase (the audience is compared as an exact string)"))]
+    // Non-canonical forms MCP clients normalise away before they ask for a token (RFC 8707
+    // resource), so the audience would never match: reject them at admission.
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url scheme must be lowercase http or https"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*@')").message("url must not contain user information (user:password@)"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^http://[^/]*:80(/|$)') && !self.matches('^https://[^/]*:443(/|$)')").message("url must not name the scheme's default port (80 for http, 443 for https)"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('/[.][.]?(/|$)') && !self.matches('[[:space:]]')").message("url must not contain '.' or '..' path segments or whitespace"))]
     pub url: Option<String>,
 
     /// Scopes a token must carry (each must be one of the policy's scopes). Default: all of them.

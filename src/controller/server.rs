@@ -244,8 +244,31 @@ async fn converge(
                 .map(|b| String::from_utf8_lossy(&b.0).to_string())
         });
 
+    // Write-ahead: record the realm in status *before* the first Keycloak write. Cleanup only
+    // touches Keycloak when `status.keycloakRealm` is set, so a crash (SIGKILL, found by
+    // tests/crash.rs) or an error between creating the client/scope and the status write at the
+    // end of this reconcile would otherwise leave them orphaned when the server is deleted.
+    // One extra status write on a server's first reconcile; none at steady state.
+    if server
+        .status
+        .as_ref()
+        .and_then(|s| s.keycloak_realm.as_deref())
+        != Some(realm.as_str())
+    {
+        status.keycloak_realm = Some(realm.clone());
+        let api: Api<McpServer> = Api::namespaced(ctx.client.clone(), &ns);
+        patch_status_if_changed(&api, server, None, &*status)
+            .await
+            .map_err(|e| (Stage::Keycloak, e))?;
+    }
+
     let keycloak_step = async {
         let kc = ctx.keycloak_for(&policy).await?;
+        let scopes = kc.client_scopes(&realm).await?;
+        let audience_scope = kdesired::audience_scope(server);
+        // A foreign scope of our name is refused before the client is created, so the conflict
+        // leaves nothing half-applied in Keycloak (tests/bad_input.rs).
+        crate::keycloak::check_scope_owner(&scopes, &audience_scope)?;
         // Client first: the audience scope's second mapper names it.
         let client = kc
             .ensure_introspection_client(
@@ -254,12 +277,11 @@ async fn converge(
                 known_secret.as_deref(),
             )
             .await?;
-        let scopes = kc.client_scopes(&realm).await?;
         let scope_id = kc
             .ensure_client_scope(
                 &realm,
                 &scopes,
-                &kdesired::audience_scope(server),
+                &audience_scope,
                 &kdesired::audience_mappers(server),
             )
             .await?;
@@ -345,17 +367,28 @@ async fn converge(
 }
 
 async fn cleanup(server: Arc<McpServer>, ctx: &Context) -> Result<Action> {
-    if server.spec.deletion_policy == DeletionPolicy::Retain
-        || server
-            .status
-            .as_ref()
-            .and_then(|s| s.keycloak_realm.as_ref())
-            .is_none()
-    {
-        // Retained, or nothing was ever written to Keycloak.
+    if server.spec.deletion_policy == DeletionPolicy::Retain {
         return Ok(Action::await_change());
     }
     let ns = server.namespace().unwrap_or_default();
+    let recorded = |s: &McpServer| {
+        s.status
+            .as_ref()
+            .is_some_and(|s| s.keycloak_realm.is_some())
+    };
+    // The cached object may predate the write-ahead status patch of a reconcile that ran just
+    // before the deletion; ask the API server before concluding nothing was written.
+    if !recorded(&server) {
+        let api: Api<McpServer> = Api::namespaced(ctx.client.clone(), &ns);
+        if !api
+            .get_opt(&server.name_any())
+            .await?
+            .is_some_and(|s| recorded(&s))
+        {
+            // Nothing was ever written to Keycloak.
+            return Ok(Action::await_change());
+        }
+    }
     let result = async {
         let api: Api<McpAuthPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         let policy = api

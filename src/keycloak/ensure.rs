@@ -39,6 +39,44 @@ pub fn generate_secret() -> String {
         .collect()
 }
 
+/// Longest client `name` and client-scope `description` Keycloak stores: a `VARCHAR(255)`
+/// column, and a longer value makes it answer 500 forever (found by tests/bad_input.rs with a
+/// long but valid `spec.url`, which goes into both). Both are informational: cut, not refused.
+pub const MAX_KEYCLOAK_TEXT: usize = 255;
+
+fn fit(text: &mut Option<String>) {
+    if let Some(t) = text.as_mut() {
+        if t.chars().count() > MAX_KEYCLOAK_TEXT {
+            *t = t.chars().take(MAX_KEYCLOAK_TEXT).collect();
+        }
+    }
+}
+
+/// `ScopeConflict` if the realm (`existing`: its scope list) has a scope of `desired`'s name that
+/// carries another owner's marker. Lets a reconcile refuse before it writes anything.
+pub fn check_scope_owner(
+    existing: &[ClientScopeRepresentation],
+    desired: &ClientScopeRepresentation,
+) -> Result<()> {
+    let name = desired.name.as_deref().unwrap_or_default();
+    let want_owner = desired
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get(OWNER_ATTRIBUTE))
+        .map(String::as_str);
+    let live_owner = existing
+        .iter()
+        .find(|s| s.name.as_deref() == Some(name))
+        .and_then(owner_of_scope);
+    match live_owner {
+        Some(o) if Some(o) != want_owner => Err(Error::invalid(
+            "ScopeConflict",
+            format!("client scope {name} belongs to {o}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl KeycloakAdminClient {
     /// The realm's internal id (needed as `parentId` of components). Creates the realm if asked.
     pub async fn ensure_realm(&self, realm: &str, create: bool) -> Result<String> {
@@ -78,12 +116,10 @@ impl KeycloakAdminClient {
         desired: &ClientScopeRepresentation,
         mappers: &[ProtocolMapperRepresentation],
     ) -> Result<String> {
+        let mut desired = desired.clone();
+        fit(&mut desired.description);
+        let desired = &desired;
         let name = desired.name.clone().unwrap_or_default();
-        let want_owner = desired
-            .attributes
-            .as_ref()
-            .and_then(|a| a.get(OWNER_ATTRIBUTE))
-            .cloned();
         let live = existing
             .iter()
             .find(|s| s.name.as_deref() == Some(name.as_str()));
@@ -95,15 +131,7 @@ impl KeycloakAdminClient {
             Some(live) => {
                 let id = live.id.clone().unwrap_or_default().to_string();
                 let live_owner = owner_of_scope(live).map(str::to_string);
-                if live_owner.is_some() && live_owner != want_owner {
-                    return Err(Error::invalid(
-                        "ScopeConflict",
-                        format!(
-                            "client scope {name} belongs to {}",
-                            live_owner.unwrap_or_default()
-                        ),
-                    ));
-                }
+                check_scope_owner(existing, desired)?;
                 let mut want = desired.clone();
                 if live_owner.is_none() {
                     // Adopt a hand-made scope's settings without claiming it.
@@ -256,6 +284,10 @@ impl KeycloakAdminClient {
         desired: &ClientRepresentation,
         known_secret: Option<&str>,
     ) -> Result<(String, String)> {
+        let mut desired = desired.clone();
+        fit(&mut desired.name);
+        fit(&mut desired.description);
+        let desired = &desired;
         let client_id = desired.client_id.clone().unwrap_or_default();
         let want_owner = owner_of_client(desired).map(str::to_string);
         let live = self.client_by_client_id(realm, &client_id).await?;
@@ -338,5 +370,46 @@ impl KeycloakAdminClient {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_are_cut_to_keycloak_columns() {
+        let mut long = Some("é".repeat(300));
+        fit(&mut long);
+        assert_eq!(long.unwrap().chars().count(), MAX_KEYCLOAK_TEXT);
+        let mut short = Some("MCP server http://localhost:3000".to_string());
+        fit(&mut short);
+        assert_eq!(short.as_deref(), Some("MCP server http://localhost:3000"));
+        let mut none = None;
+        fit(&mut none);
+        assert_eq!(none, None);
+    }
+
+    #[test]
+    fn foreign_scope_owner_is_a_conflict() {
+        let scope = |owner: Option<&str>| ClientScopeRepresentation {
+            name: Some("mcp:server:team:a".into()),
+            attributes: owner
+                .map(|o| HashMap::from([(OWNER_ATTRIBUTE.to_string(), o.to_string())])),
+            ..Default::default()
+        };
+        let ours = scope(Some("McpServer/team/a"));
+        assert!(check_scope_owner(&[], &ours).is_ok());
+        assert!(
+            check_scope_owner(&[scope(None)], &ours).is_ok(),
+            "hand-made scopes are adopted"
+        );
+        assert!(check_scope_owner(&[ours.clone()], &ours).is_ok());
+        let e = check_scope_owner(&[scope(Some("someone/else"))], &ours).unwrap_err();
+        assert_eq!(e.reason(), "ScopeConflict");
+        assert_eq!(
+            e.to_string(),
+            "ScopeConflict: client scope mcp:server:team:a belongs to someone/else"
+        );
     }
 }

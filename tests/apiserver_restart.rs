@@ -1,0 +1,188 @@
+//! kube-apiserver restart mid-run: the operator (a real child process, never restarted) keeps
+//! running while the API server is down, does not spin, and its watches recover afterwards —
+//! proven with a resync period of 300 s, so servers created, changed and deleted after the
+//! restart are only reconciled because the watches came back. Its own test binary: stopping the
+//! test bed's API server would disturb any test running beside it.
+
+mod harness;
+mod stress;
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use harness::*;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
+use serde_json::json;
+use stress::*;
+
+const DOWN: Duration = Duration::from_secs(20);
+
+/// Stops the test bed's kube-apiserver; starts it again when dropped, even if the test panics.
+struct ApiserverDown {
+    started: bool,
+}
+
+impl ApiserverDown {
+    async fn stop() -> Self {
+        support::testbed_ctl(&["apiserver-stop"]).await;
+        ApiserverDown { started: false }
+    }
+
+    async fn start(mut self) {
+        support::testbed_ctl(&["apiserver-start"]).await;
+        self.started = true;
+    }
+}
+
+impl Drop for ApiserverDown {
+    fn drop(&mut self) {
+        if !self.started {
+            let _ = std::process::Command::new(support::testbed_script())
+                .arg("apiserver-start")
+                .status();
+        }
+    }
+}
+
+async fn wait_converged(
+    client: &kube::Client,
+    ns: &str,
+    live: &BTreeMap<String, String>,
+    gone: &BTreeSet<String>,
+    op: &mut ChildOperator,
+) -> Duration {
+    let started = Instant::now();
+    let names: BTreeSet<String> = live.keys().cloned().collect();
+    loop {
+        let mut last = not_ready(client, ns, &names).await;
+        last.extend(still_present(client, ns, gone).await);
+        if last.is_empty() {
+            return started.elapsed();
+        }
+        assert!(op.alive(), "operator exited");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not converged:\n{}",
+            last.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_recover_after_an_apiserver_restart_without_restarting_the_operator() {
+    let client = support::kube_client().await;
+    let tb = support::testbed().await;
+    install_crds(&client).await;
+    let ns = support::test_namespace(&client, "apirestart").await;
+    let realm = Realm::new(&support::unique_name("apirestart")).await;
+    admin_secret(&client, &ns, "keycloak-admin").await;
+    create(
+        &client,
+        &ns,
+        &seed_policy("acme", &realm.name, &tb.keycloak_url),
+    )
+    .await;
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.log"));
+    let mut opts = OperatorOpts::new(
+        env!("CARGO_BIN_EXE_mcp-keycloak-operator"),
+        &tb.kubeconfig,
+        &ns,
+        log.clone(),
+    );
+    // No periodic resync within the test: only watch events can drive reconciles.
+    opts.resync_seconds = 300;
+    let mut op = ChildOperator::spawn(&opts);
+    op.wait_ready(Duration::from_secs(60)).await;
+    let pid = op.pid;
+
+    let url = |name: &str, v: u32| format!("http://{name}.{ns}.example/mcp/v{v}");
+    let mut live = BTreeMap::new();
+    for i in 0..5 {
+        let name = format!("before{i}");
+        create(&client, &ns, &server(&name, "acme", &url(&name, 0))).await;
+        live.insert(name.clone(), url(&name, 0));
+    }
+    wait_converged(&client, &ns, &live, &BTreeSet::new(), &mut op).await;
+
+    // Down for a while: the operator stays up and backs off instead of spinning.
+    let cpu_before = op.cpu_seconds();
+    let down = ApiserverDown::stop().await;
+    tokio::time::sleep(DOWN).await;
+    let cpu_down = op.cpu_seconds() - cpu_before;
+    assert!(op.alive(), "operator died while the API server was down");
+    let restart_started = Instant::now();
+    down.start().await;
+    let restart_took = restart_started.elapsed();
+
+    // After the restart, only watch events can tell the operator about these changes.
+    let client = support::kube_client().await;
+    let servers: Api<McpServer> = Api::namespaced(client.clone(), &ns);
+    let changed_at = Instant::now();
+    for i in 0..3 {
+        let name = format!("after{i}");
+        create(&client, &ns, &server(&name, "acme", &url(&name, 0))).await;
+        live.insert(name.clone(), url(&name, 0));
+    }
+    for name in ["before0", "before1"] {
+        servers
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"url": url(name, 1)}})),
+            )
+            .await
+            .unwrap();
+        live.insert(name.to_string(), url(name, 1));
+    }
+    servers
+        .delete("before4", &DeleteParams::default())
+        .await
+        .unwrap();
+    live.remove("before4");
+    let gone = BTreeSet::from(["before4".to_string()]);
+    wait_converged(&client, &ns, &live, &gone, &mut op).await;
+    let converged = changed_at.elapsed();
+    assert_eq!(op.pid, pid);
+    assert!(op.alive(), "operator was restarted or died");
+    let violations = consistency_violations(&client, &realm, &ns, &live, true).await;
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+    let metrics = op.metrics(Duration::from_secs(2)).await.unwrap_or_default();
+    let kube_errors = metric_sum(
+        &metrics,
+        "mcp_operator_reconcile_errors_total",
+        &[("reason", "KubernetesError")],
+    );
+    println!(
+        "apiserver restart: down {} s (+{:.1} s to start again); operator PID {pid} kept running, used {cpu_down:.2} CPU s while the API server was down; \
+         3 creations, 2 url changes and 1 deletion made after the restart converged in {:.1} s with resync at 300 s (watches recovered); reconcile errors KubernetesError: {kube_errors}",
+        DOWN.as_secs(),
+        restart_took.as_secs_f64(),
+        converged.as_secs_f64()
+    );
+    assert!(
+        cpu_down < DOWN.as_secs_f64() * 0.25,
+        "operator used {cpu_down:.1} CPU s in {DOWN:?} while the API server was down: a tight retry loop"
+    );
+
+    support::delete_namespace(&client, &ns).await;
+    support::wait_for(
+        "custom resources finalized",
+        Duration::from_secs(120),
+        || async {
+            let s = servers.list(&Default::default()).await.ok()?.items.len();
+            let p = Api::<McpAuthPolicy>::namespaced(client.clone(), &ns)
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .len();
+            (s + p == 0).then_some(())
+        },
+    )
+    .await;
+    op.sigkill();
+    realm.delete().await;
+}
