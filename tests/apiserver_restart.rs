@@ -143,6 +143,36 @@ async fn watches_recover_after_an_apiserver_restart_without_restarting_the_opera
         .unwrap();
     live.remove("before4");
     let gone = BTreeSet::from(["before4".to_string()]);
+    // First the operator itself: every change observed (status.observedGeneration caught up,
+    // the deleted server finalized); then Ready, which also needs the control plane's own
+    // controllers (and kwok) to have recovered for the new Deployments.
+    loop {
+        let api: Api<McpServer> = Api::namespaced(client.clone(), &ns);
+        let list = api
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let observed = live.keys().all(|n| {
+            list.iter().any(|s| {
+                s.metadata.name.as_deref() == Some(n.as_str())
+                    && s.status
+                        .as_ref()
+                        .is_some_and(|st| st.observed_generation == s.metadata.generation)
+            })
+        }) && !list
+            .iter()
+            .any(|s| s.metadata.name.as_deref() == Some("before4"));
+        if observed {
+            break;
+        }
+        assert!(
+            changed_at.elapsed() < Duration::from_secs(120),
+            "the operator did not see the changes made after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let observed_in = changed_at.elapsed();
     wait_converged(&client, &ns, &live, &gone, &mut op).await;
     let converged = changed_at.elapsed();
     assert_eq!(op.pid, pid);
@@ -157,9 +187,10 @@ async fn watches_recover_after_an_apiserver_restart_without_restarting_the_opera
     );
     println!(
         "apiserver restart: down {} s (+{:.1} s to start again); operator PID {pid} kept running, used {cpu_down:.2} CPU s while the API server was down; \
-         3 creations, 2 url changes and 1 deletion made after the restart converged in {:.1} s with resync at 300 s (watches recovered); reconcile errors KubernetesError: {kube_errors}",
+         3 creations, 2 url changes and 1 deletion made after the restart were all seen by the operator after {:.1} s and Ready after {:.1} s, with resync at 300 s (watches recovered); reconcile errors KubernetesError: {kube_errors}",
         DOWN.as_secs(),
         restart_took.as_secs_f64(),
+        observed_in.as_secs_f64(),
         converged.as_secs_f64()
     );
     assert!(

@@ -1034,8 +1034,9 @@ async fn more_runtime_errors_have_specific_reasons_and_nothing_is_half_applied()
     .await;
     create(&client, &ns, &srv("parked", json!({"replicas": 0}))).await;
 
-    // Policy in another namespace: policyRef has no namespace field. Strict field validation
-    // refuses one; without it the API server drops it and the server looks in its own namespace.
+    // Policy in another namespace: policyRef has no namespace field. Server-side apply refuses
+    // one; a plain create (no strict field validation) has it dropped by the API server, and the
+    // server looks for the policy in its own namespace.
     let mut cross = server_json(
         "cross",
         json!({"policyRef": {"name": "acme", "namespace": ns}}),
@@ -1046,14 +1047,14 @@ async fn more_runtime_errors_have_specific_reasons_and_nothing_is_half_applied()
     match api2
         .patch(
             "cross",
-            &PatchParams::apply("bad-input-test").validation_strict(),
+            &PatchParams::apply("bad-input-test"),
             &Patch::Apply(&o),
         )
         .await
     {
         Err(kube::Error::Api(s)) => assert!(
             s.message
-                .contains("unknown field \"spec.policyRef.namespace\""),
+                .contains(".spec.policyRef.namespace: field not declared in schema"),
             "{}",
             s.message
         ),
@@ -1063,7 +1064,16 @@ async fn more_runtime_errors_have_specific_reasons_and_nothing_is_half_applied()
     let stored = api2.get("cross").await.unwrap();
     assert_eq!(stored.data["spec"]["policyRef"], json!({"name": "acme"}));
     // A clientId collision across namespaces: same realm through a policy of ns2.
-    let acme2 = policy_json("acme2", kcref("keycloak-admin"));
+    // Another namespace's policy over the same realm may not claim this namespace's scope.
+    create_policy(&client, &ns2, policy_json("dup", kcref("keycloak-admin"))).await;
+    let m = wait_reason::<McpAuthPolicy>(&client, &ns2, "dup", "RealmConfigured", "ScopeConflict")
+        .await;
+    assert_eq!(
+        m,
+        format!("ScopeConflict: client scope mcp:tools belongs to McpAuthPolicy/{ns}/acme")
+    );
+    let mut acme2 = policy_json("acme2", kcref("keycloak-admin"));
+    acme2["spec"]["scopes"] = json!([{"name": "mcp:elsewhere"}]);
     create_policy(&client, &ns2, acme2).await;
     wait_condition::<McpAuthPolicy>(&client, &ns2, "acme2", "Ready", "True").await;
     create(

@@ -394,6 +394,13 @@ async fn debug_logs_events_and_status_never_show_a_secret_or_token() {
         leaks.len()
     );
     assert!(debug_lines > 100, "debug logging was not on");
+    // The scan sees the material: non-secret names of the same objects do show up.
+    for canary in [format!("mcp.{ns}.alpha"), format!("mcp:server:{ns}:beta")] {
+        assert!(
+            sources.iter().any(|(_, t)| t.contains(&canary)),
+            "{canary} appears nowhere: the scan reads nothing useful"
+        );
+    }
     assert!(!events.is_empty(), "no events to scan");
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
 

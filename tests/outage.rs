@@ -308,7 +308,8 @@ async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_t
     let rejected = kc_requests(&op, "GET", "client_error") - rejected_before;
     let bad_credentials = kc_errors(&op, "InvalidAdminCredentials") - bad_credentials_before;
     println!(
-        "Keycloak restart with sessions lost: {rejected} admin request(s) answered 401 and retried,          admin token refreshes {refreshes_before} before, +{refreshes} after; InvalidAdminCredentials errors: {bad_credentials}"
+        "Keycloak restart with sessions lost: {rejected} admin request(s) answered 401 and retried, \
+         admin token refreshes {refreshes_before} before, +{refreshes} after; InvalidAdminCredentials errors: {bad_credentials}"
     );
     assert_eq!(
         refreshes_before, 1,

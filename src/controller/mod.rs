@@ -56,6 +56,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub config: OperatorConfig,
     keycloak: Mutex<HashMap<String, Arc<KeycloakAdminClient>>>,
+    /// The admin client last used for each policy (by UID), for cleanup after its admin Secret
+    /// is gone (see [`Context::keycloak_for_cleanup`]).
+    last_admin: std::sync::Mutex<HashMap<String, Arc<KeycloakAdminClient>>>,
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
 
@@ -74,6 +77,7 @@ impl Context {
             metrics,
             config,
             keycloak: Mutex::new(HashMap::new()),
+            last_admin: std::sync::Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -154,18 +158,43 @@ impl Context {
             .unwrap_or_default();
         let key = format!("{}|{}|{}|{}", k.url, auth_realm, cred_digest, ca_digest);
         let mut pool = self.keycloak.lock().await;
-        if let Some(c) = pool.get(&key) {
-            return Ok(c.clone());
-        }
-        let c = Arc::new(KeycloakAdminClient::new(
-            &k.url,
-            &auth_realm,
-            credentials,
-            ca.as_deref(),
-            self.metrics.clone(),
-        )?);
-        pool.insert(key, c.clone());
+        let c = match pool.get(&key) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(KeycloakAdminClient::new(
+                    &k.url,
+                    &auth_realm,
+                    credentials,
+                    ca.as_deref(),
+                    self.metrics.clone(),
+                )?);
+                pool.insert(key, c.clone());
+                c
+            }
+        };
+        self.last_admin
+            .lock()
+            .expect("poisoned")
+            .insert(policy.metadata.uid.clone().unwrap_or_default(), c.clone());
         Ok(c)
+    }
+
+    /// [`Context::keycloak_for`] for cleanup: when the admin Secret is gone, falls back to the
+    /// admin client this process last used for the policy. Deleting a namespace deletes the
+    /// admin Secret alongside the McpServers whose cleanup still needs it; without the fallback
+    /// their Keycloak clients and scopes were left behind (found by tests/crash.rs).
+    pub async fn keycloak_for_cleanup(
+        &self,
+        policy: &McpAuthPolicy,
+    ) -> Result<Arc<KeycloakAdminClient>> {
+        match self.keycloak_for(policy).await {
+            Err(e) if matches!(e.reason(), "AdminSecretNotFound" | "AdminSecretInvalid") => {
+                let uid = policy.metadata.uid.clone().unwrap_or_default();
+                let last = self.last_admin.lock().expect("poisoned").get(&uid).cloned();
+                last.ok_or(e)
+            }
+            other => other,
+        }
     }
 
     fn reset_failures(&self, key: &str) {
@@ -321,6 +350,45 @@ where
     }
 }
 
+/// Backoff of a controller's watch streams: 0.5 s doubling to at most 5 s, back to 0.5 s after
+/// any event. kube-runtime backs off the *merged* stream of a controller's watches (its own,
+/// `owns`, `watches`) on every error, and its default (0.8 s doubling to 30 s) made the operator
+/// deaf for minutes after a kube-apiserver restart: each watch answers one `410 Gone` (its
+/// resource version predates the new watch cache) and every one of them cost another 30 s
+/// before any watch was polled again (found by tests/apiserver_restart.rs).
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const INITIAL: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff {
+            next: Self::INITIAL,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::INITIAL;
+    }
+}
+
 /// Runs both controllers until a shutdown signal. `namespace` restricts them to one namespace.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     run_until_synced(ctx, namespace, |_| {}).await
@@ -368,6 +436,7 @@ pub async fn run_until_synced(
     let server_controller = Controller::new(servers.clone(), watcher::Config::default());
     let server_store = server_controller.store();
     let server_controller = server_controller
+        .trigger_backoff(WatchBackoff::default())
         .owns(deployments, owned.clone())
         .owns(secrets, owned.clone())
         .owns(services, owned)
@@ -409,6 +478,7 @@ pub async fn run_until_synced(
         on_synced(ok);
     });
     let policy_controller = policy_controller
+        .trigger_backoff(WatchBackoff::default())
         // A server's audience scope must reach the clients Keycloak created from metadata
         // documents (see `policy::apply_cimd`): reconcile its policy when the server changes.
         .watches(servers, watcher::Config::default(), |server: McpServer| {
@@ -424,4 +494,20 @@ pub async fn run_until_synced(
         .for_each(|_| futures::future::ready(()));
 
     futures::join!(server_controller, policy_controller);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WatchBackoff;
+    use kube::runtime::utils::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn watch_backoff_is_capped_at_five_seconds_and_resets() {
+        let mut b = WatchBackoff::default();
+        let first: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(first, vec![500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
+    }
 }

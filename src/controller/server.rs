@@ -404,7 +404,7 @@ async fn cleanup(server: Arc<McpServer>, ctx: &Context) -> Result<Action> {
                 )
             })?;
         let realm = &policy.spec.keycloak.realm;
-        let kc = ctx.keycloak_for(&policy).await?;
+        let kc = ctx.keycloak_for_cleanup(&policy).await?;
         kc.delete_owned_client(realm, &server.client_id(), &server.owner_marker())
             .await?;
         let assignments = kc.realm_scope_assignments(realm).await?;

@@ -198,7 +198,9 @@ pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| lbls.split(',').any(|p| p == format!("{k}=\"{v}\"")));
             ok.then(|| value.parse::<f64>().ok()).flatten()
         })
-        .sum()
+        .sum::<f64>()
+        // (an empty float sum is -0.0)
+        + 0.0
 }
 
 /// Keycloak admin requests that were not GETs (from `/metrics`).

@@ -1,0 +1,535 @@
+//! Scale benchmark against the real test bed (plain `main`, prints figures; not run in CI):
+//!
+//! ```sh
+//! cargo bench --bench scale            # uses $KUBECONFIG/$KEYCLOAK_URL, else runs ./hack/testbed up
+//! ```
+//!
+//! The operator runs as a child process (the release build of this package) watching one fresh
+//! namespace, so its memory (`/proc/PID/status` VmHWM, VmRSS) and CPU (`/proc/PID/stat`
+//! utime+stime) are its own. Phases:
+//!
+//! 1. apply→`Ready` latency of one McpServer (policy already `Ready`; pods are kwok's, so
+//!    `Available` is quick), `LATENCY_RUNS` (default 25) runs, p50/p99; interleaved with the
+//!    same Keycloak work done by a plain admin client making only the minimal calls (create
+//!    client with its secret, create scope, two mappers, make it a realm optional scope), and
+//!    the ratio of the two;
+//! 2. `SCALE_SERVERS` (default 500) McpServers applied at once: time until all `Ready`,
+//!    Keycloak admin requests per server, operator peak RSS and CPU seconds;
+//! 3. a steady-state resync of all of them: Keycloak writes (must be 0) and reads per server;
+//! 4. `REST_SERVERS` (default 1000) McpServers at rest: RSS of the running operator, and of a
+//!    freshly started one once it has reconciled them all.
+//!
+//! `SCALE_REPLICAS` (default 0) sets the replicas of the bulk servers: 0 keeps the fake node out
+//! of phases 2–4 (a server with 0 replicas is `Available` at once), 1 includes 500–1000 kwok
+//! pods and so measures the control plane as much as the operator.
+
+#[allow(dead_code)]
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+#[allow(dead_code)]
+#[path = "../tests/stress/mod.rs"]
+mod stress;
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+use kube::api::{Api, ListParams, PostParams};
+use kube::Client;
+use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
+use serde_json::json;
+use stress::*;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn bulk_server(ns: &str, name: &str, replicas: i32) -> McpServer {
+    serde_json::from_value(json!({
+        "apiVersion": "mcpauth.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "ghcr.io/example/mcp-server:1",
+            "policyRef": {"name": "acme"},
+            "url": format!("http://{name}.{ns}.example/mcp"),
+            "replicas": replicas
+        }
+    }))
+    .unwrap()
+}
+
+/// Polls (every 10 ms) until `name` is `Ready=True` for its current generation.
+async fn wait_ready(api: &Api<McpServer>, name: &str, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        if let Ok(s) = api.get(name).await {
+            let g = s.metadata.generation;
+            if s.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == g)
+            }) {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{name} not Ready in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Number of McpServers `Ready` for their generation.
+async fn count_ready(api: &Api<McpServer>) -> usize {
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        return 0;
+    };
+    list.items
+        .iter()
+        .filter(|s| {
+            let g = s.metadata.generation;
+            s.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == g)
+            })
+        })
+        .count()
+}
+
+async fn wait_all_ready(api: &Api<McpServer>, n: usize, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let ready = count_ready(api).await;
+        if ready >= n {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "only {ready} of {n} Ready after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+struct Scrape {
+    reads: f64,
+    writes: f64,
+    server_reconciles: f64,
+    policy_reconciles: f64,
+    errors: f64,
+}
+
+async fn scrape(op: &ChildOperator) -> Scrape {
+    let m = op
+        .metrics(Duration::from_secs(10))
+        .await
+        .expect("operator /metrics");
+    Scrape {
+        reads: keycloak_reads(&m),
+        writes: keycloak_writes(&m),
+        server_reconciles: metric_sum(
+            &m,
+            "mcp_operator_reconciles_total",
+            &[("controller", "mcpserver")],
+        ),
+        policy_reconciles: metric_sum(
+            &m,
+            "mcp_operator_reconciles_total",
+            &[("controller", "mcpauthpolicy")],
+        ),
+        errors: metric_sum(&m, "mcp_operator_reconcile_errors_total", &[]),
+    }
+}
+
+/// Waits until the operator has made no reconcile for `quiet`.
+async fn settle(op: &ChildOperator, quiet: Duration, timeout: Duration) {
+    let started = Instant::now();
+    let mut last = scrape(op).await;
+    let mut since = Instant::now();
+    while since.elapsed() < quiet {
+        assert!(started.elapsed() < timeout, "operator never settled");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = scrape(op).await;
+        if now.server_reconciles != last.server_reconciles
+            || now.policy_reconciles != last.policy_reconciles
+        {
+            since = Instant::now();
+        }
+        last = now;
+    }
+}
+
+/// A plain Keycloak admin client making only the calls one server needs.
+struct Plain {
+    http: reqwest::Client,
+    base: String,
+    realm: String,
+    token: String,
+}
+
+impl Plain {
+    async fn send(&self, req: reqwest::RequestBuilder) -> reqwest::Response {
+        let r = req.bearer_auth(&self.token).send().await.unwrap();
+        assert!(r.status().is_success(), "plain client: {}", r.status());
+        r
+    }
+
+    fn location_id(r: &reqwest::Response) -> String {
+        let loc = r.headers()["location"].to_str().unwrap();
+        loc.rsplit('/').next().unwrap().to_string()
+    }
+
+    /// Client with its secret, audience scope, two mappers, realm optional scope.
+    async fn one_server(&self, name: &str, url: &str) -> (String, String) {
+        let admin = format!("{}/admin/realms/{}", self.base, self.realm);
+        let client_id = format!("plain.{name}");
+        let r = self
+            .send(self.http.post(format!("{admin}/clients")).json(&json!({
+                "clientId": client_id, "name": format!("MCP server {url}"), "protocol": "openid-connect",
+                "enabled": true, "publicClient": false, "clientAuthenticatorType": "client-secret",
+                "secret": mcp_keycloak_operator::keycloak::generate_secret(),
+                "standardFlowEnabled": false, "implicitFlowEnabled": false,
+                "directAccessGrantsEnabled": false, "serviceAccountsEnabled": false,
+                "attributes": {"mcpauth.dev/owner": format!("bench/{name}")}
+            })))
+            .await;
+        let client_uuid = Self::location_id(&r);
+        let r = self
+            .send(self.http.post(format!("{admin}/client-scopes")).json(&json!({
+                "name": format!("plain:{name}"), "protocol": "openid-connect",
+                "description": format!("Audience of the MCP server {url}"),
+                "attributes": {"include.in.token.scope": "true", "display.on.consent.screen": "true",
+                               "consent.screen.text": format!("Access the MCP server at {url}")}
+            })))
+            .await;
+        let scope = Self::location_id(&r);
+        for (mapper, key, value) in [
+            ("mcp-audience", "included.custom.audience", url.to_string()),
+            (
+                "mcp-introspection-audience",
+                "included.client.audience",
+                client_id.clone(),
+            ),
+        ] {
+            self.send(
+                self.http
+                    .post(format!("{admin}/client-scopes/{scope}/protocol-mappers/models"))
+                    .json(&json!({"name": mapper, "protocol": "openid-connect",
+                                  "protocolMapper": "oidc-audience-mapper",
+                                  "config": {key: value, "access.token.claim": "true",
+                                             "introspection.token.claim": "true", "id.token.claim": "false"}})),
+            )
+            .await;
+        }
+        self.send(
+            self.http
+                .put(format!("{admin}/default-optional-client-scopes/{scope}")),
+        )
+        .await;
+        (client_uuid, scope)
+    }
+
+    async fn delete(&self, client_uuid: &str, scope: &str) {
+        let admin = format!("{}/admin/realms/{}", self.base, self.realm);
+        self.send(
+            self.http
+                .delete(format!("{admin}/default-optional-client-scopes/{scope}")),
+        )
+        .await;
+        self.send(self.http.delete(format!("{admin}/client-scopes/{scope}")))
+            .await;
+        self.send(self.http.delete(format!("{admin}/clients/{client_uuid}")))
+            .await;
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|k| k / 1024 / 1024)
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {mem} GiB RAM, load average at start {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+async fn create_many(client: &Client, ns: &str, names: &[String], replicas: i32) {
+    // Eight concurrent creators: "applied at once" without one HTTP/2 stream per object.
+    let chunks: Vec<Vec<String>> = names
+        .chunks(names.len().div_ceil(8))
+        .map(|c| c.to_vec())
+        .collect();
+    let mut tasks = vec![];
+    for chunk in chunks {
+        let api: Api<McpServer> = Api::namespaced(client.clone(), ns);
+        let ns = ns.to_string();
+        tasks.push(tokio::spawn(async move {
+            for name in chunk {
+                api.create(&PostParams::default(), &bulk_server(&ns, &name, replicas))
+                    .await
+                    .unwrap_or_else(|e| panic!("create {name}: {e}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let runs = env_or("LATENCY_RUNS", 25);
+    let scale = env_or("SCALE_SERVERS", 500);
+    let rest = env_or("REST_SERVERS", 1000).max(scale);
+    let replicas = env_or("SCALE_REPLICAS", 0) as i32;
+    let resync = env_or("SCALE_RESYNC_SECONDS", 60) as u64;
+
+    let client = support::kube_client().await;
+    let tb = support::testbed().await;
+    install_crds(&client).await;
+    let ns = support::test_namespace(&client, "bench").await;
+    let realm = Realm::new(&support::unique_name("bench")).await;
+    admin_secret(&client, &ns, "keycloak-admin").await;
+    create(
+        &client,
+        &ns,
+        &seed_policy("acme", &realm.name, &tb.keycloak_url),
+    )
+    .await;
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.log"));
+    let mut opts = OperatorOpts::new(
+        env!("CARGO_BIN_EXE_mcp-keycloak-operator"),
+        &tb.kubeconfig,
+        &ns,
+        log.clone(),
+    );
+    opts.resync_seconds = resync;
+    println!("# mcp-keycloak-operator scale benchmark");
+    println!("machine: {}", machine());
+    println!(
+        "namespace {ns}, realm {}, operator log {}, resync {resync} s",
+        realm.name,
+        log.display()
+    );
+    let mut op = ChildOperator::spawn(&opts);
+    op.wait_ready(Duration::from_secs(60)).await;
+    wait_condition::<McpAuthPolicy>(&client, &ns, "acme", "Ready", "True").await;
+    let servers: Api<McpServer> = Api::namespaced(client.clone(), &ns);
+
+    // ---- 1. apply→Ready latency vs. the plain Keycloak calls ----
+    let plain = Plain {
+        http: reqwest::Client::new(),
+        base: tb.keycloak_url.clone(),
+        realm: realm.name.clone(),
+        token: support::keycloak_admin_token(tb).await,
+    };
+    let mut operator_lat = vec![];
+    let mut plain_lat = vec![];
+    let mut plain_made = vec![];
+    for i in 0..runs + 2 {
+        let name = format!("lat{i:03}");
+        let url = format!("http://{name}.{ns}.example/mcp");
+        let started = Instant::now();
+        create(&client, &ns, &server(&name, "acme", &url)).await;
+        wait_ready(&servers, &name, Duration::from_secs(120)).await;
+        let op_took = started.elapsed();
+        let started = Instant::now();
+        let made = plain.one_server(&name, &url).await;
+        let plain_took = started.elapsed();
+        plain_made.push(made);
+        // The first two runs warm up connections and caches.
+        if i >= 2 {
+            operator_lat.push(op_took);
+            plain_lat.push(plain_took);
+        }
+        settle(&op, Duration::from_millis(1500), Duration::from_secs(60)).await;
+    }
+    for (c, s) in &plain_made {
+        plain.delete(c, s).await;
+    }
+    operator_lat.sort_unstable();
+    plain_lat.sort_unstable();
+    let (op50, op99) = (
+        percentile(&operator_lat, 0.5),
+        percentile(&operator_lat, 0.99),
+    );
+    let (pl50, pl99) = (percentile(&plain_lat, 0.5), percentile(&plain_lat, 0.99));
+    println!("\n## apply→Ready latency, one McpServer (replicas 1, kwok pod), {runs} runs");
+    println!(
+        "operator:     p50 {:7.1} ms   p99 {:7.1} ms   (create → Ready=True observed, 10 ms polling)",
+        ms(op50),
+        ms(op99)
+    );
+    println!(
+        "plain client: p50 {:7.1} ms   p99 {:7.1} ms   (5 admin calls: client, scope, 2 mappers, optional scope; token reused)",
+        ms(pl50),
+        ms(pl99)
+    );
+    println!(
+        "ratio operator/plain: p50 {:.1}x   p99 {:.1}x",
+        op50.as_secs_f64() / pl50.as_secs_f64(),
+        op99.as_secs_f64() / pl99.as_secs_f64()
+    );
+
+    // ---- 2. SCALE servers at once (fresh operator process) ----
+    op.sigkill();
+    let mut op = ChildOperator::spawn(&opts);
+    op.wait_ready(Duration::from_secs(60)).await;
+    wait_all_ready(&servers, runs + 2, Duration::from_secs(120)).await;
+    settle(&op, Duration::from_secs(3), Duration::from_secs(120)).await;
+    let before = scrape(&op).await;
+    let cpu_before = op.cpu_seconds();
+    let names: Vec<String> = (0..scale).map(|i| format!("bulk{i:04}")).collect();
+    let started = Instant::now();
+    create_many(&client, &ns, &names, replicas).await;
+    let applied_in = started.elapsed();
+    let all_ready =
+        wait_all_ready(&servers, runs + 2 + scale, Duration::from_secs(3600)).await + applied_in;
+    let after = scrape(&op).await;
+    let cpu = op.cpu_seconds() - cpu_before;
+    let (_, hwm) = op.memory_kib();
+    println!("\n## {scale} McpServers applied at once (replicas {replicas})");
+    println!(
+        "created in {:.1} s; all Ready after {:.1} s ({:.1} servers/s)",
+        applied_in.as_secs_f64(),
+        all_ready.as_secs_f64(),
+        scale as f64 / all_ready.as_secs_f64()
+    );
+    println!(
+        "Keycloak admin requests per server: {:.1} ({:.1} GET + {:.1} writes); reconciles per server {:.1}; policy reconciles {}; reconcile errors {}",
+        (after.reads + after.writes - before.reads - before.writes) / scale as f64,
+        (after.reads - before.reads) / scale as f64,
+        (after.writes - before.writes) / scale as f64,
+        (after.server_reconciles - before.server_reconciles) / scale as f64,
+        after.policy_reconciles - before.policy_reconciles,
+        after.errors - before.errors
+    );
+    println!(
+        "operator: peak RSS (VmHWM) {:.1} MiB, CPU {:.1} s (utime+stime)",
+        mib(hwm),
+        cpu
+    );
+
+    // ---- 3. steady-state resync of all of them ----
+    settle(&op, Duration::from_secs(5), Duration::from_secs(600)).await;
+    let before = scrape(&op).await;
+    let cpu_before = op.cpu_seconds();
+    let window = Duration::from_secs(resync + resync / 2);
+    tokio::time::sleep(window).await;
+    let after = scrape(&op).await;
+    let reconciles = after.server_reconciles - before.server_reconciles;
+    println!(
+        "\n## steady-state resync of {} servers ({:.0} s window, resync {resync} s)",
+        scale + runs + 2,
+        window.as_secs_f64()
+    );
+    println!(
+        "server reconciles {reconciles}, policy reconciles {}; Keycloak writes {} (must be 0); reads per server reconcile {:.2}; operator CPU {:.1} s",
+        after.policy_reconciles - before.policy_reconciles,
+        after.writes - before.writes,
+        (after.reads - before.reads) / reconciles.max(1.0),
+        op.cpu_seconds() - cpu_before
+    );
+    let resync_writes = after.writes - before.writes;
+
+    // ---- 4. REST servers at rest ----
+    let extra: Vec<String> = (scale..rest).map(|i| format!("bulk{i:04}")).collect();
+    if !extra.is_empty() {
+        create_many(&client, &ns, &extra, replicas).await;
+    }
+    let total = runs + 2 + rest;
+    wait_all_ready(&servers, total, Duration::from_secs(3600)).await;
+    settle(&op, Duration::from_secs(5), Duration::from_secs(900)).await;
+    let (rss, hwm) = op.memory_kib();
+    op.sigkill();
+    let mut fresh = ChildOperator::spawn(&opts);
+    fresh.wait_ready(Duration::from_secs(120)).await;
+    let started = Instant::now();
+    // A fresh process reconciles everything once at start; wait for that to finish.
+    settle(&fresh, Duration::from_secs(5), Duration::from_secs(900)).await;
+    let fresh_took = started.elapsed();
+    let (fresh_rss, fresh_hwm) = fresh.memory_kib();
+    let s = scrape(&fresh).await;
+    println!("\n## {total} McpServers at rest");
+    println!(
+        "running operator: RSS {:.1} MiB (peak {:.1} MiB)",
+        mib(rss),
+        mib(hwm)
+    );
+    println!(
+        "fresh operator after its start-up pass ({:.0} s, {} server reconciles, {} Keycloak writes): RSS {:.1} MiB (peak {:.1} MiB), CPU {:.1} s",
+        fresh_took.as_secs_f64(),
+        s.server_reconciles,
+        s.writes,
+        mib(fresh_rss),
+        mib(fresh_hwm),
+        fresh.cpu_seconds()
+    );
+
+    // Clean up: the operator removes every Keycloak object as the namespace goes.
+    let cleanup = Instant::now();
+    support::delete_namespace(&client, &ns).await;
+    let mut left = usize::MAX;
+    while cleanup.elapsed() < Duration::from_secs(1800) {
+        left = servers
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!(
+        "\ncleanup: namespace deletion finalized {total} servers in {:.0} s ({left} left)",
+        cleanup.elapsed().as_secs_f64()
+    );
+    fresh.sigkill();
+    realm.delete().await;
+    assert_eq!(
+        resync_writes, 0.0,
+        "a steady-state resync wrote to Keycloak"
+    );
+}
