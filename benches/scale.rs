@@ -23,13 +23,10 @@
 //! of phases 2–4 (a server with 0 replicas is `Available` at once), 1 includes 500–1000 kwok
 //! pods and so measures the control plane as much as the operator.
 
-#[allow(dead_code)]
 #[path = "../tests/harness/mod.rs"]
 mod harness;
-#[allow(dead_code)]
 #[path = "../tests/stress/mod.rs"]
 mod stress;
-#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 

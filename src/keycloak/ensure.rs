@@ -404,7 +404,7 @@ mod tests {
             check_scope_owner(&[scope(None)], &ours).is_ok(),
             "hand-made scopes are adopted"
         );
-        assert!(check_scope_owner(&[ours.clone()], &ours).is_ok());
+        assert!(check_scope_owner(std::slice::from_ref(&ours), &ours).is_ok());
         let e = check_scope_owner(&[scope(Some("someone/else"))], &ours).unwrap_err();
         assert_eq!(e.reason(), "ScopeConflict");
         assert_eq!(
