@@ -279,6 +279,7 @@ mod tests {
                     r#type: ScopeType::Default,
                 }],
                 dynamic_client_registration: dcr,
+                client_id_metadata_documents: None,
                 deletion_policy: DeletionPolicy::Delete,
             },
             status: None,
