@@ -25,6 +25,11 @@ pub const SCOPE_PATTERN: &str = r#"^[!#-\[\]-~]+$"#;
     printcolumn(name = "Realm", type_ = "string", json_path = ".spec.keycloak.realm"),
     printcolumn(name = "Issuer", type_ = "string", json_path = ".status.issuer"),
     printcolumn(
+        name = "Clients",
+        type_ = "integer",
+        json_path = ".status.realmClients"
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -49,6 +54,13 @@ pub struct McpAuthPolicySpec {
     /// When absent the operator leaves the realm's registration policies untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic_client_registration: Option<DynamicClientRegistration>,
+
+    /// OAuth Client ID Metadata Documents (CIMD, the MCP spec's recommended successor to DCR):
+    /// a client's `client_id` is the https URL of its metadata document, which Keycloak fetches.
+    /// Needs Keycloak's `cimd` feature. When absent (or `enabled: false`) the operator removes the
+    /// client profile and policy it wrote, and revokes the clients they admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_metadata_documents: Option<ClientIdMetadataDocuments>,
 
     /// What happens in Keycloak when this policy is deleted: `Delete` removes the client scopes the
     /// operator created and closes anonymous registration again; `Retain` leaves Keycloak as is.
@@ -248,6 +260,113 @@ pub struct DynamicClientRegistration {
 
 fn default_max_clients() -> i32 {
     200
+}
+
+/// Well-known MCP clients that identify themselves with a Client ID Metadata Document.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum CimdTrustedClient {
+    /// VS Code: `client_id` on `vscode.dev`, loopback redirects on `127.0.0.1`.
+    VSCode,
+    /// Claude (claude.ai, Desktop, Code): `client_id` on `claude.ai`, loopback redirects on
+    /// `localhost` and `127.0.0.1`.
+    Claude,
+}
+
+impl CimdTrustedClient {
+    /// Hosts this client's `client_id` (its metadata document URL) is on.
+    pub fn client_id_domains(self) -> &'static [&'static str] {
+        match self {
+            CimdTrustedClient::VSCode => &["vscode.dev"],
+            CimdTrustedClient::Claude => &["claude.ai"],
+        }
+    }
+
+    /// Further hosts its metadata document names (redirect URIs), never accepted as `client_id`.
+    pub fn redirect_domains(self) -> &'static [&'static str] {
+        match self {
+            CimdTrustedClient::VSCode => &["127.0.0.1"],
+            CimdTrustedClient::Claude => &["localhost", "127.0.0.1"],
+        }
+    }
+}
+
+/// Loopback hosts: the only ones `allowHttp` accepts.
+pub const LOOPBACK_HOSTS: &[&str] = &["localhost", "127.0.0.1", "[::1]"];
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!self.allowHttp || (self.trustedDomains.all(d, d in ['localhost', '127.0.0.1', '[::1]']) && self.redirectDomains.all(d, d in ['localhost', '127.0.0.1', '[::1]']) && size(self.trustedClients) == 0)").message("allowHttp is for loopback testing only: every trustedDomains and redirectDomains entry must be localhost, 127.0.0.1 or [::1], and trustedClients must be empty"))]
+#[x_kube(validation = kube::core::Rule::new("!self.enabled || size(self.trustedDomains) > 0 || size(self.trustedClients) > 0").message("name at least one trustedDomains entry or trustedClients preset: Keycloak admits no client_id otherwise"))]
+pub struct ClientIdMetadataDocuments {
+    /// Accept metadata-document clients. `false` removes the operator's client profile and
+    /// policy (as does removing the section).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Hosts a `client_id` URL may be on: exact host names or IPs, or `*.domain` (the domain and
+    /// its subdomains). Keycloak fetches documents only from these.
+    #[serde(default)]
+    #[schemars(schema_with = "cimd_domains")]
+    pub trusted_domains: Vec<String>,
+
+    /// Further hosts a document's URIs (redirect URIs, `client_uri`, `logo_uri`, ...) may use, but
+    /// a `client_id` may not, e.g. `127.0.0.1` for loopback redirects.
+    #[serde(default)]
+    #[schemars(schema_with = "cimd_domains")]
+    pub redirect_domains: Vec<String>,
+
+    /// Presets: `VSCode` (`client_id` on `vscode.dev`, redirects on `127.0.0.1`), `Claude`
+    /// (`client_id` on `claude.ai`, redirects on `localhost` and `127.0.0.1`).
+    #[serde(default)]
+    #[schemars(length(max = 4))]
+    pub trusted_clients: Vec<CimdTrustedClient>,
+
+    /// Accept `http` `client_id` URLs and document URIs. For loopback testing only: rejected at
+    /// admission unless every domain is `localhost`, `127.0.0.1` or `[::1]`.
+    #[serde(default)]
+    pub allow_http: bool,
+
+    /// The `client_id`, the redirect URI and the document's URIs must all be under one trusted
+    /// domain (Keycloak "Restrict same domain").
+    #[serde(default)]
+    pub restrict_same_domain: bool,
+
+    /// Metadata properties a document must contain, e.g. `client_name`, `logo_uri`.
+    #[serde(default)]
+    #[schemars(schema_with = "cimd_required_properties")]
+    pub required_properties: Vec<String>,
+}
+
+fn cimd_domains(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 32,
+        "items": {
+            "type": "string",
+            "maxLength": 253,
+            "x-kubernetes-validations": [{
+                "rule": r"self == '[::1]' || self.matches('^(\\*\\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$')",
+                "message": "domains must be a lowercase host name, an IP address, '[::1]' or '*.domain' (no scheme, port, path, or bare '*')"
+            }]
+        }
+    })
+}
+
+fn cimd_required_properties(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "items": {
+            "type": "string",
+            "maxLength": 64,
+            "x-kubernetes-validations": [{
+                "rule": "self.matches('^[a-z][a-z0-9_]*$')",
+                "message": "requiredProperties entries are client metadata property names such as client_name or logo_uri"
+            }]
+        }
+    })
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -66,22 +66,7 @@ pub fn audience_scope(server: &McpServer) -> ClientScopeRepresentation {
 /// Audience mapper: tokens carrying the scope get `aud` = the server's canonical URL, both in the
 /// access token and in introspection responses.
 pub fn audience_mapper(url: &str) -> ProtocolMapperRepresentation {
-    let config: HashMap<String, String> = [
-        ("included.custom.audience", url),
-        ("access.token.claim", "true"),
-        ("introspection.token.claim", "true"),
-        ("id.token.claim", "false"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    ProtocolMapperRepresentation {
-        name: Some(AUDIENCE_MAPPER_NAME.into()),
-        protocol: Some("openid-connect".into()),
-        protocol_mapper: Some("oidc-audience-mapper".into()),
-        config: Some(config),
-        ..Default::default()
-    }
+    audience(AUDIENCE_MAPPER_NAME, "included.custom.audience", url)
 }
 
 /// Second audience: the server's introspection client. Keycloak (verified on 26.7) answers
@@ -89,8 +74,16 @@ pub fn audience_mapper(url: &str) -> ProtocolMapperRepresentation {
 /// so this is what lets the server check its tokens — and what stops every other server's
 /// client from introspecting them.
 pub fn introspection_audience_mapper(client_id: &str) -> ProtocolMapperRepresentation {
+    audience(
+        INTROSPECTION_AUDIENCE_MAPPER_NAME,
+        "included.client.audience",
+        client_id,
+    )
+}
+
+fn audience(name: &str, key: &str, value: &str) -> ProtocolMapperRepresentation {
     let config: HashMap<String, String> = [
-        ("included.client.audience", client_id),
+        (key, value),
         ("access.token.claim", "true"),
         ("introspection.token.claim", "true"),
         ("id.token.claim", "false"),
@@ -99,7 +92,7 @@ pub fn introspection_audience_mapper(client_id: &str) -> ProtocolMapperRepresent
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     ProtocolMapperRepresentation {
-        name: Some(INTROSPECTION_AUDIENCE_MAPPER_NAME.into()),
+        name: Some(name.into()),
         protocol: Some("openid-connect".into()),
         protocol_mapper: Some("oidc-audience-mapper".into()),
         config: Some(config),
@@ -279,6 +272,7 @@ mod tests {
                     r#type: ScopeType::Default,
                 }],
                 dynamic_client_registration: dcr,
+                client_id_metadata_documents: None,
                 deletion_policy: DeletionPolicy::Delete,
             },
             status: None,

@@ -415,6 +415,7 @@ mod tests {
                     r#type: ScopeType::Default,
                 }],
                 dynamic_client_registration: None,
+                client_id_metadata_documents: None,
                 deletion_policy: DeletionPolicy::Delete,
             },
         );

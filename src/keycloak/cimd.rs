@@ -1,0 +1,363 @@
+//! Client ID Metadata Documents through the Admin API: feature detection, the realm's client
+//! profiles and policies (read, merge by name, write only if different), the clients Keycloak
+//! creates from metadata documents, and counting the realm's clients cheaply.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+
+use keycloak::types::{
+    ClientPoliciesRepresentation, ClientPolicyRepresentation, ClientProfileRepresentation,
+    ClientProfilesRepresentation, ClientRepresentation,
+};
+use serde::Deserialize;
+
+use super::KeycloakAdminClient;
+use crate::api::ScopeType;
+use crate::desired::cimd::{merge_by_name, CIMD_CLIENT_ATTRIBUTE};
+use crate::{Error, Result};
+
+/// `client-policies/profiles` and `client-policies/policies` are replaced whole by every PUT:
+/// one read-merge-write at a time per realm in this process (two policies sharing a realm would
+/// otherwise lose each other's update; across processes the next resync repairs it).
+static CLIENT_POLICY_LOCKS: LazyLock<
+    std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+> = LazyLock::new(Default::default);
+
+fn realm_lock(key: String) -> Arc<tokio::sync::Mutex<()>> {
+    CLIENT_POLICY_LOCKS
+        .lock()
+        .expect("poisoned")
+        .entry(key)
+        .or_default()
+        .clone()
+}
+
+/// Page size when listing clients.
+const PAGE: usize = 100;
+
+/// Counts items with paged probes: `probe(first, max)` returns how many items exist from
+/// `first` on, at most `max`. With `hint` = the count seen last time, an unchanged count costs
+/// one probe returning one item. Growth pages forward from there, a shrink steps back in
+/// doubling strides, and without a hint it pages from 0.
+pub async fn count_with<F, Fut>(hint: Option<usize>, page: usize, mut probe: F) -> Result<usize>
+where
+    F: FnMut(usize, usize) -> Fut,
+    Fut: Future<Output = Result<usize>>,
+{
+    let page = page.max(2);
+    // The count is at least `lower` (items seen), and at most any `first` where nothing is.
+    let mut lower = 0usize;
+    let mut first = hint.map(|h| h.saturating_sub(1)).unwrap_or(0);
+    let mut stride = page;
+    loop {
+        let n = probe(first, page).await?;
+        if n == 0 {
+            if first <= lower {
+                return Ok(first);
+            }
+            // Fewer items than we thought: step back, in doubling strides, not below `lower`.
+            first = first.saturating_sub(stride).max(lower);
+            stride = stride.saturating_mul(2);
+            continue;
+        }
+        lower = lower.max(first + n);
+        if n < page {
+            return Ok(first + n);
+        }
+        first += page;
+    }
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    client_id_metadata_document_supported: Option<bool>,
+}
+
+impl KeycloakAdminClient {
+    /// Whether this Keycloak runs with the `cimd` feature: the realm's discovery document then
+    /// says `client_id_metadata_document_supported: true` (verified on 26.7.3; without the
+    /// feature the field is absent, and so is the `client-id-metadata-document` executor, which
+    /// makes a profile naming it fail with 400). A public GET, counted like an admin read.
+    pub async fn cimd_supported(&self, realm: &str) -> Result<bool> {
+        let url = format!(
+            "{}/realms/{realm}/.well-known/openid-configuration",
+            self.base_url
+        );
+        let resp = self.tokens.http.get(&url).send().await;
+        let outcome = match &resp {
+            Ok(r) if r.status().is_success() => "success",
+            Ok(r) if r.status().is_client_error() => "client_error",
+            Ok(_) => "server_error",
+            Err(_) => "network_error",
+        };
+        self.metrics.record_keycloak_request("GET", outcome);
+        let resp = resp.map_err(|e| super::unreachable_error(&self.base_url, &e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(Error::KeycloakApi {
+                operation: "read the realm's discovery document".into(),
+                status: status.as_u16(),
+                message: "unexpected status".into(),
+            });
+        }
+        let d: Discovery = resp.json().await.map_err(|e| Error::KeycloakApi {
+            operation: "read the realm's discovery document".into(),
+            status: status.as_u16(),
+            message: e.to_string(),
+        })?;
+        Ok(d.client_id_metadata_document_supported == Some(true))
+    }
+
+    pub async fn client_profiles(&self, realm: &str) -> Result<Vec<ClientProfileRepresentation>> {
+        let r = self
+            .call("GET", "read client profiles", || {
+                self.api.realm_client_policies_profiles_get(realm, None)
+            })
+            .await?;
+        Ok(r.profiles.unwrap_or_default().into_iter().collect())
+    }
+
+    pub async fn client_policies(&self, realm: &str) -> Result<Vec<ClientPolicyRepresentation>> {
+        let r = self
+            .call("GET", "read client policies", || {
+                self.api.realm_client_policies_policies_get(realm, None)
+            })
+            .await?;
+        Ok(r.policies.unwrap_or_default().into_iter().collect())
+    }
+
+    async fn put_client_profiles(
+        &self,
+        realm: &str,
+        profiles: Vec<ClientProfileRepresentation>,
+    ) -> Result<()> {
+        let body = ClientProfilesRepresentation {
+            profiles: Some(profiles),
+            global_profiles: None,
+        };
+        self.call("PUT", "write client profiles", || {
+            self.api
+                .realm_client_policies_profiles_put(realm, body.clone())
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn put_client_policies(
+        &self,
+        realm: &str,
+        policies: Vec<ClientPolicyRepresentation>,
+    ) -> Result<()> {
+        let body = ClientPoliciesRepresentation {
+            policies: Some(policies),
+            global_policies: None,
+        };
+        self.call("PUT", "write client policies", || {
+            self.api
+                .realm_client_policies_policies_put(realm, body.clone())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sets our profile and policy named `name` (or removes both when `desired` is `None`),
+    /// leaving every other entry as it is. Profiles are written before the policy that names
+    /// them, and a policy is removed before its profile (Keycloak refuses a policy naming a
+    /// missing profile). Returns our policy as it was before, if any.
+    pub async fn ensure_client_policy_pair(
+        &self,
+        realm: &str,
+        name: &str,
+        desired: Option<(&ClientProfileRepresentation, &ClientPolicyRepresentation)>,
+    ) -> Result<Option<ClientPolicyRepresentation>> {
+        let lock = realm_lock(format!("{}|{realm}", self.base_url));
+        let _guard = lock.lock().await;
+        let profiles = self.client_profiles(realm).await?;
+        let policies = self.client_policies(realm).await?;
+        let before = policies
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .cloned();
+        match desired {
+            Some((profile, policy)) => {
+                if let Some(list) = merge_by_name(&profiles, name, Some(profile)) {
+                    self.put_client_profiles(realm, list).await?;
+                }
+                if let Some(list) = merge_by_name(&policies, name, Some(policy)) {
+                    self.put_client_policies(realm, list).await?;
+                }
+            }
+            None => {
+                if let Some(list) = merge_by_name(&policies, name, None) {
+                    self.put_client_policies(realm, list).await?;
+                }
+                if let Some(list) =
+                    merge_by_name::<ClientProfileRepresentation>(&profiles, name, None)
+                {
+                    self.put_client_profiles(realm, list).await?;
+                }
+            }
+        }
+        Ok(before)
+    }
+
+    /// Clients Keycloak created from metadata documents: a URL `client_id` (found with an infix
+    /// search for `://`, paged) and Keycloak's CIMD cache attribute.
+    pub async fn cimd_clients(&self, realm: &str) -> Result<Vec<ClientRepresentation>> {
+        let mut out = vec![];
+        let mut first = 0usize;
+        loop {
+            let page = self
+                .call("GET", "search metadata-document clients", || {
+                    self.api.realm_clients_get(
+                        realm,
+                        Some("://".to_string()),
+                        Some(first as i32),
+                        Some(PAGE as i32),
+                        None,
+                        Some(true),
+                        None,
+                    )
+                })
+                .await?;
+            let n = page.len();
+            out.extend(page.into_iter().filter(|c| {
+                c.attributes
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(CIMD_CLIENT_ATTRIBUTE))
+            }));
+            if n < PAGE {
+                return Ok(out);
+            }
+            first += PAGE;
+        }
+    }
+
+    /// Puts our ownership marker on a client without touching anything else (scopes and mappers
+    /// are left out of the PUT, so Keycloak keeps them as they are).
+    pub async fn mark_client(
+        &self,
+        realm: &str,
+        live: &ClientRepresentation,
+        owner: &str,
+    ) -> Result<()> {
+        let id = live.id.clone().unwrap_or_default();
+        let mut attrs = live.attributes.clone().unwrap_or_default();
+        attrs.insert(crate::api::OWNER_ATTRIBUTE.into(), owner.into());
+        let body = ClientRepresentation {
+            attributes: Some(attrs),
+            default_client_scopes: None,
+            optional_client_scopes: None,
+            protocol_mappers: None,
+            ..live.clone()
+        };
+        self.update_client(realm, &id, &body).await
+    }
+
+    /// Links a client scope to one client, as a default or optional scope.
+    pub async fn add_client_scope(
+        &self,
+        realm: &str,
+        client_uuid: &str,
+        scope_id: &str,
+        ty: ScopeType,
+    ) -> Result<()> {
+        match ty {
+            ScopeType::Default => {
+                self.call("PUT", "add client default scope", || {
+                    self.api
+                        .realm_clients_with_client_uuid_default_client_scopes_with_client_scope_id_put(
+                            realm,
+                            client_uuid,
+                            scope_id,
+                        )
+                })
+                .await?
+            }
+            ScopeType::Optional => {
+                self.call("PUT", "add client optional scope", || {
+                    self.api
+                        .realm_clients_with_client_uuid_optional_client_scopes_with_client_scope_id_put(
+                            realm,
+                            client_uuid,
+                            scope_id,
+                        )
+                })
+                .await?
+            }
+        };
+        Ok(())
+    }
+
+    /// Number of clients in the realm (what Keycloak's Max Clients policy counts), without
+    /// listing them all on every resync: see [`count_with`]. `hint` is the last count.
+    pub async fn count_clients(&self, realm: &str, hint: Option<usize>) -> Result<usize> {
+        count_with(hint, PAGE, |first, max| async move {
+            let page = self
+                .call("GET", "count clients", || {
+                    self.api.realm_clients_get(
+                        realm,
+                        None,
+                        Some(first as i32),
+                        Some(max as i32),
+                        None,
+                        None,
+                        None,
+                    )
+                })
+                .await?;
+            Ok(page.len())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts with a fake realm of `total` clients; returns (count, probes).
+    async fn count(total: usize, hint: Option<usize>, page: usize) -> (usize, usize) {
+        let probes = AtomicUsize::new(0);
+        let n = count_with(hint, page, |first, max| {
+            probes.fetch_add(1, Ordering::Relaxed);
+            async move { Ok(total.saturating_sub(first).min(max)) }
+        })
+        .await
+        .unwrap();
+        (n, probes.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn counts_exactly_for_every_hint() {
+        for total in [0usize, 1, 2, 6, 99, 100, 101, 250, 1000] {
+            for hint in [
+                None,
+                Some(0),
+                Some(1),
+                Some(total),
+                Some(total + 1),
+                Some(total.saturating_sub(1)),
+                Some(total + 500),
+                Some(total / 2),
+                Some(5000),
+            ] {
+                let (n, _) = count(total, hint, 100).await;
+                assert_eq!(n, total, "total {total}, hint {hint:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn unchanged_count_costs_one_probe() {
+        assert_eq!(count(5000, Some(5000), 100).await, (5000, 1));
+        assert_eq!(count(7, Some(7), 100).await, (7, 1));
+        // Small growth or shrink: two probes at most.
+        assert_eq!(count(5003, Some(5000), 100).await.1, 1);
+        assert!(count(4990, Some(5000), 100).await.1 <= 2);
+        // No hint: pages from 0.
+        assert_eq!(count(250, None, 100).await, (250, 3));
+    }
+}
