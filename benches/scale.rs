@@ -322,25 +322,14 @@ async fn main() {
     let replicas = env_or("SCALE_REPLICAS", 0) as i32;
     let resync = env_or("SCALE_RESYNC_SECONDS", 60) as u64;
 
-    let client = support::kube_client().await;
-    let tb = support::testbed().await;
-    install_crds(&client).await;
-    let ns = support::test_namespace(&client, "bench").await;
-    let realm = Realm::new(&support::unique_name("bench")).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    create(
-        &client,
-        &ns,
-        &seed_policy("acme", &realm.name, &tb.keycloak_url),
-    )
-    .await;
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.log"));
-    let mut opts = OperatorOpts::new(
-        env!("CARGO_BIN_EXE_mcp-keycloak-operator"),
-        &tb.kubeconfig,
-        &ns,
-        log.clone(),
-    );
+    let SeededNamespace {
+        client,
+        tb,
+        ns,
+        realm,
+        mut opts,
+    } = seeded_namespace("bench").await;
+    let log = opts.log_file.clone();
     opts.resync_seconds = resync;
     println!("# mcp-keycloak-operator scale benchmark");
     println!("machine: {}", machine());

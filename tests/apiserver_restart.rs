@@ -13,38 +13,11 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
+use mcp_keycloak_operator::api::McpServer;
 use serde_json::json;
 use stress::*;
 
 const DOWN: Duration = Duration::from_secs(20);
-
-/// Stops the test bed's kube-apiserver; starts it again when dropped, even if the test panics.
-struct ApiserverDown {
-    started: bool,
-}
-
-impl ApiserverDown {
-    async fn stop() -> Self {
-        support::testbed_ctl(&["apiserver-stop"]).await;
-        ApiserverDown { started: false }
-    }
-
-    async fn start(mut self) {
-        support::testbed_ctl(&["apiserver-start"]).await;
-        self.started = true;
-    }
-}
-
-impl Drop for ApiserverDown {
-    fn drop(&mut self) {
-        if !self.started {
-            let _ = std::process::Command::new(support::testbed_script())
-                .arg("apiserver-start")
-                .status();
-        }
-    }
-}
 
 async fn wait_converged(
     client: &kube::Client,
@@ -73,25 +46,13 @@ async fn wait_converged(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_recover_after_an_apiserver_restart_without_restarting_the_operator() {
-    let client = support::kube_client().await;
-    let tb = support::testbed().await;
-    install_crds(&client).await;
-    let ns = support::test_namespace(&client, "apirestart").await;
-    let realm = Realm::new(&support::unique_name("apirestart")).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    create(
-        &client,
-        &ns,
-        &seed_policy("acme", &realm.name, &tb.keycloak_url),
-    )
-    .await;
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.log"));
-    let mut opts = OperatorOpts::new(
-        env!("CARGO_BIN_EXE_mcp-keycloak-operator"),
-        &tb.kubeconfig,
-        &ns,
-        log.clone(),
-    );
+    let SeededNamespace {
+        client,
+        ns,
+        realm,
+        mut opts,
+        ..
+    } = seeded_namespace("apirestart").await;
     // No periodic resync within the test: only watch events can drive reconciles.
     opts.resync_seconds = 300;
     let mut op = ChildOperator::spawn(&opts);
@@ -109,7 +70,7 @@ async fn watches_recover_after_an_apiserver_restart_without_restarting_the_opera
 
     // Down for a while: the operator stays up and backs off instead of spinning.
     let cpu_before = op.cpu_seconds();
-    let down = ApiserverDown::stop().await;
+    let down = support::Stopped::stop("apiserver").await;
     tokio::time::sleep(DOWN).await;
     let cpu_down = op.cpu_seconds() - cpu_before;
     assert!(op.alive(), "operator died while the API server was down");
@@ -198,22 +159,7 @@ async fn watches_recover_after_an_apiserver_restart_without_restarting_the_opera
         "operator used {cpu_down:.1} CPU s in {DOWN:?} while the API server was down: a tight retry loop"
     );
 
-    support::delete_namespace(&client, &ns).await;
-    support::wait_for(
-        "custom resources finalized",
-        Duration::from_secs(120),
-        || async {
-            let s = servers.list(&Default::default()).await.ok()?.items.len();
-            let p = Api::<McpAuthPolicy>::namespaced(client.clone(), &ns)
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .len();
-            (s + p == 0).then_some(())
-        },
-    )
-    .await;
+    delete_namespace_and_wait_finalized(&client, &ns, Duration::from_secs(120)).await;
     op.sigkill();
     realm.delete().await;
 }

@@ -163,26 +163,14 @@ async fn churn(client: Client, ns: String, world: Arc<Mutex<World>>, stop: Arc<A
 async fn sigkill_at_random_moments_leaves_keycloak_and_secrets_consistent() {
     let max_kills = env_or("CRASH_KILLS", 200);
     let budget = Duration::from_secs(env_or("CRASH_SECONDS", 180));
-    let client = support::kube_client().await;
-    let tb = support::testbed().await;
-    install_crds(&client).await;
-    let ns = support::test_namespace(&client, "crash").await;
-    let realm = Realm::new(&support::unique_name("crash")).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    create(
-        &client,
-        &ns,
-        &seed_policy("acme", &realm.name, &tb.keycloak_url),
-    )
-    .await;
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{ns}.log"));
-    let _ = std::fs::remove_file(&log);
-    let opts = OperatorOpts::new(
-        env!("CARGO_BIN_EXE_mcp-keycloak-operator"),
-        &tb.kubeconfig,
-        &ns,
-        log.clone(),
-    );
+    let SeededNamespace {
+        client,
+        ns,
+        realm,
+        opts,
+        ..
+    } = seeded_namespace("crash").await;
+    let log = opts.log_file.clone();
     eprintln!("operator log: {}", log.display());
 
     let world = Arc::new(Mutex::new(World::default()));
@@ -279,39 +267,13 @@ async fn sigkill_at_random_moments_leaves_keycloak_and_secrets_consistent() {
     );
 
     // Deleting the namespace (operator still running) removes every server's Keycloak objects.
-    support::delete_namespace(&client, &ns).await;
-    let servers: Api<McpServer> = Api::namespaced(client.clone(), &ns);
-    support::wait_for(
-        "all McpServers finalized",
-        Duration::from_secs(180),
-        || async {
-            (servers
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .is_empty())
-            .then_some(())
-        },
-    )
-    .await;
+    delete_namespace_and_wait_finalized(&client, &ns, Duration::from_secs(180)).await;
     let violations = consistency_violations(&client, &realm, &ns, &BTreeMap::new(), false).await;
     assert!(
         violations.is_empty(),
         "left behind after deleting the namespace:\n{}",
         violations.join("\n")
     );
-    let policies: Api<McpAuthPolicy> = Api::namespaced(client.clone(), &ns);
-    support::wait_for("policy finalized", Duration::from_secs(60), || async {
-        (policies
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .is_empty())
-        .then_some(())
-    })
-    .await;
     op.sigkill();
     realm.delete().await;
 }
@@ -323,25 +285,13 @@ async fn sigkill_at_random_moments_leaves_keycloak_and_secrets_consistent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_right_after_the_client_is_created_then_delete_leaves_nothing() {
     // (Also: a namespace deletion that removes the admin Secret first leaves nothing behind.)
-    let client = support::kube_client().await;
-    let tb = support::testbed().await;
-    install_crds(&client).await;
-    let ns = support::test_namespace(&client, "crashpoint").await;
-    let realm = Realm::new(&support::unique_name("crashpoint")).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    create(
-        &client,
-        &ns,
-        &seed_policy("acme", &realm.name, &tb.keycloak_url),
-    )
-    .await;
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.log"));
-    let opts = OperatorOpts::new(
-        env!("CARGO_BIN_EXE_mcp-keycloak-operator"),
-        &tb.kubeconfig,
-        &ns,
-        log,
-    );
+    let SeededNamespace {
+        client,
+        ns,
+        realm,
+        opts,
+        ..
+    } = seeded_namespace("crashpoint").await;
     let mut op = ChildOperator::spawn(&opts);
     wait_condition::<McpAuthPolicy>(&client, &ns, "acme", "Ready", "True").await;
     let servers: Api<McpServer> = Api::namespaced(client.clone(), &ns);
@@ -402,34 +352,13 @@ async fn sigkill_right_after_the_client_is_created_then_delete_leaves_nothing() 
         .delete("keycloak-admin", &DeleteParams::default())
         .await
         .unwrap();
-    support::delete_namespace(&client, &ns).await;
-    support::wait_for("servers finalized", WAIT, || async {
-        (servers
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .is_empty())
-        .then_some(())
-    })
-    .await;
+    delete_namespace_and_wait_finalized(&client, &ns, WAIT).await;
     let left = consistency_violations(&client, &realm, &ns, &BTreeMap::new(), false).await;
     assert!(
         left.is_empty(),
         "left behind after the namespace (and its admin Secret) was deleted:\n{}",
         left.join("\n")
     );
-    let policies: Api<McpAuthPolicy> = Api::namespaced(client.clone(), &ns);
-    support::wait_for("policy finalized", WAIT, || async {
-        (policies
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .is_empty())
-        .then_some(())
-    })
-    .await;
     op.sigkill();
     realm.delete().await;
 }

@@ -395,7 +395,11 @@ async fn debug_logs_events_and_status_never_show_a_secret_or_token() {
     );
     assert!(debug_lines > 100, "debug logging was not on");
     // The scan sees the material: non-secret names of the same objects do show up.
-    for canary in [format!("mcp.{ns}.alpha"), format!("mcp:server:{ns}:beta")] {
+    // (The Keycloak client id from status and events, the object reference from the debug spans.)
+    for canary in [
+        format!("mcp.{ns}.alpha"),
+        format!("McpServer.v1alpha1.mcpauth.dev/beta.{ns}"),
+    ] {
         assert!(
             sources.iter().any(|(_, t)| t.contains(&canary)),
             "{canary} appears nowhere: the scan reads nothing useful"
@@ -404,23 +408,7 @@ async fn debug_logs_events_and_status_never_show_a_secret_or_token() {
     assert!(!events.is_empty(), "no events to scan");
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
 
-    support::delete_namespace(&client, &ns).await;
-    support::wait_for("custom resources finalized", WAIT, || async {
-        let s = Api::<McpServer>::namespaced(client.clone(), &ns)
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .len();
-        let p = Api::<McpAuthPolicy>::namespaced(client.clone(), &ns)
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .len();
-        (s + p == 0).then_some(())
-    })
-    .await;
+    delete_namespace_and_wait_finalized(&client, &ns, WAIT).await;
     op.sigkill();
     realm.delete().await;
 }

@@ -267,7 +267,9 @@ fn default_max_clients() -> i32 {
     schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
 )]
 pub enum CimdTrustedClient {
-    /// VS Code: `client_id` on `vscode.dev`, loopback redirects on `127.0.0.1`.
+    /// VS Code: `client_id` on `vscode.dev`, redirects on `127.0.0.1` (loopback) and
+    /// `insiders.vscode.dev` (VS Code lists `https://insiders.vscode.dev/redirect` among its
+    /// redirect URIs; every URI of a document must be on a permitted domain).
     VSCode,
     /// Claude (claude.ai, Desktop, Code): `client_id` on `claude.ai`, loopback redirects on
     /// `localhost` and `127.0.0.1`.
@@ -286,7 +288,7 @@ impl CimdTrustedClient {
     /// Further hosts its metadata document names (redirect URIs), never accepted as `client_id`.
     pub fn redirect_domains(self) -> &'static [&'static str] {
         match self {
-            CimdTrustedClient::VSCode => &["127.0.0.1"],
+            CimdTrustedClient::VSCode => &["127.0.0.1", "insiders.vscode.dev"],
             CimdTrustedClient::Claude => &["localhost", "127.0.0.1"],
         }
     }

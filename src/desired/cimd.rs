@@ -446,6 +446,7 @@ mod tests {
                 "*.apps.example.com",
                 "127.0.0.1",
                 "claude.ai",
+                "insiders.vscode.dev",
                 "localhost",
                 "mcp.example.com",
                 "vscode.dev"
@@ -467,7 +468,7 @@ mod tests {
                     "executor": "client-id-metadata-document",
                     "configuration": {
                         "cimd-allow-http-scheme": false,
-                        "cimd-allow-permitted-domains": ["*.apps.example.com", "127.0.0.1", "claude.ai", "localhost", "mcp.example.com", "vscode.dev"],
+                        "cimd-allow-permitted-domains": ["*.apps.example.com", "127.0.0.1", "claude.ai", "insiders.vscode.dev", "localhost", "mcp.example.com", "vscode.dev"],
                         "cimd-restrict-same-domain": true,
                         "cimd-required-properties": ["client_name", "logo_uri"]
                     }

@@ -269,6 +269,62 @@ pub async fn not_ready(client: &kube::Client, ns: &str, names: &BTreeSet<String>
     out
 }
 
+/// A fresh namespace with the admin Secret and the seed policy `acme` (on a realm of its own),
+/// and the options to run the operator as a child process on it (log `{ns}.log` in cargo's
+/// target tmp dir).
+pub struct SeededNamespace {
+    pub client: kube::Client,
+    pub tb: &'static crate::support::TestBed,
+    pub ns: String,
+    pub realm: crate::harness::Realm,
+    pub opts: OperatorOpts,
+}
+
+pub async fn seeded_namespace(prefix: &str) -> SeededNamespace {
+    use crate::{harness, support};
+    let client = support::kube_client().await;
+    let tb = support::testbed().await;
+    harness::install_crds(&client).await;
+    let ns = support::test_namespace(&client, prefix).await;
+    let realm = harness::Realm::new(&support::unique_name(prefix)).await;
+    harness::admin_secret(&client, &ns, "keycloak-admin").await;
+    let policy = harness::seed_policy("acme", &realm.name, &tb.keycloak_url);
+    harness::create(&client, &ns, &policy).await;
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.log"));
+    let opts = OperatorOpts::new(
+        env!("CARGO_BIN_EXE_mcp-keycloak-operator"),
+        &tb.kubeconfig,
+        &ns,
+        log,
+    );
+    SeededNamespace {
+        client,
+        tb,
+        ns,
+        realm,
+        opts,
+    }
+}
+
+/// Deletes namespace `ns` and waits (up to `timeout`) until its McpServers and McpAuthPolicies
+/// are gone, i.e. the operator's Keycloak cleanup has run for all of them.
+pub async fn delete_namespace_and_wait_finalized(
+    client: &kube::Client,
+    ns: &str,
+    timeout: Duration,
+) {
+    crate::support::delete_namespace(client, ns).await;
+    let servers: Api<McpServer> = Api::namespaced(client.clone(), ns);
+    let policies: Api<mcp_keycloak_operator::api::McpAuthPolicy> =
+        Api::namespaced(client.clone(), ns);
+    crate::support::wait_for("custom resources finalized", timeout, || async {
+        let s = servers.list(&Default::default()).await.ok()?.items.len();
+        let p = policies.list(&Default::default()).await.ok()?.items.len();
+        (s + p == 0).then_some(())
+    })
+    .await;
+}
+
 /// Names in `names` that still exist as McpServers.
 pub async fn still_present(
     client: &kube::Client,

@@ -153,6 +153,41 @@ pub async fn run_testbed(args: &[&str], dir: Option<&Path>) -> String {
     stdout
 }
 
+/// A test bed component (`keycloak`, `apiserver`) stopped by a test: started again by
+/// [`Stopped::start`] or, if the test panics first, when dropped.
+pub struct Stopped {
+    component: &'static str,
+    dir: PathBuf,
+    started: bool,
+}
+
+impl Stopped {
+    pub async fn stop(component: &'static str) -> Self {
+        testbed_ctl(&[&format!("{component}-stop")]).await;
+        Stopped {
+            component,
+            dir: testbed().await.dir.clone(),
+            started: false,
+        }
+    }
+
+    pub async fn start(mut self) {
+        testbed_ctl(&[&format!("{}-start", self.component)]).await;
+        self.started = true;
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.started {
+            let _ = std::process::Command::new(testbed_script())
+                .arg(format!("{}-start", self.component))
+                .env("TESTBED_DIR", &self.dir)
+                .status();
+        }
+    }
+}
+
 /// Run a fault-injection sub-command on this test bed's state dir, e.g.
 /// `testbed_ctl(&["keycloak-stop"])`, `testbed_ctl(&["apiserver-start"])`.
 pub async fn testbed_ctl(args: &[&str]) -> String {
