@@ -472,7 +472,15 @@ async fn main() {
     let mut fresh = ChildOperator::spawn(&opts);
     fresh.wait_ready(Duration::from_secs(120)).await;
     let started = Instant::now();
-    // A fresh process reconciles everything once at start; wait for that to finish.
+    // A fresh process reconciles everything once at start; wait for that to finish (its
+    // watches may take a moment to list, so quiet alone does not mean done).
+    while scrape(&fresh).await.server_reconciles < total as f64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "the fresh operator never reconciled all {total} servers"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     settle(&fresh, Duration::from_secs(5), Duration::from_secs(900)).await;
     let fresh_took = started.elapsed();
     let (fresh_rss, fresh_hwm) = fresh.memory_kib();

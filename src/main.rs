@@ -31,6 +31,9 @@ enum Command {
         /// Resync period in seconds (drift in Keycloak is repaired within it).
         #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
         resync_seconds: u64,
+        /// Reconciles each controller runs at once.
+        #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 8)]
+        max_concurrent_reconciles: u16,
         /// Image for gateway containers (defaults to this operator's image).
         #[arg(long, env = "OPERATOR_IMAGE")]
         operator_image: Option<String>,
@@ -86,6 +89,7 @@ async fn main() -> anyhow_free::Result {
         }
         Command::Run {
             resync_seconds,
+            max_concurrent_reconciles,
             operator_image,
             namespace,
             metrics_addr,
@@ -98,6 +102,7 @@ async fn main() -> anyhow_free::Result {
             let client = kube::Client::try_default().await?;
             let mut config = OperatorConfig {
                 resync: Duration::from_secs(resync_seconds),
+                concurrency: max_concurrent_reconciles,
                 ..Default::default()
             };
             if let Some(image) = operator_image {

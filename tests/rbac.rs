@@ -800,6 +800,7 @@ async fn scenario(grant: Grant, all: Arc<Vec<Permission>>, realm: Arc<String>) -
         OperatorConfig {
             resync: Duration::from_secs(600),
             operator_image: "mcp-keycloak-operator:test".into(),
+            ..Default::default()
         },
     );
     let leader = LeaderElection {

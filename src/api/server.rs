@@ -188,6 +188,10 @@ pub struct McpServerStatus {
     /// Client scope that carries this server's audience; clients request it with `scope`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience_scope: Option<String>,
+    /// Keycloak id of the audience scope, so a reconcile reads that one scope instead of the
+    /// realm's whole scope list (which grows with every server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience_scope_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
     /// Where the Keycloak objects live, recorded so cleanup finds them.

@@ -264,8 +264,20 @@ async fn converge(
 
     let keycloak_step = async {
         let kc = ctx.keycloak_for(&policy).await?;
-        let scopes = kc.client_scopes(&realm).await?;
         let audience_scope = kdesired::audience_scope(server);
+        // The scope by its recorded id: one small read, where the realm's list grows with every
+        // server. The list when the id is unknown or stale (deleted, or a scope of another name).
+        let by_id = match status.audience_scope_id.as_deref() {
+            Some(id) => kc
+                .client_scope(&realm, id)
+                .await?
+                .filter(|s| s.name == audience_scope.name),
+            None => None,
+        };
+        let scopes = match by_id {
+            Some(scope) => vec![scope],
+            None => kc.client_scopes(&realm).await?,
+        };
         // A foreign scope of our name is refused before the client is created, so the conflict
         // leaves nothing half-applied in Keycloak (tests/bad_input.rs).
         crate::keycloak::check_scope_owner(&scopes, &audience_scope)?;
@@ -289,9 +301,11 @@ async fn converge(
         // Optional, never default: a default audience scope would put this URL in every token.
         kc.ensure_realm_scope_type(&realm, &assignments, &scope_id, ScopeType::Optional)
             .await?;
-        Ok::<_, Error>(client)
+        Ok::<_, Error>((client, scope_id))
     };
-    let (_uuid, client_secret) = keycloak_step.await.map_err(|e| (Stage::Keycloak, e))?;
+    let ((_uuid, client_secret), scope_id) =
+        keycloak_step.await.map_err(|e| (Stage::Keycloak, e))?;
+    status.audience_scope_id = Some(scope_id);
     status.keycloak_realm = Some(realm.clone());
     conditions::upsert(
         &mut status.conditions,

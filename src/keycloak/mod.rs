@@ -459,6 +459,19 @@ impl KeycloakAdminClient {
         Ok(scopes.into_iter().collect())
     }
 
+    /// One client scope with its mappers; `None` if it does not exist.
+    pub async fn client_scope(
+        &self,
+        realm: &str,
+        id: &str,
+    ) -> Result<Option<ClientScopeRepresentation>> {
+        self.call_opt("GET", "read client scope", || {
+            self.api
+                .realm_client_scopes_with_client_scope_id_get(realm, id)
+        })
+        .await
+    }
+
     pub async fn create_client_scope(
         &self,
         realm: &str,

@@ -74,6 +74,7 @@ impl Operator {
             OperatorConfig {
                 resync,
                 operator_image: "mcp-keycloak-operator:test".into(),
+                ..Default::default()
             },
         );
         let handle = tokio::spawn(controller::run(ctx.clone(), Some(namespace.to_string())));
