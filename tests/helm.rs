@@ -304,6 +304,7 @@ async fn rendered_deployment_is_hardened_and_wired_to_the_operator_flags() {
         "--leader-election",
         "--lease-name=mko-mcp-keycloak-operator",
         "--resync-seconds=300",
+        "--max-concurrent-reconciles=8",
     ] {
         assert!(args.contains(&a), "missing {a} in {args:?}");
     }
