@@ -65,6 +65,8 @@ pub struct Context {
     /// is gone (see [`Context::keycloak_for_cleanup`]).
     last_admin: std::sync::Mutex<HashMap<String, Arc<KeycloakAdminClient>>>,
     failures: std::sync::Mutex<HashMap<String, u32>>,
+    /// Per McpServer UID: a digest of the inputs of its last successful Keycloak check, and when.
+    keycloak_checked: std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl Context {
@@ -84,6 +86,7 @@ impl Context {
             keycloak: Mutex::new(HashMap::new()),
             last_admin: std::sync::Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
+            keycloak_checked: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -200,6 +203,36 @@ impl Context {
             }
             other => other,
         }
+    }
+
+    /// How long a successful Keycloak check of a server stands for reconciles with the same
+    /// inputs. A server's own status writes and its children's changes each trigger a reconcile
+    /// (5.6 per server when 500 are applied at once, benches/scale.rs); within this window they
+    /// skip the Keycloak reads. It is at most half the resync period, so every resync still
+    /// checks Keycloak and repairs drift.
+    fn keycloak_check_window(&self) -> Duration {
+        (self.config.resync / 2).min(Duration::from_secs(30))
+    }
+
+    /// Whether `key`'s Keycloak objects were checked with these `inputs` within the window.
+    pub fn keycloak_recently_checked(&self, key: &str, inputs: &str) -> bool {
+        let window = self.keycloak_check_window();
+        self.keycloak_checked
+            .lock()
+            .expect("poisoned")
+            .get(key)
+            .is_some_and(|(i, at)| i == inputs && at.elapsed() < window)
+    }
+
+    pub fn record_keycloak_check(&self, key: &str, inputs: String) {
+        self.keycloak_checked
+            .lock()
+            .expect("poisoned")
+            .insert(key.to_string(), (inputs, std::time::Instant::now()));
+    }
+
+    pub fn forget_keycloak_check(&self, key: &str) {
+        self.keycloak_checked.lock().expect("poisoned").remove(key);
     }
 
     fn reset_failures(&self, key: &str) {
@@ -636,6 +669,38 @@ mod tests {
                 None
             );
         }
+    }
+
+    fn context(resync: Duration) -> Arc<super::Context> {
+        // A client that is never used: these tests touch no API server.
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        super::Context::new(
+            kube::Client::try_from(config).unwrap(),
+            Arc::default(),
+            super::OperatorConfig {
+                resync,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_keycloak_check_stands_only_for_the_same_inputs_within_the_window() {
+        let ctx = context(Duration::from_secs(300));
+        assert_eq!(ctx.keycloak_check_window(), Duration::from_secs(30));
+        assert!(!ctx.keycloak_recently_checked("uid", "a"));
+        ctx.record_keycloak_check("uid", "a".into());
+        assert!(ctx.keycloak_recently_checked("uid", "a"));
+        assert!(!ctx.keycloak_recently_checked("uid", "b"), "other inputs");
+        assert!(!ctx.keycloak_recently_checked("other", "a"), "other server");
+        ctx.forget_keycloak_check("uid");
+        assert!(!ctx.keycloak_recently_checked("uid", "a"));
+        // Half the resync at most, so every resync checks Keycloak again.
+        let ctx = context(Duration::from_secs(4));
+        assert_eq!(ctx.keycloak_check_window(), Duration::from_secs(2));
+        let ctx = context(Duration::ZERO);
+        ctx.record_keycloak_check("uid", "a".into());
+        assert!(!ctx.keycloak_recently_checked("uid", "a"));
     }
 
     #[test]

@@ -262,12 +262,13 @@ async fn converge(
             .map_err(|e| (Stage::Keycloak, e))?;
     }
 
+    let recorded_scope_id = status.audience_scope_id.clone();
     let keycloak_step = async {
         let kc = ctx.keycloak_for(&policy).await?;
         let audience_scope = kdesired::audience_scope(server);
         // The scope by its recorded id: one small read, where the realm's list grows with every
         // server. The list when the id is unknown or stale (deleted, or a scope of another name).
-        let by_id = match status.audience_scope_id.as_deref() {
+        let by_id = match recorded_scope_id.as_deref() {
             Some(id) => kc
                 .client_scope(&realm, id)
                 .await?
@@ -303,9 +304,36 @@ async fn converge(
             .await?;
         Ok::<_, Error>((client, scope_id))
     };
-    let ((_uuid, client_secret), scope_id) =
-        keycloak_step.await.map_err(|e| (Stage::Keycloak, e))?;
-    status.audience_scope_id = Some(scope_id);
+    // Everything the Keycloak step depends on (the secret only as part of a digest).
+    let policy_generation = policy.metadata.generation.unwrap_or_default().to_string();
+    let inputs = |scope_id: &str, secret: &str| {
+        crate::desired::digest(&[
+            &generation.unwrap_or_default().to_string(),
+            policy.metadata.uid.as_deref().unwrap_or_default(),
+            &policy_generation,
+            &realm,
+            scope_id,
+            secret,
+        ])
+    };
+    let recently_checked = match (&recorded_scope_id, &known_secret) {
+        (Some(scope_id), Some(secret))
+            if ctx.keycloak_recently_checked(&uid, &inputs(scope_id, secret)) =>
+        {
+            Some(secret.clone())
+        }
+        _ => None,
+    };
+    let client_secret = match recently_checked {
+        Some(secret) => secret,
+        None => {
+            let ((_uuid, client_secret), scope_id) =
+                keycloak_step.await.map_err(|e| (Stage::Keycloak, e))?;
+            ctx.record_keycloak_check(&uid, inputs(&scope_id, &client_secret));
+            status.audience_scope_id = Some(scope_id);
+            client_secret
+        }
+    };
     status.keycloak_realm = Some(realm.clone());
     conditions::upsert(
         &mut status.conditions,
@@ -381,6 +409,7 @@ async fn converge(
 }
 
 async fn cleanup(server: Arc<McpServer>, ctx: &Context) -> Result<Action> {
+    ctx.forget_keycloak_check(&server.metadata.uid.clone().unwrap_or_default());
     if server.spec.deletion_policy == DeletionPolicy::Retain {
         return Ok(Action::await_change());
     }
