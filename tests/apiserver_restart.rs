@@ -146,14 +146,14 @@ async fn watches_recover_after_an_apiserver_restart_without_restarting_the_opera
         "mcp_operator_reconcile_errors_total",
         &[("reason", "KubernetesError")],
     );
-    println!(
+    support::figure(format_args!(
         "apiserver restart: down {} s (+{:.1} s to start again); operator PID {pid} kept running, used {cpu_down:.2} CPU s while the API server was down; \
          3 creations, 2 url changes and 1 deletion made after the restart were all seen by the operator after {:.1} s and Ready after {:.1} s, with resync at 300 s (watches recovered); reconcile errors KubernetesError: {kube_errors}",
         DOWN.as_secs(),
         restart_took.as_secs_f64(),
         observed_in.as_secs_f64(),
         converged.as_secs_f64()
-    );
+    ));
     assert!(
         cpu_down < DOWN.as_secs_f64() * 0.25,
         "operator used {cpu_down:.1} CPU s in {DOWN:?} while the API server was down: a tight retry loop"

@@ -497,7 +497,7 @@ async fn admission_rejects_bad_specs_with_specific_messages() {
             "Unsupported value: \"Orphan\"",
         ),
     ];
-    println!("admission cases: {}", cases.len());
+    support::figure(format_args!("admission cases: {}", cases.len()));
     assert!(cases.len() >= 80);
     let mut failures = vec![];
     for (what, obj, expected) in &cases {

@@ -244,14 +244,14 @@ async fn sigkill_at_random_moments_leaves_keycloak_and_secrets_consistent() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let converged_in = converge_started.elapsed();
-    println!(
+    support::figure(format_args!(
         "crash consistency: {kills} SIGKILLs in {:.0} s ({lives_with_writes} lives had written to Keycloak, {writes_cut} Keycloak writes in killed lives); \
          workload: {created} servers created, {updates} updates, {} deleted, {policy_updates} policy edits; {} servers left; converged {:.1} s after the last kill",
         kill_phase.as_secs_f64(),
         deleted.len(),
         live.len(),
         converged_in.as_secs_f64()
-    );
+    ));
     assert!(
         last.is_empty(),
         "not converged after the kills (log {}):\n{}",
@@ -330,7 +330,7 @@ async fn sigkill_right_after_the_client_is_created_then_delete_leaves_nothing() 
             "{name}'s audience scope outlived it"
         );
     }
-    println!("killed 3 times right after the Keycloak client appeared; keycloakRealm already recorded each time: {recorded_before_kill}/3; nothing left behind");
+    support::figure(format_args!("killed 3 times right after the Keycloak client appeared; keycloakRealm already recorded each time: {recorded_before_kill}/3; nothing left behind"));
     assert_eq!(
         recorded_before_kill, 3,
         "status.keycloakRealm must be written before Keycloak is"

@@ -387,12 +387,12 @@ async fn debug_logs_events_and_status_never_show_a_secret_or_token() {
             leaks.push(format!("a JWT ({} chars) in {where_}", jwt.len()));
         }
     }
-    println!(
+    support::figure(format_args!(
         "log hygiene: {op_lines} operator and {gw_lines} gateway log lines ({debug_lines} at DEBUG), {} events, {statuses} statuses scanned for {} secret values and any JWT: {} leaks",
         events.len(),
         secrets.len(),
         leaks.len()
-    );
+    ));
     assert!(debug_lines > 100, "debug logging was not on");
     // The scan sees the material: non-secret names of the same objects do show up.
     // (The Keycloak client id from status and events, the object reference from the debug spans.)

@@ -113,10 +113,10 @@ async fn keycloak_outage_fails_closed_backs_off_and_converges() {
         })
         .get()
         - errors_before;
-    println!(
+    support::figure(format_args!(
         "policy reconcile attempts failing during a {} s Keycloak outage: {retries} (backoff 5, 10, 20, 40 s)",
         OUTAGE.as_secs()
-    );
+    ));
     assert!(
         retries >= 3,
         "too few retries while Keycloak was down ({retries})"
@@ -337,10 +337,10 @@ async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_t
     let refreshes = op.ctx.metrics.admin_token_refreshes.get() - refreshes_before;
     let rejected = kc_requests(&op, "GET", "client_error") - rejected_before;
     let bad_credentials = kc_errors(&op, "InvalidAdminCredentials") - bad_credentials_before;
-    println!(
+    support::figure(format_args!(
         "Keycloak restart with sessions lost: {rejected} admin request(s) answered 401 and retried, \
          admin token refreshes {refreshes_before} before, +{refreshes} after; InvalidAdminCredentials errors: {bad_credentials}"
-    );
+    ));
     assert_eq!(
         refreshes_before, 1,
         "one admin token served everything before the restart"

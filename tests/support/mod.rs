@@ -469,3 +469,11 @@ impl KcAdmin {
         self.request(reqwest::Method::DELETE, path, None).await
     }
 }
+
+/// Prints a measured figure (kill counts, retry counts, …) where a CI log shows it even when the
+/// test passes: straight to the process's stderr, which libtest does not capture (its capture
+/// covers `print!`/`eprint!` only). Lines start with `FIGURE`.
+pub fn figure(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "FIGURE {line}");
+}
