@@ -60,18 +60,9 @@ fn mib(kib: u64) -> f64 {
 }
 
 fn bulk_server(ns: &str, name: &str, replicas: i32) -> McpServer {
-    serde_json::from_value(json!({
-        "apiVersion": "mcpauth.dev/v1alpha1",
-        "kind": "McpServer",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "ghcr.io/example/mcp-server:1",
-            "policyRef": {"name": "acme"},
-            "url": format!("http://{name}.{ns}.example/mcp"),
-            "replicas": replicas
-        }
-    }))
-    .unwrap()
+    let mut s = server(name, "acme", &format!("http://{name}.{ns}.example/mcp"));
+    s.spec.replicas = replicas;
+    s
 }
 
 /// Polls (every 10 ms) until `name` is `Ready=True` for its current generation.

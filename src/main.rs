@@ -32,7 +32,7 @@ enum Command {
         #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
         resync_seconds: u64,
         /// Reconciles each controller runs at once.
-        #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 8)]
+        #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = OperatorConfig::DEFAULT_CONCURRENCY)]
         max_concurrent_reconciles: u16,
         /// Image for gateway containers (defaults to this operator's image).
         #[arg(long, env = "OPERATOR_IMAGE")]

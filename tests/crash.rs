@@ -52,19 +52,14 @@ struct World {
 }
 
 fn server_obj(ns: &str, name: &str, url: &str, replicas: i32) -> McpServer {
-    serde_json::from_value(json!({
-        "apiVersion": "mcpauth.dev/v1alpha1",
-        "kind": "McpServer",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "ghcr.io/example/mcp-server:1",
-            "policyRef": {"name": "acme"},
-            "url": url,
-            "replicas": replicas,
-            "env": [{"name": "NAMESPACE_HINT", "value": ns}]
-        }
-    }))
-    .unwrap()
+    let mut s = server(name, "acme", url);
+    s.spec.replicas = replicas;
+    s.spec.env = vec![k8s_openapi::api::core::v1::EnvVar {
+        name: "NAMESPACE_HINT".into(),
+        value: Some(ns.into()),
+        ..Default::default()
+    }];
+    s
 }
 
 /// Creates, updates and deletes servers (and now and then edits the policy) until `stop`.

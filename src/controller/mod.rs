@@ -41,11 +41,16 @@ pub struct OperatorConfig {
     pub concurrency: u16,
 }
 
+impl OperatorConfig {
+    /// Default of [`OperatorConfig::concurrency`] (and of `run --max-concurrent-reconciles`).
+    pub const DEFAULT_CONCURRENCY: u16 = 8;
+}
+
 impl Default for OperatorConfig {
     fn default() -> Self {
         OperatorConfig {
             resync: Duration::from_secs(300),
-            concurrency: 8,
+            concurrency: Self::DEFAULT_CONCURRENCY,
             operator_image: format!(
                 "ghcr.io/mcp-keycloak-operator/operator:{}",
                 env!("CARGO_PKG_VERSION")
