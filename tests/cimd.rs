@@ -1133,7 +1133,7 @@ async fn keycloak_without_the_cimd_feature_yields_cimd_feature_disabled() {
     let realm = support::unique_name("cimd-plain");
     let s: Secret = serde_json::from_value(json!({
         "metadata": {"name": "keycloak-admin"},
-        "stringData": {"username": plain.admin_user, "password": plain.admin_password}
+        "stringData": {"username": plain.admin_user, "password": plain.admin_password, "url": plain.url}
     }))
     .unwrap();
     Api::<Secret>::namespaced(client.clone(), &ns)

@@ -11,16 +11,22 @@ use kube::{Resource, ResourceExt};
 
 use super::conditions::{self, READY};
 use super::{patch_status_if_changed, Context};
-use crate::api::{DeletionPolicy, McpAuthPolicy, McpAuthPolicyStatus, McpServer, FINALIZER};
+use crate::api::{
+    DeletionPolicy, MachineGrant, McpAuthPolicy, McpAuthPolicyStatus, McpServer, FINALIZER,
+    OWNER_ATTRIBUTE,
+};
 use crate::desired::cimd::{self, Admission, CimdClientPlan};
-use crate::desired::keycloak as desired;
-use crate::keycloak::KeycloakAdminClient;
+use crate::desired::keycloak::{self as desired, RealmClaim};
+use crate::keycloak::{Adopt, KeycloakAdminClient};
 use crate::{Error, Result};
 
 pub const KEYCLOAK_REACHABLE: &str = "KeycloakReachable";
 pub const REALM_CONFIGURED: &str = "RealmConfigured";
 pub const REGISTRATION_POLICY_APPLIED: &str = "RegistrationPolicyApplied";
 pub const CIMD_APPLIED: &str = "ClientIdMetadataDocumentsApplied";
+/// `True` when Keycloak refuses every grant that mints a token without a user (client
+/// credentials, password, device code, token exchange) in the realm; `False` names what is open.
+pub const MACHINE_GRANTS_REFUSED: &str = "MachineGrantsRefused";
 /// `True` when the realm's clients are at >= 90% of `maxClients` (Keycloak's Max Clients policy
 /// refuses anonymous registration at 100%), like a node's `DiskPressure`.
 pub const CLIENT_LIMIT_PRESSURE: &str = "ClientLimitPressure";
@@ -48,6 +54,7 @@ enum Stage {
     Connect,
     Realm,
     Registration,
+    Grants,
     Cimd,
 }
 
@@ -63,7 +70,7 @@ async fn apply(
     status.observed_generation = generation;
     status.issuer = Some(policy.issuer());
 
-    let outcome = configure(&policy, ctx, &mut status, &now).await;
+    let outcome = configure(&policy, ctx, api, &mut status, &now).await;
     let conds = &mut status.conditions;
     match &outcome {
         Ok(()) => {
@@ -82,6 +89,7 @@ async fn apply(
                 Stage::Connect => KEYCLOAK_REACHABLE,
                 Stage::Realm => REALM_CONFIGURED,
                 Stage::Registration => REGISTRATION_POLICY_APPLIED,
+                Stage::Grants => MACHINE_GRANTS_REFUSED,
                 Stage::Cimd => CIMD_APPLIED,
             };
             conditions::upsert(conds, t, false, e.reason(), e.to_string(), generation, &now);
@@ -127,112 +135,338 @@ async fn apply(
 async fn configure(
     policy: &McpAuthPolicy,
     ctx: &Context,
+    api: &Api<McpAuthPolicy>,
     status: &mut McpAuthPolicyStatus,
     now: &Time,
 ) -> std::result::Result<(), (Stage, Error)> {
-    let generation = policy.metadata.generation;
-    let spec = &policy.spec;
-    let realm = &spec.keycloak.realm;
-    let conds = &mut status.conditions;
-
     let kc = ctx
         .keycloak_for(policy)
         .await
         .map_err(|e| (Stage::Connect, e))?;
-    let realm_id = match kc.ensure_realm(realm, spec.keycloak.create_realm).await {
-        Ok(id) => id,
-        Err(e @ Error::Invalid { .. }) => return Err((Stage::Realm, e)),
-        Err(e) => return Err((Stage::Connect, e)),
-    };
+    let realm_id = claim_realm(policy, &kc, api, status, now).await?;
+    configure_scopes(policy, &kc, status, now)
+        .await
+        .map_err(|e| (Stage::Realm, e))?;
+    configure_registration(policy, &kc, &realm_id, status, now)
+        .await
+        .map_err(|e| (Stage::Registration, e))?;
+    refuse_machine_grants(policy, &kc, status, now)
+        .await
+        .map_err(|e| (Stage::Grants, e))?;
+    client_limit_guard(policy, ctx, &kc, status, now)
+        .await
+        .map_err(|e| (Stage::Registration, e))?;
+    let (reason, message) = apply_cimd(policy, ctx, &kc, false)
+        .await
+        .map_err(|e| (Stage::Cimd, e))?;
+    set(status, CIMD_APPLIED, true, reason, message, policy, now);
+    Ok(())
+}
+
+/// Sets one condition of the policy's status.
+fn set(
+    status: &mut McpAuthPolicyStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    policy: &McpAuthPolicy,
+    now: &Time,
+) {
+    let generation = policy.metadata.generation;
     conditions::upsert(
-        conds,
+        &mut status.conditions,
+        type_,
+        ok,
+        reason,
+        message,
+        generation,
+        now,
+    );
+}
+
+/// Records `realm` in status before the first Keycloak write (realm creation or the claim), so
+/// deletion knows whether there is anything to clean up — and that nothing was ever written when
+/// it is not there. No write once recorded.
+async fn write_ahead(
+    policy: &McpAuthPolicy,
+    api: &Api<McpAuthPolicy>,
+    status: &mut McpAuthPolicyStatus,
+) -> Result<()> {
+    let realm = &policy.spec.keycloak.realm;
+    let recorded = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.keycloak_realm.as_ref());
+    if recorded == Some(realm) {
+        return Ok(());
+    }
+    status.keycloak_realm = Some(realm.clone());
+    patch_status_if_changed(api, policy, None, &*status).await
+}
+
+/// The realm's id, once this policy holds the realm: it claims a free realm (the owner marker
+/// as a realm attribute, so every operator replica and every operator agrees), and writes
+/// nothing to a realm another policy holds (`RealmClaimed`).
+async fn claim_realm(
+    policy: &McpAuthPolicy,
+    kc: &KeycloakAdminClient,
+    api: &Api<McpAuthPolicy>,
+    status: &mut McpAuthPolicyStatus,
+    now: &Time,
+) -> std::result::Result<String, (Stage, Error)> {
+    let spec = &policy.spec.keycloak;
+    let realm = &spec.realm;
+    let live = match kc.realm(realm).await.map_err(|e| (Stage::Connect, e))? {
+        Some(r) => r,
+        None if spec.create_realm => {
+            write_ahead(policy, api, status)
+                .await
+                .map_err(|e| (Stage::Realm, e))?;
+            kc.ensure_realm(realm, true)
+                .await
+                .map_err(|e| (Stage::Realm, e))?;
+            kc.realm(realm)
+                .await
+                .map_err(|e| (Stage::Realm, e))?
+                .unwrap_or_default()
+        }
+        None => {
+            return Err((
+                Stage::Realm,
+                Error::invalid(
+                    "RealmNotFound",
+                    format!("realm {realm} does not exist in Keycloak and createRealm is false"),
+                ),
+            ))
+        }
+    };
+    set(
+        status,
         KEYCLOAK_REACHABLE,
         true,
         "Connected",
         format!("admin API of {} answers", kc.base_url()),
-        generation,
+        policy,
         now,
     );
-
-    let realm_step = async {
-        let existing = kc.client_scopes(realm).await?;
-        let assignments = kc.realm_scope_assignments(realm).await?;
-        for scope in &spec.scopes {
-            let rep = desired::policy_scope(policy, scope);
-            let id = kc.ensure_client_scope(realm, &existing, &rep, &[]).await?;
-            kc.ensure_realm_scope_type(realm, &assignments, &id, scope.r#type)
-                .await?;
-        }
-        Ok::<_, Error>(())
+    let me = policy.owner_marker();
+    let owner = |r: &keycloak::types::RealmRepresentation| {
+        r.attributes
+            .as_ref()
+            .and_then(|a| a.get(OWNER_ATTRIBUTE))
+            .map(|v| v.to_string())
     };
-    realm_step.await.map_err(|e| (Stage::Realm, e))?;
-    let names: Vec<_> = spec.scopes.iter().map(|s| s.name.as_str()).collect();
-    conditions::upsert(
-        conds,
+    let claimed_by = |other: String| {
+        (Stage::Realm, Error::invalid(
+            "RealmClaimed",
+            format!("realm {realm} is managed by {other}; this policy writes nothing to it (to hand it over, delete that policy: its claim is released)"),
+        ))
+    };
+    match desired::realm_claim(owner(&live).as_deref(), &me) {
+        RealmClaim::Ours => {}
+        RealmClaim::Other(other) => return Err(claimed_by(other)),
+        RealmClaim::Free => {
+            write_ahead(policy, api, status)
+                .await
+                .map_err(|e| (Stage::Realm, e))?;
+            kc.set_realm_attribute(realm, OWNER_ATTRIBUTE, &me)
+                .await
+                .map_err(|e| (Stage::Realm, e))?;
+            // Two claims at once: the last write wins, and the loser finds out here.
+            let after = kc
+                .realm(realm)
+                .await
+                .map_err(|e| (Stage::Connect, e))?
+                .unwrap_or_default();
+            if let RealmClaim::Other(other) = desired::realm_claim(owner(&after).as_deref(), &me) {
+                return Err(claimed_by(other));
+            }
+        }
+    }
+    live.id.map(|id| id.to_string()).ok_or_else(|| {
+        (
+            Stage::Realm,
+            Error::KeycloakApi {
+                operation: "read realm".into(),
+                status: 200,
+                message: "realm has no id".into(),
+            },
+        )
+    })
+}
+
+/// The policy's client scopes, each a realm default or optional scope as the spec says.
+async fn configure_scopes(
+    policy: &McpAuthPolicy,
+    kc: &KeycloakAdminClient,
+    status: &mut McpAuthPolicyStatus,
+    now: &Time,
+) -> Result<()> {
+    let realm = &policy.spec.keycloak.realm;
+    let existing = kc.client_scopes(realm).await?;
+    let assignments = kc.realm_scope_assignments(realm).await?;
+    for scope in &policy.spec.scopes {
+        let rep = desired::policy_scope(policy, scope);
+        let id = kc
+            .ensure_client_scope(realm, &existing, &rep, &[], Adopt::PolicyScopes)
+            .await?;
+        kc.ensure_realm_scope_type(realm, &assignments, &id, scope.r#type)
+            .await?;
+    }
+    let names: Vec<_> = policy.spec.scopes.iter().map(|s| s.name.as_str()).collect();
+    let message = format!(
+        "realm {realm} is managed by this policy and has client scopes {}",
+        names.join(", ")
+    );
+    set(
+        status,
         REALM_CONFIGURED,
         true,
         "ScopesConfigured",
-        format!("realm {realm} has client scopes {}", names.join(", ")),
-        generation,
+        message,
+        policy,
         now,
     );
+    Ok(())
+}
 
-    match desired::registration_policies(policy) {
-        Some(rp) => {
-            kc.ensure_registration_policies(realm, &realm_id, &rp)
-                .await
-                .map_err(|e| (Stage::Registration, e))?;
-            let dcr = spec
-                .dynamic_client_registration
-                .as_ref()
-                .expect("registration_policies implies a section");
-            if dcr.enabled {
-                status.registration_endpoint = Some(policy.registration_endpoint());
-                conditions::upsert(
-                    conds,
-                    REGISTRATION_POLICY_APPLIED,
-                    true,
-                    "RegistrationOpen",
-                    format!(
-                        "anonymous registration allowed for hosts {}",
-                        desired::trusted_hosts(dcr).join(", ")
-                    ),
-                    generation,
-                    now,
-                );
-            } else {
-                status.registration_endpoint = None;
-                conditions::upsert(
-                    conds,
-                    REGISTRATION_POLICY_APPLIED,
-                    true,
-                    "RegistrationClosed",
-                    "anonymous registration is closed",
-                    generation,
-                    now,
-                );
-            }
-        }
-        None => {
-            status.registration_endpoint = None;
-            conditions::upsert(conds, REGISTRATION_POLICY_APPLIED, true, "Unmanaged", "spec.dynamicClientRegistration is not set; registration policies are left as they are", generation, now);
-        }
+/// Anonymous registration policies, when the spec manages them.
+async fn configure_registration(
+    policy: &McpAuthPolicy,
+    kc: &KeycloakAdminClient,
+    realm_id: &str,
+    status: &mut McpAuthPolicyStatus,
+    now: &Time,
+) -> Result<()> {
+    let realm = &policy.spec.keycloak.realm;
+    let (Some(rp), Some(dcr)) = (
+        desired::registration_policies(policy),
+        policy.spec.dynamic_client_registration.as_ref(),
+    ) else {
+        status.registration_endpoint = None;
+        let message =
+            "spec.dynamicClientRegistration is not set; registration policies are left as they are";
+        set(
+            status,
+            REGISTRATION_POLICY_APPLIED,
+            true,
+            "Unmanaged",
+            message,
+            policy,
+            now,
+        );
+        return Ok(());
+    };
+    let foreign = kc
+        .ensure_registration_policies(realm, realm_id, &rp)
+        .await?;
+    let also = if foreign.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; further anonymous policies not managed by the operator also apply: {}",
+            foreign.join(", ")
+        )
+    };
+    if dcr.enabled {
+        status.registration_endpoint = Some(policy.registration_endpoint());
+        let hosts = desired::trusted_hosts(dcr).join(", ");
+        let message = format!("anonymous registration allowed for hosts {hosts}{also}");
+        set(
+            status,
+            REGISTRATION_POLICY_APPLIED,
+            true,
+            "RegistrationOpen",
+            message,
+            policy,
+            now,
+        );
+    } else {
+        status.registration_endpoint = None;
+        let message = format!("anonymous registration is closed{also}");
+        set(
+            status,
+            REGISTRATION_POLICY_APPLIED,
+            true,
+            "RegistrationClosed",
+            message,
+            policy,
+            now,
+        );
     }
+    Ok(())
+}
 
-    client_limit_guard(policy, ctx, &kc, status, now)
-        .await
-        .map_err(|e| (Stage::Registration, e))?;
+/// The grant the operator's own admin credentials use, when they authenticate in the managed
+/// realm itself: the one machine grant the realm cannot refuse.
+fn admin_grant(policy: &McpAuthPolicy, kc: &KeycloakAdminClient) -> Option<MachineGrant> {
+    let k = &policy.spec.keycloak;
+    let auth_realm = k.admin_credentials_secret_ref.auth_realm.as_deref();
+    (auth_realm.unwrap_or(super::DEFAULT_AUTH_REALM) == k.realm).then(|| kc.grant())
+}
 
-    let (reason, message) = apply_cimd(policy, ctx, &kc, false)
-        .await
-        .map_err(|e| (Stage::Cimd, e))?;
-    conditions::upsert(
-        &mut status.conditions,
-        CIMD_APPLIED,
-        true,
+/// Keycloak refuses grants without a user for every client of the realm, but those the spec
+/// opens (condition `MachineGrantsRefused` lists what stays open and why).
+async fn refuse_machine_grants(
+    policy: &McpAuthPolicy,
+    kc: &KeycloakAdminClient,
+    status: &mut McpAuthPolicyStatus,
+    now: &Time,
+) -> Result<()> {
+    let realm = &policy.spec.keycloak.realm;
+    let admin = admin_grant(policy, kc);
+    let refused = desired::refused_grants(policy, admin);
+    let wanted = desired::user_grants_only(&refused);
+    kc.ensure_client_policy_pair(
+        realm,
+        desired::USER_GRANTS_ONLY,
+        wanted.as_ref().map(|(p, q)| (p, q)),
+    )
+    .await?;
+    let names = |gs: &[MachineGrant]| {
+        gs.iter()
+            .map(|g| g.grant_type())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let open: Vec<MachineGrant> = MachineGrant::ALL
+        .into_iter()
+        .filter(|g| !refused.contains(g))
+        .collect();
+    let (ok, reason) = match (open.is_empty(), admin) {
+        (true, _) => (true, "AllRefused"),
+        (false, Some(g)) if open == [g] => (false, "AdminGrantOpen"),
+        (false, _) => (false, "MachineGrantsAllowed"),
+    };
+    let mut message = format!(
+        "Keycloak refuses {} in realm {realm}",
+        if refused.is_empty() {
+            "nothing".into()
+        } else {
+            names(&refused)
+        }
+    );
+    if !open.is_empty() {
+        message.push_str(&format!(
+            "; open: {} (spec.allowedMachineGrants",
+            names(&open)
+        ));
+        if let Some(g) = admin {
+            message.push_str(&format!(
+                ", and {} because the operator's admin credentials authenticate in this realm",
+                g.grant_type()
+            ));
+        }
+        message.push(')');
+    }
+    set(
+        status,
+        MACHINE_GRANTS_REFUSED,
+        ok,
         reason,
         message,
-        generation,
+        policy,
         now,
     );
     Ok(())
@@ -325,8 +559,7 @@ async fn apply_cimd(
         .collect();
     if admission.is_some() {
         let ns = policy.namespace().unwrap_or_default();
-        let servers: Api<McpServer> = Api::namespaced(ctx.client.clone(), &ns);
-        for s in servers.list(&ListParams::default()).await? {
+        for s in ctx.servers_in(&ns).await? {
             if s.spec.policy_ref.name == policy.name_any()
                 && s.metadata.deletion_timestamp.is_none()
             {
@@ -436,48 +669,11 @@ async fn cleanup(policy: Arc<McpAuthPolicy>, ctx: &Context) -> Result<Action> {
             format!("still referenced by McpServer(s) {}", users.join(", ")),
         ));
     }
-    if policy.spec.deletion_policy == DeletionPolicy::Retain {
+    if !wrote_to_keycloak(&policy, ctx).await? {
+        // Released at once, even when its Keycloak is unreachable: there is nothing to undo.
         return Ok(Action::await_change());
     }
-    let result = async {
-        let kc = ctx.keycloak_for(&policy).await?;
-        let realm = &policy.spec.keycloak.realm;
-        let Some(r) = kc.realm(realm).await? else {
-            return Ok(());
-        };
-        let assignments = kc.realm_scope_assignments(realm).await?;
-        let owner = policy.owner_marker();
-        for s in kc.client_scopes(realm).await? {
-            let ours = s
-                .attributes
-                .as_ref()
-                .and_then(|a| a.get(crate::api::OWNER_ATTRIBUTE))
-                == Some(&owner);
-            if let (true, Some(id)) = (ours, s.id.as_deref()) {
-                if assignments.default_ids.iter().any(|i| i == id) {
-                    kc.remove_realm_default_scope(realm, id).await?;
-                }
-                if assignments.optional_ids.iter().any(|i| i == id) {
-                    kc.remove_realm_optional_scope(realm, id).await?;
-                }
-                kc.delete_client_scope(realm, id).await?;
-            }
-        }
-        // Our CIMD profile and policy, and the clients they admitted.
-        apply_cimd(&policy, ctx, &kc, true).await?;
-        if let Some(mut dcr) = policy.spec.dynamic_client_registration.clone() {
-            // Close anonymous registration again (Keycloak's own default state).
-            dcr.enabled = false;
-            let mut closed = (*policy).clone();
-            closed.spec.dynamic_client_registration = Some(dcr);
-            if let (Some(rp), Some(id)) = (desired::registration_policies(&closed), r.id.as_deref())
-            {
-                kc.ensure_registration_policies(realm, id, &rp).await?;
-            }
-        }
-        Ok::<_, Error>(())
-    }
-    .await;
+    let result = release_realm(&policy, ctx).await;
     match result {
         Ok(()) => Ok(Action::await_change()),
         Err(e) if ctx.namespace_terminating(&ns).await => {
@@ -492,4 +688,78 @@ async fn cleanup(policy: Arc<McpAuthPolicy>, ctx: &Context) -> Result<Action> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether the policy ever wrote to Keycloak (`status.keycloakRealm`, recorded before the first
+/// write). The cached object may predate that status write: the API server has the last word.
+async fn wrote_to_keycloak(policy: &McpAuthPolicy, ctx: &Context) -> Result<bool> {
+    let recorded = |p: &McpAuthPolicy| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.keycloak_realm.is_some())
+    };
+    if recorded(policy) {
+        return Ok(true);
+    }
+    let api: Api<McpAuthPolicy> =
+        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    Ok(api
+        .get_opt(&policy.name_any())
+        .await?
+        .is_some_and(|p| recorded(&p)))
+}
+
+/// Undoes what the policy wrote (with `deletionPolicy: Delete`) and releases its claim — only in
+/// a realm it holds: another policy's realm is left exactly as it is.
+async fn release_realm(policy: &McpAuthPolicy, ctx: &Context) -> Result<()> {
+    let kc = ctx.keycloak_for_cleanup(policy).await?;
+    let realm = &policy.spec.keycloak.realm;
+    let Some(live) = kc.realm(realm).await? else {
+        return Ok(());
+    };
+    let owner = live
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get(OWNER_ATTRIBUTE))
+        .map(|v| v.to_string());
+    if desired::realm_claim(owner.as_deref(), &policy.owner_marker()) != RealmClaim::Ours {
+        return Ok(());
+    }
+    if policy.spec.deletion_policy == DeletionPolicy::Delete {
+        remove_from_realm(policy, ctx, &kc, live.id.as_deref().unwrap_or_default()).await?;
+    }
+    kc.set_realm_attribute(realm, OWNER_ATTRIBUTE, "").await
+}
+
+/// `deletionPolicy: Delete`: the policy's scopes, its CIMD profile, policy and admitted
+/// clients, the grant refusal, and anonymous registration closed again (Keycloak's default).
+async fn remove_from_realm(
+    policy: &McpAuthPolicy,
+    ctx: &Context,
+    kc: &KeycloakAdminClient,
+    realm_id: &str,
+) -> Result<()> {
+    let realm = &policy.spec.keycloak.realm;
+    let assignments = kc.realm_scope_assignments(realm).await?;
+    let owner = policy.owner_marker();
+    for s in kc.client_scopes(realm).await? {
+        let ours = s.attributes.as_ref().and_then(|a| a.get(OWNER_ATTRIBUTE)) == Some(&owner);
+        if let (true, Some(id)) = (ours, s.id.as_deref()) {
+            kc.remove_realm_scope(realm, &assignments, id).await?;
+            kc.delete_client_scope(realm, id).await?;
+        }
+    }
+    apply_cimd(policy, ctx, kc, true).await?;
+    kc.ensure_client_policy_pair(realm, desired::USER_GRANTS_ONLY, None)
+        .await?;
+    if let Some(mut dcr) = policy.spec.dynamic_client_registration.clone() {
+        dcr.enabled = false;
+        let mut closed = policy.clone();
+        closed.spec.dynamic_client_registration = Some(dcr);
+        if let Some(rp) = desired::registration_policies(&closed) {
+            kc.ensure_registration_policies(realm, realm_id, &rp)
+                .await?;
+        }
+    }
+    Ok(())
 }
