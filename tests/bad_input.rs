@@ -24,8 +24,9 @@ fn policy_json(name: &str, spec_patch: Value) -> Value {
     json!({"apiVersion": "mcpauth.dev/v1alpha1", "kind": "McpAuthPolicy", "metadata": {"name": name}, "spec": spec})
 }
 
+/// An McpServer; its default `url` is its own (a realm's servers may not share one).
 fn server_json(name: &str, spec_patch: Value) -> Value {
-    let mut spec = json!({"image": "example/mcp:1", "policyRef": {"name": "acme"}, "url": "http://localhost:3000"});
+    let mut spec = json!({"image": "example/mcp:1", "policyRef": {"name": "acme"}, "url": format!("http://localhost:3000/{name}")});
     merge(&mut spec, spec_patch);
     json!({"apiVersion": "mcpauth.dev/v1alpha1", "kind": "McpServer", "metadata": {"name": name}, "spec": spec})
 }
@@ -950,7 +951,14 @@ async fn more_runtime_errors_have_specific_reasons_and_nothing_is_half_applied()
     ] {
         create_policy(&client, &ns, policy_json(name, kcref(secret_name))).await;
     }
-    let mut unknown_auth_realm = kcref("keycloak-admin");
+    secret(
+        &client,
+        &ns,
+        "unknown-realm-admin",
+        json!({"username": tb.admin_user, "password": tb.admin_password, "authRealm": "no-such-auth-realm"}),
+    )
+    .await;
+    let mut unknown_auth_realm = kcref("unknown-realm-admin");
     unknown_auth_realm["keycloak"]["adminCredentialsSecretRef"]["authRealm"] =
         json!("no-such-auth-realm");
     create_policy(

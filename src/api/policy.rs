@@ -516,3 +516,9 @@ pub struct McpAuthPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keycloak_realm: Option<String>,
 }
+
+impl crate::controller::conditions::WithConditions for McpAuthPolicyStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}

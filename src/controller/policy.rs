@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use keycloak::types::RealmRepresentation;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::conditions::{self, READY};
+use super::conditions::{self, Draft, READY};
 use super::{patch_status_if_changed, Context};
 use crate::api::{
     DeletionPolicy, MachineGrant, McpAuthPolicy, McpAuthPolicyStatus, McpServer, FINALIZER,
@@ -63,27 +64,16 @@ async fn apply(
     ctx: &Context,
     api: &Api<McpAuthPolicy>,
 ) -> Result<Action> {
-    let now = Time(jiff::Timestamp::now());
-    let generation = policy.metadata.generation;
     let old = policy.status.clone();
     let mut status = old.clone().unwrap_or_default();
-    status.observed_generation = generation;
+    status.observed_generation = policy.metadata.generation;
     status.issuer = Some(policy.issuer());
+    let now = Time(jiff::Timestamp::now());
+    let mut d = Draft::new(status, policy.metadata.generation, now);
 
-    let outcome = configure(&policy, ctx, api, &mut status, &now).await;
-    let conds = &mut status.conditions;
+    let outcome = configure(&policy, ctx, api, &mut d).await;
     match &outcome {
-        Ok(()) => {
-            conditions::upsert(
-                conds,
-                READY,
-                true,
-                "Ready",
-                "Keycloak realm configured",
-                generation,
-                &now,
-            );
-        }
+        Ok(()) => d.set(READY, true, "Ready", "Keycloak realm configured"),
         Err((stage, e)) => {
             let t = match stage {
                 Stage::Connect => KEYCLOAK_REACHABLE,
@@ -92,36 +82,29 @@ async fn apply(
                 Stage::Grants => MACHINE_GRANTS_REFUSED,
                 Stage::Cimd => CIMD_APPLIED,
             };
-            conditions::upsert(conds, t, false, e.reason(), e.to_string(), generation, &now);
-            conditions::upsert(
-                conds,
-                READY,
-                false,
-                e.reason(),
-                e.to_string(),
-                generation,
-                &now,
-            );
+            d.set(t, false, e.reason(), e.to_string());
+            d.set(READY, false, e.reason(), e.to_string());
         }
     }
-    let was_ready = old
-        .as_ref()
-        .is_some_and(|s| conditions::is_true(&s.conditions, READY));
-    let is_ready = conditions::is_true(&status.conditions, READY);
-    patch_status_if_changed(api, policy.as_ref(), old.as_ref(), &status).await?;
-    if was_ready != is_ready
-        || (!is_ready
-            && old
-                .as_ref()
-                .and_then(|s| conditions::find(&s.conditions, READY))
-                .map(|c| c.reason.clone())
-                != conditions::find(&status.conditions, READY).map(|c| c.reason.clone()))
-    {
-        let c = conditions::find(&status.conditions, READY)
+    let status = d.status;
+    let ready_of = |s: Option<&McpAuthPolicyStatus>| {
+        s.and_then(|s| conditions::find(&s.conditions, READY))
             .cloned()
-            .expect("Ready was just set");
-        ctx.publish(&policy.object_ref(&()), !is_ready, &c.reason, c.message)
-            .await;
+    };
+    let (before, after) = (ready_of(old.as_ref()), ready_of(Some(&status)));
+    patch_status_if_changed(api, policy.as_ref(), old.as_ref(), &status).await?;
+    let after = after.expect("Ready was just set");
+    let is_ready = after.status == "True";
+    let flipped = before.as_ref().is_some_and(|c| c.status == "True") != is_ready;
+    let new_reason = before.as_ref().map(|c| &c.reason) != Some(&after.reason);
+    if flipped || (!is_ready && new_reason) {
+        ctx.publish(
+            &policy.object_ref(&()),
+            !is_ready,
+            &after.reason,
+            after.message,
+        )
+        .await;
     }
     match outcome {
         Ok(()) => {
@@ -136,53 +119,30 @@ async fn configure(
     policy: &McpAuthPolicy,
     ctx: &Context,
     api: &Api<McpAuthPolicy>,
-    status: &mut McpAuthPolicyStatus,
-    now: &Time,
+    d: &mut Draft<McpAuthPolicyStatus>,
 ) -> std::result::Result<(), (Stage, Error)> {
     let kc = ctx
         .keycloak_for(policy)
         .await
         .map_err(|e| (Stage::Connect, e))?;
-    let realm_id = claim_realm(policy, &kc, api, status, now).await?;
-    configure_scopes(policy, &kc, status, now)
+    let realm_id = claim_realm(policy, &kc, api, d).await?;
+    configure_scopes(policy, &kc, d)
         .await
         .map_err(|e| (Stage::Realm, e))?;
-    configure_registration(policy, &kc, &realm_id, status, now)
+    configure_registration(policy, &kc, &realm_id, d)
         .await
         .map_err(|e| (Stage::Registration, e))?;
-    refuse_machine_grants(policy, &kc, status, now)
+    refuse_machine_grants(policy, &kc, d)
         .await
         .map_err(|e| (Stage::Grants, e))?;
-    client_limit_guard(policy, ctx, &kc, status, now)
+    client_limit_guard(policy, ctx, &kc, d)
         .await
         .map_err(|e| (Stage::Registration, e))?;
     let (reason, message) = apply_cimd(policy, ctx, &kc, false)
         .await
         .map_err(|e| (Stage::Cimd, e))?;
-    set(status, CIMD_APPLIED, true, reason, message, policy, now);
+    d.set(CIMD_APPLIED, true, reason, message);
     Ok(())
-}
-
-/// Sets one condition of the policy's status.
-fn set(
-    status: &mut McpAuthPolicyStatus,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: impl Into<String>,
-    policy: &McpAuthPolicy,
-    now: &Time,
-) {
-    let generation = policy.metadata.generation;
-    conditions::upsert(
-        &mut status.conditions,
-        type_,
-        ok,
-        reason,
-        message,
-        generation,
-        now,
-    );
 }
 
 /// Records `realm` in status before the first Keycloak write (realm creation or the claim), so
@@ -205,6 +165,38 @@ async fn write_ahead(
     patch_status_if_changed(api, policy, None, &*status).await
 }
 
+/// The realm as Keycloak has it, created first if the spec asks for it.
+async fn live_realm(
+    policy: &McpAuthPolicy,
+    kc: &KeycloakAdminClient,
+    api: &Api<McpAuthPolicy>,
+    d: &mut Draft<McpAuthPolicyStatus>,
+) -> std::result::Result<RealmRepresentation, (Stage, Error)> {
+    let spec = &policy.spec.keycloak;
+    let realm = &spec.realm;
+    if let Some(r) = kc.realm(realm).await.map_err(|e| (Stage::Connect, e))? {
+        return Ok(r);
+    }
+    if !spec.create_realm {
+        let message = format!("realm {realm} does not exist in Keycloak and createRealm is false");
+        return Err((Stage::Realm, Error::invalid("RealmNotFound", message)));
+    }
+    let created = async {
+        write_ahead(policy, api, &mut d.status).await?;
+        kc.ensure_realm(realm, true).await?;
+        kc.realm(realm).await
+    };
+    Ok(created
+        .await
+        .map_err(|e| (Stage::Realm, e))?
+        .unwrap_or_default())
+}
+
+fn realm_owner(r: &RealmRepresentation) -> Option<String> {
+    let attributes = r.attributes.as_ref()?;
+    attributes.get(OWNER_ATTRIBUTE).map(|v| v.to_string())
+}
+
 /// The realm's id, once this policy holds the realm: it claims a free realm (the owner marker
 /// as a realm attribute, so every operator replica and every operator agrees), and writes
 /// nothing to a realm another policy holds (`RealmClaimed`).
@@ -212,96 +204,51 @@ async fn claim_realm(
     policy: &McpAuthPolicy,
     kc: &KeycloakAdminClient,
     api: &Api<McpAuthPolicy>,
-    status: &mut McpAuthPolicyStatus,
-    now: &Time,
+    d: &mut Draft<McpAuthPolicyStatus>,
 ) -> std::result::Result<String, (Stage, Error)> {
-    let spec = &policy.spec.keycloak;
-    let realm = &spec.realm;
-    let live = match kc.realm(realm).await.map_err(|e| (Stage::Connect, e))? {
-        Some(r) => r,
-        None if spec.create_realm => {
-            write_ahead(policy, api, status)
-                .await
-                .map_err(|e| (Stage::Realm, e))?;
-            kc.ensure_realm(realm, true)
-                .await
-                .map_err(|e| (Stage::Realm, e))?;
-            kc.realm(realm)
-                .await
-                .map_err(|e| (Stage::Realm, e))?
-                .unwrap_or_default()
-        }
-        None => {
-            return Err((
-                Stage::Realm,
-                Error::invalid(
-                    "RealmNotFound",
-                    format!("realm {realm} does not exist in Keycloak and createRealm is false"),
-                ),
-            ))
-        }
-    };
-    set(
-        status,
-        KEYCLOAK_REACHABLE,
-        true,
-        "Connected",
-        format!("admin API of {} answers", kc.base_url()),
-        policy,
-        now,
-    );
+    let realm = &policy.spec.keycloak.realm;
+    let live = live_realm(policy, kc, api, d).await?;
+    let reachable = format!("admin API of {} answers", kc.base_url());
+    d.set(KEYCLOAK_REACHABLE, true, "Connected", reachable);
     let me = policy.owner_marker();
-    let owner = |r: &keycloak::types::RealmRepresentation| {
-        r.attributes
-            .as_ref()
-            .and_then(|a| a.get(OWNER_ATTRIBUTE))
-            .map(|v| v.to_string())
-    };
     let claimed_by = |other: String| {
         (Stage::Realm, Error::invalid(
             "RealmClaimed",
             format!("realm {realm} is managed by {other}; this policy writes nothing to it (to hand it over, delete that policy: its claim is released)"),
         ))
     };
-    match desired::realm_claim(owner(&live).as_deref(), &me) {
+    match desired::realm_claim(realm_owner(&live).as_deref(), &me) {
         RealmClaim::Ours => {}
         RealmClaim::Other(other) => return Err(claimed_by(other)),
         RealmClaim::Free => {
-            write_ahead(policy, api, status)
-                .await
-                .map_err(|e| (Stage::Realm, e))?;
-            kc.set_realm_attribute(realm, OWNER_ATTRIBUTE, &me)
-                .await
-                .map_err(|e| (Stage::Realm, e))?;
-            // Two claims at once: the last write wins, and the loser finds out here.
-            let after = kc
-                .realm(realm)
-                .await
-                .map_err(|e| (Stage::Connect, e))?
-                .unwrap_or_default();
-            if let RealmClaim::Other(other) = desired::realm_claim(owner(&after).as_deref(), &me) {
+            let claim = async {
+                write_ahead(policy, api, &mut d.status).await?;
+                kc.set_realm_attribute(realm, OWNER_ATTRIBUTE, &me).await?;
+                // Two claims at once: the last write wins, and the loser finds out here.
+                kc.realm(realm).await
+            };
+            let after = claim.await.map_err(|e| (Stage::Realm, e))?;
+            let owner = after.as_ref().and_then(realm_owner);
+            if let RealmClaim::Other(other) = desired::realm_claim(owner.as_deref(), &me) {
                 return Err(claimed_by(other));
             }
         }
     }
-    live.id.map(|id| id.to_string()).ok_or_else(|| {
-        (
-            Stage::Realm,
-            Error::KeycloakApi {
-                operation: "read realm".into(),
-                status: 200,
-                message: "realm has no id".into(),
-            },
-        )
-    })
+    let no_id = || Error::KeycloakApi {
+        operation: "read realm".into(),
+        status: 200,
+        message: "realm has no id".into(),
+    };
+    live.id
+        .map(|id| id.to_string())
+        .ok_or_else(|| (Stage::Realm, no_id()))
 }
 
 /// The policy's client scopes, each a realm default or optional scope as the spec says.
 async fn configure_scopes(
     policy: &McpAuthPolicy,
     kc: &KeycloakAdminClient,
-    status: &mut McpAuthPolicyStatus,
-    now: &Time,
+    d: &mut Draft<McpAuthPolicyStatus>,
 ) -> Result<()> {
     let realm = &policy.spec.keycloak.realm;
     let existing = kc.client_scopes(realm).await?;
@@ -319,15 +266,7 @@ async fn configure_scopes(
         "realm {realm} is managed by this policy and has client scopes {}",
         names.join(", ")
     );
-    set(
-        status,
-        REALM_CONFIGURED,
-        true,
-        "ScopesConfigured",
-        message,
-        policy,
-        now,
-    );
+    d.set(REALM_CONFIGURED, true, "ScopesConfigured", message);
     Ok(())
 }
 
@@ -336,26 +275,17 @@ async fn configure_registration(
     policy: &McpAuthPolicy,
     kc: &KeycloakAdminClient,
     realm_id: &str,
-    status: &mut McpAuthPolicyStatus,
-    now: &Time,
+    d: &mut Draft<McpAuthPolicyStatus>,
 ) -> Result<()> {
     let realm = &policy.spec.keycloak.realm;
     let (Some(rp), Some(dcr)) = (
         desired::registration_policies(policy),
         policy.spec.dynamic_client_registration.as_ref(),
     ) else {
-        status.registration_endpoint = None;
+        d.status.registration_endpoint = None;
         let message =
             "spec.dynamicClientRegistration is not set; registration policies are left as they are";
-        set(
-            status,
-            REGISTRATION_POLICY_APPLIED,
-            true,
-            "Unmanaged",
-            message,
-            policy,
-            now,
-        );
+        d.set(REGISTRATION_POLICY_APPLIED, true, "Unmanaged", message);
         return Ok(());
     };
     let foreign = kc
@@ -370,29 +300,23 @@ async fn configure_registration(
         )
     };
     if dcr.enabled {
-        status.registration_endpoint = Some(policy.registration_endpoint());
+        d.status.registration_endpoint = Some(policy.registration_endpoint());
         let hosts = desired::trusted_hosts(dcr).join(", ");
         let message = format!("anonymous registration allowed for hosts {hosts}{also}");
-        set(
-            status,
+        d.set(
             REGISTRATION_POLICY_APPLIED,
             true,
             "RegistrationOpen",
             message,
-            policy,
-            now,
         );
     } else {
-        status.registration_endpoint = None;
+        d.status.registration_endpoint = None;
         let message = format!("anonymous registration is closed{also}");
-        set(
-            status,
+        d.set(
             REGISTRATION_POLICY_APPLIED,
             true,
             "RegistrationClosed",
             message,
-            policy,
-            now,
         );
     }
     Ok(())
@@ -411,8 +335,7 @@ fn admin_grant(policy: &McpAuthPolicy, kc: &KeycloakAdminClient) -> Option<Machi
 async fn refuse_machine_grants(
     policy: &McpAuthPolicy,
     kc: &KeycloakAdminClient,
-    status: &mut McpAuthPolicyStatus,
-    now: &Time,
+    d: &mut Draft<McpAuthPolicyStatus>,
 ) -> Result<()> {
     let realm = &policy.spec.keycloak.realm;
     let admin = admin_grant(policy, kc);
@@ -460,15 +383,7 @@ async fn refuse_machine_grants(
         }
         message.push(')');
     }
-    set(
-        status,
-        MACHINE_GRANTS_REFUSED,
-        ok,
-        reason,
-        message,
-        policy,
-        now,
-    );
+    d.set(MACHINE_GRANTS_REFUSED, ok, reason, message);
     Ok(())
 }
 
@@ -479,35 +394,26 @@ async fn client_limit_guard(
     policy: &McpAuthPolicy,
     ctx: &Context,
     kc: &KeycloakAdminClient,
-    status: &mut McpAuthPolicyStatus,
-    now: &Time,
+    d: &mut Draft<McpAuthPolicyStatus>,
 ) -> Result<()> {
     let Some(dcr) = &policy.spec.dynamic_client_registration else {
-        status.realm_clients = None;
-        status
+        d.status.realm_clients = None;
+        d.status
             .conditions
             .retain(|c| c.type_ != CLIENT_LIMIT_PRESSURE);
         return Ok(());
     };
-    let hint = status.realm_clients.and_then(|n| usize::try_from(n).ok());
+    let hint = d.status.realm_clients.and_then(|n| usize::try_from(n).ok());
     let count = kc.count_clients(&policy.spec.keycloak.realm, hint).await? as i64;
-    status.realm_clients = Some(count);
+    d.status.realm_clients = Some(count);
     let (pressure, reason, message) = cimd::client_pressure(count, dcr.max_clients.into());
     let before =
-        conditions::find(&status.conditions, CLIENT_LIMIT_PRESSURE).map(|c| c.reason.clone());
+        conditions::find(&d.status.conditions, CLIENT_LIMIT_PRESSURE).map(|c| c.reason.clone());
     if pressure && before.as_deref() != Some(reason) {
         ctx.publish(&policy.object_ref(&()), true, reason, message.clone())
             .await;
     }
-    conditions::upsert(
-        &mut status.conditions,
-        CLIENT_LIMIT_PRESSURE,
-        pressure,
-        reason,
-        message,
-        policy.metadata.generation,
-        now,
-    );
+    d.set(CLIENT_LIMIT_PRESSURE, pressure, reason, message);
     Ok(())
 }
 
@@ -717,11 +623,7 @@ async fn release_realm(policy: &McpAuthPolicy, ctx: &Context) -> Result<()> {
     let Some(live) = kc.realm(realm).await? else {
         return Ok(());
     };
-    let owner = live
-        .attributes
-        .as_ref()
-        .and_then(|a| a.get(OWNER_ATTRIBUTE))
-        .map(|v| v.to_string());
+    let owner = realm_owner(&live);
     if desired::realm_claim(owner.as_deref(), &policy.owner_marker()) != RealmClaim::Ours {
         return Ok(());
     }
