@@ -1139,19 +1139,19 @@ async fn more_runtime_errors_have_specific_reasons_and_nothing_is_half_applied()
     api2.create(&PostParams::default(), &o).await.unwrap();
     let stored = api2.get("cross").await.unwrap();
     assert_eq!(stored.data["spec"]["policyRef"], json!({"name": "acme"}));
-    // A clientId collision across namespaces: same realm through a policy of ns2.
-    // Another namespace's policy over the same realm may not claim this namespace's scope.
+    // Another namespace's policies over the same realm (same scope, or a scope of its own) get
+    // nothing of it: the realm is claimed by this namespace's policy.
     create_policy(&client, &ns2, policy_json("dup", kcref("keycloak-admin"))).await;
-    let m = wait_reason::<McpAuthPolicy>(&client, &ns2, "dup", "RealmConfigured", "ScopeConflict")
-        .await;
-    assert_eq!(
-        m,
-        format!("ScopeConflict: client scope mcp:tools belongs to McpAuthPolicy/{ns}/acme")
+    let m =
+        wait_reason::<McpAuthPolicy>(&client, &ns2, "dup", "RealmConfigured", "RealmClaimed").await;
+    assert!(
+        m.contains(&format!("is managed by McpAuthPolicy/{ns}/acme")),
+        "{m}"
     );
     let mut acme2 = policy_json("acme2", kcref("keycloak-admin"));
     acme2["spec"]["scopes"] = json!([{"name": "mcp:elsewhere"}]);
     create_policy(&client, &ns2, acme2).await;
-    wait_condition::<McpAuthPolicy>(&client, &ns2, "acme2", "Ready", "True").await;
+    wait_reason::<McpAuthPolicy>(&client, &ns2, "acme2", "Ready", "RealmClaimed").await;
     create(
         &client,
         &ns2,
@@ -1177,15 +1177,16 @@ async fn more_runtime_errors_have_specific_reasons_and_nothing_is_half_applied()
     )
     .await;
     assert!(m.contains(&format!("(owner: McpServer/{ns}/first)")), "{m}");
+    // Its server cannot reach the realm to collide with this namespace's client id.
     let m = wait_reason::<McpServer>(
         &client,
         &ns2,
         "elsewhere",
-        "KeycloakClientReady",
-        "ClientIdConflict",
+        "PolicyResolved",
+        "PolicyNotReady",
     )
     .await;
-    assert!(m.contains(&format!("(owner: McpServer/{ns}/first)")), "{m}");
+    assert!(m.contains("RealmClaimed"), "{m}");
     let m = wait_reason::<McpServer>(
         &client,
         &ns,
@@ -1217,6 +1218,7 @@ async fn more_runtime_errors_have_specific_reasons_and_nothing_is_half_applied()
             "Ready",
             match name {
                 "cross" => "PolicyNotFound",
+                "elsewhere" => "PolicyNotReady",
                 "scoped" => "ScopeConflict",
                 _ => "ClientIdConflict",
             },

@@ -1058,12 +1058,28 @@ async fn exercise(run: &Run, realm: &str, cluster_scope: bool) -> Result<(), Str
         .await?;
         return Ok(());
     }
-    // 5. The namespace goes while Keycloak cleanup cannot work (no admin credentials): the
-    //    operator sees the namespace terminating and lets the policy go.
+    // 5. The namespace goes while Keycloak cleanup cannot work (the admin Secret's password is
+    //    wrong by then, and the cached admin client the operator falls back to once the Secret
+    //    is gone uses it too): the operator sees the namespace terminating and lets the policy go.
+    let wrong = serde_json::json!({"stringData": {"password": "not-the-password"}});
     Api::<Secret>::namespaced(c.clone(), ns)
-        .delete("keycloak-admin", &dp)
+        .patch(
+            "keycloak-admin",
+            &PatchParams::default(),
+            &Patch::Merge(&wrong),
+        )
         .await
         .map_err(err)?;
+    run.step("McpAuthPolicy refused by Keycloak", || async {
+        let p = Api::<McpAuthPolicy>::namespaced(c.clone(), ns)
+            .get("acme")
+            .await
+            .ok()?;
+        let conds = p.status?.conditions;
+        let c = conds.iter().find(|c| c.type_ == "Ready")?;
+        (c.reason == "InvalidAdminCredentials").then_some(())
+    })
+    .await?;
     *run.terminating_since.lock().unwrap() = Some(Instant::now());
     support::delete_namespace(c, ns).await;
     run.step(
