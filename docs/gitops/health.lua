@@ -22,7 +22,7 @@ if stalled ~= nil and stalled.status == "True" then
   hs.message = tostring(stalled.reason) .. ": " .. tostring(stalled.message)
   return hs
 end
-if ready == nil or (generation ~= nil and ready.observedGeneration ~= nil and ready.observedGeneration ~= generation) then
+if ready == nil then
   return hs
 end
 if ready.status == "True" then
