@@ -19,6 +19,9 @@ fn chart_readme_is_generated_from_the_values() {
     let readme = std::fs::read_to_string(root.join("charts/mcp-keycloak-operator/README.md"))
         .expect("chart README.md");
     // The table is there, and the flag for CRDs applied beforehand is spelled out.
-    assert!(readme.contains("| crds.install | bool | `true` |"), "{readme}");
+    assert!(
+        readme.contains("| crds.install | bool | `true` |"),
+        "{readme}"
+    );
     assert!(readme.contains("--set crds.install=false"), "{readme}");
 }
