@@ -376,10 +376,9 @@ where
 }
 
 /// The operator's own statuses: Current/Healthy when Ready, InProgress/Progressing while a spec
-/// change waits for it, Failed/Degraded for rejected admin credentials (and its servers
-/// InProgress/Progressing meanwhile), Current again once the credentials are fixed.
+/// change waits for it, Current/Healthy again once it has reconciled that generation.
 #[tokio::test]
-async fn operator_statuses_read_as_current_in_progress_and_failed() {
+async fn operator_statuses_read_as_current_then_in_progress_until_reconciled() {
     let client = support::kube_client().await;
     let tb = support::testbed().await;
     let ns = support::test_namespace(&client, "gitops-op").await;
@@ -412,9 +411,19 @@ async fn operator_statuses_read_as_current_in_progress_and_failed() {
         s["status"]["observedGeneration"],
         s["metadata"]["generation"]
     );
+    harness::teardown(&client, &ns, op).await;
+}
 
-    // Rejected admin credentials: nothing but a person can fix that.
+/// Rejected admin credentials, which only a person can fix: the policy Failed/Degraded, its
+/// server InProgress/Progressing (PolicyNotReady clears by itself); both Current/Healthy once
+/// the credentials are fixed.
+#[tokio::test]
+async fn rejected_admin_credentials_read_as_failed_until_fixed() {
+    let client = support::kube_client().await;
+    let tb = support::testbed().await;
+    let ns = support::test_namespace(&client, "gitops-bad").await;
     admin_secret_with(&client, &ns, "bad-admin", "not-the-password").await;
+    let op = Operator::start(&client, &ns).await;
     let mut bad =
         harness::seed_policy("bad", &support::unique_name("gitops-bad"), &tb.keycloak_url);
     bad.spec.keycloak.admin_credentials_secret_ref.name = "bad-admin".into();
@@ -429,20 +438,14 @@ async fn operator_statuses_read_as_current_in_progress_and_failed() {
     let ((_, km), (_, am)) = health::<McpAuthPolicy>(&client, &ns, "bad").await;
     assert!(km.contains("rejected the admin credentials"), "{km}");
     assert!(am.starts_with("InvalidAdminCredentials: "), "{am}");
-    // Its server waits for it (PolicyNotReady clears by itself once the policy is fixed).
     harness::wait_reason::<McpServer>(&client, &ns, "t", "Ready", "PolicyNotReady").await;
     let ((k, _), (a, _)) = health::<McpServer>(&client, &ns, "t").await;
     assert_eq!((k.as_str(), a.as_str()), ("InProgress", "Progressing"));
 
     // Fixed: the policy's next reconcile (an annotation triggers it) clears Stalled.
     admin_secret_with(&client, &ns, "bad-admin", &tb.admin_password).await;
-    merge::<McpAuthPolicy>(
-        &client,
-        &ns,
-        "bad",
-        json!({"metadata": {"annotations": {"test/retry": "1"}}}),
-    )
-    .await;
+    let retry = json!({"metadata": {"annotations": {"test/retry": "1"}}});
+    merge::<McpAuthPolicy>(&client, &ns, "bad", retry).await;
     wait_health::<McpAuthPolicy>(&client, &ns, "bad", ("Current", "Healthy")).await;
     wait_health::<McpServer>(&client, &ns, "t", ("Current", "Healthy")).await;
     harness::teardown(&client, &ns, op).await;

@@ -146,6 +146,21 @@ async fn operator_as_chart_service_account(sh: &Shell) -> Operator {
     Operator::start(&client, &sh.env["APP_NS"]).await
 }
 
+/// Step 2 as written stops at the CRDs that exist and names the flag; with the flag it installs.
+/// Then the operator, as the chart's ServiceAccount.
+async fn install_operator(sh: &Shell, install: &str) -> Operator {
+    assert!(install.contains("helm install") && install.ends_with("--wait --timeout 5m\n"));
+    let (ok, out) = sh.run(install).await;
+    assert!(!ok && out.contains("--set crds.install=false"), "{out}");
+    let fixed = install.replace(
+        "--wait --timeout 5m",
+        "--set crds.install=false --wait --timeout 5m",
+    );
+    let out = sh.must(&fixed).await;
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    operator_as_chart_service_account(sh).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_install_on_a_cluster_runs_as_written() {
     let admin = support::kube_client().await;
@@ -170,18 +185,7 @@ async fn readme_install_on_a_cluster_runs_as_written() {
     sh.run("kubectl delete clusterrole,clusterrolebinding -l app.kubernetes.io/instance=mcp-keycloak-operator")
         .await;
 
-    // Step 2 as written stops at the existing CRDs and names the flag; with it, it installs.
-    assert!(install.contains("helm install") && install.ends_with("--wait --timeout 5m\n"));
-    let (ok, out) = sh.run(install).await;
-    assert!(!ok && out.contains("--set crds.install=false"), "{out}");
-    let fixed = install.replace(
-        "--wait --timeout 5m",
-        "--set crds.install=false --wait --timeout 5m",
-    );
-    let out = sh.must(&fixed).await;
-    assert!(out.contains("STATUS: deployed"), "{out}");
-    let op = operator_as_chart_service_account(&sh).await;
-
+    let op = install_operator(&sh, install).await;
     assert!(keycloak.contains("kcadm.sh add-roles"));
     sh.must(keycloak).await;
     assert!(first.contains("kubectl wait"));
