@@ -1,6 +1,10 @@
 //! Every field of both CRDs is documented: `kubectl explain` shows a description for each
 //! property of the generated OpenAPI schemas, objects (`spec.auth`, `status`, …) and list items'
-//! fields included, Kubernetes' own types (EnvVar, ResourceRequirements, Condition) too.
+//! fields included, Kubernetes' own types (EnvVar, ResourceRequirements, Condition) too; and
+//! `kubectl explain` on the test bed shows them.
+
+mod harness;
+mod support;
 
 use serde_json::{json, Value};
 
@@ -86,4 +90,38 @@ fn the_walk_finds_undocumented_objects_items_and_leaves() {
             ".status"
         ]
     );
+}
+
+/// What the issue saw empty: `kubectl explain mcpserver.spec.auth` (the API server's published
+/// OpenAPI of the installed CRD, which can lag the CRD by a few seconds).
+#[tokio::test]
+async fn kubectl_explain_shows_the_descriptions() {
+    let client = support::kube_client().await;
+    harness::install_crds(&client).await;
+    let tb = support::testbed().await;
+    let kubectl = tb.dir.join("bin/kubectl");
+    let cases = [
+        ("mcpserver.spec.auth", "Who validates tokens"),
+        (
+            "mcpauthpolicy.spec.keycloak",
+            "How the operator and the MCP pods reach Keycloak",
+        ),
+        ("mcpserver.status", "What the operator last did"),
+    ];
+    for (field, want) in cases {
+        let what = format!("kubectl explain {field} showing {want:?}");
+        support::wait_for(&what, std::time::Duration::from_secs(60), || {
+            let out = std::process::Command::new(&kubectl)
+                .args(["explain", field])
+                .env("KUBECONFIG", &tb.kubeconfig)
+                .output()
+                .expect("kubectl explain");
+            // kubectl wraps descriptions at its own width.
+            let text = String::from_utf8_lossy(&out.stdout);
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let ok = words.join(" ").contains(want);
+            async move { ok.then_some(()) }
+        })
+        .await;
+    }
 }
