@@ -51,11 +51,12 @@ pub const GATEWAY_ADMIN_PORT: i32 = 9090;
 /// The MCP server's workload and how it is secured. Every change is reconciled within seconds;
 /// changes that affect the pods roll them.
 pub struct McpServerSpec {
-    /// Container image of the MCP server (Streamable HTTP transport).
+    /// Container image of the MCP server (Streamable HTTP transport). Changing it rolls the pods.
     #[schemars(length(min = 1, max = 1024))]
     pub image: String,
 
-    /// Port the MCP server listens on (and the Service's port).
+    /// Port the MCP server listens on (and the Service's port); default 3000. In `Proxy` mode
+    /// 8080 and 9090 belong to the gateway.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
@@ -90,7 +91,8 @@ pub struct McpServerSpec {
     pub policy_ref: PolicyRef,
 
     /// Canonical public URL of the server: the token audience and the protected-resource
-    /// `resource`. Defaults to `http://{name}.{namespace}.svc:{port}`.
+    /// `resource`. Defaults to `http://{name}.{namespace}.svc:{port}`. Changing it changes the
+    /// audience: tokens issued for the old URL are refused from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = kube::core::Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && !self.endsWith('/') && !self.contains('?') && !self.contains('#')").message("url must be an absolute http(s) URL without trailing slash, query or fragment"))]
