@@ -319,23 +319,9 @@ async fn exact_statuses_read_as_kstatus_and_argo_cd_health() {
     assert_eq!((k.as_str(), a.as_str()), ("Current", "Progressing"));
 
     // Generation 2, so a lagging observedGeneration is a real one.
-    let merge = |v: Value| Patch::Merge(v);
-    Api::<McpServer>::namespaced(client.clone(), &ns)
-        .patch(
-            "s",
-            &PatchParams::default(),
-            &merge(json!({"spec": {"replicas": 2}})),
-        )
-        .await
-        .unwrap();
-    Api::<McpAuthPolicy>::namespaced(client.clone(), &ns)
-        .patch(
-            "p",
-            &PatchParams::default(),
-            &merge(json!({"spec": {"keycloak": {"publicUrl": "https://kc.example"}}})),
-        )
-        .await
-        .unwrap();
+    merge::<McpServer>(&client, &ns, "s", json!({"spec": {"replicas": 2}})).await;
+    let public = json!({"spec": {"keycloak": {"publicUrl": "https://kc.example"}}});
+    merge::<McpAuthPolicy>(&client, &ns, "p", public).await;
 
     let mut seen = run_cases::<McpServer>(&client, &ns, "s").await;
     seen.extend(run_cases::<McpAuthPolicy>(&client, &ns, "p").await);
