@@ -218,4 +218,5 @@ async fn readme_install_on_a_cluster_runs_as_written() {
         support::delete_namespace(&admin, ns).await;
     }
     realm.delete().await;
+    let _ = std::fs::remove_dir_all(&sh.env["HOME"]);
 }
