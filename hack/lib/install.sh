@@ -9,12 +9,21 @@
 #   $CACHE_ROOT/bin/etcd-<v>/etcd
 #   $CACHE_ROOT/bin/helm-<v>/helm
 #   $CACHE_ROOT/bin/kwok-<v>/kwok
+#   $CACHE_ROOT/bin/kstatus-<cli-utils v>-<source hash>/kstatus  (from hack/kstatus/)
+#   $CACHE_ROOT/bin/helm-docs-<v>/helm-docs
 #   $CACHE_ROOT/keycloak/<v>/keycloak-<v>/  (unpacked distribution)
 
 K8S_BIN_DIR() { echo "$CACHE_ROOT/bin/kubernetes-$KUBERNETES_VERSION"; }
 ETCD_BIN() { echo "$CACHE_ROOT/bin/etcd-$ETCD_VERSION/etcd"; }
 HELM_BIN() { echo "$CACHE_ROOT/bin/helm-$HELM_VERSION/helm"; }
 KWOK_BIN() { echo "$CACHE_ROOT/bin/kwok-$KWOK_VERSION/kwok"; }
+HELM_DOCS_BIN() { echo "$CACHE_ROOT/bin/helm-docs-$HELM_DOCS_VERSION/helm-docs"; }
+# Keyed by the helper's source too, so an edited hack/kstatus/ is rebuilt.
+KSTATUS_BIN() {
+  local h
+  h=$(cat "$REPO_ROOT"/hack/kstatus/{go.mod,go.sum,main.go} | sha256sum | cut -c1-12)
+  echo "$CACHE_ROOT/bin/kstatus-$CLI_UTILS_VERSION-$h/kstatus"
+}
 KEYCLOAK_HOME() { echo "$CACHE_ROOT/keycloak/$KEYCLOAK_VERSION/keycloak-$KEYCLOAK_VERSION"; }
 
 K8S_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
@@ -193,6 +202,30 @@ install_kwok() {
   mv "$stages.tmp" "$stages"
 }
 
+install_helm_docs() {
+  install_go_tool helm-docs "$HELM_DOCS_VERSION" github.com/norwoodj/helm-docs \
+    github.com/norwoodj/helm-docs/cmd/helm-docs
+}
+
+# The kstatus helper's source and go.sum live in the repository (hack/kstatus/); it is built
+# with -mod=readonly, so the committed go.sum is what gets verified.
+install_kstatus() {
+  local bin; bin=$(KSTATUS_BIN)
+  [[ -x "$bin" ]] && return 0
+  go_env
+  local src="$REPO_ROOT/hack/kstatus" logf="$CACHE_ROOT/build/kstatus.log"
+  grep -q "sigs.k8s.io/cli-utils $CLI_UTILS_VERSION\$" "$src/go.mod" ||
+    die "hack/kstatus/go.mod does not require sigs.k8s.io/cli-utils $CLI_UTILS_VERSION (hack/versions.env)"
+  mkdir -p "$(dirname "$bin")"
+  : >"$logf"
+  log "building kstatus helper (cli-utils $CLI_UTILS_VERSION); log: $logf"
+  local start=$SECONDS
+  (cd "$src" && GOFLAGS="-mod=readonly -buildvcs=false" run_logged "$logf" \
+    go build -trimpath -ldflags "-s -w" -o "$bin.tmp" .)
+  mv "$bin.tmp" "$bin"
+  log "built kstatus helper in $((SECONDS - start)) s"
+}
+
 # Keycloak: the quarkus distribution zip from Maven Central via mvn, unpacked once.
 install_keycloak() {
   local home; home=$(KEYCLOAK_HOME)
@@ -232,6 +265,8 @@ install_all() {
   install_etcd
   install_kwok
   install_helm
+  install_helm_docs
+  install_kstatus
   wait "$kc_pid" || kc_rc=$?
   ((kc_rc == 0)) || die "Keycloak download failed"
   log "install done in $((SECONDS - start)) s"

@@ -48,6 +48,7 @@ pub const SCOPE_PATTERN: &str = r#"^[!#-\[\]-~]+$"#;
     status = "McpAuthPolicyStatus",
     shortname = "mcpap",
     category = "mcp",
+    doc = "Realm-level Keycloak plumbing shared by the McpServers of its namespace: the Keycloak connection and admin credentials, the MCP scopes, anonymous Dynamic Client Registration, Client ID Metadata Documents and the refusal of grants without a user. One policy holds a realm.",
     printcolumn(name = "Realm", type_ = "string", json_path = ".spec.keycloak.realm"),
     printcolumn(name = "Issuer", type_ = "string", json_path = ".status.issuer"),
     printcolumn(
@@ -67,6 +68,8 @@ pub const SCOPE_PATTERN: &str = r#"^[!#-\[\]-~]+$"#;
     )
 )]
 #[serde(rename_all = "camelCase")]
+/// What the operator keeps configured in the policy's Keycloak realm. Edits are applied on the
+/// next reconcile (seconds); drift made in Keycloak is repaired at the latest on the resync.
 pub struct McpAuthPolicySpec {
     /// How the operator and the MCP pods reach Keycloak, and which realm to configure.
     pub keycloak: KeycloakConnection,
@@ -149,6 +152,7 @@ fn default_scopes() -> Vec<ScopeSpec> {
     }]
 }
 
+/// The Keycloak the policy configures, how it is reached, and with which admin credentials.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KeycloakConnection {
@@ -173,14 +177,18 @@ pub struct KeycloakConnection {
     pub create_realm: bool,
 
     /// Secret (same namespace) with either `username`/`password` (password grant of `admin-cli`) or
-    /// `clientId`/`clientSecret` (a service account: the least-privilege choice).
+    /// `clientId`/`clientSecret` (a service account: the least-privilege choice), and `url`: the
+    /// Keycloak base URL the credentials belong to, equal to `url` above (plus optional
+    /// `authRealm`). The operator sends the credentials to that Keycloak and realm only.
     pub admin_credentials_secret_ref: AdminCredentialsSecretRef,
 
-    /// Optional PEM CA bundle for an https Keycloak.
+    /// Optional PEM CA bundle (a Secret key) to verify an https Keycloak. Default: the system's
+    /// trust roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_secret_ref: Option<SecretKeyRef>,
 }
 
+/// The Secret with the Keycloak admin credentials.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AdminCredentialsSecretRef {
@@ -194,11 +202,14 @@ pub struct AdminCredentialsSecretRef {
     pub auth_realm: Option<String>,
 }
 
+/// A key of a Secret in the policy's namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// Key in the Secret (default `ca.crt`).
     #[serde(default = "default_ca_key")]
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
@@ -497,9 +508,16 @@ fn cimd_required_properties(_: &mut schemars::SchemaGenerator) -> schemars::Sche
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+/// What the operator last did for this policy, written by the operator only.
 pub struct McpAuthPolicyStatus {
+    /// `Ready`, `KeycloakReachable`, `RealmConfigured`, `RegistrationPolicyApplied`,
+    /// `MachineGrantsRefused`, `ClientIdMetadataDocumentsApplied`, `ClientLimitPressure` (with
+    /// `dynamicClientRegistration`), `Stalled` while a person must fix something; a `False`
+    /// condition's reason says what is wrong (README, Troubleshooting).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The `metadata.generation` these conditions describe; behind it, a spec change is still
+    /// being reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Issuer as clients see it: `{publicUrl}/realms/{realm}`.

@@ -36,6 +36,7 @@ pub const GATEWAY_ADMIN_PORT: i32 = 9090;
     status = "McpServerStatus",
     shortname = "mcps",
     category = "mcp",
+    doc = "One MCP server secured with Keycloak: its introspection client and audience scope in the realm of its McpAuthPolicy, a Secret with the client's credentials, and a Deployment and Service running the server (behind the auth gateway in Proxy mode).",
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
     printcolumn(name = "Client", type_ = "string", json_path = ".status.clientId"),
     printcolumn(name = "Auth", type_ = "string", json_path = ".spec.auth.mode"),
@@ -47,16 +48,21 @@ pub const GATEWAY_ADMIN_PORT: i32 = 9090;
     validation = kube::core::Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("McpServer names must be DNS labels (at most 63 characters: lowercase letters, digits and '-', starting with a letter): the Service and label values carry the name")
 )]
 #[serde(rename_all = "camelCase")]
+/// The MCP server's workload and how it is secured. Every change is reconciled within seconds;
+/// changes that affect the pods roll them.
 pub struct McpServerSpec {
-    /// Container image of the MCP server (Streamable HTTP transport).
+    /// Container image of the MCP server (Streamable HTTP transport). Changing it rolls the pods.
     #[schemars(length(min = 1, max = 1024))]
     pub image: String,
 
-    /// Port the MCP server listens on (and the Service's port).
+    /// Port the MCP server listens on (and the Service's port); default 3000. In `Proxy` mode
+    /// 8080 and 9090 belong to the gateway.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 
+    /// Number of pods of the Deployment (default 1). 0 stops the server but keeps its Keycloak
+    /// client and Secret; the McpServer is then Ready without an available replica.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
@@ -67,13 +73,16 @@ pub struct McpServerSpec {
     #[x_kube(validation = kube::core::Rule::new("self.all(e, !(e.name in ['HOST', 'PORT', 'AUTH_HOST', 'AUTH_PORT', 'AUTH_REALM', 'OAUTH_CLIENT_ID', 'OAUTH_CLIENT_SECRET', 'MCP_SERVER_URL', 'MCP_AUTH_ISSUER', 'MCP_AUTH_INTROSPECTION_ENDPOINT', 'MCP_REQUIRED_SCOPES']))").message("env may not set the operator's contract variables (HOST, PORT, AUTH_*, OAUTH_*, MCP_*)"))]
     pub env: Vec<EnvVar>,
 
+    /// Arguments of the MCP container (the image's entrypoint is kept). Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
     pub args: Vec<String>,
 
+    /// CPU and memory requests and limits of the MCP container. Default: none set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
+    /// ServiceAccount of the pods (same namespace). Default: the namespace's `default` account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub service_account_name: Option<String>,
@@ -82,7 +91,8 @@ pub struct McpServerSpec {
     pub policy_ref: PolicyRef,
 
     /// Canonical public URL of the server: the token audience and the protected-resource
-    /// `resource`. Defaults to `http://{name}.{namespace}.svc:{port}`.
+    /// `resource`. Defaults to `http://{name}.{namespace}.svc:{port}`. Changing it changes the
+    /// audience: tokens issued for the old URL are refused from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = kube::core::Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && !self.endsWith('/') && !self.contains('?') && !self.contains('#')").message("url must be an absolute http(s) URL without trailing slash, query or fragment"))]
@@ -100,9 +110,13 @@ pub struct McpServerSpec {
     #[schemars(schema_with = "super::schemas::server_scopes")]
     pub scopes: Vec<String>,
 
+    /// The confidential Keycloak client the server (or its gateway) uses to introspect tokens,
+    /// and the Secret that receives its credentials. Defaults derive from the McpServer's name.
     #[serde(default)]
     pub introspection_client: IntrospectionClient,
 
+    /// Who validates tokens: the operator's gateway in front of the server (default), the server
+    /// itself, or nobody.
     #[serde(default)]
     pub auth: AuthSpec,
 
@@ -118,14 +132,17 @@ fn default_replicas() -> i32 {
     1
 }
 
+/// Reference to an McpAuthPolicy in the McpServer's namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyRef {
+    /// Name of the McpAuthPolicy. Immutable: the server's Keycloak objects live in its realm.
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("policyRef is immutable; delete and recreate the McpServer"))]
     pub name: String,
 }
 
+/// The server's confidential introspection client in Keycloak and the Secret of its credentials.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct IntrospectionClient {
@@ -147,6 +164,7 @@ pub struct IntrospectionClient {
     pub secret_name: Option<String>,
 }
 
+/// How requests to the MCP server are authenticated.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("self.mode != 'None' || (has(self.allowUnauthenticated) && self.allowUnauthenticated)").message("mode None serves the MCP server without authentication; set allowUnauthenticated: true to confirm"))]
@@ -174,17 +192,26 @@ pub enum AuthMode {
     None,
 }
 
+/// What the operator last did for this McpServer, written by the operator only.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct McpServerStatus {
+    /// `Ready`, `PolicyResolved`, `KeycloakClientReady`, `SecretReady`, `Available`
+    /// (`Unauthenticated` with `auth.mode: None`, `Stalled` while a person must fix something);
+    /// a `False` condition's reason says what is wrong (README, Troubleshooting).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The `metadata.generation` these conditions describe; behind it, a spec change is still
+    /// being reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The canonical URL in effect (`spec.url` or its default): the token audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The Keycloak clientId of the introspection client in effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The Secret holding the introspection client's credentials (`client-id`, `client-secret`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// Client scope that carries this server's audience; clients request it with `scope`.
@@ -194,6 +221,7 @@ pub struct McpServerStatus {
     /// realm's whole scope list (which grows with every server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience_scope_id: Option<String>,
+    /// Ready pods of the Deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
     /// Where the Keycloak objects live, recorded so cleanup finds them.
