@@ -22,9 +22,10 @@ fn www_auth(resp: &reqwest::Response) -> String {
         .to_owned()
 }
 
-fn invalid_token_challenge(description: &str) -> String {
+/// Every refused token gets the same challenge: no oracle for a token's state.
+fn invalid_token_challenge() -> String {
     format!(
-        "Bearer error=\"invalid_token\", error_description=\"{description}\", resource_metadata=\"{METADATA_URL}\", scope=\"mcp:tools\""
+        "Bearer error=\"invalid_token\", error_description=\"The access token is not valid for this resource\", resource_metadata=\"{METADATA_URL}\", scope=\"mcp:tools\""
     )
 }
 
@@ -164,12 +165,7 @@ async fn malformed_bearer_gets_401_invalid_token_without_introspection() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 401, "{header}");
-        assert_eq!(
-            www_auth(&resp),
-            invalid_token_challenge(
-                "The Authorization header does not carry a well-formed Bearer token"
-            )
-        );
+        assert_eq!(www_auth(&resp), invalid_token_challenge());
     }
     assert_eq!(bed.introspection.calls(), 0);
     assert_eq!(bed.upstream.hits(), 0);
@@ -182,10 +178,7 @@ async fn inactive_token_gets_401_invalid_token() {
         .set_token("revoked", json!({"active": false}));
     let resp = get_with_token(&bed, "/mcp", "revoked").await;
     assert_eq!(resp.status(), 401);
-    assert_eq!(
-        www_auth(&resp),
-        invalid_token_challenge("The access token is not active (expired, revoked or unknown)")
-    );
+    assert_eq!(www_auth(&resp), invalid_token_challenge());
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_token");
     assert_eq!(bed.introspection.calls(), 1);
@@ -205,10 +198,7 @@ async fn wrong_audience_gets_401_invalid_token() {
     for token in ["other-aud", "trailing-slash-aud"] {
         let resp = get_with_token(&bed, "/mcp", token).await;
         assert_eq!(resp.status(), 401, "{token}");
-        assert_eq!(
-            www_auth(&resp),
-            invalid_token_challenge("The access token was not issued for this resource")
-        );
+        assert_eq!(www_auth(&resp), invalid_token_challenge());
     }
     assert_eq!(bed.upstream.hits(), 0);
 }
@@ -561,10 +551,7 @@ async fn revoked_token_is_refused_once_the_cache_ttl_lapses() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let resp = get_with_token(&bed, "/mcp", GOOD).await;
     assert_eq!(resp.status(), 401);
-    assert_eq!(
-        www_auth(&resp),
-        invalid_token_challenge("The access token is not active (expired, revoked or unknown)")
-    );
+    assert_eq!(www_auth(&resp), invalid_token_challenge());
     assert_eq!(bed.introspection.calls(), 2);
     // The negative answer is reused briefly (min(negative TTL, TTL) = 1 s).
     assert_eq!(get_with_token(&bed, "/mcp", GOOD).await.status(), 401);
@@ -586,10 +573,7 @@ async fn cache_entry_never_outlives_token_exp() {
     let resp = get_with_token(&bed, "/mcp", GOOD).await;
     assert_eq!(resp.status(), 401);
     assert_eq!(bed.introspection.calls(), 2);
-    assert_eq!(
-        www_auth(&resp),
-        invalid_token_challenge("The access token has expired")
-    );
+    assert_eq!(www_auth(&resp), invalid_token_challenge());
 }
 
 #[tokio::test]
@@ -626,21 +610,64 @@ async fn upstream_unreachable_gives_502() {
 }
 
 #[tokio::test]
-async fn cors_preflight_is_forwarded_without_authentication() {
-    let bed = TestBed::start().await;
+async fn cors_preflight_is_answered_by_the_gateway_and_never_forwarded() {
+    let bed = TestBed::start_with(|c| c.allowed_origins = "http://localhost:6274".into()).await;
+    for origin in ["https://mcp.example.com", "http://localhost:6274"] {
+        let resp = bed
+            .http
+            .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, mcp-session-id",
+            )
+            .header("content-type", "application/json")
+            // A body that would be a tool call if a server ignored the method.
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204, "{origin}");
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], origin);
+        assert_eq!(
+            h["access-control-allow-methods"],
+            "GET, POST, DELETE, OPTIONS"
+        );
+        assert_eq!(
+            h["access-control-allow-headers"],
+            "Authorization, Content-Type, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID, Accept"
+        );
+        assert_eq!(h["vary"], "Origin");
+        assert!(
+            resp.bytes().await.unwrap().is_empty(),
+            "a preflight has no body"
+        );
+    }
+    // With a token too: still answered here.
     let resp = bed
         .http
         .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
+        .bearer_auth(GOOD)
         .header("origin", "http://localhost:6274")
-        .header("access-control-request-method", "POST")
-        .header("x-mcp-auth-subject", "spoofed")
+        .header("access-control-request-method", "DELETE")
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let echo: Value = resp.json().await.unwrap();
-    assert_eq!(echo["method"], "OPTIONS");
-    assert!(echo["headers"].get("x-mcp-auth-subject").is_none());
+    assert_eq!(resp.status(), 204);
+    // A foreign origin's preflight: 403, nothing allowed.
+    let resp = bed
+        .http
+        .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(bed.upstream.hits(), 0, "a preflight reached the upstream");
     assert_eq!(bed.introspection.calls(), 0);
     // OPTIONS without the preflight headers is an ordinary, protected request.
     let resp = bed
@@ -650,6 +677,166 @@ async fn cors_preflight_is_forwarded_without_authentication() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+    assert_eq!(bed.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn foreign_origin_gets_403_before_any_token_work_own_and_none_pass() {
+    let bed = TestBed::start_with(|c| c.allowed_origins = "http://localhost:6274".into()).await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    for origin in [
+        "https://evil.example",
+        "http://mcp.example.com",
+        "https://mcp.example.com:8443",
+        "null",
+        "https://mcp.example.com.evil.example",
+    ] {
+        let resp = bed
+            .http
+            .post(bed.url("/mcp"))
+            .bearer_auth(GOOD)
+            .header("origin", origin)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{origin}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "forbidden_origin");
+    }
+    assert_eq!(
+        bed.introspection.calls(),
+        0,
+        "token work for a foreign origin"
+    );
+    assert_eq!(bed.upstream.hits(), 0);
+
+    // The resource's own origin (any case, default port), an allowed one, and none pass.
+    for origin in [
+        Some("https://mcp.example.com"),
+        Some("https://MCP.example.com:443"),
+        Some("http://localhost:6274"),
+        None,
+    ] {
+        let mut req = bed.http.post(bed.url("/mcp")).bearer_auth(GOOD).body("{}");
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{origin:?}");
+        match origin {
+            Some(o) => {
+                assert_eq!(resp.headers()["access-control-allow-origin"], o);
+                assert_eq!(
+                    resp.headers()["access-control-expose-headers"],
+                    "Mcp-Session-Id, WWW-Authenticate"
+                );
+            }
+            None => assert!(resp.headers().get("access-control-allow-origin").is_none()),
+        }
+    }
+    assert_eq!(bed.upstream.hits(), 4);
+    // Metadata stays open to every origin.
+    let resp = bed
+        .http
+        .get(bed.url("/.well-known/oauth-protected-resource/mcp"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    let m = bed.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "mcp_gateway_requests_total{outcome=\"forbidden_origin\"}"
+        ),
+        Some(5.0)
+    );
+}
+
+#[tokio::test]
+async fn client_sent_forwarding_headers_are_replaced() {
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    let resp = bed
+        .http
+        .post(bed.url("/mcp"))
+        .bearer_auth(GOOD)
+        .header("forwarded", "for=203.0.113.9;host=evil.example;proto=https")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "http")
+        .header("x-forwarded-prefix", "/admin")
+        .header("x-forwarded-port", "1")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().await.unwrap();
+    let h = &echo["headers"];
+    assert!(h.get("forwarded").is_none(), "{h}");
+    assert!(h.get("x-forwarded-prefix").is_none(), "{h}");
+    assert!(h.get("x-forwarded-port").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-for"], json!(["127.0.0.1"]));
+    assert_eq!(h["x-forwarded-host"], json!([bed.gateway.addr.to_string()]));
+    // The resource URL (https://mcp.example.com/mcp) says how clients reach the server.
+    assert_eq!(h["x-forwarded-proto"], json!(["https"]));
+}
+
+#[tokio::test]
+async fn every_refused_token_gets_the_same_answer() {
+    let bed = TestBed::start().await;
+    let mut wrong_aud = active_claims("openid mcp:tools");
+    wrong_aud["aud"] = json!("https://other.example.com/mcp");
+    let mut expired = active_claims("openid mcp:tools");
+    expired["exp"] = json!(unix_now() - 10);
+    let mut no_user = active_claims("openid mcp:tools");
+    no_user["sid"] = json!(null);
+    bed.introspection.set_token("wrong-aud", wrong_aud);
+    bed.introspection.set_token("expired", expired);
+    bed.introspection.set_token("no-user", no_user);
+    let mut answers = Vec::new();
+    for token in ["inactive", "wrong-aud", "expired", "no-user", "a\"b"] {
+        let resp = bed
+            .http
+            .get(bed.url("/mcp"))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{token}");
+        let challenge = www_auth(&resp);
+        let body = resp.text().await.unwrap();
+        answers.push((challenge, body));
+    }
+    assert_eq!(answers[0].0, invalid_token_challenge());
+    assert!(
+        answers.iter().all(|a| *a == answers[0]),
+        "answers differ: {answers:#?}"
+    );
+    // The reasons are in the metrics, not in the answers.
+    let m = bed.metrics().await;
+    for reason in [
+        "inactive",
+        "wrong_audience",
+        "expired",
+        "no_user_session",
+        "malformed",
+    ] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("mcp_gateway_token_refusals_total{{reason=\"{reason}\"}}")
+            ),
+            Some(1.0),
+            "{reason}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -85,6 +85,13 @@ impl TokenCache {
         }
     }
 
+    /// How long the entry for `key` stays valid, if there is one.
+    pub fn remaining(&self, key: &TokenKey, now: Instant) -> Option<Duration> {
+        let map = self.lock();
+        let entry = map.get(key)?;
+        (entry.expires_at > now).then(|| entry.expires_at - now)
+    }
+
     /// Stores a result for as long as [`entry_lifetime`] allows (maybe not at all).
     pub fn insert(&self, key: TokenKey, info: Arc<TokenInfo>, now: Instant, wall: SystemTime) {
         if self.max_entries == 0 {
@@ -139,6 +146,7 @@ mod tests {
             exp,
             nbf: None,
             bearer_type: true,
+            user_session: true,
         })
     }
 

@@ -54,11 +54,14 @@ mod auth;
 mod cache;
 mod config;
 mod introspection;
+mod limits;
+mod listener;
 mod metadata;
 pub mod metrics;
 mod proxy;
+mod stream;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,10 +75,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 
-pub use auth::{Audience, Decision, Identity, IntrospectionResponse, TokenInfo};
-pub use config::{ClientSecret, GatewayConfig, CLIENT_SECRET_ENV, DEFAULT_MAX_BODY_BYTES};
+pub use auth::{
+    evaluate, is_jwt_shaped, Audience, Decision, Identity, IntrospectionResponse, Rules, TokenInfo,
+};
+pub use config::{
+    split_list, ClientSecret, GatewayConfig, ALLOWED_ORIGINS_ENV, CLIENT_SECRET_ENV,
+    DEFAULT_MAX_BODY_BYTES, SERVICE_ACCOUNT_CLIENTS_ENV,
+};
 pub use introspection::IntrospectionError;
-pub use metadata::{Challenge, InvalidReason, ProtectedResourceMetadata, WELL_KNOWN_PRM};
+pub use metadata::{
+    Challenge, InvalidReason, ProtectedResourceMetadata, INVALID_TOKEN_DESCRIPTION, WELL_KNOWN_PRM,
+};
 pub use metrics::Outcome;
 pub use proxy::{HEADER_CLIENT_ID, HEADER_SCOPES, HEADER_SUBJECT, IDENTITY_HEADER_PREFIX};
 
@@ -142,10 +152,15 @@ impl Gateway {
             required_scopes = %settings.required_scopes.join(" "),
             upstream = %settings.upstream.authority,
             cache_ttl_s = settings.cache_ttl.as_secs(),
+            allowed_origins = %settings.allowed_origins.join(" "),
+            service_account_clients = %settings.service_account_clients.join(" "),
+            max_connections = settings.limits.max_connections,
+            max_inflight = settings.limits.max_inflight,
             "MCP auth gateway configured"
         );
         Ok(Self {
             state: Arc::new(AppState {
+                inflight: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_inflight)),
                 settings,
                 introspector,
                 client,
@@ -206,13 +221,13 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let shutdown = shutdown.boxed().shared();
         let grace = self.state.settings.shutdown_grace;
-        let main = axum::serve(
+        let main = listener::serve(
             listener,
-            self.router()
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone())
-        .into_future();
+            self.router(),
+            self.state.settings.limits.clone(),
+            self.state.metrics.clone(),
+            shutdown.clone(),
+        );
         let admin_router = self.admin_router();
         let admin_shutdown = shutdown.clone();
         let admin = async move {
