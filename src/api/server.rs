@@ -21,6 +21,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "MCP_AUTH_ISSUER",
     "MCP_AUTH_INTROSPECTION_ENDPOINT",
     "MCP_REQUIRED_SCOPES",
+    crate::gateway::SERVICE_ACCOUNT_CLIENTS_ENV,
 ];
 
 /// Port of the gateway container in `proxy` mode, and of its admin (health/metrics) listener.
@@ -64,7 +65,7 @@ pub struct McpServerSpec {
     /// Extra environment for the MCP container. The contract variables are set by the operator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(e, !(e.name in ['HOST', 'PORT', 'AUTH_HOST', 'AUTH_PORT', 'AUTH_REALM', 'OAUTH_CLIENT_ID', 'OAUTH_CLIENT_SECRET', 'MCP_SERVER_URL', 'MCP_AUTH_ISSUER', 'MCP_AUTH_INTROSPECTION_ENDPOINT', 'MCP_REQUIRED_SCOPES']))").message("env may not set the operator's contract variables (HOST, PORT, AUTH_*, OAUTH_*, MCP_*)"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(e, !(e.name in ['HOST', 'PORT', 'AUTH_HOST', 'AUTH_PORT', 'AUTH_REALM', 'OAUTH_CLIENT_ID', 'OAUTH_CLIENT_SECRET', 'MCP_SERVER_URL', 'MCP_AUTH_ISSUER', 'MCP_AUTH_INTROSPECTION_ENDPOINT', 'MCP_REQUIRED_SCOPES', 'MCP_SERVICE_ACCOUNT_CLIENTS']))").message("env may not set the operator's contract variables (HOST, PORT, AUTH_*, OAUTH_*, MCP_*)"))]
     pub env: Vec<EnvVar>,
 
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -160,6 +161,17 @@ pub struct AuthSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub gateway_image: Option<String>,
+    /// Clients (`client_id`) allowed to call machine-to-machine: their tokens may carry no user
+    /// session (client credentials, the MCP client-credentials extension). Empty (default):
+    /// every token must come from a user's login; service-account tokens get 401.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schemas::service_account_clients")]
+    pub service_account_clients: Vec<String>,
+    /// Browser origins (`https://app.example.com`) allowed to call besides the `url`'s own
+    /// origin (`Proxy` mode). Requests with any other `Origin` header get 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schemas::allowed_origins")]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(

@@ -3,7 +3,10 @@
 //! Env contract of the MCP container (`Native` mode; the gateway gets the same in `Proxy` mode):
 //! the seed's `HOST PORT AUTH_HOST AUTH_PORT AUTH_REALM OAUTH_CLIENT_ID OAUTH_CLIENT_SECRET` (the
 //! secret always through `secretKeyRef`), plus `MCP_SERVER_URL` (canonical URL = audience),
-//! `MCP_AUTH_ISSUER`, `MCP_AUTH_INTROSPECTION_ENDPOINT` and `MCP_REQUIRED_SCOPES` (space-separated).
+//! `MCP_AUTH_ISSUER`, `MCP_AUTH_INTROSPECTION_ENDPOINT` and `MCP_REQUIRED_SCOPES` (space-separated),
+//! and, when `spec.auth.serviceAccountClients` is set, `MCP_SERVICE_ACCOUNT_CLIENTS`
+//! (comma-separated client ids whose tokens may lack a user session). The gateway also gets
+//! `MCP_GATEWAY_ALLOWED_ORIGINS` from `spec.auth.allowedOrigins`.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +23,7 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{AuthMode, McpAuthPolicy, McpServer, GATEWAY_ADMIN_PORT, GATEWAY_PORT};
+use crate::gateway::{ALLOWED_ORIGINS_ENV, SERVICE_ACCOUNT_CLIENTS_ENV};
 
 pub const SECRET_KEY_CLIENT_ID: &str = "client-id";
 pub const SECRET_KEY_CLIENT_SECRET: &str = "client-secret";
@@ -39,6 +43,10 @@ pub struct WorkloadInputs {
     pub client_id: String,
     pub secret_name: String,
     pub required_scopes: Vec<String>,
+    /// Clients whose user-less tokens are accepted (`spec.auth.serviceAccountClients`).
+    pub service_account_clients: Vec<String>,
+    /// Extra browser origins the gateway admits (`spec.auth.allowedOrigins`).
+    pub allowed_origins: Vec<String>,
     /// Digest of the client secret and the auth settings: changes roll the pods.
     pub config_hash: String,
     pub gateway_image: String,
@@ -83,6 +91,8 @@ impl WorkloadInputs {
             client_id,
             secret_name: server.secret_name(),
             required_scopes,
+            service_account_clients: server.spec.auth.service_account_clients.clone(),
+            allowed_origins: server.spec.auth.allowed_origins.clone(),
             config_hash,
             gateway_image: server
                 .spec
@@ -154,7 +164,7 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
 
 /// The auth part of the env contract (everything but HOST and PORT).
 fn auth_env(inputs: &WorkloadInputs) -> Vec<EnvVar> {
-    vec![
+    let mut vars = vec![
         env("AUTH_HOST", inputs.auth_host.clone()),
         env("AUTH_PORT", inputs.auth_port.to_string()),
         env("AUTH_REALM", inputs.realm.clone()),
@@ -171,7 +181,15 @@ fn auth_env(inputs: &WorkloadInputs) -> Vec<EnvVar> {
             inputs.introspection_endpoint.clone(),
         ),
         env("MCP_REQUIRED_SCOPES", inputs.required_scopes.join(" ")),
-    ]
+    ];
+    // Only when set: absent means "users only", and unchanged servers keep their pod template.
+    if !inputs.service_account_clients.is_empty() {
+        vars.push(env(
+            SERVICE_ACCOUNT_CLIENTS_ENV,
+            inputs.service_account_clients.join(","),
+        ));
+    }
+    vars
 }
 
 fn restricted_security_context() -> SecurityContext {
@@ -247,6 +265,9 @@ fn gateway_container(server: &McpServer, inputs: &WorkloadInputs) -> Container {
         ),
     ];
     vars.extend(auth_env(inputs));
+    if !inputs.allowed_origins.is_empty() {
+        vars.push(env(ALLOWED_ORIGINS_ENV, inputs.allowed_origins.join(",")));
+    }
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -383,6 +404,8 @@ mod tests {
                     mode,
                     allow_unauthenticated: None,
                     gateway_image: None,
+                    service_account_clients: vec![],
+                    allowed_origins: vec![],
                 },
                 deletion_policy: DeletionPolicy::Delete,
             },
@@ -548,6 +571,42 @@ mod tests {
             pod.containers[1].ports.as_ref().unwrap()[0].name.as_deref(),
             Some("mcp")
         );
+    }
+
+    #[test]
+    fn service_account_clients_and_origins_reach_the_containers_only_when_set() {
+        for mode in [AuthMode::Proxy, AuthMode::Native] {
+            let s = server(mode);
+            let i = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
+            let pod = deployment(&s, &i).spec.template.spec.unwrap();
+            for c in &pod.containers {
+                let e = env_of(c);
+                assert!(
+                    !e.contains_key(SERVICE_ACCOUNT_CLIENTS_ENV),
+                    "{mode:?} {}",
+                    c.name
+                );
+                assert!(!e.contains_key(ALLOWED_ORIGINS_ENV));
+            }
+        }
+        let mut s = server(AuthMode::Proxy);
+        s.spec.auth.service_account_clients = vec!["robot".into(), "ci-bot".into()];
+        s.spec.auth.allowed_origins = vec!["https://app.example.com".into()];
+        let i = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
+        let pod = deployment(&s, &i).spec.template.spec.unwrap();
+        let gw = env_of(&pod.containers[0]);
+        assert_eq!(value(&gw, SERVICE_ACCOUNT_CLIENTS_ENV), "robot,ci-bot");
+        assert_eq!(value(&gw, ALLOWED_ORIGINS_ENV), "https://app.example.com");
+        let mcp = env_of(&pod.containers[1]);
+        assert!(
+            !mcp.contains_key(SERVICE_ACCOUNT_CLIENTS_ENV),
+            "the gateway decides"
+        );
+        s.spec.auth.mode = AuthMode::Native;
+        let i = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
+        let pod = deployment(&s, &i).spec.template.spec.unwrap();
+        let native = env_of(&pod.containers[0]);
+        assert_eq!(value(&native, SERVICE_ACCOUNT_CLIENTS_ENV), "robot,ci-bot");
     }
 
     #[test]
