@@ -1145,3 +1145,261 @@ async fn client_abandoning_a_stream_closes_the_upstream_stream() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A JWT-shaped token that no issuer signed (passes the syntactic check, unknown to Keycloak).
+fn garbage_jwt(i: usize) -> String {
+    format!("eyJhbGciOiJSUzI1NiJ9.eyJqdGkiOiJ{i:08}In0.c2lnbmF0dXJl{i}")
+}
+
+#[tokio::test]
+async fn non_jwt_tokens_are_refused_without_introspection_when_jwts_are_required() {
+    let bed = TestBed::start_with(|c| c.require_jwt = true).await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    let resp = get_with_token(&bed, "/mcp", GOOD).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(www_auth(&resp), invalid_token_challenge());
+    let long = format!("eyJ{}.e.s", "a".repeat(20_000));
+    let resp = get_with_token(&bed, "/mcp", &long).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(bed.introspection.calls(), 0);
+    let jwt = garbage_jwt(1);
+    bed.introspection
+        .set_token(&jwt, active_claims("openid mcp:tools"));
+    assert_eq!(get_with_token(&bed, "/mcp", &jwt).await.status(), 200);
+    assert_eq!(bed.introspection.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_token_flood_costs_bounded_introspections_and_cached_tokens_stay_fast() {
+    const BURST: u32 = 10;
+    const RATE: f64 = 5.0;
+    let bed = TestBed::start_with(|c| {
+        c.introspection_burst_per_client = BURST;
+        c.introspection_rate_per_client = RATE;
+        c.introspection_burst = 1000;
+        c.introspection_rate = 1000.0;
+    })
+    .await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    assert_eq!(get_with_token(&bed, "/small", GOOD).await.status(), 200);
+    let started = Instant::now();
+    let flood = {
+        let http = bed.http.clone();
+        let url = bed.url("/mcp");
+        tokio::spawn(async move {
+            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+            use futures::StreamExt;
+            let results: Vec<_> = futures::stream::iter(0..5000)
+                .map(|i| {
+                    let http = http.clone();
+                    let url = url.clone();
+                    async move {
+                        let r = http
+                            .get(&url)
+                            .bearer_auth(garbage_jwt(i))
+                            .send()
+                            .await
+                            .unwrap();
+                        (r.status().as_u16(), r.headers().get("retry-after").cloned())
+                    }
+                })
+                .buffer_unordered(256)
+                .collect()
+                .await;
+            for (status, retry_after) in results {
+                if status == 429 {
+                    assert!(retry_after.is_some(), "429 without Retry-After");
+                }
+                *statuses.entry(status).or_default() += 1;
+            }
+            statuses
+        })
+    };
+    // The cached client has its own keep-alive connection, as a real client would.
+    let client = reqwest::Client::new();
+    let mut good = 0;
+    while !flood.is_finished() {
+        let r = client.get(bed.url("/small")).bearer_auth(GOOD).send().await;
+        assert_eq!(r.unwrap().status(), 200);
+        good += 1;
+    }
+    let statuses = flood.await.unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = f64::from(BURST) + (RATE * elapsed).ceil() + 1.0;
+    let calls = bed.introspection.calls() - 1;
+    assert!(
+        calls as f64 <= allowed,
+        "{calls} introspections for 5000 unknown tokens in {elapsed:.1}s (bound {allowed}); {statuses:?}"
+    );
+    assert_eq!(
+        statuses.get(&401).copied().unwrap_or(0),
+        calls,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.get(&429).copied().unwrap_or(0), 5000 - calls);
+    assert!(good > 0, "the cached client got no turn");
+}
+
+/// Opens a raw TCP connection and reports whether the gateway answers a request on it.
+async fn answered(addr: std::net::SocketAddr, stream: &mut tokio::net::TcpStream) -> bool {
+    let req = format!("GET /mcp HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    if stream.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+        Ok(Ok(n)) => n > 0 && buf.starts_with(b"HTTP/1.1 401"),
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn connection_cap_holds_and_frees_up() {
+    let bed = TestBed::start_with(|c| c.max_connections = 4).await;
+    let addr = bed.gateway.addr;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(answered(addr, &mut s).await, "a connection under the cap");
+        held.push(s);
+    }
+    for _ in 0..3 {
+        let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(
+            !answered(addr, &mut over).await,
+            "a fifth connection was served"
+        );
+    }
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if answered(addr, &mut s).await {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a freed slot was not reused");
+    let m = bed.metrics().await;
+    assert!(metric(&m, "mcp_gateway_connections_refused_total").unwrap() >= 3.0);
+}
+
+#[tokio::test]
+async fn slow_headers_and_bodies_are_cut_off() {
+    let bed = TestBed::start_with(|c| {
+        c.header_timeout_ms = 300;
+        c.body_timeout_ms = 300;
+    })
+    .await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    let addr = bed.gateway.addr;
+    // Headers never finished: the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /mcp HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "a connection with unfinished headers stayed open"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A body slower than the deadline: 408, nothing forwarded.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {GOOD}\r\ncontent-length: 100\r\n\r\n{{\"jsonrpc\""
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("no answer to a stalled body")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(bed.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn in_flight_cap_answers_503_and_frees_up() {
+    let bed = TestBed::start_with(|c| c.max_inflight = 2).await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut r = get_with_token(&bed, "/sse?delay_ms=1500", GOOD).await;
+        assert_eq!(r.status(), 200);
+        r.chunk().await.unwrap();
+        streams.push(r);
+    }
+    let resp = get_with_token(&bed, "/small", GOOD).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    for mut s in streams {
+        while s.chunk().await.unwrap().is_some() {}
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get_with_token(&bed, "/small", GOOD).await.status(), 200);
+}
+
+#[tokio::test]
+async fn stream_is_cut_when_its_token_expires_or_is_revoked() {
+    let bed = TestBed::start_with(|c| c.cache_ttl_seconds = 1).await;
+    // exp two seconds ahead: the stream (second event after 10 s) ends at exp.
+    let mut claims = active_claims("openid mcp:tools");
+    claims["exp"] = json!(unix_now() + 2);
+    bed.introspection.set_token("short", claims);
+    let exp = unix_now() + 2;
+    let mut r = get_with_token(&bed, "/sse?delay_ms=10000", "short").await;
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await.unwrap().is_some());
+    let ended = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Ok(Some(_)) = r.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "stream outlived its token's exp");
+    let late = unix_now().saturating_sub(exp);
+    assert!(late <= 1, "cut {late}s after exp");
+
+    // Revoked while streaming: ends within the cache TTL (1 s) plus one check.
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    let mut r = get_with_token(&bed, "/sse?delay_ms=10000", GOOD).await;
+    assert!(r.chunk().await.unwrap().is_some());
+    bed.introspection.revoke(GOOD);
+    let revoked = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Ok(Some(_)) = r.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "stream outlived its revoked token");
+    assert!(
+        revoked.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        revoked.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        bed.upstream.streams_closed(),
+        2,
+        "upstream streams left open"
+    );
+    let m = bed.metrics().await;
+    assert_eq!(
+        metric(&m, "mcp_gateway_streams_cut_total{reason=\"expired\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "mcp_gateway_streams_cut_total{reason=\"revoked\"}"),
+        Some(1.0)
+    );
+}
