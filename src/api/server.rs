@@ -1,6 +1,6 @@
 //! `McpServer`: one MCP server, its Keycloak introspection client and its workload.
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -110,6 +110,34 @@ pub struct McpServerSpec {
     /// `Delete` (default) removes the Keycloak client on deletion; `Retain` keeps it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// The operator-owned NetworkPolicy isolating the server's pods (on by default when the
+    /// operator runs with per-server NetworkPolicies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+
+    /// securityContext of the MCP container. Default: no privilege escalation, every
+    /// capability dropped, non-root, `RuntimeDefault` seccomp. Replaces the default whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+
+    /// Mount a service-account token into the pod (default false: an MCP server rarely talks
+    /// to the Kubernetes API, and a stolen token is a foothold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// `false` opts this server out of the NetworkPolicy (its pods are then reachable from
+    /// any pod, bypassing the gateway in `Proxy` mode); the `NetworkIsolated` condition says so.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_port() -> i32 {
