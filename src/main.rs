@@ -93,10 +93,12 @@ fn metrics_peer(
     if namespaces.is_none_or(str::is_empty) && pods.is_none_or(str::is_empty) {
         return Ok(None);
     }
-    Ok(Some(mcp_keycloak_operator::desired::workload::MetricsPeer {
-        namespace_selector: labels(namespaces.unwrap_or(""))?,
-        pod_selector: labels(pods.unwrap_or(""))?,
-    }))
+    Ok(Some(
+        mcp_keycloak_operator::desired::workload::MetricsPeer {
+            namespace_selector: labels(namespaces.unwrap_or(""))?,
+            pod_selector: labels(pods.unwrap_or(""))?,
+        },
+    ))
 }
 
 fn init_logging(json: bool) {

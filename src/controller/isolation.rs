@@ -48,7 +48,8 @@ pub async fn ensure(
             (
                 false,
                 "OptedOut",
-                "spec.networkPolicy.enabled is false: any pod can reach the server's pods".to_string(),
+                "spec.networkPolicy.enabled is false: any pod can reach the server's pods"
+                    .to_string(),
             )
         } else {
             (

@@ -526,8 +526,7 @@ pub async fn run_until_synced(
             ),
         };
 
-    let network_policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = match &namespace
-    {
+    let network_policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };

@@ -775,7 +775,8 @@ mod tests {
         let i = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
         let pod = deployment(&s, &i).spec.template.spec.unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
-        let sc = serde_json::to_value(pod.containers[1].security_context.as_ref().unwrap()).unwrap();
+        let sc =
+            serde_json::to_value(pod.containers[1].security_context.as_ref().unwrap()).unwrap();
         assert_eq!(
             sc,
             serde_json::json!({
