@@ -249,16 +249,7 @@ impl GatewayConfig {
         let metadata_url = metadata::metadata_url(&resource);
         let metadata_paths = metadata::metadata_paths(&resource);
 
-        let issuer = self.issuer.trim();
-        let issuer_url = Url::parse(issuer)
-            .map_err(|e| config_err(format!("--issuer {issuer:?} is not a URL: {e}")))?;
-        if !matches!(issuer_url.scheme(), "http" | "https") {
-            return Err(config_err("--issuer must be an http(s) URL"));
-        }
-        if issuer.ends_with('/') {
-            // Keycloak's issuer has no trailing slash and clients compare it exactly.
-            tracing::warn!(%issuer, "--issuer ends with '/'; Keycloak's issuer has none and MCP clients compare it exactly");
-        }
+        let issuer = check_issuer(&self.issuer)?;
 
         let introspection_endpoint = Url::parse(self.introspection_endpoint.trim())
             .map_err(|e| config_err(format!("--introspection-endpoint is not a URL: {e}")))?;
@@ -295,7 +286,7 @@ impl GatewayConfig {
             require_jwt: self.require_jwt,
             limits,
             resource,
-            issuer: issuer.to_owned(),
+            issuer,
             resource_name: self.resource_name.clone().filter(|n| !n.trim().is_empty()),
             metadata_url,
             metadata_paths,
@@ -370,6 +361,20 @@ impl GatewayConfig {
         }
         Ok(secret)
     }
+}
+
+fn check_issuer(raw: &str) -> Result<String, GatewayError> {
+    let issuer = raw.trim();
+    let issuer_url = Url::parse(issuer)
+        .map_err(|e| config_err(format!("--issuer {issuer:?} is not a URL: {e}")))?;
+    if !matches!(issuer_url.scheme(), "http" | "https") {
+        return Err(config_err("--issuer must be an http(s) URL"));
+    }
+    if issuer.ends_with('/') {
+        // Keycloak's issuer has no trailing slash and clients compare it exactly.
+        tracing::warn!(%issuer, "--issuer ends with '/'; Keycloak's issuer has none and MCP clients compare it exactly");
+    }
+    Ok(issuer.to_owned())
 }
 
 fn config_err(msg: impl Into<String>) -> GatewayError {

@@ -106,6 +106,38 @@ impl Default for Metrics {
     }
 }
 
+type Reasons = Family<ReasonLabels, Counter>;
+
+/// The counters of the gateway's hardening: refusal reasons, throttled introspections, refused
+/// connections, cut streams.
+fn register_hardening(registry: &mut Registry) -> (Reasons, Counter, Counter, Reasons) {
+    let refusals = Family::<ReasonLabels, Counter>::default();
+    registry.register(
+        "mcp_gateway_token_refusals",
+        "Presented tokens refused with invalid_token, by reason (answers never tell)",
+        refusals.clone(),
+    );
+    let throttled = Counter::default();
+    registry.register(
+        "mcp_gateway_introspection_throttled",
+        "Introspections of unknown tokens refused by the rate limits",
+        throttled.clone(),
+    );
+    let connections_refused = Counter::default();
+    registry.register(
+        "mcp_gateway_connections_refused",
+        "Connections closed at once because --max-connections were open",
+        connections_refused.clone(),
+    );
+    let streams_cut = Family::<ReasonLabels, Counter>::default();
+    registry.register(
+        "mcp_gateway_streams_cut",
+        "Streamed responses ended because their authorization ended, by reason",
+        streams_cut.clone(),
+    );
+    (refusals, throttled, connections_refused, streams_cut)
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
@@ -145,30 +177,8 @@ impl Metrics {
             "Entries in the introspection cache",
             cache_entries.clone(),
         );
-        let refusals = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "mcp_gateway_token_refusals",
-            "Presented tokens refused with invalid_token, by reason (answers never tell)",
-            refusals.clone(),
-        );
-        let throttled = Counter::default();
-        registry.register(
-            "mcp_gateway_introspection_throttled",
-            "Introspections of unknown tokens refused by the rate limits",
-            throttled.clone(),
-        );
-        let connections_refused = Counter::default();
-        registry.register(
-            "mcp_gateway_connections_refused",
-            "Connections closed at once because --max-connections were open",
-            connections_refused.clone(),
-        );
-        let streams_cut = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "mcp_gateway_streams_cut",
-            "Streamed responses ended because their authorization ended, by reason",
-            streams_cut.clone(),
-        );
+        let (refusals, throttled, connections_refused, streams_cut) =
+            register_hardening(&mut registry);
         Self {
             refusals,
             throttled,

@@ -579,39 +579,49 @@ async fn forward(
     *upstream_req.version_mut() = http::Version::HTTP_11;
     *upstream_req.headers_mut() = headers;
     match state.client.request(upstream_req).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            parts.version = http::Version::HTTP_11;
-            // A response without a length is a stream (SSE): it lives only as long as the
-            // token authorizes it. Frames are relayed as they arrive.
-            let streaming = !parts.headers.contains_key(header::CONTENT_LENGTH);
-            let watch = streaming.then_some((grant.token, grant.exp));
-            let body = GuardedBody::new(Body::new(body), state.clone(), Some(permit), watch);
-            (
-                Outcome::Allowed,
-                Response::from_parts(parts, Body::new(body)),
-            )
-        }
-        Err(error) => {
-            let mut msg = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(s) = source {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                source = s.source();
-            }
-            tracing::warn!(error = %msg, upstream = %state.settings.upstream.authority, "upstream request failed");
-            (
-                Outcome::UpstreamError,
-                error_response(
-                    StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
-                    "The MCP server behind the gateway did not answer",
-                ),
-            )
-        }
+        Ok(resp) => (Outcome::Allowed, relay(state, resp, grant, permit)),
+        Err(error) => upstream_failed(state, &error),
     }
+}
+
+/// The upstream's response for the client; frames are relayed as they arrive.
+fn relay(
+    state: &Arc<AppState>,
+    resp: http::Response<hyper::body::Incoming>,
+    grant: Grant,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = http::Version::HTTP_11;
+    // A response without a length is a stream (SSE): it lives only as long as the token
+    // authorizes it.
+    let streaming = !parts.headers.contains_key(header::CONTENT_LENGTH);
+    let watch = streaming.then_some((grant.token, grant.exp));
+    let body = GuardedBody::new(Body::new(body), state.clone(), Some(permit), watch);
+    Response::from_parts(parts, Body::new(body))
+}
+
+fn upstream_failed(
+    state: &AppState,
+    error: &hyper_util::client::legacy::Error,
+) -> (Outcome, Response) {
+    let mut msg = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    tracing::warn!(error = %msg, upstream = %state.settings.upstream.authority, "upstream request failed");
+    (
+        Outcome::UpstreamError,
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "The MCP server behind the gateway did not answer",
+        ),
+    )
 }
 
 #[cfg(test)]
