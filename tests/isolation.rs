@@ -208,3 +208,77 @@ async fn network_policies_pod_hardening_and_opt_out_on_the_real_api_server() {
     op.abort();
     realm.delete().await;
 }
+
+/// `spec.auth.serviceAccountClients` and `allowedOrigins` are checked at admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_lists_are_validated_at_admission() {
+    let client = support::kube_client().await;
+    install_crds(&client).await;
+    let ns = support::test_namespace(&client, "admission").await;
+    let api: Api<McpServer> = Api::namespaced(client.clone(), &ns);
+    let dry = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let with = |auth: Value| -> McpServer {
+        let mut s = server("weather", "acme", "http://weather.example.com");
+        let mut v = serde_json::to_value(&s.spec.auth).unwrap();
+        for (k, val) in auth.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        s.spec.auth = serde_json::from_value(v).unwrap();
+        s
+    };
+    let ok = with(json!({"serviceAccountClients": ["robot", "ci.bot/2"],
+                        "allowedOrigins": ["https://app.example.com", "http://localhost:6274", "http://[::1]:8080"]}));
+    api.create(&dry, &ok).await.expect("valid lists refused");
+    let too_many: Vec<String> = (0..33).map(|i| format!("c{i}")).collect();
+    for (bad, needle) in [
+        (
+            json!({"serviceAccountClients": ["has space"]}),
+            "serviceAccountClients entries must be client ids",
+        ),
+        (
+            json!({"serviceAccountClients": ["-leading"]}),
+            "serviceAccountClients entries must be client ids",
+        ),
+        (
+            json!({"serviceAccountClients": too_many}),
+            "must have at most 32 items",
+        ),
+        (
+            json!({"allowedOrigins": ["https://app.example.com/"]}),
+            "allowedOrigins entries must be origins",
+        ),
+        (
+            json!({"allowedOrigins": ["https://App.example.com"]}),
+            "allowedOrigins entries must be origins",
+        ),
+        (
+            json!({"allowedOrigins": ["*"]}),
+            "allowedOrigins entries must be origins",
+        ),
+        (
+            json!({"allowedOrigins": ["null"]}),
+            "allowedOrigins entries must be origins",
+        ),
+    ] {
+        let err = api
+            .create(&dry, &with(bad.clone()))
+            .await
+            .expect_err(&bad.to_string());
+        assert!(err.to_string().contains(needle), "{bad}: {err}");
+    }
+    let mut env_override = ok.clone();
+    env_override.spec.env = vec![k8s_openapi::api::core::v1::EnvVar {
+        name: "MCP_SERVICE_ACCOUNT_CLIENTS".into(),
+        value: Some("attacker".into()),
+        ..Default::default()
+    }];
+    let err = api
+        .create(&dry, &env_override)
+        .await
+        .expect_err("env override");
+    assert!(err.to_string().contains("contract variables"), "{err}");
+    support::delete_namespace(&client, &ns).await;
+}
