@@ -452,7 +452,7 @@ async fn run(clock: &Clock, once: bool, started: &mut Started) -> Result<()> {
         &json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "keycloak-admin"},
-            "stringData": {"username": tb.admin_user, "password": tb.admin_password}
+            "stringData": {"username": tb.admin_user, "password": tb.admin_password, "url": tb.keycloak_url}
         }),
     )
     .await?;

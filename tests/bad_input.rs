@@ -24,8 +24,9 @@ fn policy_json(name: &str, spec_patch: Value) -> Value {
     json!({"apiVersion": "mcpauth.dev/v1alpha1", "kind": "McpAuthPolicy", "metadata": {"name": name}, "spec": spec})
 }
 
+/// An McpServer; its default `url` is its own (a realm's servers may not share one).
 fn server_json(name: &str, spec_patch: Value) -> Value {
-    let mut spec = json!({"image": "example/mcp:1", "policyRef": {"name": "acme"}, "url": "http://localhost:3000"});
+    let mut spec = json!({"image": "example/mcp:1", "policyRef": {"name": "acme"}, "url": format!("http://localhost:3000/{name}")});
     merge(&mut spec, spec_patch);
     json!({"apiVersion": "mcpauth.dev/v1alpha1", "kind": "McpServer", "metadata": {"name": name}, "spec": spec})
 }
@@ -149,7 +150,7 @@ async fn admission_rejects_bad_specs_with_specific_messages() {
         (
             "realm with space",
             p(json!({"keycloak": {"realm": "my realm"}})),
-            "realm must start with a letter or digit",
+            "realm names start with a letter or digit",
         ),
         (
             "empty realm",
@@ -301,6 +302,48 @@ async fn admission_rejects_bad_specs_with_specific_messages() {
             "nested wildcard",
             p(json!({"dynamicClientRegistration": {"trustedHosts": ["*.*.example.com"]}})),
             hosts,
+        ),
+        (
+            "wildcard over a top-level domain",
+            p(json!({"dynamicClientRegistration": {"trustedHosts": ["*.com"]}})),
+            "at least two labels after '*.'",
+        ),
+        (
+            "cimd wildcard over a top-level domain",
+            p(json!({"clientIdMetadataDocuments": {"trustedDomains": ["*.dev"]}})),
+            "at least two labels after '*.'",
+        ),
+        (
+            "built-in scope offline_access",
+            p(json!({"scopes": [{"name": "offline_access", "type": "Default"}]})),
+            "scope names may not be one of Keycloak's built-in client scopes",
+        ),
+        (
+            "built-in scope profile",
+            p(json!({"scopes": [{"name": "profile"}]})),
+            "scope names may not be one of Keycloak's built-in client scopes",
+        ),
+        (
+            "audience scope name as a policy scope",
+            p(json!({"scopes": [{"name": "mcp:server:other:weather"}]})),
+            "reserved for the operator's per-server audience scopes",
+        ),
+        (
+            "auth realm with a path",
+            p(
+                json!({"keycloak": {"adminCredentialsSecretRef": {"name": "a", "authRealm": "master/../x"}}}),
+            ),
+            "realm names start with a letter or digit",
+        ),
+        (
+            "unknown machine grant",
+            p(json!({"allowedMachineGrants": ["Implicit"]})),
+            "Unsupported value",
+        ),
+        (
+            "client id taking the operator's default prefix",
+            s(json!({"introspectionClient": {"clientId": "mcp.other-team.weather"}})),
+            "that prefix is reserved for the operator's default client ids",
         ),
         (
             "keycloak url without host",
@@ -583,7 +626,11 @@ async fn immutable_fields_cannot_change() {
     support::delete_namespace(&client, &ns).await;
 }
 
-async fn secret(client: &Client, ns: &str, name: &str, data: Value) {
+/// A Secret with `data`, bound to the test bed's Keycloak unless `data` names another `url`.
+async fn secret(client: &Client, ns: &str, name: &str, mut data: Value) {
+    if data.get("url").is_none() {
+        data["url"] = json!(support::testbed().await.keycloak_url);
+    }
     let s: Secret =
         serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap();
     Api::<Secret>::namespaced(client.clone(), ns)
@@ -635,11 +682,28 @@ async fn runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
         policy_json("wrong-password", kcref("wrong-password", &realm.name, kc)),
     )
     .await;
+    secret(
+        &client,
+        &ns,
+        "unreachable-admin",
+        json!({"username": tb.admin_user, "password": tb.admin_password, "url": "http://127.0.0.1:1"}),
+    )
+    .await;
     create_policy(
         &client,
         &ns,
         policy_json(
             "unreachable",
+            kcref("unreachable-admin", &realm.name, "http://127.0.0.1:1"),
+        ),
+    )
+    .await;
+    // The test bed's credentials for another Keycloak: never sent there.
+    create_policy(
+        &client,
+        &ns,
+        policy_json(
+            "url-mismatch",
             kcref("keycloak-admin", &realm.name, "http://127.0.0.1:1"),
         ),
     )
@@ -663,6 +727,11 @@ async fn runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
             "InvalidAdminCredentials",
         ),
         ("unreachable", "KeycloakReachable", "KeycloakUnreachable"),
+        (
+            "url-mismatch",
+            "KeycloakReachable",
+            "AdminSecretUrlMismatch",
+        ),
         ("no-realm", "RealmConfigured", "RealmNotFound"),
     ];
     for (name, cond, reason) in cases {
@@ -882,7 +951,14 @@ async fn more_runtime_errors_have_specific_reasons_and_nothing_is_half_applied()
     ] {
         create_policy(&client, &ns, policy_json(name, kcref(secret_name))).await;
     }
-    let mut unknown_auth_realm = kcref("keycloak-admin");
+    secret(
+        &client,
+        &ns,
+        "unknown-realm-admin",
+        json!({"username": tb.admin_user, "password": tb.admin_password, "authRealm": "no-such-auth-realm"}),
+    )
+    .await;
+    let mut unknown_auth_realm = kcref("unknown-realm-admin");
     unknown_auth_realm["keycloak"]["adminCredentialsSecretRef"]["authRealm"] =
         json!("no-such-auth-realm");
     create_policy(

@@ -141,6 +141,14 @@ impl Drop for DocServer {
 // Set-up helpers.
 
 /// A policy with `clientIdMetadataDocuments` = `cimd` (and no DCR section).
+/// A realm-wide list of client profiles or policies without the operator's `user-grants-only`
+/// entry (a separate feature, tested in tests/security.rs).
+fn without_grant_refusal(list: &Value) -> Vec<Value> {
+    let grants = mcp_keycloak_operator::desired::keycloak::USER_GRANTS_ONLY;
+    let all = list.as_array().cloned().unwrap_or_default();
+    all.into_iter().filter(|e| e["name"] != grants).collect()
+}
+
 fn cimd_policy(name: &str, realm: &str, kc: &str, cimd: Value) -> McpAuthPolicy {
     serde_json::from_value(json!({
         "apiVersion": "mcpauth.dev/v1alpha1",
@@ -206,14 +214,16 @@ impl Bed {
             .expect("patch policy");
     }
 
+    /// The realm's client profiles but the operator's grant refusal (tests/security.rs).
     async fn profiles(&self) -> Vec<Value> {
         let v = self.realm.get("/client-policies/profiles").await;
-        v["profiles"].as_array().cloned().unwrap_or_default()
+        without_grant_refusal(&v["profiles"])
     }
 
+    /// The realm's client policies but the operator's grant refusal (tests/security.rs).
     async fn client_policies(&self) -> Vec<Value> {
         let v = self.realm.get("/client-policies/policies").await;
-        v["policies"].as_array().cloned().unwrap_or_default()
+        without_grant_refusal(&v["policies"])
     }
 
     fn owned_name(&self, policy: &str) -> String {
@@ -1133,7 +1143,7 @@ async fn keycloak_without_the_cimd_feature_yields_cimd_feature_disabled() {
     let realm = support::unique_name("cimd-plain");
     let s: Secret = serde_json::from_value(json!({
         "metadata": {"name": "keycloak-admin"},
-        "stringData": {"username": plain.admin_user, "password": plain.admin_password}
+        "stringData": {"username": plain.admin_user, "password": plain.admin_password, "url": plain.url}
     }))
     .unwrap();
     Api::<Secret>::namespaced(client.clone(), &ns)
@@ -1165,8 +1175,16 @@ async fn keycloak_without_the_cimd_feature_yields_cimd_feature_disabled() {
     let (_, policies) = kc
         .get(&format!("/admin/realms/{realm}/client-policies/policies"))
         .await;
-    assert_eq!(profiles, json!({"profiles": []}), "half-applied");
-    assert_eq!(policies, json!({"policies": []}), "half-applied");
+    assert_eq!(
+        without_grant_refusal(&profiles["profiles"]),
+        Vec::<Value>::new(),
+        "half-applied"
+    );
+    assert_eq!(
+        without_grant_refusal(&policies["policies"]),
+        Vec::<Value>::new(),
+        "half-applied"
+    );
 
     // Turning the section off makes the policy Ready again.
     Api::<McpAuthPolicy>::namespaced(client.clone(), &ns)

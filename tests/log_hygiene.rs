@@ -144,11 +144,11 @@ async fn debug_logs_events_and_status_never_show_a_secret_or_token() {
     for (name, data) in [
         (
             "wrong-password",
-            json!({"username": tb.admin_user, "password": wrong_password}),
+            json!({"username": tb.admin_user, "password": wrong_password, "url": tb.keycloak_url}),
         ),
         (
             "wrong-client",
-            json!({"clientId": "no-such-service-account", "clientSecret": wrong_client_secret}),
+            json!({"clientId": "no-such-service-account", "clientSecret": wrong_client_secret, "url": tb.keycloak_url}),
         ),
     ] {
         let s: Secret =

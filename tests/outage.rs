@@ -247,7 +247,7 @@ async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_t
     assert!(st.is_success(), "grant realm-admin: {st} {v}");
     let s: Secret = serde_json::from_value(json!({
         "metadata": {"name": "realm-admin"},
-        "stringData": {"username": "operator", "password": password}
+        "stringData": {"username": "operator", "password": password, "url": tb.keycloak_url, "authRealm": realm.name}
     }))
     .unwrap();
     Api::<Secret>::namespaced(client.clone(), &ns)

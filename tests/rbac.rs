@@ -734,8 +734,22 @@ async fn allowed(run: &Run, p: &Permission) -> bool {
     r.status.is_some_and(|s| s.allowed)
 }
 
-async fn scenario(grant: Grant, all: Arc<Vec<Permission>>, realm: Arc<String>) -> Outcome {
+async fn scenario(grant: Grant, all: Arc<Vec<Permission>>) -> Outcome {
     let admin = support::kube_client().await;
+    // A realm per scenario: a realm has one owning policy.
+    let realm = Realm::new(&support::unique_name("rbac")).await;
+    let (status, body) = realm
+        .kc
+        .post(
+            "/admin/realms",
+            &json!({"realm": realm.name, "enabled": true}),
+        )
+        .await;
+    assert!(
+        status.is_success(),
+        "creating realm {}: {status} {body}",
+        realm.name
+    );
     let ns = support::test_namespace(&admin, "rbac").await;
     let rel = support::test_namespace(&admin, "rbac-op").await;
     let run = Run {
@@ -837,7 +851,7 @@ async fn scenario(grant: Grant, all: Arc<Vec<Permission>>, realm: Arc<String>) -
         })
     });
     let cluster_scope = !matches!(grant, Grant::Chart("namespace"));
-    let failed = exercise(&run, &realm, cluster_scope).await.err();
+    let failed = exercise(&run, &realm.name, cluster_scope).await.err();
 
     let took = run.started.elapsed();
     let refused = run.refused();
@@ -847,6 +861,7 @@ async fn scenario(grant: Grant, all: Arc<Vec<Permission>>, realm: Arc<String>) -
     }
     let forbidden_reconcile_errors = forbidden_errors(&ctx);
     cleanup(&admin, &[&ns, &rel], &cluster_roles, &cluster_bindings).await;
+    realm.delete().await;
     Outcome {
         grant,
         failed,
@@ -869,8 +884,8 @@ fn forbidden_errors(ctx: &Context) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// A policy for the shared realm (created by the test), with a scope of its own and without
-/// registration policies, so that concurrent scenarios do not touch each other's Keycloak objects.
+/// A policy for the scenario's realm (created by the test), with a scope of its own and without
+/// registration policies.
 fn policy(realm: &str, kc: &str, scope: &str) -> McpAuthPolicy {
     serde_json::from_value(json!({
         "apiVersion": "mcpauth.dev/v1alpha1",
@@ -1136,21 +1151,6 @@ async fn chart_rbac_is_sufficient_and_every_verb_is_needed() {
     let admin = support::kube_client().await;
     harness::install_crds(&admin).await;
     let all = Arc::new(chart_permissions().await);
-    // One realm for all scenarios: creating a realm is by far the heaviest thing Keycloak does.
-    let realm = Realm::new(&support::unique_name("rbac")).await;
-    let (status, body) = realm
-        .kc
-        .post(
-            "/admin/realms",
-            &json!({"realm": realm.name, "enabled": true}),
-        )
-        .await;
-    assert!(
-        status.is_success(),
-        "creating realm {}: {status} {body}",
-        realm.name
-    );
-    let realm_name = Arc::new(realm.name.clone());
     let parallel: usize = std::env::var("RBAC_TEST_PARALLELISM")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -1166,10 +1166,10 @@ async fn chart_rbac_is_sufficient_and_every_verb_is_needed() {
     let tasks: Vec<_> = grants
         .into_iter()
         .map(|g| {
-            let (limit, all, realm_name) = (limit.clone(), all.clone(), realm_name.clone());
+            let (limit, all) = (limit.clone(), all.clone());
             tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await.unwrap();
-                scenario(g, all, realm_name).await
+                scenario(g, all).await
             })
         })
         .collect();
@@ -1178,7 +1178,6 @@ async fn chart_rbac_is_sufficient_and_every_verb_is_needed() {
         outcomes.push(t.await.expect("scenario task"));
     }
 
-    realm.delete().await;
     let mut problems = vec![];
     println!("\n{:<52} {:>5}  result", "RBAC", "secs");
     for o in &outcomes {

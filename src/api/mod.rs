@@ -97,7 +97,7 @@ impl McpServer {
     /// of one server out of every other server's audience (a shared scope would add all URLs).
     pub fn audience_scope(&self) -> String {
         format!(
-            "mcp:server:{}:{}",
+            "{AUDIENCE_SCOPE_PREFIX}{}:{}",
             self.namespace().unwrap_or_default(),
             self.name_any()
         )
@@ -130,12 +130,17 @@ pub(crate) mod schemas {
         })
     }
 
+    /// A CEL `matches` call for `pattern` (the regex's backslashes escaped for the CEL string).
+    pub fn cel_matches(pattern: &str) -> String {
+        format!("self.matches('{}')", pattern.replace('\\', "\\\\"))
+    }
+
     pub fn trusted_hosts(_: &mut SchemaGenerator) -> Schema {
         string_list(
             64,
             253,
-            r"self.matches('^(\\*\\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$')",
-            "trustedHosts entries must be a lowercase host name, an IP address or '*.domain' (no scheme, port, path, or bare '*')",
+            &cel_matches(super::HOST_PATTERN),
+            "trustedHosts entries must be a lowercase host name, an IP address or '*.domain' with at least two labels after '*.' (no scheme, port, path, bare '*' or '*.tld')",
         )
     }
 

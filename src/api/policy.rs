@@ -5,10 +5,36 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-/// Keycloak host-pattern rule: an exact host name / IP, or `*.domain`. Keycloak ignores ports and
-/// paths and has no bare `*`, so anything else would be silently misread: reject it at admission.
-pub const HOST_PATTERN: &str =
-    r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+/// Keycloak host-pattern rule: an exact host name / IP, or `*.domain` with at least two labels
+/// after `*.` (`*.com` would trust a whole top-level domain). Keycloak ignores ports and paths and
+/// has no bare `*`, so anything else would be silently misread: reject it at admission.
+pub const HOST_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*|\*\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+)$";
+
+/// Keycloak's built-in client scopes. A policy scope of one of these names would rewrite (and on
+/// deletion remove) a scope every client of the realm relies on: refused at admission.
+pub const BUILT_IN_SCOPES: &[&str] = &[
+    "openid",
+    "profile",
+    "email",
+    "address",
+    "phone",
+    "offline_access",
+    "roles",
+    "web-origins",
+    "microprofile-jwt",
+    "acr",
+    "basic",
+    "role_list",
+    "organization",
+    "service_account",
+    "saml_organization",
+];
+
+/// Prefix of the per-server audience scopes (`mcp:server:{namespace}:{name}`).
+pub const AUDIENCE_SCOPE_PREFIX: &str = "mcp:server:";
+
+/// Realm names and `authRealm`: what Keycloak accepts as a realm name in a URL path segment.
+pub const REALM_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]*$";
 
 /// RFC 6749 `scope-token`: printable ASCII without space, `"` and `\`.
 pub const SCOPE_PATTERN: &str = r#"^[!#-\[\]-~]+$"#;
@@ -62,11 +88,55 @@ pub struct McpAuthPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id_metadata_documents: Option<ClientIdMetadataDocuments>,
 
+    /// Grants that mint a token without a user logging in through the browser and consenting.
+    /// By default the operator makes Keycloak refuse all of them for every client of the realm
+    /// (a client policy named `mcp-operator.user-grants-only`), so a client registered anonymously
+    /// cannot get a token on its own. Listing one here lets Keycloak issue it again (condition
+    /// `MachineGrantsRefused` says which are open); gateways still refuse tokens without a user
+    /// session unless an McpServer lists the client in `spec.auth.serviceAccountClients`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub allowed_machine_grants: Vec<MachineGrant>,
+
     /// What happens in Keycloak when this policy is deleted: `Delete` removes the client scopes the
     /// operator created and closes anonymous registration again; `Retain` leaves Keycloak as is.
-    /// The realm itself is never deleted.
+    /// Either way the policy's claim on the realm is released. The realm itself is never deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+/// OAuth grants that obtain a token without an interactive user login.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum MachineGrant {
+    /// `client_credentials`: a service-account token, no user at all.
+    ClientCredentials,
+    /// `password` (resource owner password credentials): no browser, no consent.
+    Password,
+    /// `urn:ietf:params:oauth:grant-type:device_code`.
+    DeviceCode,
+    /// `urn:ietf:params:oauth:grant-type:token-exchange`.
+    TokenExchange,
+}
+
+impl MachineGrant {
+    pub const ALL: [MachineGrant; 4] = [
+        MachineGrant::ClientCredentials,
+        MachineGrant::Password,
+        MachineGrant::DeviceCode,
+        MachineGrant::TokenExchange,
+    ];
+
+    /// The `grant_type` value, as Keycloak's `grant-type` client-policy condition names it.
+    pub fn grant_type(self) -> &'static str {
+        match self {
+            MachineGrant::ClientCredentials => "client_credentials",
+            MachineGrant::Password => "password",
+            MachineGrant::DeviceCode => "urn:ietf:params:oauth:grant-type:device_code",
+            MachineGrant::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+        }
+    }
 }
 
 fn default_scopes() -> Vec<ScopeSpec> {
@@ -95,9 +165,7 @@ pub struct KeycloakConnection {
     pub public_url: Option<String>,
 
     /// Realm to configure, e.g. `acme`. Immutable: objects already written to a realm would be orphaned.
-    #[schemars(length(min = 1, max = 64))]
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]*$')").message("realm must start with a letter or digit and contain only letters, digits, '.', '_' and '-'"))]
-    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("realm is immutable; create a new McpAuthPolicy instead"))]
+    #[schemars(schema_with = "managed_realm_name")]
     pub realm: String,
 
     /// Create the realm if it does not exist (default false: a missing realm is an error).
@@ -119,9 +187,10 @@ pub struct AdminCredentialsSecretRef {
     /// Name of the Secret in the policy's namespace.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Realm the admin credentials belong to (default `master`).
+    /// Realm the admin credentials belong to (default `master`). Must equal the Secret's
+    /// `authRealm` key (default `master` too): the operator sends the credentials nowhere else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(schema_with = "realm_name")]
     pub auth_realm: Option<String>,
 }
 
@@ -142,9 +211,9 @@ fn default_ca_key() -> String {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ScopeSpec {
-    /// Scope name as clients request it, e.g. `mcp:tools`.
-    #[schemars(length(min = 1, max = 200))]
-    #[x_kube(validation = kube::core::Rule::new(r#"self.matches('^[!#-\\[\\]-~]+$')"#).message("scope names are RFC 6749 scope tokens: printable ASCII without spaces, quotes or backslashes"))]
+    /// Scope name as clients request it, e.g. `mcp:tools`. Not one of Keycloak's built-in scopes
+    /// and not `mcp:server:*` (the operator's per-server audience scopes).
+    #[schemars(schema_with = "policy_scope_name")]
     pub name: String,
     /// Description shown in Keycloak's admin console.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,10 +418,65 @@ fn cimd_domains(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             "type": "string",
             "maxLength": 253,
             "x-kubernetes-validations": [{
-                "rule": r"self == '[::1]' || self.matches('^(\\*\\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$')",
-                "message": "domains must be a lowercase host name, an IP address, '[::1]' or '*.domain' (no scheme, port, path, or bare '*')"
+                "rule": format!("self == '[::1]' || {}", super::schemas::cel_matches(HOST_PATTERN)),
+                "message": "domains must be a lowercase host name, an IP address, '[::1]' or '*.domain' with at least two labels after '*.' (no scheme, port, path, bare '*' or '*.tld')"
             }]
         }
+    })
+}
+
+/// A realm name (also `authRealm`): one URL path segment.
+fn realm_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 64,
+        "x-kubernetes-validations": [{
+            "rule": super::schemas::cel_matches(REALM_PATTERN),
+            "message": "realm names start with a letter or digit and contain only letters, digits, '.', '_' and '-'"
+        }]
+    })
+}
+
+/// `realm`: a realm name that never changes (objects written to a realm would be orphaned).
+fn managed_realm_name(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = realm_name(g);
+    schema
+        .get_mut("x-kubernetes-validations")
+        .and_then(|v| v.as_array_mut())
+        .expect("realm_name has validations")
+        .push(serde_json::json!({
+            "rule": "self == oldSelf",
+            "message": "realm is immutable; create a new McpAuthPolicy instead"
+        }));
+    schema
+}
+
+/// A policy scope's name: a scope token that is neither built in nor an audience scope's name.
+fn policy_scope_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let built_in = BUILT_IN_SCOPES
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 200,
+        "x-kubernetes-validations": [
+            {
+                "rule": super::schemas::cel_matches(SCOPE_PATTERN),
+                "message": "scope names are RFC 6749 scope tokens: printable ASCII without spaces, quotes or backslashes"
+            },
+            {
+                "rule": format!("!(self in [{built_in}])"),
+                "message": format!("scope names may not be one of Keycloak's built-in client scopes ({})", BUILT_IN_SCOPES.join(", "))
+            },
+            {
+                "rule": format!("!self.startsWith('{AUDIENCE_SCOPE_PREFIX}')"),
+                "message": format!("scope names starting with {AUDIENCE_SCOPE_PREFIX} are reserved for the operator's per-server audience scopes")
+            }
+        ]
     })
 }
 
@@ -387,4 +511,14 @@ pub struct McpAuthPolicyStatus {
     /// Clients in the realm now, against `maxClients`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realm_clients: Option<i64>,
+    /// The realm this policy has claimed (recorded before its first Keycloak write, so deletion
+    /// knows whether anything must be cleaned up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keycloak_realm: Option<String>,
+}
+
+impl crate::controller::conditions::WithConditions for McpAuthPolicyStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
 }

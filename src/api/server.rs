@@ -159,11 +159,13 @@ pub struct PolicyRef {
 #[serde(rename_all = "camelCase")]
 pub struct IntrospectionClient {
     /// Keycloak clientId of the confidential introspection client. Default
-    /// `mcp.{namespace}.{name}` (namespaces have no dots, so defaults never collide). Immutable.
+    /// `mcp.{namespace}.{name}` (namespaces have no dots, so defaults never collide; an explicit
+    /// one may not start with `mcp.`, so it cannot take another server's default). Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._/-]*$')").message("clientId must start with a letter or digit and contain only letters, digits, '.', '_', '/' and '-'"))]
     #[x_kube(validation = kube::core::Rule::new("!(self in ['admin-cli', 'account', 'account-console', 'broker', 'realm-management', 'security-admin-console', 'master-realm'])").message("clientId names one of Keycloak's built-in clients"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.startsWith('mcp.')").message("clientId may not start with 'mcp.': that prefix is reserved for the operator's default client ids (mcp.{namespace}.{name})"))]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("clientId is immutable"))]
     pub client_id: Option<String>,
 

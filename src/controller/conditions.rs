@@ -38,6 +38,42 @@ pub fn upsert(
     }
 }
 
+/// A status being built by one reconcile, with its conditions' generation and time fixed once:
+/// conditions are set by type, status, reason and message only.
+pub struct Draft<S> {
+    pub status: S,
+    generation: Option<i64>,
+    now: Time,
+}
+
+/// Status types that carry standard conditions.
+pub trait WithConditions {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+impl<S: WithConditions> Draft<S> {
+    pub fn new(status: S, generation: Option<i64>, now: Time) -> Self {
+        Draft {
+            status,
+            generation,
+            now,
+        }
+    }
+
+    pub fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+        let (generation, now) = (self.generation, &self.now);
+        upsert(
+            self.status.conditions_mut(),
+            type_,
+            ok,
+            reason,
+            message,
+            generation,
+            now,
+        );
+    }
+}
+
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
         .iter()

@@ -79,6 +79,8 @@ pub struct Context {
     failures: std::sync::Mutex<HashMap<String, u32>>,
     /// Per McpServer UID: a digest of the inputs of its last successful Keycloak check, and when.
     keycloak_checked: std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// The server controller's store, once it runs.
+    servers: std::sync::OnceLock<kube::runtime::reflector::Store<McpServer>>,
 }
 
 impl Context {
@@ -99,7 +101,27 @@ impl Context {
             last_admin: std::sync::Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
             keycloak_checked: std::sync::Mutex::new(HashMap::new()),
+            servers: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The McpServers of a namespace: from the controller's store when it runs, else listed.
+    pub async fn servers_in(&self, ns: &str) -> Result<Vec<Arc<McpServer>>> {
+        if let Some(store) = self.servers.get() {
+            let ns = Some(ns.to_string());
+            return Ok(store
+                .state()
+                .into_iter()
+                .filter(|s| s.namespace() == ns)
+                .collect());
+        }
+        let api: Api<McpServer> = Api::namespaced(self.client.clone(), ns);
+        Ok(api
+            .list(&Default::default())
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
     }
 
     /// One admin client (and so one cached admin token) per Keycloak, realm and credentials.
@@ -115,25 +137,7 @@ impl Context {
             )
         })?;
         let data = secret.data.unwrap_or_default();
-        let get = |key: &str| {
-            data.get(key)
-                .map(|v| {
-                    String::from_utf8_lossy(&v.0)
-                        .trim_end_matches('\n')
-                        .to_string()
-                })
-                .filter(|v| !v.is_empty())
-        };
-        let credentials = match (get("username"), get("password"), get("clientId"), get("clientSecret")) {
-            (_, _, Some(client_id), Some(client_secret)) => AdminCredentials::ClientCredentials { client_id, client_secret },
-            (Some(username), Some(password), _, _) => AdminCredentials::Password { username, password },
-            _ => {
-                return Err(Error::invalid(
-                    "AdminSecretInvalid",
-                    format!("Secret {ns}/{secret_name} must contain either keys username and password, or clientId and clientSecret"),
-                ))
-            }
-        };
+        let (credentials, auth_realm) = bound_admin_credentials(&data, policy, &ns)?;
         let ca = match &k.ca_bundle_secret_ref {
             None => None,
             Some(r) => {
@@ -157,11 +161,6 @@ impl Context {
                 Some(pem)
             }
         };
-        let auth_realm = k
-            .admin_credentials_secret_ref
-            .auth_realm
-            .clone()
-            .unwrap_or_else(|| "master".into());
         // The cache key includes a digest of the credentials, so rotated credentials get a fresh client.
         let cred_digest = match &credentials {
             AdminCredentials::Password { username, password } => {
@@ -289,6 +288,67 @@ impl Context {
         let api: Api<Namespace> = Api::all(self.client.clone());
         matches!(api.get_opt(ns).await, Ok(Some(n)) if n.metadata.deletion_timestamp.is_some())
     }
+}
+
+/// Default realm of the admin credentials (the Secret's and the policy's `authRealm`).
+pub const DEFAULT_AUTH_REALM: &str = "master";
+
+/// The admin credentials in a Secret's `data`, and the realm they authenticate in — only if the
+/// Secret names the very Keycloak (`url`) and realm (`authRealm`) the policy would send them to.
+/// Someone who may edit a policy but not read the Secret could otherwise point `keycloak.url` at
+/// a host of theirs (or `authRealm` at a realm whose login flow they control) and receive them.
+pub fn bound_admin_credentials(
+    data: &std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+    policy: &McpAuthPolicy,
+    ns: &str,
+) -> Result<(AdminCredentials, String)> {
+    let k = &policy.spec.keycloak;
+    let secret_name = &k.admin_credentials_secret_ref.name;
+    let get = |key: &str| {
+        data.get(key)
+            .map(|v| {
+                String::from_utf8_lossy(&v.0)
+                    .trim_end_matches('\n')
+                    .to_string()
+            })
+            .filter(|v| !v.is_empty())
+    };
+    let credentials = match (get("username"), get("password"), get("clientId"), get("clientSecret")) {
+        (_, _, Some(client_id), Some(client_secret)) => AdminCredentials::ClientCredentials { client_id, client_secret },
+        (Some(username), Some(password), _, _) => AdminCredentials::Password { username, password },
+        _ => {
+            return Err(Error::invalid(
+                "AdminSecretInvalid",
+                format!("Secret {ns}/{secret_name} must contain either keys username and password, or clientId and clientSecret"),
+            ))
+        }
+    };
+    let Some(bound_url) = get("url") else {
+        return Err(Error::invalid(
+            "AdminSecretInvalid",
+            format!("Secret {ns}/{secret_name} must contain key url: the Keycloak base URL these credentials belong to (the operator sends them nowhere else)"),
+        ));
+    };
+    let bound_url = bound_url.trim_end_matches('/');
+    if bound_url != k.url.trim_end_matches('/') {
+        return Err(Error::invalid(
+            "AdminSecretUrlMismatch",
+            format!("Secret {ns}/{secret_name} belongs to Keycloak {bound_url}, not to spec.keycloak.url {}: the credentials are not sent", k.url),
+        ));
+    }
+    let bound_realm = get("authRealm").unwrap_or_else(|| DEFAULT_AUTH_REALM.into());
+    let auth_realm = k
+        .admin_credentials_secret_ref
+        .auth_realm
+        .clone()
+        .unwrap_or_else(|| DEFAULT_AUTH_REALM.into());
+    if bound_realm != auth_realm {
+        return Err(Error::invalid(
+            "AdminSecretUrlMismatch",
+            format!("Secret {ns}/{secret_name} belongs to realm {bound_realm} (its authRealm key), not to adminCredentialsSecretRef.authRealm {auth_realm}: the credentials are not sent"),
+        ));
+    }
+    Ok((credentials, auth_realm))
 }
 
 /// Server-side applies `desired` unless the live object already matches it (no write at steady
@@ -540,6 +600,7 @@ pub async fn run_until_synced(
     );
     let server_controller = Controller::new(servers.clone(), watcher::Config::default());
     let server_store = server_controller.store();
+    let _ = ctx.servers.set(server_store.clone());
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency);
     let server_controller = server_controller
@@ -729,5 +790,92 @@ mod tests {
         assert_eq!(first, vec![500, 1000, 2000, 4000, 5000, 5000]);
         b.reset();
         assert_eq!(b.next(), Some(Duration::from_millis(500)));
+    }
+
+    fn secret_data(
+        pairs: &[(&str, &str)],
+    ) -> std::collections::BTreeMap<String, k8s_openapi::ByteString> {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn admin_credentials_go_only_to_the_keycloak_and_realm_their_secret_names() {
+        let p = policy(None); // url http://kc, authRealm default
+        let ok = secret_data(&[
+            ("username", "admin"),
+            ("password", "pw"),
+            ("url", "http://kc/"),
+        ]);
+        let (creds, realm) = super::bound_admin_credentials(&ok, &p, "team").unwrap();
+        assert_eq!(realm, "master");
+        assert!(matches!(
+            creds,
+            crate::keycloak::AdminCredentials::Password { .. }
+        ));
+        let reason = |pairs: &[(&str, &str)], p: &McpAuthPolicy| {
+            super::bound_admin_credentials(&secret_data(pairs), p, "team")
+                .unwrap_err()
+                .reason()
+        };
+        assert_eq!(
+            reason(&[("username", "admin"), ("password", "pw")], &p),
+            "AdminSecretInvalid"
+        );
+        assert_eq!(
+            reason(
+                &[
+                    ("username", "admin"),
+                    ("password", "pw"),
+                    ("url", "http://evil")
+                ],
+                &p
+            ),
+            "AdminSecretUrlMismatch"
+        );
+        assert_eq!(
+            reason(
+                &[
+                    ("username", "admin"),
+                    ("password", "pw"),
+                    ("url", "http://kc"),
+                    ("authRealm", "r")
+                ],
+                &p
+            ),
+            "AdminSecretUrlMismatch"
+        );
+        let mut in_realm = (*p).clone();
+        in_realm
+            .spec
+            .keycloak
+            .admin_credentials_secret_ref
+            .auth_realm = Some("r".into());
+        assert_eq!(
+            reason(
+                &[
+                    ("username", "admin"),
+                    ("password", "pw"),
+                    ("url", "http://kc")
+                ],
+                &in_realm
+            ),
+            "AdminSecretUrlMismatch"
+        );
+        let bound = secret_data(&[
+            ("clientId", "svc"),
+            ("clientSecret", "s"),
+            ("url", "http://kc"),
+            ("authRealm", "r"),
+        ]);
+        let (_, realm) = super::bound_admin_credentials(&bound, &in_realm, "team").unwrap();
+        assert_eq!(realm, "r");
     }
 }

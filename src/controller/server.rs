@@ -19,6 +19,7 @@ use crate::api::{
 };
 use crate::desired::keycloak as kdesired;
 use crate::desired::workload::{self, WorkloadInputs, SECRET_KEY_CLIENT_SECRET};
+use crate::keycloak::Adopt;
 use crate::{Error, Result};
 
 pub const POLICY_RESOLVED: &str = "PolicyResolved";
@@ -222,6 +223,19 @@ async fn converge(
         now,
     );
     let realm = policy.spec.keycloak.realm.clone();
+    let servers = ctx.servers_in(&ns).await.map_err(|e| (Stage::Policy, e))?;
+    if let Some(holder) = url_holder(server, &servers) {
+        return Err((
+            Stage::Policy,
+            Error::invalid(
+                "UrlConflict",
+                format!(
+                    "url {} is already the resource of McpServer {holder} in realm {realm}: tokens for one would be accepted by the other",
+                    server.canonical_url()
+                ),
+            ),
+        ));
+    }
 
     // Kubernetes Secret first: its value is reused if the Keycloak client must be recreated.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -281,7 +295,7 @@ async fn converge(
         };
         // A foreign scope of our name is refused before the client is created, so the conflict
         // leaves nothing half-applied in Keycloak (tests/bad_input.rs).
-        crate::keycloak::check_scope_owner(&scopes, &audience_scope)?;
+        crate::keycloak::check_scope_owner(&scopes, &audience_scope, Adopt::Unmarked)?;
         // Client first: the audience scope's second mapper names it.
         let client = kc
             .ensure_introspection_client(
@@ -296,6 +310,7 @@ async fn converge(
                 &scopes,
                 &audience_scope,
                 &kdesired::audience_mappers(server),
+                Adopt::Unmarked,
             )
             .await?;
         let assignments = kc.realm_scope_assignments(&realm).await?;
@@ -409,6 +424,25 @@ async fn converge(
     Ok(available)
 }
 
+/// The McpServer that holds `server`'s url in its realm, if another one does: the oldest of
+/// those naming the same url through the same policy (one policy per realm, so that is every
+/// server of the realm). Without this, a token for one would carry the other's audience.
+pub fn url_holder(server: &McpServer, all: &[Arc<McpServer>]) -> Option<String> {
+    let key = |s: &McpServer| (s.metadata.creation_timestamp.clone(), s.name_any());
+    let url = server.canonical_url();
+    all.iter()
+        .filter(|o| {
+            o.metadata.uid != server.metadata.uid
+                && o.namespace() == server.namespace()
+                && o.spec.policy_ref.name == server.spec.policy_ref.name
+                && o.metadata.deletion_timestamp.is_none()
+                && o.canonical_url() == url
+        })
+        .filter(|o| key(o) < key(server))
+        .map(|o| o.name_any())
+        .min()
+}
+
 async fn cleanup(server: Arc<McpServer>, ctx: &Context) -> Result<Action> {
     ctx.forget_keycloak_check(&server.metadata.uid.clone().unwrap_or_default());
     if server.spec.deletion_policy == DeletionPolicy::Retain {
@@ -459,12 +493,7 @@ async fn cleanup(server: Arc<McpServer>, ctx: &Context) -> Result<Action> {
                     .and_then(|a| a.get(crate::api::OWNER_ATTRIBUTE))
                     == Some(&server.owner_marker());
             if let (true, Some(id)) = (ours, s.id.as_deref()) {
-                if assignments.optional_ids.iter().any(|i| i == id) {
-                    kc.remove_realm_optional_scope(realm, id).await?;
-                }
-                if assignments.default_ids.iter().any(|i| i == id) {
-                    kc.remove_realm_default_scope(realm, id).await?;
-                }
+                kc.remove_realm_scope(realm, &assignments, id).await?;
                 kc.delete_client_scope(realm, id).await?;
             }
         }
@@ -484,5 +513,39 @@ async fn cleanup(server: Arc<McpServer>, ctx: &Context) -> Result<Action> {
             Ok(Action::await_change())
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_holder;
+    use crate::api::McpServer;
+    use std::sync::Arc;
+
+    fn srv(name: &str, ns: &str, policy: &str, url: &str, created: &str) -> Arc<McpServer> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "mcpauth.dev/v1alpha1", "kind": "McpServer",
+                "metadata": {"name": name, "namespace": ns, "uid": format!("{ns}-{name}"),
+                             "creationTimestamp": created},
+                "spec": {"image": "img", "policyRef": {"name": policy}, "url": url},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_oldest_server_holds_a_url() {
+        let a = srv("a", "team", "acme", "http://x/mcp", "2026-01-01T00:00:00Z");
+        let b = srv("b", "team", "acme", "http://x/mcp", "2026-01-02T00:00:00Z");
+        let other_url = srv("c", "team", "acme", "http://y/mcp", "2025-01-01T00:00:00Z");
+        let other_ns = srv("d", "else", "acme", "http://x/mcp", "2025-01-01T00:00:00Z");
+        let all = vec![a.clone(), b.clone(), other_url, other_ns];
+        assert_eq!(url_holder(&a, &all), None);
+        assert_eq!(url_holder(&b, &all), Some("a".into()));
+        // Same second: the name decides, so exactly one of the two holds it.
+        let b2 = srv("b", "team", "acme", "http://x/mcp", "2026-01-01T00:00:00Z");
+        assert_eq!(url_holder(&b2, &[a.clone(), b2.clone()]), Some("a".into()));
+        assert_eq!(url_holder(&a, &[a.clone(), b2]), None);
     }
 }

@@ -3,12 +3,88 @@
 use std::collections::{BTreeSet, HashMap};
 
 use keycloak::types::{
-    ClientRepresentation, ClientScopeRepresentation, ComponentRepresentation,
-    ProtocolMapperRepresentation,
+    ClientPolicyConditionRepresentation, ClientPolicyExecutorRepresentation,
+    ClientPolicyRepresentation, ClientProfileRepresentation, ClientRepresentation,
+    ClientScopeRepresentation, ComponentRepresentation, ProtocolMapperRepresentation,
 };
+use serde_json::json;
 
-use crate::api::{DynamicClientRegistration, McpAuthPolicy, McpServer, ScopeSpec, OWNER_ATTRIBUTE};
+use crate::api::{
+    DynamicClientRegistration, MachineGrant, McpAuthPolicy, McpServer, ScopeSpec, OWNER_ATTRIBUTE,
+};
 use crate::keycloak::REGISTRATION_POLICY_TYPE;
+
+/// Who holds a realm, from its `mcpauth.dev/owner` attribute and the asking policy's marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RealmClaim {
+    /// This policy holds it.
+    Ours,
+    /// Nobody does (no attribute, or an empty one: a released claim).
+    Free,
+    /// Another McpAuthPolicy (`McpAuthPolicy/{namespace}/{name}`) holds it.
+    Other(String),
+}
+
+pub fn realm_claim(live_owner: Option<&str>, me: &str) -> RealmClaim {
+    match live_owner.map(str::trim) {
+        None | Some("") => RealmClaim::Free,
+        Some(o) if o == me => RealmClaim::Ours,
+        Some(o) => RealmClaim::Other(o.to_string()),
+    }
+}
+
+/// Name of the client profile and client policy that refuse grants without a user. One per
+/// realm: only the realm's owner writes it.
+pub const USER_GRANTS_ONLY: &str = "mcp-operator.user-grants-only";
+
+/// Grants Keycloak must refuse in the policy's realm: all machine grants but those the spec
+/// allows and `admin_grant` — the grant the operator's own admin credentials use when they
+/// live in the managed realm itself (refusing it would lock the operator out).
+pub fn refused_grants(
+    policy: &McpAuthPolicy,
+    admin_grant: Option<MachineGrant>,
+) -> Vec<MachineGrant> {
+    MachineGrant::ALL
+        .into_iter()
+        .filter(|g| !policy.spec.allowed_machine_grants.contains(g) && Some(*g) != admin_grant)
+        .collect()
+}
+
+/// Profile and policy refusing `grants` for every client of the realm (`None` when nothing is
+/// refused). Keycloak's `grant-type` condition abstains on every other event, so authorization
+/// code, refresh, introspection and registration are untouched.
+pub fn user_grants_only(
+    grants: &[MachineGrant],
+) -> Option<(ClientProfileRepresentation, ClientPolicyRepresentation)> {
+    if grants.is_empty() {
+        return None;
+    }
+    let description = "Refuses grants that mint a token without a user logging in; managed by mcp-keycloak-operator (McpAuthPolicy spec.allowedMachineGrants); edits are reverted".to_string();
+    let profile = ClientProfileRepresentation {
+        name: Some(USER_GRANTS_ONLY.into()),
+        description: Some(description.clone()),
+        executors: Some(vec![ClientPolicyExecutorRepresentation {
+            executor: Some("reject-request".into()),
+            configuration: Some(HashMap::new()),
+        }]),
+    };
+    let grant_types: Vec<&str> = grants.iter().map(|g| g.grant_type()).collect();
+    let policy = ClientPolicyRepresentation {
+        name: Some(USER_GRANTS_ONLY.into()),
+        description: Some(description),
+        enabled: Some(true),
+        mode: None,
+        conditions: Some(vec![ClientPolicyConditionRepresentation {
+            condition: Some("grant-type".into()),
+            configuration: Some(HashMap::from([(
+                "grant_types".to_string(),
+                json!(grant_types),
+            )])),
+        }]),
+        profiles: Some(vec![USER_GRANTS_ONLY.into()]),
+    };
+    Some((profile, policy))
+}
 
 pub const AUDIENCE_MAPPER_NAME: &str = "mcp-audience";
 pub const INTROSPECTION_AUDIENCE_MAPPER_NAME: &str = "mcp-introspection-audience";
@@ -225,6 +301,75 @@ pub fn new_anonymous_component(
     }
 }
 
+/// One write to the realm's registration-policy components.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ComponentWrite {
+    Create(ComponentRepresentation),
+    Update(String, ComponentRepresentation),
+    Delete(String),
+}
+
+/// What to write, and the anonymous components of the managed providers the operator leaves
+/// alone (by name): someone else's, and every policy must pass, so they can only narrow.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ComponentPlan {
+    pub writes: Vec<ComponentWrite>,
+    pub foreign: Vec<String>,
+}
+
+/// The operator manages, per provider, the anonymous component with Keycloak's default name
+/// (the one Keycloak creates with the realm, or one the operator created under that name);
+/// it never deletes or rewrites any other, since removing one would widen registration.
+pub fn plan_registration_components(
+    live: &[ComponentRepresentation],
+    desired: &RegistrationPolicies,
+    realm_id: &str,
+) -> ComponentPlan {
+    let mut plan = ComponentPlan::default();
+    for (provider, want) in &desired.components {
+        let mut same: Vec<&ComponentRepresentation> = live
+            .iter()
+            .filter(|c| {
+                c.provider_id.as_deref() == Some(*provider)
+                    && c.sub_type.as_deref() == Some("anonymous")
+            })
+            .collect();
+        same.sort_by(|a, b| a.id.cmp(&b.id));
+        let managed_name = component_display_name(provider);
+        let managed = same
+            .iter()
+            .position(|c| c.name.as_deref() == Some(managed_name))
+            .map(|i| same.remove(i));
+        plan.foreign.extend(
+            same.iter()
+                .map(|c| c.name.clone().unwrap_or_default().to_string()),
+        );
+        match (want, managed) {
+            (None, None) => {}
+            (None, Some(c)) => plan.writes.push(ComponentWrite::Delete(
+                c.id.clone().unwrap_or_default().to_string(),
+            )),
+            (Some(config), None) => {
+                plan.writes
+                    .push(ComponentWrite::Create(new_anonymous_component(
+                        provider, realm_id, config,
+                    )))
+            }
+            (Some(config), Some(c)) if !component_config_matches(config, c.config.as_ref()) => {
+                let mut body = c.clone();
+                let mut merged = c.config.clone().unwrap_or_default();
+                merged.extend(config.clone());
+                body.config = Some(merged);
+                let id = c.id.clone().unwrap_or_default().to_string();
+                plan.writes.push(ComponentWrite::Update(id, body));
+            }
+            (Some(_), Some(_)) => {}
+        }
+    }
+    plan.foreign.sort();
+    plan
+}
+
 /// Component config values are multivalued sets: Keycloak does not keep their order.
 pub fn component_config_matches(
     desired: &HashMap<String, Vec<String>>,
@@ -273,6 +418,7 @@ mod tests {
                 }],
                 dynamic_client_registration: dcr,
                 client_id_metadata_documents: None,
+                allowed_machine_grants: vec![],
                 deletion_policy: DeletionPolicy::Delete,
             },
             status: None,
@@ -391,5 +537,137 @@ mod tests {
             "mcp.team.weather"
         );
         assert_eq!(i.name.as_deref(), Some(INTROSPECTION_AUDIENCE_MAPPER_NAME));
+    }
+
+    #[test]
+    fn realm_claim_is_read_from_the_owner_attribute() {
+        let me = "McpAuthPolicy/team/acme";
+        assert_eq!(realm_claim(None, me), RealmClaim::Free);
+        assert_eq!(realm_claim(Some(""), me), RealmClaim::Free, "released");
+        assert_eq!(realm_claim(Some(me), me), RealmClaim::Ours);
+        assert_eq!(
+            realm_claim(Some("McpAuthPolicy/other/acme"), me),
+            RealmClaim::Other("McpAuthPolicy/other/acme".into())
+        );
+    }
+
+    #[test]
+    fn every_machine_grant_is_refused_unless_opened() {
+        let mut p = policy(None);
+        assert_eq!(refused_grants(&p, None), MachineGrant::ALL.to_vec());
+        assert_eq!(
+            refused_grants(&p, Some(MachineGrant::Password)),
+            vec![
+                MachineGrant::ClientCredentials,
+                MachineGrant::DeviceCode,
+                MachineGrant::TokenExchange
+            ]
+        );
+        p.spec.allowed_machine_grants = MachineGrant::ALL.to_vec();
+        assert!(refused_grants(&p, None).is_empty());
+        assert_eq!(
+            user_grants_only(&[]),
+            None,
+            "nothing refused: no profile or policy"
+        );
+    }
+
+    #[test]
+    fn user_grants_only_is_exactly_what_keycloak_stores() {
+        let (profile, policy) =
+            user_grants_only(&[MachineGrant::ClientCredentials, MachineGrant::Password]).unwrap();
+        assert_eq!(
+            serde_json::to_value(&profile).unwrap(),
+            json!({"name": USER_GRANTS_ONLY, "description": profile.description,
+                   "executors": [{"executor": "reject-request", "configuration": {}}]})
+        );
+        let v = serde_json::to_value(&policy).unwrap();
+        assert_eq!(v["enabled"], true);
+        assert_eq!(v["profiles"], json!([USER_GRANTS_ONLY]));
+        assert_eq!(
+            v["conditions"],
+            json!([{"condition": "grant-type",
+                    "configuration": {"grant_types": ["client_credentials", "password"]}}])
+        );
+    }
+
+    fn component(
+        id: &str,
+        provider: &str,
+        name: &str,
+        config: ComponentConfig,
+    ) -> ComponentRepresentation {
+        ComponentRepresentation {
+            id: Some(id.into()),
+            name: Some(name.into()),
+            provider_id: Some(provider.into()),
+            sub_type: Some("anonymous".into()),
+            config: Some(config),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn registration_plan_touches_only_the_managed_components() {
+        let rp = registration_policies(&policy(Some(dcr()))).unwrap();
+        let want = |p: &str| {
+            rp.components
+                .iter()
+                .find(|(id, _)| *id == p)
+                .unwrap()
+                .1
+                .clone()
+                .unwrap()
+        };
+        let live = vec![
+            component("1", "trusted-hosts", "Trusted Hosts", want("trusted-hosts")),
+            component("2", "trusted-hosts", "Extra Trusted Hosts", HashMap::new()),
+            component(
+                "3",
+                "allowed-client-templates",
+                "Allowed Client Scopes",
+                want("allowed-client-templates"),
+            ),
+            component(
+                "4",
+                "max-clients",
+                "Max Clients Limit",
+                HashMap::from([("max-clients".into(), vec!["200".into()])]),
+            ),
+            component("5", "consent-required", "Consent Required", HashMap::new()),
+            component("6", "consent-required", "Their Consent", HashMap::new()),
+        ];
+        let plan = plan_registration_components(&live, &rp, "realm-id");
+        assert_eq!(plan.foreign, vec!["Extra Trusted Hosts", "Their Consent"]);
+        let mut max = live[3].clone();
+        max.config = Some(want("max-clients"));
+        assert_eq!(
+            plan.writes,
+            vec![
+                ComponentWrite::Update("4".into(), max),
+                ComponentWrite::Delete("5".into()),
+            ]
+        );
+        // In sync: no write at all.
+        let synced: Vec<_> = live
+            .iter()
+            .filter(|c| !matches!(c.id.as_deref(), Some("4" | "5")))
+            .cloned()
+            .chain([component(
+                "4",
+                "max-clients",
+                "Max Clients Limit",
+                want("max-clients"),
+            )])
+            .collect();
+        assert!(plan_registration_components(&synced, &rp, "realm-id")
+            .writes
+            .is_empty());
+        // Nothing managed yet: created under Keycloak's default name.
+        let plan = plan_registration_components(&[], &rp, "realm-id");
+        assert_eq!(plan.writes.len(), 3, "{:?}", plan.writes);
+        assert!(
+            matches!(&plan.writes[0], ComponentWrite::Create(c) if c.name.as_deref() == Some("Trusted Hosts"))
+        );
     }
 }

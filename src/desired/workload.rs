@@ -535,6 +535,7 @@ mod tests {
                 }],
                 dynamic_client_registration: None,
                 client_id_metadata_documents: None,
+                allowed_machine_grants: vec![],
                 deletion_policy: DeletionPolicy::Delete,
             },
         );

@@ -1,8 +1,6 @@
 //! Typed `ensure_*` operations: read, compare with the desired representation, write only what
 //! differs. At steady state they issue GETs only.
 
-use std::collections::HashMap;
-
 use keycloak::types::{
     ClientRepresentation, ClientScopeRepresentation, ProtocolMapperRepresentation,
 };
@@ -12,7 +10,7 @@ use super::KeycloakAdminClient;
 use crate::api::{ScopeType, OWNER_ATTRIBUTE};
 use crate::desired::is_subset;
 use crate::desired::keycloak::{
-    component_config_matches, new_anonymous_component, RegistrationPolicies,
+    plan_registration_components, ComponentWrite, RegistrationPolicies,
 };
 use crate::{Error, Result};
 
@@ -52,13 +50,35 @@ fn fit(text: &mut Option<String>) {
     }
 }
 
+/// Owner markers of McpAuthPolicies start with this: a policy scope marked by another policy is
+/// taken over by the realm's owner (the realm was handed over; see [`Adopt`]).
+const POLICY_MARKER_PREFIX: &str = "McpAuthPolicy/";
+
+/// Whose marked scopes a write may take over.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Adopt {
+    /// Only unmarked (hand-made) scopes.
+    Unmarked,
+    /// Also scopes of other McpAuthPolicies: only the realm's owner writes policy scopes, so
+    /// such a scope is a former owner's.
+    PolicyScopes,
+}
+
 /// `ScopeConflict` if the realm (`existing`: its scope list) has a scope of `desired`'s name that
-/// carries another owner's marker. Lets a reconcile refuse before it writes anything.
+/// carries another owner's marker, or `desired` names a Keycloak built-in scope. Lets a
+/// reconcile refuse before it writes anything.
 pub fn check_scope_owner(
     existing: &[ClientScopeRepresentation],
     desired: &ClientScopeRepresentation,
+    adopt: Adopt,
 ) -> Result<()> {
     let name = desired.name.as_deref().unwrap_or_default();
+    if crate::api::BUILT_IN_SCOPES.contains(&name) {
+        return Err(Error::invalid(
+            "ScopeConflict",
+            format!("client scope {name} is one of Keycloak's built-in scopes; the operator never rewrites it"),
+        ));
+    }
     let want_owner = desired
         .attributes
         .as_ref()
@@ -69,6 +89,7 @@ pub fn check_scope_owner(
         .find(|s| s.name.as_deref() == Some(name))
         .and_then(owner_of_scope);
     match live_owner {
+        Some(o) if adopt == Adopt::PolicyScopes && o.starts_with(POLICY_MARKER_PREFIX) => Ok(()),
         Some(o) if Some(o) != want_owner => Err(Error::invalid(
             "ScopeConflict",
             format!("client scope {name} belongs to {o}"),
@@ -115,6 +136,7 @@ impl KeycloakAdminClient {
         existing: &[ClientScopeRepresentation],
         desired: &ClientScopeRepresentation,
         mappers: &[ProtocolMapperRepresentation],
+        adopt: Adopt,
     ) -> Result<String> {
         let mut desired = desired.clone();
         fit(&mut desired.description);
@@ -131,7 +153,7 @@ impl KeycloakAdminClient {
             Some(live) => {
                 let id = live.id.clone().unwrap_or_default().to_string();
                 let live_owner = owner_of_scope(live).map(str::to_string);
-                check_scope_owner(existing, desired)?;
+                check_scope_owner(existing, desired, adopt)?;
                 let mut want = desired.clone();
                 if live_owner.is_none() {
                     // Adopt a hand-made scope's settings without claiming it.
@@ -213,66 +235,40 @@ impl KeycloakAdminClient {
         Ok(())
     }
 
-    /// Updates Keycloak's existing anonymous registration-policy components in place (a second
-    /// component beside the default would not widen anything: every policy must pass), creates
-    /// one only if the realm has none of that provider, and removes duplicates we find.
+    /// Takes the scope out of the realm's default and optional lists (before deleting it).
+    pub async fn remove_realm_scope(
+        &self,
+        realm: &str,
+        assignments: &super::RealmScopeAssignments,
+        scope_id: &str,
+    ) -> Result<()> {
+        if assignments.default_ids.iter().any(|i| i == scope_id) {
+            self.remove_realm_default_scope(realm, scope_id).await?;
+        }
+        if assignments.optional_ids.iter().any(|i| i == scope_id) {
+            self.remove_realm_optional_scope(realm, scope_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the realm's managed anonymous registration-policy components to `desired` (see
+    /// [`plan_registration_components`]). Returns the names of the foreign ones left alone.
     pub async fn ensure_registration_policies(
         &self,
         realm: &str,
         realm_id: &str,
         desired: &RegistrationPolicies,
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         let live = self.registration_policies(realm, realm_id).await?;
-        for (provider, want) in &desired.components {
-            let mut matching: Vec<_> = live
-                .iter()
-                .filter(|c| {
-                    c.provider_id.as_deref() == Some(*provider)
-                        && c.sub_type.as_deref() == Some("anonymous")
-                })
-                .collect();
-            // Deterministic choice of the one to keep.
-            matching.sort_by(|a, b| a.id.cmp(&b.id));
-            match want {
-                None => {
-                    for c in matching {
-                        if let Some(id) = &c.id {
-                            self.delete_component(realm, id).await?;
-                        }
-                    }
-                }
-                Some(config) => {
-                    let mut rest = matching.into_iter();
-                    match rest.next() {
-                        None => {
-                            self.create_component(
-                                realm,
-                                &new_anonymous_component(provider, realm_id, config),
-                            )
-                            .await?
-                        }
-                        Some(c) => {
-                            if !component_config_matches(config, c.config.as_ref()) {
-                                let mut body = c.clone();
-                                let mut merged: HashMap<String, Vec<String>> =
-                                    c.config.clone().unwrap_or_default();
-                                merged.extend(config.clone());
-                                body.config = Some(merged);
-                                let id = c.id.clone().unwrap_or_default();
-                                self.update_component(realm, &id, &body).await?;
-                            }
-                        }
-                    }
-                    // Extra components of the same provider would each have to pass too.
-                    for extra in rest {
-                        if let Some(id) = &extra.id {
-                            self.delete_component(realm, id).await?;
-                        }
-                    }
-                }
+        let plan = plan_registration_components(&live, desired, realm_id);
+        for write in &plan.writes {
+            match write {
+                ComponentWrite::Create(c) => self.create_component(realm, c).await?,
+                ComponentWrite::Update(id, c) => self.update_component(realm, id, c).await?,
+                ComponentWrite::Delete(id) => self.delete_component(realm, id).await?,
             }
         }
-        Ok(())
+        Ok(plan.foreign)
     }
 
     /// Ensures the confidential introspection client and returns `(uuid, secret)`.
@@ -359,23 +355,12 @@ impl KeycloakAdminClient {
         }
         Ok(())
     }
-
-    /// Deletes client scopes carrying our marker (and their mappers with them).
-    pub async fn delete_owned_scopes(&self, realm: &str, owner: &str) -> Result<()> {
-        for s in self.client_scopes(realm).await? {
-            if owner_of_scope(&s) == Some(owner) {
-                if let Some(id) = &s.id {
-                    self.delete_client_scope(realm, id).await?;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn long_texts_are_cut_to_keycloak_columns() {
@@ -399,17 +384,28 @@ mod tests {
             ..Default::default()
         };
         let ours = scope(Some("McpServer/team/a"));
-        assert!(check_scope_owner(&[], &ours).is_ok());
+        let u = Adopt::Unmarked;
+        assert!(check_scope_owner(&[], &ours, u).is_ok());
         assert!(
-            check_scope_owner(&[scope(None)], &ours).is_ok(),
+            check_scope_owner(&[scope(None)], &ours, u).is_ok(),
             "hand-made scopes are adopted"
         );
-        assert!(check_scope_owner(std::slice::from_ref(&ours), &ours).is_ok());
-        let e = check_scope_owner(&[scope(Some("someone/else"))], &ours).unwrap_err();
+        assert!(check_scope_owner(std::slice::from_ref(&ours), &ours, u).is_ok());
+        let former = scope(Some("McpAuthPolicy/old/acme"));
+        assert!(check_scope_owner(std::slice::from_ref(&former), &ours, u).is_err());
+        assert!(check_scope_owner(&[former], &ours, Adopt::PolicyScopes).is_ok());
+        let e = check_scope_owner(&[scope(Some("someone/else"))], &ours, Adopt::PolicyScopes)
+            .unwrap_err();
         assert_eq!(e.reason(), "ScopeConflict");
         assert_eq!(
             e.to_string(),
             "ScopeConflict: client scope mcp:server:team:a belongs to someone/else"
         );
+        let builtin = ClientScopeRepresentation {
+            name: Some("offline_access".into()),
+            ..Default::default()
+        };
+        let e = check_scope_owner(&[], &builtin, u).unwrap_err();
+        assert_eq!(e.reason(), "ScopeConflict");
     }
 }

@@ -273,6 +273,16 @@ impl KeycloakAdminClient {
         &self.base_url
     }
 
+    /// The grant these admin credentials log in with.
+    pub fn grant(&self) -> crate::api::MachineGrant {
+        match self.tokens.credentials {
+            AdminCredentials::Password { .. } => crate::api::MachineGrant::Password,
+            AdminCredentials::ClientCredentials { .. } => {
+                crate::api::MachineGrant::ClientCredentials
+            }
+        }
+    }
+
     /// Runs one admin request: token first (so credential errors are classified as such), counts
     /// it, and retries once with a fresh token after a 401.
     async fn call<T, F, Fut>(&self, method: &'static str, operation: &str, f: F) -> Result<T>
@@ -357,9 +367,17 @@ impl KeycloakAdminClient {
         Ok(())
     }
 
-    pub async fn delete_realm(&self, realm: &str) -> Result<()> {
-        self.call_opt("DELETE", "delete realm", || self.api.realm_delete(realm))
-            .await?;
+    /// Sets one realm attribute, leaving the realm's other settings and attributes as they are
+    /// (a PUT of the realm representation updates only the fields it carries).
+    pub async fn set_realm_attribute(&self, realm: &str, key: &str, value: &str) -> Result<()> {
+        let rep = RealmRepresentation {
+            attributes: Some([(key.to_string(), value.into())].into_iter().collect()),
+            ..Default::default()
+        };
+        self.call("PUT", "update realm attribute", || {
+            self.api.realm_put(realm, rep.clone())
+        })
+        .await?;
         Ok(())
     }
 
@@ -435,17 +453,6 @@ impl KeycloakAdminClient {
             })
             .await?;
         Ok(cred.value.map(|v| v.to_string()))
-    }
-
-    /// Every client of the realm counts against Keycloak's "Max Clients" policy.
-    pub async fn client_count(&self, realm: &str) -> Result<usize> {
-        let all = self
-            .call("GET", "list clients", || {
-                self.api
-                    .realm_clients_get(realm, None, None, None, None, None, None)
-            })
-            .await?;
-        Ok(all.len())
     }
 
     // ---- client scopes and mappers ----

@@ -97,7 +97,7 @@ pub async fn admin_secret(client: &Client, ns: &str, name: &str) {
     let tb = support::testbed().await;
     let s: Secret = serde_json::from_value(json!({
         "metadata": {"name": name},
-        "stringData": {"username": tb.admin_user, "password": tb.admin_password}
+        "stringData": {"username": tb.admin_user, "password": tb.admin_password, "url": tb.keycloak_url}
     }))
     .unwrap();
     Api::<Secret>::namespaced(client.clone(), ns)
@@ -300,7 +300,7 @@ impl Realm {
             .collect()
     }
 
-    /// A public test client with direct grants, and a user, to mint tokens without a browser.
+    /// A public test client (authorization code) and a user, to mint tokens without a browser.
     /// Created after the servers, so it inherits their (realm optional) audience scopes.
     pub async fn token_minter(&self) -> (String, String, String) {
         let client_id = "test-minter".to_string();
@@ -308,7 +308,8 @@ impl Realm {
             .kc
             .post(
                 &self.path("/clients"),
-                &json!({"clientId": client_id, "publicClient": true, "directAccessGrantsEnabled": true, "standardFlowEnabled": false}),
+                &json!({"clientId": client_id, "publicClient": true, "standardFlowEnabled": true,
+                        "directAccessGrantsEnabled": false, "redirectUris": [MINTER_REDIRECT]}),
             )
             .await;
         assert!(
@@ -330,21 +331,22 @@ impl Realm {
         (client_id, user, password)
     }
 
-    /// Password-grant token for the minter client with the given scope string.
+    /// A token for the minter client with the given scope string, by the authorization-code
+    /// flow through Keycloak's own login form (the realm refuses the password grant).
     pub async fn mint_token(&self, scope: &str) -> Value {
         let (client_id, user, password) = self.token_minter().await;
-        let url = format!(
-            "{}/realms/{}/protocol/openid-connect/token",
+        let base = format!(
+            "{}/realms/{}/protocol/openid-connect",
             self.kc.base_url, self.name
         );
+        let code = login_for_code(&base, &client_id, &user, &password, scope).await;
         let resp = reqwest::Client::new()
-            .post(url)
+            .post(format!("{base}/token"))
             .form(&[
-                ("grant_type", "password"),
-                ("client_id", &client_id),
-                ("username", &user),
-                ("password", &password),
-                ("scope", scope),
+                ("grant_type", "authorization_code"),
+                ("client_id", client_id.as_str()),
+                ("code", code.as_str()),
+                ("redirect_uri", MINTER_REDIRECT),
             ])
             .send()
             .await
@@ -378,6 +380,66 @@ impl Realm {
             .delete(&format!("/admin/realms/{}", self.name))
             .await;
     }
+}
+
+/// Redirect URI of the minter client; nothing listens there (the code is read off the redirect).
+pub const MINTER_REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+/// Logs `user` in on Keycloak's login page (GET the form, POST the credentials with the
+/// session cookies) and returns the authorization code from the redirect.
+pub async fn login_for_code(
+    base: &str,
+    client_id: &str,
+    user: &str,
+    password: &str,
+    scope: &str,
+) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let auth = format!(
+        "{base}/auth?response_type=code&client_id={}&redirect_uri={}&scope={}",
+        urlencode(client_id),
+        urlencode(MINTER_REDIRECT),
+        urlencode(scope)
+    );
+    let page = http.get(&auth).send().await.unwrap();
+    let cookies: Vec<String> = page
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|c| c.to_str().ok()?.split(';').next().map(str::to_string))
+        .collect();
+    let html = page.text().await.unwrap();
+    let action = html
+        .split("action=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no login form on {auth}: {html}"))
+        .replace("&amp;", "&");
+    let resp = http
+        .post(&action)
+        .header(reqwest::header::COOKIE, cookies.join("; "))
+        .form(&[
+            ("username", user),
+            ("password", password),
+            ("credentialId", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_else(|| panic!("login answered {} without a redirect", resp.status()))
+        .to_string();
+    let url = url::Url::parse(&location).unwrap();
+    url.query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| panic!("no code in the redirect {location}"))
 }
 
 pub fn urlencode(s: &str) -> String {
