@@ -41,6 +41,11 @@ struct Bed {
 /// Policy with `mcp:tools` as an *optional* scope (so a token can lack it), servers `alpha` and
 /// `beta` whose canonical URLs are the gateway's future loopback address (port reserved now).
 async fn bed(prefix: &str, alpha_url: &str) -> Bed {
+    bed_with(prefix, alpha_url, |_| {}).await
+}
+
+/// [`bed`] with the policy adjusted before it is created.
+async fn bed_with(prefix: &str, alpha_url: &str, tweak: impl FnOnce(&mut McpAuthPolicy)) -> Bed {
     let client = support::kube_client().await;
     let tb = support::testbed().await;
     let ns = support::test_namespace(&client, prefix).await;
@@ -49,6 +54,7 @@ async fn bed(prefix: &str, alpha_url: &str) -> Bed {
     let op = Operator::start(&client, &ns).await;
     let mut policy = seed_policy("acme", &realm.name, &tb.keycloak_url);
     policy.spec.scopes[0].r#type = mcp_keycloak_operator::api::ScopeType::Optional;
+    tweak(&mut policy);
     create(&client, &ns, &policy).await;
     let mut alpha = server("alpha", "acme", alpha_url);
     alpha.spec.image = "ghcr.io/example/mcp-server:1".into();
@@ -385,7 +391,13 @@ async fn wait_gateway_env(client: &Client, ns: &str, server: &str, name: &str, p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_account_tokens_are_refused_unless_the_server_lists_the_client() {
     let url = canonical_url();
-    let b = bed("gwsa", &url).await;
+    // Keycloak refuses client credentials unless the policy opens them (issue 12, Keycloak
+    // side); opened here, so that the gateway is the only line of defence under test.
+    let b = bed_with("gwsa", &url, |p| {
+        p.spec.allowed_machine_grants =
+            vec![mcp_keycloak_operator::api::MachineGrant::ClientCredentials];
+    })
+    .await;
     let upstream = fakes::FakeUpstream::start().await;
     let scope = format!("mcp:tools mcp:server:{}:alpha", b.ns);
     let robot_secret = service_account_client(&b.realm, "robot").await;
