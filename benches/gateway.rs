@@ -109,6 +109,10 @@ fn main() {
         let introspection = FakeIntrospection::start(CLIENT_ID, CLIENT_SECRET).await;
         let mut cfg = config(&upstream.url(), &introspection.endpoint());
         cfg.cache_ttl_seconds = 300;
+        // The cold phase measures an introspection's cost, 200 new tokens from one client in a
+        // row: far over the default per-client budget (20, then 5/s), which would answer 429.
+        cfg.introspection_burst_per_client = 10_000;
+        cfg.introspection_burst = 10_000;
         let gw = spawn_gateway(cfg).await;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
