@@ -1403,3 +1403,32 @@ async fn stream_is_cut_when_its_token_expires_or_is_revoked() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn known_good_tokens_are_rechecked_outside_the_budget_for_unknown_ones() {
+    let bed = TestBed::start_with(|c| {
+        c.cache_ttl_seconds = 1;
+        c.introspection_burst_per_client = 2;
+        c.introspection_rate_per_client = 0.001;
+    })
+    .await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    assert_eq!(get_with_token(&bed, "/small", GOOD).await.status(), 200);
+    // The rest of the budget goes to unknown tokens; the next one is throttled.
+    assert_eq!(
+        get_with_token(&bed, "/small", "unknown-1").await.status(),
+        401
+    );
+    let resp = get_with_token(&bed, "/small", "unknown-2").await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    // GOOD's cache entry lapses; its re-introspection is not charged to the empty budget.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get_with_token(&bed, "/small", GOOD).await.status(), 200);
+    assert_eq!(bed.introspection.calls(), 3, "GOOD was re-introspected");
+    assert_eq!(
+        get_with_token(&bed, "/small", "unknown-3").await.status(),
+        429
+    );
+}

@@ -159,14 +159,7 @@ impl Introspector {
             match inflight.get(&key) {
                 Some(call) => call.clone(),
                 None => {
-                    if let Admission::Client(client) = admission {
-                        if let Err(wait) = self.inner.limiter.try_acquire(client, Instant::now()) {
-                            self.inner.metrics.throttled();
-                            return Err(IntrospectionError::Throttled {
-                                retry_after_secs: retry_after_secs(wait),
-                            });
-                        }
-                    }
+                    self.admit(&key, admission)?;
                     let inner = self.inner.clone();
                     let token = token.to_owned();
                     // A task, so the call completes (and leaves the in-flight table) even
@@ -198,6 +191,25 @@ impl Introspector {
 }
 
 impl Introspector {
+    /// Charges a new introspection to the client's and the total budget. Only tokens not known
+    /// to be good are charged: a good token whose cache entry lapsed is re-checked however
+    /// many bad ones are flooding in, and so is the token of a live stream.
+    fn admit(&self, key: &TokenKey, admission: Admission) -> Result<(), IntrospectionError> {
+        let Admission::Client(client) = admission else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if self.inner.cache.known_good(key, now) {
+            return Ok(());
+        }
+        self.inner.limiter.try_acquire(client, now).map_err(|wait| {
+            self.inner.metrics.throttled();
+            IntrospectionError::Throttled {
+                retry_after_secs: retry_after_secs(wait),
+            }
+        })
+    }
+
     /// How long the cached result for `token` stays valid (`None`: not cached).
     pub fn cached_for(&self, token: &str) -> Option<Duration> {
         self.inner
