@@ -7,7 +7,12 @@
 //! 1. sequential latency, direct vs. through the gateway with a warm cache;
 //! 2. cold-cache latency (every request a new token, so one introspection each);
 //! 3. throughput with 16 concurrent clients over 64 tokens, direct vs. gateway, and
-//!    introspection calls per token.
+//!    introspection calls per token;
+//! 4. the hardening's cost on the valid path: the same requests through a gateway with every
+//!    configurable check relaxed (no JWT-shape check, no `Origin` sent, limits far away) and
+//!    one with all of them engaged (JWT-shape check, an allowed `Origin` with CORS headers,
+//!    a service-account list, default connection/in-flight/rate limits), interleaved with
+//!    direct calls: added p50/p99 of each, and the difference.
 //!
 //! Direct and gateway measurements are interleaved in rounds so that load from other
 //! processes affects both alike.
@@ -104,6 +109,10 @@ fn main() {
         let introspection = FakeIntrospection::start(CLIENT_ID, CLIENT_SECRET).await;
         let mut cfg = config(&upstream.url(), &introspection.endpoint());
         cfg.cache_ttl_seconds = 300;
+        // The cold phase measures an introspection's cost, 200 new tokens from one client in a
+        // row: far over the default per-client budget (20, then 5/s), which would answer 429.
+        cfg.introspection_burst_per_client = 10_000;
+        cfg.introspection_burst = 10_000;
         let gw = spawn_gateway(cfg).await;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
@@ -175,6 +184,95 @@ fn main() {
             "introspection calls per token {:>9.2}  ({calls} calls, {TOKENS} tokens, {CONCURRENT_TOTAL} gateway requests)",
             calls as f64 / TOKENS as f64
         );
+        hardening(&http, &upstream, &introspection, &direct).await;
         gw.shutdown().await.expect("shutdown");
     });
+}
+
+/// Phase 4: added latency with the configurable hardening relaxed vs. engaged.
+async fn hardening(
+    http: &reqwest::Client,
+    upstream: &FakeUpstream,
+    introspection: &FakeIntrospection,
+    direct: &str,
+) {
+    let mut relaxed = config(&upstream.url(), &introspection.endpoint());
+    relaxed.cache_ttl_seconds = 300;
+    relaxed.require_jwt = false;
+    relaxed.max_connections = 1 << 20;
+    relaxed.max_inflight = 1 << 20;
+    relaxed.introspection_burst = u32::MAX;
+    relaxed.introspection_burst_per_client = u32::MAX;
+    let mut hardened = config(&upstream.url(), &introspection.endpoint());
+    hardened.cache_ttl_seconds = 300;
+    hardened.require_jwt = true;
+    hardened.allowed_origins = "https://app.example.com".into();
+    hardened.service_account_clients = "robot,ci-bot".into();
+    let relaxed = spawn_gateway(relaxed).await;
+    let hardened = spawn_gateway(hardened).await;
+    // A JWT-shaped token passes the shape check; the fake introspection knows it.
+    let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
+    introspection.set_token(token, active_claims("openid mcp:tools"));
+    let (r_url, h_url) = (
+        format!("{}/small", relaxed.url()),
+        format!("{}/small", hardened.url()),
+    );
+    let origin = "https://mcp.example.com";
+    sequential(http, &r_url, Some(token), 200).await;
+    sequential_with_origin(http, &h_url, token, origin, 200).await;
+    println!("== hardening on the valid path, {SEQUENTIAL} requests each side, {ROUNDS} interleaved rounds ==");
+    let (mut d, mut r, mut h) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        d.extend(sequential(http, direct, None, SEQUENTIAL / ROUNDS).await);
+        r.extend(sequential(http, &r_url, Some(token), SEQUENTIAL / ROUNDS).await);
+        h.extend(sequential_with_origin(http, &h_url, token, origin, SEQUENTIAL / ROUNDS).await);
+    }
+    for v in [&mut d, &mut r, &mut h] {
+        v.sort_unstable();
+    }
+    report("direct upstream", &d);
+    report("gateway, hardening relaxed", &r);
+    report("gateway, hardening engaged", &h);
+    let added = |s: &[Duration], p: f64| us(percentile(s, p).saturating_sub(percentile(&d, p)));
+    println!(
+        "added p50: relaxed {:>7.1} µs, engaged {:>7.1} µs, difference {:>+7.1} µs",
+        added(&r, 0.5),
+        added(&h, 0.5),
+        added(&h, 0.5) - added(&r, 0.5)
+    );
+    println!(
+        "added p99: relaxed {:>7.1} µs, engaged {:>7.1} µs, difference {:>+7.1} µs",
+        added(&r, 0.99),
+        added(&h, 0.99),
+        added(&h, 0.99) - added(&r, 0.99)
+    );
+    relaxed.shutdown().await.expect("shutdown");
+    hardened.shutdown().await.expect("shutdown");
+}
+
+/// Like [`sequential`], with an `Origin` header (a browser client), checking the CORS answer.
+async fn sequential_with_origin(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    origin: &str,
+    n: usize,
+) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let resp = http
+            .get(url)
+            .bearer_auth(token)
+            .header("origin", origin)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["access-control-allow-origin"], origin);
+        resp.bytes().await.expect("body");
+        samples.push(started.elapsed());
+    }
+    samples.sort_unstable();
+    samples
 }

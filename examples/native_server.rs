@@ -10,7 +10,9 @@
 //! and `PORT` (default `3000`): `HOST PORT AUTH_HOST AUTH_PORT AUTH_REALM OAUTH_CLIENT_ID
 //! OAUTH_CLIENT_SECRET`. Two of the operator's optional extras are read if present:
 //! `MCP_SERVER_URL` (the canonical URL, default `http://{HOST}:{PORT}/mcp`; its path must be
-//! `/mcp`) and `MCP_REQUIRED_SCOPES` (space-separated, default `mcp:tools`). Nothing else.
+//! `/mcp`), `MCP_REQUIRED_SCOPES` (space-separated, default `mcp:tools`) and
+//! `MCP_SERVICE_ACCOUNT_CLIENTS` (comma-separated client ids allowed to call without a user,
+//! default none). Nothing else.
 //! Keycloak is `http://AUTH_HOST:AUTH_PORT` (`https` when `AUTH_PORT` is 443) for both the
 //! introspection call and the issuer advertised to clients, so pods and browsers must reach it
 //! under the same URL (with a separate `publicUrl`, use `auth.mode: Proxy`).
@@ -25,8 +27,10 @@
 //! introspection at `…/realms/$AUTH_REALM/protocol/openid-connect/token/introspect` with the
 //! confidential client `OAUTH_CLIENT_ID`/`OAUTH_CLIENT_SECRET`:
 //! - no token → 401 `WWW-Authenticate: Bearer resource_metadata="…", scope="…"`;
-//! - inactive/unknown/expired token, not an access token, `aud` without this server's URL, or
-//!   Keycloak refusing our client credentials → 401 with `error="invalid_token"`;
+//! - inactive/unknown/expired token, not an access token, `aud` without this server's URL, no
+//!   user session (`sid`; a service-account token) from a client not in
+//!   `MCP_SERVICE_ACCOUNT_CLIENTS`, or Keycloak refusing our client credentials → 401 with
+//!   `error="invalid_token"`;
 //! - a required scope missing → 403 `error="insufficient_scope"`;
 //! - Keycloak unreachable → 503 (fail closed). Never 500; the token is never logged.
 
@@ -40,6 +44,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use mcp_keycloak_operator::gateway::{split_list, SERVICE_ACCOUNT_CLIENTS_ENV};
 use rmcp::handler::server::{router::tool::ToolRouter, tool::Extension, wrapper::Parameters};
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::{
@@ -65,6 +70,8 @@ struct Config {
     client_id: String,
     client_secret: String,
     required_scopes: Vec<String>,
+    /// Clients whose tokens may lack a user session (machine-to-machine opt-in).
+    service_account_clients: Vec<String>,
 }
 
 fn config_from_env() -> Result<Config, String> {
@@ -123,6 +130,7 @@ fn config_from_env() -> Result<Config, String> {
             .split_whitespace()
             .map(str::to_string)
             .collect(),
+        service_account_clients: split_list(&var(SERVICE_ACCOUNT_CLIENTS_ENV).unwrap_or_default()),
     })
 }
 
@@ -318,6 +326,23 @@ impl App {
         if !audience_ok {
             return Err(Refusal::Invalid("the token was not issued for this server"));
         }
+        // A token without a user session (client credentials) is accepted only from a client
+        // listed for machine-to-machine use; anyone can mint one otherwise.
+        let text = |k: &str| {
+            claims[k]
+                .as_str()
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let client_id = text("client_id").or_else(|| text("azp"));
+        let user_session = text("sid").or_else(|| text("session_state")).is_some();
+        if !user_session
+            && !client_id
+                .as_ref()
+                .is_some_and(|c| self.cfg.service_account_clients.contains(c))
+        {
+            return Err(Refusal::Invalid("the token was not issued for this server"));
+        }
         let granted: Vec<&str> = claims["scope"]
             .as_str()
             .unwrap_or("")
@@ -331,11 +356,10 @@ impl App {
         {
             return Err(Refusal::MissingScope);
         }
-        let text = |k: &str| claims[k].as_str().map(str::to_string);
         Ok(Caller {
             sub: text("sub"),
             username: text("username").or_else(|| text("preferred_username")),
-            client_id: text("client_id").or_else(|| text("azp")),
+            client_id,
         })
     }
 }

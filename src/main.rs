@@ -53,6 +53,16 @@ enum Command {
         lease_name: String,
         #[arg(long, default_value_t = 15)]
         lease_seconds: u64,
+        /// Give every McpServer a NetworkPolicy admitting only its gateway (or server) port.
+        #[arg(long, env = "SERVER_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+        server_network_policy: bool,
+        /// Labels (`k=v,k2=v2`) of the namespaces whose pods may scrape the gateways' metrics
+        /// port. With neither selector set, the metrics port admits nobody.
+        #[arg(long, env = "METRICS_NAMESPACE_SELECTOR")]
+        metrics_namespace_selector: Option<String>,
+        /// Labels (`k=v,k2=v2`) of the pods (e.g. Prometheus) that may scrape the metrics port.
+        #[arg(long, env = "METRICS_POD_SELECTOR")]
+        metrics_pod_selector: Option<String>,
     },
     /// Run the auth gateway in front of an MCP server (the sidecar of `auth.mode: Proxy`).
     Proxy(Box<mcp_keycloak_operator::gateway::GatewayConfig>),
@@ -61,6 +71,34 @@ enum Command {
         #[arg(long, default_value = "crds")]
         out: PathBuf,
     },
+}
+
+/// `k=v,k2=v2` as match labels.
+fn labels(raw: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => Err(format!("{kv:?} is not a label k=v")),
+        })
+        .collect()
+}
+
+/// The metrics scraper as a NetworkPolicy peer; `None` when no selector is given.
+fn metrics_peer(
+    namespaces: Option<&str>,
+    pods: Option<&str>,
+) -> Result<Option<mcp_keycloak_operator::desired::workload::MetricsPeer>, String> {
+    if namespaces.is_none_or(str::is_empty) && pods.is_none_or(str::is_empty) {
+        return Ok(None);
+    }
+    Ok(Some(
+        mcp_keycloak_operator::desired::workload::MetricsPeer {
+            namespace_selector: labels(namespaces.unwrap_or(""))?,
+            pod_selector: labels(pods.unwrap_or(""))?,
+        },
+    ))
 }
 
 fn init_logging(json: bool) {
@@ -97,6 +135,9 @@ async fn main() -> anyhow_free::Result {
             lease_namespace,
             lease_name,
             lease_seconds,
+            server_network_policy,
+            metrics_namespace_selector,
+            metrics_pod_selector,
         } => {
             init_logging(cli.log_json);
             let client = kube::Client::try_default().await?;
@@ -108,6 +149,11 @@ async fn main() -> anyhow_free::Result {
             if let Some(image) = operator_image {
                 config.operator_image = image;
             }
+            config.server_network_policies = server_network_policy;
+            config.metrics_peer = metrics_peer(
+                metrics_namespace_selector.as_deref(),
+                metrics_pod_selector.as_deref(),
+            )?;
             let ctx = Context::new(client, Arc::new(Metrics::default()), config);
             let health = Arc::new(runtime::Health::default());
             let leader = leader_election.then(|| runtime::LeaderElection {

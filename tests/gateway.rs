@@ -22,9 +22,10 @@ fn www_auth(resp: &reqwest::Response) -> String {
         .to_owned()
 }
 
-fn invalid_token_challenge(description: &str) -> String {
+/// Every refused token gets the same challenge: no oracle for a token's state.
+fn invalid_token_challenge() -> String {
     format!(
-        "Bearer error=\"invalid_token\", error_description=\"{description}\", resource_metadata=\"{METADATA_URL}\", scope=\"mcp:tools\""
+        "Bearer error=\"invalid_token\", error_description=\"The access token is not valid for this resource\", resource_metadata=\"{METADATA_URL}\", scope=\"mcp:tools\""
     )
 }
 
@@ -164,12 +165,7 @@ async fn malformed_bearer_gets_401_invalid_token_without_introspection() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 401, "{header}");
-        assert_eq!(
-            www_auth(&resp),
-            invalid_token_challenge(
-                "The Authorization header does not carry a well-formed Bearer token"
-            )
-        );
+        assert_eq!(www_auth(&resp), invalid_token_challenge());
     }
     assert_eq!(bed.introspection.calls(), 0);
     assert_eq!(bed.upstream.hits(), 0);
@@ -182,10 +178,7 @@ async fn inactive_token_gets_401_invalid_token() {
         .set_token("revoked", json!({"active": false}));
     let resp = get_with_token(&bed, "/mcp", "revoked").await;
     assert_eq!(resp.status(), 401);
-    assert_eq!(
-        www_auth(&resp),
-        invalid_token_challenge("The access token is not active (expired, revoked or unknown)")
-    );
+    assert_eq!(www_auth(&resp), invalid_token_challenge());
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_token");
     assert_eq!(bed.introspection.calls(), 1);
@@ -205,10 +198,7 @@ async fn wrong_audience_gets_401_invalid_token() {
     for token in ["other-aud", "trailing-slash-aud"] {
         let resp = get_with_token(&bed, "/mcp", token).await;
         assert_eq!(resp.status(), 401, "{token}");
-        assert_eq!(
-            www_auth(&resp),
-            invalid_token_challenge("The access token was not issued for this resource")
-        );
+        assert_eq!(www_auth(&resp), invalid_token_challenge());
     }
     assert_eq!(bed.upstream.hits(), 0);
 }
@@ -561,10 +551,7 @@ async fn revoked_token_is_refused_once_the_cache_ttl_lapses() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let resp = get_with_token(&bed, "/mcp", GOOD).await;
     assert_eq!(resp.status(), 401);
-    assert_eq!(
-        www_auth(&resp),
-        invalid_token_challenge("The access token is not active (expired, revoked or unknown)")
-    );
+    assert_eq!(www_auth(&resp), invalid_token_challenge());
     assert_eq!(bed.introspection.calls(), 2);
     // The negative answer is reused briefly (min(negative TTL, TTL) = 1 s).
     assert_eq!(get_with_token(&bed, "/mcp", GOOD).await.status(), 401);
@@ -586,10 +573,7 @@ async fn cache_entry_never_outlives_token_exp() {
     let resp = get_with_token(&bed, "/mcp", GOOD).await;
     assert_eq!(resp.status(), 401);
     assert_eq!(bed.introspection.calls(), 2);
-    assert_eq!(
-        www_auth(&resp),
-        invalid_token_challenge("The access token has expired")
-    );
+    assert_eq!(www_auth(&resp), invalid_token_challenge());
 }
 
 #[tokio::test]
@@ -626,21 +610,64 @@ async fn upstream_unreachable_gives_502() {
 }
 
 #[tokio::test]
-async fn cors_preflight_is_forwarded_without_authentication() {
-    let bed = TestBed::start().await;
+async fn cors_preflight_is_answered_by_the_gateway_and_never_forwarded() {
+    let bed = TestBed::start_with(|c| c.allowed_origins = "http://localhost:6274".into()).await;
+    for origin in ["https://mcp.example.com", "http://localhost:6274"] {
+        let resp = bed
+            .http
+            .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, mcp-session-id",
+            )
+            .header("content-type", "application/json")
+            // A body that would be a tool call if a server ignored the method.
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204, "{origin}");
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], origin);
+        assert_eq!(
+            h["access-control-allow-methods"],
+            "GET, POST, DELETE, OPTIONS"
+        );
+        assert_eq!(
+            h["access-control-allow-headers"],
+            "Authorization, Content-Type, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID, Accept"
+        );
+        assert_eq!(h["vary"], "Origin");
+        assert!(
+            resp.bytes().await.unwrap().is_empty(),
+            "a preflight has no body"
+        );
+    }
+    // With a token too: still answered here.
     let resp = bed
         .http
         .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
+        .bearer_auth(GOOD)
         .header("origin", "http://localhost:6274")
-        .header("access-control-request-method", "POST")
-        .header("x-mcp-auth-subject", "spoofed")
+        .header("access-control-request-method", "DELETE")
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let echo: Value = resp.json().await.unwrap();
-    assert_eq!(echo["method"], "OPTIONS");
-    assert!(echo["headers"].get("x-mcp-auth-subject").is_none());
+    assert_eq!(resp.status(), 204);
+    // A foreign origin's preflight: 403, nothing allowed.
+    let resp = bed
+        .http
+        .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(bed.upstream.hits(), 0, "a preflight reached the upstream");
     assert_eq!(bed.introspection.calls(), 0);
     // OPTIONS without the preflight headers is an ordinary, protected request.
     let resp = bed
@@ -650,6 +677,166 @@ async fn cors_preflight_is_forwarded_without_authentication() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+    assert_eq!(bed.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn foreign_origin_gets_403_before_any_token_work_own_and_none_pass() {
+    let bed = TestBed::start_with(|c| c.allowed_origins = "http://localhost:6274".into()).await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    for origin in [
+        "https://evil.example",
+        "http://mcp.example.com",
+        "https://mcp.example.com:8443",
+        "null",
+        "https://mcp.example.com.evil.example",
+    ] {
+        let resp = bed
+            .http
+            .post(bed.url("/mcp"))
+            .bearer_auth(GOOD)
+            .header("origin", origin)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{origin}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "forbidden_origin");
+    }
+    assert_eq!(
+        bed.introspection.calls(),
+        0,
+        "token work for a foreign origin"
+    );
+    assert_eq!(bed.upstream.hits(), 0);
+
+    // The resource's own origin (any case, default port), an allowed one, and none pass.
+    for origin in [
+        Some("https://mcp.example.com"),
+        Some("https://MCP.example.com:443"),
+        Some("http://localhost:6274"),
+        None,
+    ] {
+        let mut req = bed.http.post(bed.url("/mcp")).bearer_auth(GOOD).body("{}");
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{origin:?}");
+        match origin {
+            Some(o) => {
+                assert_eq!(resp.headers()["access-control-allow-origin"], o);
+                assert_eq!(
+                    resp.headers()["access-control-expose-headers"],
+                    "Mcp-Session-Id, WWW-Authenticate"
+                );
+            }
+            None => assert!(resp.headers().get("access-control-allow-origin").is_none()),
+        }
+    }
+    assert_eq!(bed.upstream.hits(), 4);
+    // Metadata stays open to every origin.
+    let resp = bed
+        .http
+        .get(bed.url("/.well-known/oauth-protected-resource/mcp"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    let m = bed.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "mcp_gateway_requests_total{outcome=\"forbidden_origin\"}"
+        ),
+        Some(5.0)
+    );
+}
+
+#[tokio::test]
+async fn client_sent_forwarding_headers_are_replaced() {
+    let bed = TestBed::start().await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    let resp = bed
+        .http
+        .post(bed.url("/mcp"))
+        .bearer_auth(GOOD)
+        .header("forwarded", "for=203.0.113.9;host=evil.example;proto=https")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "http")
+        .header("x-forwarded-prefix", "/admin")
+        .header("x-forwarded-port", "1")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().await.unwrap();
+    let h = &echo["headers"];
+    assert!(h.get("forwarded").is_none(), "{h}");
+    assert!(h.get("x-forwarded-prefix").is_none(), "{h}");
+    assert!(h.get("x-forwarded-port").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-for"], json!(["127.0.0.1"]));
+    assert_eq!(h["x-forwarded-host"], json!([bed.gateway.addr.to_string()]));
+    // The resource URL (https://mcp.example.com/mcp) says how clients reach the server.
+    assert_eq!(h["x-forwarded-proto"], json!(["https"]));
+}
+
+#[tokio::test]
+async fn every_refused_token_gets_the_same_answer() {
+    let bed = TestBed::start().await;
+    let mut wrong_aud = active_claims("openid mcp:tools");
+    wrong_aud["aud"] = json!("https://other.example.com/mcp");
+    let mut expired = active_claims("openid mcp:tools");
+    expired["exp"] = json!(unix_now() - 10);
+    let mut no_user = active_claims("openid mcp:tools");
+    no_user["sid"] = json!(null);
+    bed.introspection.set_token("wrong-aud", wrong_aud);
+    bed.introspection.set_token("expired", expired);
+    bed.introspection.set_token("no-user", no_user);
+    let mut answers = Vec::new();
+    for token in ["inactive", "wrong-aud", "expired", "no-user", "a\"b"] {
+        let resp = bed
+            .http
+            .get(bed.url("/mcp"))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{token}");
+        let challenge = www_auth(&resp);
+        let body = resp.text().await.unwrap();
+        answers.push((challenge, body));
+    }
+    assert_eq!(answers[0].0, invalid_token_challenge());
+    assert!(
+        answers.iter().all(|a| *a == answers[0]),
+        "answers differ: {answers:#?}"
+    );
+    // The reasons are in the metrics, not in the answers.
+    let m = bed.metrics().await;
+    for reason in [
+        "inactive",
+        "wrong_audience",
+        "expired",
+        "no_user_session",
+        "malformed",
+    ] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("mcp_gateway_token_refusals_total{{reason=\"{reason}\"}}")
+            ),
+            Some(1.0),
+            "{reason}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -957,4 +1144,291 @@ async fn client_abandoning_a_stream_closes_the_upstream_stream() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A JWT-shaped token that no issuer signed (passes the syntactic check, unknown to Keycloak).
+fn garbage_jwt(i: usize) -> String {
+    format!("eyJhbGciOiJSUzI1NiJ9.eyJqdGkiOiJ{i:08}In0.c2lnbmF0dXJl{i}")
+}
+
+#[tokio::test]
+async fn non_jwt_tokens_are_refused_without_introspection_when_jwts_are_required() {
+    let bed = TestBed::start_with(|c| c.require_jwt = true).await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    let resp = get_with_token(&bed, "/mcp", GOOD).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(www_auth(&resp), invalid_token_challenge());
+    let long = format!("eyJ{}.e.s", "a".repeat(20_000));
+    let resp = get_with_token(&bed, "/mcp", &long).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(bed.introspection.calls(), 0);
+    let jwt = garbage_jwt(1);
+    bed.introspection
+        .set_token(&jwt, active_claims("openid mcp:tools"));
+    assert_eq!(get_with_token(&bed, "/mcp", &jwt).await.status(), 200);
+    assert_eq!(bed.introspection.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_token_flood_costs_bounded_introspections_and_cached_tokens_stay_fast() {
+    const BURST: u32 = 10;
+    const RATE: f64 = 5.0;
+    let bed = TestBed::start_with(|c| {
+        c.introspection_burst_per_client = BURST;
+        c.introspection_rate_per_client = RATE;
+        c.introspection_burst = 1000;
+        c.introspection_rate = 1000.0;
+    })
+    .await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    assert_eq!(get_with_token(&bed, "/small", GOOD).await.status(), 200);
+    let started = Instant::now();
+    let flood = {
+        let http = bed.http.clone();
+        let url = bed.url("/mcp");
+        tokio::spawn(async move {
+            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+            use futures::StreamExt;
+            let results: Vec<_> = futures::stream::iter(0..5000)
+                .map(|i| {
+                    let http = http.clone();
+                    let url = url.clone();
+                    async move {
+                        let r = http
+                            .get(&url)
+                            .bearer_auth(garbage_jwt(i))
+                            .send()
+                            .await
+                            .unwrap();
+                        (r.status().as_u16(), r.headers().get("retry-after").cloned())
+                    }
+                })
+                .buffer_unordered(256)
+                .collect()
+                .await;
+            for (status, retry_after) in results {
+                if status == 429 {
+                    assert!(retry_after.is_some(), "429 without Retry-After");
+                }
+                *statuses.entry(status).or_default() += 1;
+            }
+            statuses
+        })
+    };
+    // The cached client has its own keep-alive connection, as a real client would.
+    let client = reqwest::Client::new();
+    let mut good = 0;
+    while !flood.is_finished() {
+        let r = client.get(bed.url("/small")).bearer_auth(GOOD).send().await;
+        assert_eq!(r.unwrap().status(), 200);
+        good += 1;
+    }
+    let statuses = flood.await.unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = f64::from(BURST) + (RATE * elapsed).ceil() + 1.0;
+    let calls = bed.introspection.calls() - 1;
+    assert!(
+        calls as f64 <= allowed,
+        "{calls} introspections for 5000 unknown tokens in {elapsed:.1}s (bound {allowed}); {statuses:?}"
+    );
+    assert_eq!(
+        statuses.get(&401).copied().unwrap_or(0),
+        calls,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.get(&429).copied().unwrap_or(0), 5000 - calls);
+    assert!(good > 0, "the cached client got no turn");
+}
+
+/// Opens a raw TCP connection and reports whether the gateway answers a request on it.
+async fn answered(addr: std::net::SocketAddr, stream: &mut tokio::net::TcpStream) -> bool {
+    let req = format!("GET /mcp HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    if stream.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+        Ok(Ok(n)) => n > 0 && buf.starts_with(b"HTTP/1.1 401"),
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn connection_cap_holds_and_frees_up() {
+    let bed = TestBed::start_with(|c| c.max_connections = 4).await;
+    let addr = bed.gateway.addr;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(answered(addr, &mut s).await, "a connection under the cap");
+        held.push(s);
+    }
+    for _ in 0..3 {
+        let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(
+            !answered(addr, &mut over).await,
+            "a fifth connection was served"
+        );
+    }
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if answered(addr, &mut s).await {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a freed slot was not reused");
+    let m = bed.metrics().await;
+    assert!(metric(&m, "mcp_gateway_connections_refused_total").unwrap() >= 3.0);
+}
+
+#[tokio::test]
+async fn slow_headers_and_bodies_are_cut_off() {
+    let bed = TestBed::start_with(|c| {
+        c.header_timeout_ms = 300;
+        c.body_timeout_ms = 300;
+    })
+    .await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    let addr = bed.gateway.addr;
+    // Headers never finished: the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /mcp HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "a connection with unfinished headers stayed open"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A body slower than the deadline: 408, nothing forwarded.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {GOOD}\r\ncontent-length: 100\r\n\r\n{{\"jsonrpc\""
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("no answer to a stalled body")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(bed.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn in_flight_cap_answers_503_and_frees_up() {
+    let bed = TestBed::start_with(|c| c.max_inflight = 2).await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut r = get_with_token(&bed, "/sse?delay_ms=1500", GOOD).await;
+        assert_eq!(r.status(), 200);
+        r.chunk().await.unwrap();
+        streams.push(r);
+    }
+    let resp = get_with_token(&bed, "/small", GOOD).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    for mut s in streams {
+        while s.chunk().await.unwrap().is_some() {}
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get_with_token(&bed, "/small", GOOD).await.status(), 200);
+}
+
+#[tokio::test]
+async fn stream_is_cut_when_its_token_expires_or_is_revoked() {
+    let bed = TestBed::start_with(|c| c.cache_ttl_seconds = 1).await;
+    // exp two seconds ahead: the stream (second event after 10 s) ends at exp.
+    let mut claims = active_claims("openid mcp:tools");
+    claims["exp"] = json!(unix_now() + 2);
+    bed.introspection.set_token("short", claims);
+    let exp = unix_now() + 2;
+    let mut r = get_with_token(&bed, "/sse?delay_ms=10000", "short").await;
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await.unwrap().is_some());
+    let ended = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Ok(Some(_)) = r.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "stream outlived its token's exp");
+    let late = unix_now().saturating_sub(exp);
+    assert!(late <= 1, "cut {late}s after exp");
+
+    // Revoked while streaming: ends within the cache TTL (1 s) plus one check.
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    let mut r = get_with_token(&bed, "/sse?delay_ms=10000", GOOD).await;
+    assert!(r.chunk().await.unwrap().is_some());
+    bed.introspection.revoke(GOOD);
+    let revoked = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Ok(Some(_)) = r.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "stream outlived its revoked token");
+    assert!(
+        revoked.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        revoked.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        bed.upstream.streams_closed(),
+        2,
+        "upstream streams left open"
+    );
+    let m = bed.metrics().await;
+    assert_eq!(
+        metric(&m, "mcp_gateway_streams_cut_total{reason=\"expired\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "mcp_gateway_streams_cut_total{reason=\"revoked\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn known_good_tokens_are_rechecked_outside_the_budget_for_unknown_ones() {
+    let bed = TestBed::start_with(|c| {
+        c.cache_ttl_seconds = 1;
+        c.introspection_burst_per_client = 2;
+        c.introspection_rate_per_client = 0.001;
+    })
+    .await;
+    bed.introspection
+        .set_token(GOOD, active_claims("openid mcp:tools"));
+    assert_eq!(get_with_token(&bed, "/small", GOOD).await.status(), 200);
+    // The rest of the budget goes to unknown tokens; the next one is throttled.
+    assert_eq!(
+        get_with_token(&bed, "/small", "unknown-1").await.status(),
+        401
+    );
+    let resp = get_with_token(&bed, "/small", "unknown-2").await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    // GOOD's cache entry lapses; its re-introspection is not charged to the empty budget.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get_with_token(&bed, "/small", GOOD).await.status(), 200);
+    assert_eq!(bed.introspection.calls(), 3, "GOOD was re-introspected");
+    assert_eq!(
+        get_with_token(&bed, "/small", "unknown-3").await.status(),
+        429
+    );
 }

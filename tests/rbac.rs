@@ -39,6 +39,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
@@ -964,6 +965,31 @@ async fn exercise(run: &Run, realm: &str, cluster_scope: bool) -> Result<(), Str
     run.step("deleted Deployment recreated", || async {
         let now = uid_of::<Deployment>(c, ns, "weather").await;
         (now.is_some() && now != old).then_some(())
+    })
+    .await?;
+    run.quiet().await?;
+    let old = uid_of::<NetworkPolicy>(c, ns, "weather").await;
+    Api::<NetworkPolicy>::namespaced(c.clone(), ns)
+        .delete("weather", &dp)
+        .await
+        .map_err(err)?;
+    run.step("deleted NetworkPolicy recreated", || async {
+        let now = uid_of::<NetworkPolicy>(c, ns, "weather").await;
+        (now.is_some() && now != old).then_some(())
+    })
+    .await?;
+    // An McpServer opting out of its NetworkPolicy: the operator deletes it.
+    run.quiet().await?;
+    Api::<McpServer>::namespaced(c.clone(), ns)
+        .patch(
+            "weather",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"networkPolicy": {"enabled": false}}})),
+        )
+        .await
+        .map_err(err)?;
+    run.step("opted-out NetworkPolicy deleted", || async {
+        gone::<NetworkPolicy>(c, ns, "weather").await.then_some(())
     })
     .await?;
     // Unavailable while the new Deployment has no replica, then Ready again (its status, watched).

@@ -124,6 +124,7 @@ async fn readyz_waits_for_synced_caches_and_metrics_count_keycloak_requests() {
             {"apiGroups": ["mcpauth.dev"], "resources": ["mcpservers/status", "mcpauthpolicies/status"], "verbs": ["get", "patch", "update"]},
             {"apiGroups": [""], "resources": ["secrets", "services"], "verbs": ["get", "list", "watch", "create", "patch"]},
             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch"]},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
         ]
     })).unwrap();

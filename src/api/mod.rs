@@ -161,4 +161,22 @@ pub(crate) mod schemas {
             "scopes must be scope tokens without spaces",
         )
     }
+
+    pub fn service_account_clients(_: &mut SchemaGenerator) -> Schema {
+        string_list(
+            32,
+            255,
+            r"self.matches('^[A-Za-z0-9][A-Za-z0-9._/-]*$')",
+            "serviceAccountClients entries must be client ids: a letter or digit, then letters, digits, '.', '_', '/' and '-'",
+        )
+    }
+
+    pub fn allowed_origins(_: &mut SchemaGenerator) -> Schema {
+        string_list(
+            32,
+            300,
+            r"self.matches('^https?://([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*|\\[[0-9a-f:.]+\\])(:[0-9]{1,5})?$')",
+            "allowedOrigins entries must be origins: http(s)://host[:port] in lowercase, without path or trailing slash",
+        )
+    }
 }

@@ -1,6 +1,6 @@
 //! `McpServer`: one MCP server, its Keycloak introspection client and its workload.
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "MCP_AUTH_ISSUER",
     "MCP_AUTH_INTROSPECTION_ENDPOINT",
     "MCP_REQUIRED_SCOPES",
+    crate::gateway::SERVICE_ACCOUNT_CLIENTS_ENV,
 ];
 
 /// Port of the gateway container in `proxy` mode, and of its admin (health/metrics) listener.
@@ -70,7 +71,7 @@ pub struct McpServerSpec {
     /// Extra environment for the MCP container. The contract variables are set by the operator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(e, !(e.name in ['HOST', 'PORT', 'AUTH_HOST', 'AUTH_PORT', 'AUTH_REALM', 'OAUTH_CLIENT_ID', 'OAUTH_CLIENT_SECRET', 'MCP_SERVER_URL', 'MCP_AUTH_ISSUER', 'MCP_AUTH_INTROSPECTION_ENDPOINT', 'MCP_REQUIRED_SCOPES']))").message("env may not set the operator's contract variables (HOST, PORT, AUTH_*, OAUTH_*, MCP_*)"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(e, !(e.name in ['HOST', 'PORT', 'AUTH_HOST', 'AUTH_PORT', 'AUTH_REALM', 'OAUTH_CLIENT_ID', 'OAUTH_CLIENT_SECRET', 'MCP_SERVER_URL', 'MCP_AUTH_ISSUER', 'MCP_AUTH_INTROSPECTION_ENDPOINT', 'MCP_REQUIRED_SCOPES', 'MCP_SERVICE_ACCOUNT_CLIENTS']))").message("env may not set the operator's contract variables (HOST, PORT, AUTH_*, OAUTH_*, MCP_*)"))]
     pub env: Vec<EnvVar>,
 
     /// Arguments of the MCP container (the image's entrypoint is kept). Default: none.
@@ -123,6 +124,34 @@ pub struct McpServerSpec {
     /// `Delete` (default) removes the Keycloak client on deletion; `Retain` keeps it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// The operator-owned NetworkPolicy isolating the server's pods (on by default when the
+    /// operator runs with per-server NetworkPolicies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+
+    /// securityContext of the MCP container. Default: no privilege escalation, every
+    /// capability dropped, non-root, `RuntimeDefault` seccomp. Replaces the default whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+
+    /// Mount a service-account token into the pod (default false: an MCP server rarely talks
+    /// to the Kubernetes API, and a stolen token is a foothold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// `false` opts this server out of the NetworkPolicy (its pods are then reachable from
+    /// any pod, bypassing the gateway in `Proxy` mode); the `NetworkIsolated` condition says so.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_port() -> i32 {
@@ -180,6 +209,17 @@ pub struct AuthSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub gateway_image: Option<String>,
+    /// Clients (`client_id`) allowed to call machine-to-machine: their tokens may carry no user
+    /// session (client credentials, the MCP client-credentials extension). Empty (default):
+    /// every token must come from a user's login; service-account tokens get 401.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schemas::service_account_clients")]
+    pub service_account_clients: Vec<String>,
+    /// Browser origins (`https://app.example.com`) allowed to call besides the `url`'s own
+    /// origin (`Proxy` mode). Requests with any other `Origin` header get 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schemas::allowed_origins")]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(

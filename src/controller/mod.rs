@@ -1,6 +1,7 @@
 //! Controllers for McpAuthPolicy and McpServer, and what they share.
 
 pub mod conditions;
+mod isolation;
 mod policy;
 mod server;
 
@@ -39,6 +40,10 @@ pub struct OperatorConfig {
     /// many objects change together (kube-runtime's default is unbounded: 500 servers applied at
     /// once peaked at 780 MiB RSS in benches/scale.rs).
     pub concurrency: u16,
+    /// Give every McpServer a NetworkPolicy (unless its spec opts out).
+    pub server_network_policies: bool,
+    /// Who may reach the gateways' admin (metrics) port; `None`: nobody.
+    pub metrics_peer: Option<crate::desired::workload::MetricsPeer>,
 }
 
 impl OperatorConfig {
@@ -51,6 +56,8 @@ impl Default for OperatorConfig {
         OperatorConfig {
             resync: Duration::from_secs(300),
             concurrency: Self::DEFAULT_CONCURRENCY,
+            server_network_policies: true,
+            metrics_peer: None,
             operator_image: format!(
                 "ghcr.io/mcp-keycloak-operator/operator:{}",
                 env!("CARGO_PKG_VERSION")
@@ -579,12 +586,17 @@ pub async fn run_until_synced(
             ),
         };
 
+    let network_policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let probes = (
         servers.clone(),
         policies.clone(),
         deployments.clone(),
         secrets.clone(),
         services.clone(),
+        network_policies.clone(),
     );
     let server_controller = Controller::new(servers.clone(), watcher::Config::default());
     let server_store = server_controller.store();
@@ -596,7 +608,8 @@ pub async fn run_until_synced(
         .trigger_backoff(WatchBackoff::default())
         .owns(deployments, owned.clone())
         .owns(secrets, owned.clone())
-        .owns(services, owned)
+        .owns(services, owned.clone())
+        .owns(network_policies, owned)
         .watches(
             policies.clone(),
             watcher::Config::default(),
@@ -621,7 +634,7 @@ pub async fn run_until_synced(
 
     let policy_controller = Controller::new(policies, watcher::Config::default());
     tokio::spawn(async move {
-        let (servers, policies, deployments, secrets, services) = probes;
+        let (servers, policies, deployments, secrets, services, network_policies) = probes;
         let sel = format!(
             "app.kubernetes.io/managed-by={}",
             crate::desired::workload::MANAGED_BY
@@ -630,7 +643,8 @@ pub async fn run_until_synced(
             && listable(&policies, None).await
             && listable(&deployments, Some(&sel)).await
             && listable(&secrets, Some(&sel)).await
-            && listable(&services, Some(&sel)).await;
+            && listable(&services, Some(&sel)).await
+            && listable(&network_policies, Some(&sel)).await;
         tracing::info!(ok, "every watched kind is listable");
         on_synced(ok);
     });

@@ -388,6 +388,7 @@ async fn converge(
     let workload_step = async {
         apply_if_changed(&deployments, &workload::deployment(server, &inputs), &uid).await?;
         apply_if_changed(&services, &workload::service(server), &uid).await?;
+        super::isolation::ensure(server, ctx, status, now).await?;
         Ok::<_, Error>(deployments.get_opt(&server.name_any()).await?)
     };
     let deployment = workload_step.await.map_err(|e| (Stage::Workload, e))?;

@@ -3,7 +3,10 @@
 //! Env contract of the MCP container (`Native` mode; the gateway gets the same in `Proxy` mode):
 //! the seed's `HOST PORT AUTH_HOST AUTH_PORT AUTH_REALM OAUTH_CLIENT_ID OAUTH_CLIENT_SECRET` (the
 //! secret always through `secretKeyRef`), plus `MCP_SERVER_URL` (canonical URL = audience),
-//! `MCP_AUTH_ISSUER`, `MCP_AUTH_INTROSPECTION_ENDPOINT` and `MCP_REQUIRED_SCOPES` (space-separated).
+//! `MCP_AUTH_ISSUER`, `MCP_AUTH_INTROSPECTION_ENDPOINT` and `MCP_REQUIRED_SCOPES` (space-separated),
+//! and, when `spec.auth.serviceAccountClients` is set, `MCP_SERVICE_ACCOUNT_CLIENTS`
+//! (comma-separated client ids whose tokens may lack a user session). The gateway also gets
+//! `MCP_GATEWAY_ALLOWED_ORIGINS` from `spec.auth.allowedOrigins`.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +16,10 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
     ServicePort, ServiceSpec,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
@@ -20,6 +27,7 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{AuthMode, McpAuthPolicy, McpServer, GATEWAY_ADMIN_PORT, GATEWAY_PORT};
+use crate::gateway::{ALLOWED_ORIGINS_ENV, SERVICE_ACCOUNT_CLIENTS_ENV};
 
 pub const SECRET_KEY_CLIENT_ID: &str = "client-id";
 pub const SECRET_KEY_CLIENT_SECRET: &str = "client-secret";
@@ -39,6 +47,10 @@ pub struct WorkloadInputs {
     pub client_id: String,
     pub secret_name: String,
     pub required_scopes: Vec<String>,
+    /// Clients whose user-less tokens are accepted (`spec.auth.serviceAccountClients`).
+    pub service_account_clients: Vec<String>,
+    /// Extra browser origins the gateway admits (`spec.auth.allowedOrigins`).
+    pub allowed_origins: Vec<String>,
     /// Digest of the client secret and the auth settings: changes roll the pods.
     pub config_hash: String,
     pub gateway_image: String,
@@ -83,6 +95,8 @@ impl WorkloadInputs {
             client_id,
             secret_name: server.secret_name(),
             required_scopes,
+            service_account_clients: server.spec.auth.service_account_clients.clone(),
+            allowed_origins: server.spec.auth.allowed_origins.clone(),
             config_hash,
             gateway_image: server
                 .spec
@@ -154,7 +168,7 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
 
 /// The auth part of the env contract (everything but HOST and PORT).
 fn auth_env(inputs: &WorkloadInputs) -> Vec<EnvVar> {
-    vec![
+    let mut vars = vec![
         env("AUTH_HOST", inputs.auth_host.clone()),
         env("AUTH_PORT", inputs.auth_port.to_string()),
         env("AUTH_REALM", inputs.realm.clone()),
@@ -171,7 +185,15 @@ fn auth_env(inputs: &WorkloadInputs) -> Vec<EnvVar> {
             inputs.introspection_endpoint.clone(),
         ),
         env("MCP_REQUIRED_SCOPES", inputs.required_scopes.join(" ")),
-    ]
+    ];
+    // Only when set: absent means "users only", and unchanged servers keep their pod template.
+    if !inputs.service_account_clients.is_empty() {
+        vars.push(env(
+            SERVICE_ACCOUNT_CLIENTS_ENV,
+            inputs.service_account_clients.join(","),
+        ));
+    }
+    vars
 }
 
 fn restricted_security_context() -> SecurityContext {
@@ -188,6 +210,15 @@ fn restricted_security_context() -> SecurityContext {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// The MCP container's default: what the restricted Pod Security Standard asks for, minus a
+/// read-only root filesystem (servers often write temporary files).
+fn mcp_security_context() -> SecurityContext {
+    SecurityContext {
+        read_only_root_filesystem: None,
+        ..restricted_security_context()
     }
 }
 
@@ -230,6 +261,13 @@ fn mcp_container(server: &McpServer, inputs: &WorkloadInputs) -> Container {
             ..Default::default()
         }]),
         resources: server.spec.resources.clone(),
+        security_context: Some(
+            server
+                .spec
+                .security_context
+                .clone()
+                .unwrap_or_else(mcp_security_context),
+        ),
         ..Default::default()
     }
 }
@@ -247,6 +285,9 @@ fn gateway_container(server: &McpServer, inputs: &WorkloadInputs) -> Container {
         ),
     ];
     vars.extend(auth_env(inputs));
+    if !inputs.allowed_origins.is_empty() {
+        vars.push(env(ALLOWED_ORIGINS_ENV, inputs.allowed_origins.join(",")));
+    }
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -308,6 +349,9 @@ pub fn deployment(server: &McpServer, inputs: &WorkloadInputs) -> Deployment {
                 spec: Some(PodSpec {
                     containers,
                     service_account_name: server.spec.service_account_name.clone(),
+                    automount_service_account_token: Some(
+                        server.spec.automount_service_account_token.unwrap_or(false),
+                    ),
                     ..Default::default()
                 }),
             },
@@ -332,6 +376,76 @@ pub fn service(server: &McpServer) -> Service {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Who may reach the gateway's admin port (`/metrics`), as the operator is configured: pods
+/// matching both selectors (an empty selector matches everything of its kind).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsPeer {
+    pub namespace_selector: BTreeMap<String, String>,
+    pub pod_selector: BTreeMap<String, String>,
+}
+
+fn tcp_port(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+/// Whether the server gets a NetworkPolicy: the operator's switch and the server's opt-out.
+pub fn network_policy_enabled(server: &McpServer, operator_enabled: bool) -> bool {
+    operator_enabled
+        && server
+            .spec
+            .network_policy
+            .as_ref()
+            .is_none_or(|n| n.enabled)
+}
+
+/// The NetworkPolicy isolating the server's pods: in `Proxy` mode only the gateway port (from
+/// anywhere: clients come through it) and the admin port (from `metrics` only), so no pod can
+/// call the MCP container around the gateway; otherwise only the server's port.
+pub fn network_policy(server: &McpServer, metrics: Option<&MetricsPeer>) -> NetworkPolicy {
+    let mut ingress = Vec::new();
+    if server.spec.auth.mode == AuthMode::Proxy {
+        ingress.push(NetworkPolicyIngressRule {
+            ports: Some(vec![tcp_port(GATEWAY_PORT)]),
+            from: None,
+        });
+        if let Some(peer) = metrics {
+            let selector = |labels: &BTreeMap<String, String>| LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            };
+            ingress.push(NetworkPolicyIngressRule {
+                ports: Some(vec![tcp_port(GATEWAY_ADMIN_PORT)]),
+                from: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(selector(&peer.namespace_selector)),
+                    pod_selector: Some(selector(&peer.pod_selector)),
+                    ..Default::default()
+                }]),
+            });
+        }
+    } else {
+        ingress.push(NetworkPolicyIngressRule {
+            ports: Some(vec![tcp_port(server.spec.port)]),
+            from: None,
+        });
+    }
+    NetworkPolicy {
+        metadata: meta(server, server.name_any()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector(server)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(ingress),
+            egress: None,
+        }),
     }
 }
 
@@ -383,8 +497,13 @@ mod tests {
                     mode,
                     allow_unauthenticated: None,
                     gateway_image: None,
+                    service_account_clients: vec![],
+                    allowed_origins: vec![],
                 },
                 deletion_policy: DeletionPolicy::Delete,
+                network_policy: None,
+                security_context: None,
+                automount_service_account_token: None,
             },
         );
         s.metadata.namespace = Some("team".into());
@@ -548,6 +667,141 @@ mod tests {
         assert_eq!(
             pod.containers[1].ports.as_ref().unwrap()[0].name.as_deref(),
             Some("mcp")
+        );
+    }
+
+    #[test]
+    fn service_account_clients_and_origins_reach_the_containers_only_when_set() {
+        for mode in [AuthMode::Proxy, AuthMode::Native] {
+            let s = server(mode);
+            let i = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
+            let pod = deployment(&s, &i).spec.template.spec.unwrap();
+            for c in &pod.containers {
+                let e = env_of(c);
+                assert!(
+                    !e.contains_key(SERVICE_ACCOUNT_CLIENTS_ENV),
+                    "{mode:?} {}",
+                    c.name
+                );
+                assert!(!e.contains_key(ALLOWED_ORIGINS_ENV));
+            }
+        }
+        let mut s = server(AuthMode::Proxy);
+        s.spec.auth.service_account_clients = vec!["robot".into(), "ci-bot".into()];
+        s.spec.auth.allowed_origins = vec!["https://app.example.com".into()];
+        let i = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
+        let pod = deployment(&s, &i).spec.template.spec.unwrap();
+        let gw = env_of(&pod.containers[0]);
+        assert_eq!(value(&gw, SERVICE_ACCOUNT_CLIENTS_ENV), "robot,ci-bot");
+        assert_eq!(value(&gw, ALLOWED_ORIGINS_ENV), "https://app.example.com");
+        let mcp = env_of(&pod.containers[1]);
+        assert!(
+            !mcp.contains_key(SERVICE_ACCOUNT_CLIENTS_ENV),
+            "the gateway decides"
+        );
+        s.spec.auth.mode = AuthMode::Native;
+        let i = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
+        let pod = deployment(&s, &i).spec.template.spec.unwrap();
+        let native = env_of(&pod.containers[0]);
+        assert_eq!(value(&native, SERVICE_ACCOUNT_CLIENTS_ENV), "robot,ci-bot");
+    }
+
+    fn np_json(s: &McpServer, metrics: Option<&MetricsPeer>) -> serde_json::Value {
+        serde_json::to_value(network_policy(s, metrics)).unwrap()
+    }
+
+    #[test]
+    fn proxy_network_policy_admits_the_gateway_and_metrics_only() {
+        let s = server(AuthMode::Proxy);
+        let peer = MetricsPeer {
+            namespace_selector: BTreeMap::from([(
+                "kubernetes.io/metadata.name".into(),
+                "monitoring".into(),
+            )]),
+            pod_selector: BTreeMap::from([("app.kubernetes.io/name".into(), "prometheus".into())]),
+        };
+        let np = np_json(&s, Some(&peer));
+        assert_eq!(np["metadata"]["name"], "weather");
+        assert_eq!(np["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(
+            np["spec"],
+            serde_json::json!({
+                "podSelector": {"matchLabels": {"mcpauth.dev/server": "weather"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {"ports": [{"port": 8080, "protocol": "TCP"}]},
+                    {"ports": [{"port": 9090, "protocol": "TCP"}],
+                     "from": [{
+                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+                     }]}
+                ]
+            })
+        );
+        // Without a metrics peer the admin port admits nobody.
+        assert_eq!(
+            np_json(&s, None)["spec"]["ingress"],
+            serde_json::json!([{"ports": [{"port": 8080, "protocol": "TCP"}]}])
+        );
+    }
+
+    #[test]
+    fn native_network_policy_admits_the_server_port_only() {
+        let mut s = server(AuthMode::Native);
+        s.spec.port = 3001;
+        assert_eq!(
+            np_json(&s, Some(&MetricsPeer::default()))["spec"],
+            serde_json::json!({
+                "podSelector": {"matchLabels": {"mcpauth.dev/server": "weather"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"ports": [{"port": 3001, "protocol": "TCP"}]}]
+            })
+        );
+    }
+
+    #[test]
+    fn network_policy_opt_out_and_operator_switch() {
+        let mut s = server(AuthMode::Proxy);
+        assert!(network_policy_enabled(&s, true));
+        assert!(!network_policy_enabled(&s, false));
+        s.spec.network_policy = Some(crate::api::NetworkPolicySpec { enabled: false });
+        assert!(!network_policy_enabled(&s, true));
+        s.spec.network_policy = Some(crate::api::NetworkPolicySpec { enabled: true });
+        assert!(network_policy_enabled(&s, true));
+    }
+
+    #[test]
+    fn mcp_container_is_locked_down_by_default_and_overridable() {
+        let s = server(AuthMode::Proxy);
+        let i = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
+        let pod = deployment(&s, &i).spec.template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let sc =
+            serde_json::to_value(pod.containers[1].security_context.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            sc,
+            serde_json::json!({
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+                "runAsNonRoot": true,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            })
+        );
+        let mut s = server(AuthMode::Native);
+        s.spec.automount_service_account_token = Some(true);
+        s.spec.security_context = Some(SecurityContext {
+            run_as_user: Some(0),
+            ..Default::default()
+        });
+        let i = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
+        let pod = deployment(&s, &i).spec.template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        assert_eq!(
+            pod.containers[0].security_context,
+            Some(SecurityContext {
+                run_as_user: Some(0),
+                ..Default::default()
+            })
         );
     }
 

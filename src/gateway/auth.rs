@@ -51,6 +51,20 @@ pub fn extract_bearer(headers: &HeaderMap) -> Presented<'_> {
     }
 }
 
+/// A compact JWS (`header.payload.signature`) or JWE (five parts): base64url parts, the
+/// header a JSON object (`eyJ` is base64url of `{"`). Keycloak issues JWS access tokens, so
+/// anything else is refused without an introspection call.
+pub fn is_jwt_shaped(token: &str) -> bool {
+    let parts = token.split('.').count();
+    (parts == 3 || parts == 5)
+        && token.starts_with("eyJ")
+        && token.split('.').all(|p| {
+            p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        && token.split('.').take(2).all(|p| !p.is_empty())
+}
+
 /// RFC 6750 `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_b64token(token: &str) -> bool {
     if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
@@ -107,6 +121,12 @@ pub struct IntrospectionResponse {
     /// Keycloak's token type claim (`Bearer`, `Refresh`, `ID`, …).
     #[serde(default)]
     pub typ: Option<String>,
+    /// Keycloak's user session id; absent for client-credentials (service-account) tokens.
+    #[serde(default)]
+    pub sid: Option<String>,
+    /// The user session id under its pre-`sid` name (older Keycloak versions).
+    #[serde(default)]
+    pub session_state: Option<String>,
 }
 
 /// What the cache stores about one token.
@@ -127,6 +147,8 @@ pub struct ActiveToken {
     pub nbf: Option<u64>,
     /// `false` when `token_type` / `typ` name something other than a Bearer access token.
     pub bearer_type: bool,
+    /// A user logged in for this token (`sid`); `false` for service-account tokens.
+    pub user_session: bool,
 }
 
 fn secs(v: Option<f64>) -> Option<u64> {
@@ -143,7 +165,11 @@ impl From<IntrospectionResponse> for TokenInfo {
                 .is_none_or(|t| t.eq_ignore_ascii_case("bearer"))
         };
         let bearer_type = is_bearer(&r.token_type) && is_bearer(&r.typ);
+        let user_session = [&r.sid, &r.session_state]
+            .iter()
+            .any(|s| s.as_deref().is_some_and(|s| !s.is_empty()));
         Self::Active(ActiveToken {
+            user_session,
             subject: r.sub.filter(|s| !s.is_empty()),
             client_id: r.client_id.or(r.azp).filter(|s| !s.is_empty()),
             scopes: r
@@ -183,14 +209,24 @@ pub enum Decision {
     Deny(Challenge),
 }
 
+/// What a token must satisfy for this resource.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// The resource URL, required in `aud` verbatim.
+    pub resource: &'a str,
+    /// Scopes that must all be granted.
+    pub required: &'a [String],
+    /// Clients whose tokens may lack a user session (machine-to-machine opt-in).
+    pub service_account_clients: &'a [String],
+}
+
 /// Decides on an introspection result: active, not expired, a Bearer access token, `aud`
-/// containing `resource` exactly, every required scope granted.
-pub fn evaluate(
-    info: &TokenInfo,
-    resource: &str,
-    required: &[String],
-    now: SystemTime,
-) -> Decision {
+/// containing `resource` exactly, a user session (unless the client is listed for
+/// machine-to-machine use), every required scope granted.
+pub fn evaluate(info: &TokenInfo, rules: &Rules<'_>, now: SystemTime) -> Decision {
+    let Rules {
+        resource, required, ..
+    } = *rules;
     let token = match info {
         TokenInfo::Inactive => return deny(InvalidReason::Inactive),
         TokenInfo::Active(token) => token,
@@ -216,6 +252,14 @@ pub fn evaluate(
         .is_some_and(|aud| aud.contains(resource))
     {
         return deny(InvalidReason::WrongAudience);
+    }
+    if !token.user_session
+        && !token
+            .client_id
+            .as_ref()
+            .is_some_and(|c| rules.service_account_clients.contains(c))
+    {
+        return deny(InvalidReason::NoUserSession);
     }
     if !required.iter().all(|r| token.scopes.iter().any(|s| s == r)) {
         return Decision::Deny(Challenge::InsufficientScope);
@@ -298,11 +342,21 @@ mod tests {
 
     fn active(extra: serde_json::Value) -> TokenInfo {
         let mut base = serde_json::json!({"active": true, "aud": RES, "scope": "openid mcp:tools",
-            "exp": 1_800_000_300u64, "sub": "user-1", "client_id": "vscode", "typ": "Bearer"});
+            "exp": 1_800_000_300u64, "sub": "user-1", "client_id": "vscode", "typ": "Bearer",
+            "sid": "session-1"});
         for (k, v) in extra.as_object().unwrap() {
             base[k] = v.clone();
         }
         parse(base)
+    }
+
+    fn ev(info: &TokenInfo, required: &[String]) -> Decision {
+        let rules = Rules {
+            resource: RES,
+            required,
+            service_account_clients: &[],
+        };
+        evaluate(info, &rules, now())
     }
 
     fn req() -> Vec<String> {
@@ -312,7 +366,7 @@ mod tests {
     #[test]
     fn allows_matching_token_and_builds_identity() {
         assert_eq!(
-            evaluate(&active(serde_json::json!({})), RES, &req(), now()),
+            ev(&active(serde_json::json!({})), &req()),
             Decision::Allow(Identity {
                 subject: Some("user-1".into()),
                 client_id: Some("vscode".into()),
@@ -321,7 +375,7 @@ mod tests {
         );
         // azp stands in for a missing client_id.
         let info = active(serde_json::json!({"client_id": null, "azp": "inspector"}));
-        let Decision::Allow(id) = evaluate(&info, RES, &req(), now()) else {
+        let Decision::Allow(id) = ev(&info, &req()) else {
             panic!()
         };
         assert_eq!(id.client_id.as_deref(), Some("inspector"));
@@ -330,10 +384,7 @@ mod tests {
     #[test]
     fn audience_string_or_array_must_match_exactly() {
         let ok = active(serde_json::json!({"aud": ["account", RES]}));
-        assert!(matches!(
-            evaluate(&ok, RES, &req(), now()),
-            Decision::Allow(_)
-        ));
+        assert!(matches!(ev(&ok, &req()), Decision::Allow(_)));
         let wrong_audience = Decision::Deny(Challenge::InvalidToken(InvalidReason::WrongAudience));
         for aud in [
             serde_json::json!("https://mcp.example.com/mcp/"),
@@ -344,82 +395,99 @@ mod tests {
             serde_json::json!(42),
         ] {
             let info = active(serde_json::json!({ "aud": aud }));
-            assert_eq!(
-                evaluate(&info, RES, &req(), now()),
-                wrong_audience,
-                "aud {aud}"
-            );
+            assert_eq!(ev(&info, &req()), wrong_audience, "aud {aud}");
         }
         let mut no_aud = active(serde_json::json!({}));
         if let TokenInfo::Active(t) = &mut no_aud {
             t.audience = None;
         }
-        assert_eq!(evaluate(&no_aud, RES, &req(), now()), wrong_audience);
+        assert_eq!(ev(&no_aud, &req()), wrong_audience);
     }
 
     #[test]
     fn scopes_must_all_be_granted() {
         let info = active(serde_json::json!({"scope": "openid profile"}));
         assert_eq!(
-            evaluate(&info, RES, &req(), now()),
+            ev(&info, &req()),
             Decision::Deny(Challenge::InsufficientScope)
         );
         // Substrings do not count.
         let info = active(serde_json::json!({"scope": "mcp:tools:read"}));
         assert_eq!(
-            evaluate(&info, RES, &req(), now()),
+            ev(&info, &req()),
             Decision::Deny(Challenge::InsufficientScope)
         );
         let two = vec!["mcp:tools".to_owned(), "mcp:prompts".to_owned()];
         let info = active(serde_json::json!({"scope": "mcp:prompts mcp:tools"}));
-        assert!(matches!(
-            evaluate(&info, RES, &two, now()),
-            Decision::Allow(_)
-        ));
+        assert!(matches!(ev(&info, &two), Decision::Allow(_)));
         let info = active(serde_json::json!({"scope": null}));
-        assert!(matches!(
-            evaluate(&info, RES, &[], now()),
-            Decision::Allow(_)
-        ));
+        assert!(matches!(ev(&info, &[]), Decision::Allow(_)));
     }
 
     #[test]
     fn inactive_expired_and_wrong_type_are_invalid() {
         let inv = |r| Decision::Deny(Challenge::InvalidToken(r));
         assert_eq!(
-            evaluate(
-                &parse(serde_json::json!({"active": false})),
-                RES,
-                &req(),
-                now()
-            ),
+            ev(&parse(serde_json::json!({"active": false})), &req()),
             inv(InvalidReason::Inactive)
         );
         let expired = active(serde_json::json!({"exp": 1_800_000_000u64}));
-        assert_eq!(
-            evaluate(&expired, RES, &req(), now()),
-            inv(InvalidReason::Expired)
-        );
+        assert_eq!(ev(&expired, &req()), inv(InvalidReason::Expired));
         let future = active(serde_json::json!({"nbf": 1_800_000_100u64}));
-        assert_eq!(
-            evaluate(&future, RES, &req(), now()),
-            inv(InvalidReason::NotYetValid)
-        );
+        assert_eq!(ev(&future, &req()), inv(InvalidReason::NotYetValid));
         let refresh = active(serde_json::json!({"typ": "Refresh"}));
-        assert_eq!(
-            evaluate(&refresh, RES, &req(), now()),
-            inv(InvalidReason::WrongTokenType)
-        );
+        assert_eq!(ev(&refresh, &req()), inv(InvalidReason::WrongTokenType));
         let dpop = active(serde_json::json!({"token_type": "DPoP"}));
-        assert_eq!(
-            evaluate(&dpop, RES, &req(), now()),
-            inv(InvalidReason::WrongTokenType)
-        );
+        assert_eq!(ev(&dpop, &req()), inv(InvalidReason::WrongTokenType));
         // Wrong audience is reported before missing scopes.
         let both = active(serde_json::json!({"aud": "other", "scope": ""}));
-        assert_eq!(
-            evaluate(&both, RES, &req(), now()),
-            inv(InvalidReason::WrongAudience)
-        );
+        assert_eq!(ev(&both, &req()), inv(InvalidReason::WrongAudience));
+    }
+
+    #[test]
+    fn tokens_without_a_user_session_need_a_listed_client() {
+        // Keycloak's answer for a client-credentials token: no `sid`.
+        let service = active(serde_json::json!({"sid": null, "client_id": "robot"}));
+        let no_user = Decision::Deny(Challenge::InvalidToken(InvalidReason::NoUserSession));
+        assert_eq!(ev(&service, &req()), no_user);
+        let listed = ["other".to_owned(), "robot".to_owned()];
+        let rules = Rules {
+            resource: RES,
+            required: &req(),
+            service_account_clients: &listed,
+        };
+        assert!(matches!(
+            evaluate(&service, &rules, now()),
+            Decision::Allow(_)
+        ));
+        // Listing is by exact client id; azp stands in for client_id.
+        let lookalike = active(serde_json::json!({"sid": null, "client_id": "robot2"}));
+        assert_eq!(evaluate(&lookalike, &rules, now()), no_user);
+        let by_azp = active(serde_json::json!({"sid": "", "client_id": null, "azp": "robot"}));
+        assert!(matches!(
+            evaluate(&by_azp, &rules, now()),
+            Decision::Allow(_)
+        ));
+        // The pre-`sid` claim counts as a user session too.
+        let legacy = active(serde_json::json!({"sid": null, "session_state": "s-2"}));
+        assert!(matches!(ev(&legacy, &req()), Decision::Allow(_)));
+    }
+
+    #[test]
+    fn jwt_shape() {
+        assert!(is_jwt_shaped("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln-_"));
+        assert!(is_jwt_shaped("eyJhbGciOiJub25lIn0.eyJ4IjoxfQ."));
+        assert!(is_jwt_shaped("eyJh.b.c.d.e"));
+        for bad in [
+            "good-token.abc_DEF-123",
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0",
+            "eyJa.b.c.d",
+            "abc.def.ghi",
+            "eyJ..sig",
+            "eyJa.b+/.c",
+            "eyJa.b.c=",
+        ] {
+            assert!(!is_jwt_shaped(bad), "{bad}");
+        }
     }
 }

@@ -48,6 +48,9 @@ pub fn entry_lifetime(
 struct Entry {
     info: Arc<TokenInfo>,
     expires_at: Instant,
+    /// Until when an active token's lapsed entry is kept as "known good" (its `exp`): its
+    /// re-introspection is not charged to the rate limits meant for unknown tokens.
+    known_good_until: Option<Instant>,
 }
 
 pub struct TokenCache {
@@ -77,12 +80,27 @@ impl TokenCache {
         let mut map = self.lock();
         match map.get(key) {
             Some(entry) if entry.expires_at > now => Some(entry.info.clone()),
+            Some(entry) if entry.known_good_until.is_some_and(|k| k > now) => None,
             Some(_) => {
                 map.remove(key);
                 None
             }
             None => None,
         }
+    }
+
+    /// Whether `key` was active when last introspected and has not reached its `exp`.
+    pub fn known_good(&self, key: &TokenKey, now: Instant) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|e| e.known_good_until.is_some_and(|k| k > now))
+    }
+
+    /// How long the entry for `key` stays valid, if there is one.
+    pub fn remaining(&self, key: &TokenKey, now: Instant) -> Option<Duration> {
+        let map = self.lock();
+        let entry = map.get(key)?;
+        (entry.expires_at > now).then(|| entry.expires_at - now)
     }
 
     /// Stores a result for as long as [`entry_lifetime`] allows (maybe not at all).
@@ -107,16 +125,25 @@ impl TokenCache {
                 }
             }
         }
-        map.insert(key, Entry { info, expires_at });
+        let known_good_until = match &*info {
+            TokenInfo::Active(token) => Some(match token.expires_at() {
+                Some(exp) => now + exp.duration_since(wall).unwrap_or_default(),
+                None => expires_at + self.ttl,
+            }),
+            TokenInfo::Inactive => None,
+        };
+        map.insert(
+            key,
+            Entry {
+                info,
+                expires_at,
+                known_good_until,
+            },
+        );
     }
 
     pub fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -139,6 +166,7 @@ mod tests {
             exp,
             nbf: None,
             bearer_type: true,
+            user_session: true,
         })
     }
 
@@ -210,7 +238,10 @@ mod tests {
         );
         assert!(cache.get(&k_ttl, t0 + S(29)).is_some());
         assert!(cache.get(&k_ttl, t0 + S(30)).is_none(), "outlived ttl");
-        assert!(cache.is_empty(), "expired entries are removed on lookup");
+        // Lapsed entries are removed on lookup, except an active token's before its `exp`
+        // (kept as known good, see `known_good`).
+        assert_eq!(cache.len(), 1);
+        assert!(cache.known_good(&k_ttl, t0 + S(30)));
     }
 
     #[test]
@@ -243,6 +274,30 @@ mod tests {
             "expired entries were purged, len {}",
             cache.len()
         );
+    }
+
+    #[test]
+    fn lapsed_active_entries_stay_known_good_until_exp() {
+        let cache = TokenCache::new(S(30), S(5), 100);
+        let t0 = Instant::now();
+        let good = token_key("good");
+        let bad = token_key("revoked");
+        cache.insert(good, Arc::new(active(Some(1_800_000_100))), t0, wall());
+        cache.insert(bad, Arc::new(TokenInfo::Inactive), t0, wall());
+        assert!(
+            cache.get(&good, t0 + S(31)).is_none(),
+            "lapsed after the ttl"
+        );
+        assert!(
+            cache.known_good(&good, t0 + S(31)),
+            "still known good before exp"
+        );
+        assert!(!cache.known_good(&good, t0 + S(100)), "not past exp");
+        assert!(
+            !cache.known_good(&bad, t0),
+            "an inactive token is never known good"
+        );
+        assert!(!cache.known_good(&token_key("never-seen"), t0));
     }
 
     #[test]

@@ -16,6 +16,11 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const CLIENT_SECRET_ENV: &str = "OAUTH_CLIENT_SECRET";
 /// Longest bearer token the gateway accepts (larger ones are refused as malformed).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Environment variable naming the clients whose user-less (service-account) tokens are
+/// accepted; shared by the gateway, the operator's Deployment and the Native example.
+pub const SERVICE_ACCOUNT_CLIENTS_ENV: &str = "MCP_SERVICE_ACCOUNT_CLIENTS";
+/// Environment variable listing browser origins allowed besides the resource URL's own.
+pub const ALLOWED_ORIGINS_ENV: &str = "MCP_GATEWAY_ALLOWED_ORIGINS";
 
 /// The introspection client's secret. `Debug` never shows the value.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -140,6 +145,60 @@ pub struct GatewayConfig {
     /// After a shutdown signal, how long (seconds) open streams may drain.
     #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
+
+    /// Clients (`client_id`/`azp`, comma- or space-separated) whose tokens may lack a user
+    /// session (client credentials). Empty: every token must come from a user's login.
+    #[arg(long, env = SERVICE_ACCOUNT_CLIENTS_ENV, default_value = "")]
+    pub service_account_clients: String,
+
+    /// Browser origins (comma- or space-separated, `scheme://host[:port]`) allowed besides the
+    /// resource URL's own; requests with any other `Origin` get 403.
+    #[arg(long, env = ALLOWED_ORIGINS_ENV, default_value = "")]
+    pub allowed_origins: String,
+
+    /// Refuse bearer tokens that are not JWTs before introspection (Keycloak issues JWTs).
+    #[arg(long, env = "MCP_GATEWAY_REQUIRE_JWT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub require_jwt: bool,
+
+    /// Maximum open client connections on the MCP listener; further ones are closed at once.
+    #[arg(long, env = "MCP_GATEWAY_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Maximum requests (including open streams) handled at once; further ones get 503.
+    #[arg(long, env = "MCP_GATEWAY_MAX_INFLIGHT", default_value_t = 512)]
+    pub max_inflight: usize,
+
+    /// Time a client has to send a request's headers, in milliseconds.
+    #[arg(long, env = "MCP_GATEWAY_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// Time a client has to send a request's body, in milliseconds (408 after it).
+    #[arg(long, env = "MCP_GATEWAY_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+
+    /// Introspections of not-yet-known tokens per second, in total (token bucket refill).
+    #[arg(long, env = "MCP_GATEWAY_INTROSPECTION_RATE", default_value_t = 50.0)]
+    pub introspection_rate: f64,
+
+    /// Burst size of the total introspection bucket.
+    #[arg(long, env = "MCP_GATEWAY_INTROSPECTION_BURST", default_value_t = 100)]
+    pub introspection_burst: u32,
+
+    /// Introspections of not-yet-known tokens per second and client address.
+    #[arg(
+        long,
+        env = "MCP_GATEWAY_INTROSPECTION_RATE_PER_CLIENT",
+        default_value_t = 5.0
+    )]
+    pub introspection_rate_per_client: f64,
+
+    /// Burst size of each client address's introspection bucket.
+    #[arg(
+        long,
+        env = "MCP_GATEWAY_INTROSPECTION_BURST_PER_CLIENT",
+        default_value_t = 20
+    )]
+    pub introspection_burst_per_client: u32,
 }
 
 impl GatewayConfig {
@@ -170,6 +229,17 @@ impl GatewayConfig {
             introspection_timeout_ms: 5000,
             ca_bundle: None,
             shutdown_grace_seconds: 10,
+            service_account_clients: String::new(),
+            allowed_origins: String::new(),
+            require_jwt: true,
+            max_connections: 1024,
+            max_inflight: 512,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            introspection_rate: 50.0,
+            introspection_burst: 100,
+            introspection_rate_per_client: 5.0,
+            introspection_burst_per_client: 20,
         }
     }
 
@@ -179,16 +249,7 @@ impl GatewayConfig {
         let metadata_url = metadata::metadata_url(&resource);
         let metadata_paths = metadata::metadata_paths(&resource);
 
-        let issuer = self.issuer.trim();
-        let issuer_url = Url::parse(issuer)
-            .map_err(|e| config_err(format!("--issuer {issuer:?} is not a URL: {e}")))?;
-        if !matches!(issuer_url.scheme(), "http" | "https") {
-            return Err(config_err("--issuer must be an http(s) URL"));
-        }
-        if issuer.ends_with('/') {
-            // Keycloak's issuer has no trailing slash and clients compare it exactly.
-            tracing::warn!(%issuer, "--issuer ends with '/'; Keycloak's issuer has none and MCP clients compare it exactly");
-        }
+        let issuer = check_issuer(&self.issuer)?;
 
         let introspection_endpoint = Url::parse(self.introspection_endpoint.trim())
             .map_err(|e| config_err(format!("--introspection-endpoint is not a URL: {e}")))?;
@@ -215,10 +276,17 @@ impl GatewayConfig {
             return Err(config_err("--introspection-timeout-ms must be positive"));
         }
 
+        let limits = self.limits()?;
+        let allowed_origins = allowed_origins(&resource, &self.allowed_origins)?;
+        let service_account_clients = split_list(&self.service_account_clients);
         let ttl = Duration::from_secs(self.cache_ttl_seconds);
         Ok(Settings {
+            allowed_origins,
+            service_account_clients,
+            require_jwt: self.require_jwt,
+            limits,
             resource,
-            issuer: issuer.to_owned(),
+            issuer,
             resource_name: self.resource_name.clone().filter(|n| !n.trim().is_empty()),
             metadata_url,
             metadata_paths,
@@ -234,6 +302,42 @@ impl GatewayConfig {
             introspection_timeout: Duration::from_millis(self.introspection_timeout_ms),
             ca_bundle: self.ca_bundle.clone(),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+        })
+    }
+
+    fn limits(&self) -> Result<Limits, GatewayError> {
+        if self.max_connections == 0 || self.max_inflight == 0 {
+            return Err(config_err(
+                "--max-connections and --max-inflight must be positive",
+            ));
+        }
+        if self.header_timeout_ms == 0 || self.body_timeout_ms == 0 {
+            return Err(config_err(
+                "--header-timeout-ms and --body-timeout-ms must be positive",
+            ));
+        }
+        let rates = [self.introspection_rate, self.introspection_rate_per_client];
+        if rates.iter().any(|r| !r.is_finite() || *r <= 0.0)
+            || self.introspection_burst == 0
+            || self.introspection_burst_per_client == 0
+        {
+            return Err(config_err(
+                "introspection rates and bursts must be positive",
+            ));
+        }
+        Ok(Limits {
+            max_connections: self.max_connections,
+            max_inflight: self.max_inflight,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            total: Bucket {
+                rate: self.introspection_rate,
+                burst: self.introspection_burst,
+            },
+            per_client: Bucket {
+                rate: self.introspection_rate_per_client,
+                burst: self.introspection_burst_per_client,
+            },
         })
     }
 
@@ -259,8 +363,81 @@ impl GatewayConfig {
     }
 }
 
+fn check_issuer(raw: &str) -> Result<String, GatewayError> {
+    let issuer = raw.trim();
+    let issuer_url = Url::parse(issuer)
+        .map_err(|e| config_err(format!("--issuer {issuer:?} is not a URL: {e}")))?;
+    if !matches!(issuer_url.scheme(), "http" | "https") {
+        return Err(config_err("--issuer must be an http(s) URL"));
+    }
+    if issuer.ends_with('/') {
+        // Keycloak's issuer has no trailing slash and clients compare it exactly.
+        tracing::warn!(%issuer, "--issuer ends with '/'; Keycloak's issuer has none and MCP clients compare it exactly");
+    }
+    Ok(issuer.to_owned())
+}
+
 fn config_err(msg: impl Into<String>) -> GatewayError {
     GatewayError::Config(msg.into())
+}
+
+/// Items of a comma- or space-separated list, deduplicated, order kept.
+pub fn split_list(list: &str) -> Vec<String> {
+    let mut items: Vec<String> = Vec::new();
+    for item in list.split([',', ' ', '\t', '\n']).filter(|i| !i.is_empty()) {
+        if !items.iter().any(|i| i == item) {
+            items.push(item.to_owned());
+        }
+    }
+    items
+}
+
+/// The ASCII serialization of an origin (`scheme://host[:port]`, default port dropped), or
+/// `None` for anything that is not a plain http(s) origin.
+pub(crate) fn normalize_origin(raw: &str) -> Option<String> {
+    let url = Url::parse(raw.trim()).ok()?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return None;
+    }
+    // An origin has no path, query or credentials; refuse anything that carries them.
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || !url.username().is_empty() {
+        return None;
+    }
+    Some(url.origin().ascii_serialization())
+}
+
+/// The resource URL's own origin first, then the configured extra ones.
+fn allowed_origins(resource: &Resource, extra: &str) -> Result<Vec<String>, GatewayError> {
+    let mut origins = vec![resource.parsed.origin().ascii_serialization()];
+    for raw in split_list(extra) {
+        let origin = normalize_origin(&raw).ok_or_else(|| {
+            config_err(format!(
+                "{ALLOWED_ORIGINS_ENV}: {raw:?} is not an http(s) origin (scheme://host[:port])"
+            ))
+        })?;
+        if !origins.contains(&origin) {
+            origins.push(origin);
+        }
+    }
+    Ok(origins)
+}
+
+/// A token bucket's shape: `burst` tokens, refilled at `rate` per second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Bucket {
+    pub rate: f64,
+    pub burst: u32,
+}
+
+/// Bounds on the work anyone can make the gateway do.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    pub max_connections: usize,
+    pub max_inflight: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub total: Bucket,
+    pub per_client: Bucket,
 }
 
 /// The resource URL, checked but kept byte-for-byte as configured (a parsed `Url` would
@@ -371,6 +548,17 @@ impl Upstream {
     }
 }
 
+impl Settings {
+    /// The token rules of this resource.
+    pub fn rules(&self) -> super::auth::Rules<'_> {
+        super::auth::Rules {
+            resource: &self.resource.raw,
+            required: &self.required_scopes,
+            service_account_clients: &self.service_account_clients,
+        }
+    }
+}
+
 /// Validated, derived settings.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -391,6 +579,12 @@ pub(crate) struct Settings {
     pub introspection_timeout: Duration,
     pub ca_bundle: Option<PathBuf>,
     pub shutdown_grace: Duration,
+    /// Normalized origins allowed to call; the resource URL's own comes first.
+    pub allowed_origins: Vec<String>,
+    /// Clients whose tokens may lack a user session.
+    pub service_account_clients: Vec<String>,
+    pub require_jwt: bool,
+    pub limits: Limits,
 }
 
 #[cfg(test)]
@@ -454,6 +648,31 @@ mod tests {
         let mut c = config();
         c.client_secret = Some(ClientSecret::new(""));
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn allowed_origins_start_with_the_resource_origin_and_are_normalized() {
+        let mut c = config();
+        c.allowed_origins =
+            "https://App.example.com:443, http://localhost:6274 https://app.example.com".into();
+        assert_eq!(
+            c.validate().unwrap().allowed_origins,
+            vec![
+                "https://mcp.example.com",
+                "https://app.example.com",
+                "http://localhost:6274"
+            ]
+        );
+        for bad in ["null", "https://a.example.com/path", "ftp://x", "*"] {
+            c.allowed_origins = bad.into();
+            assert!(c.validate().is_err(), "accepted origin {bad:?}");
+        }
+    }
+
+    #[test]
+    fn lists_split_on_commas_and_spaces() {
+        assert_eq!(split_list(" a,b  c,,a "), vec!["a", "b", "c"]);
+        assert!(split_list("").is_empty());
     }
 
     #[test]
@@ -523,12 +742,25 @@ mod tests {
         pairs.sort();
         let expected = [
             ("admin-listen", "MCP_GATEWAY_ADMIN_LISTEN"),
+            ("allowed-origins", "MCP_GATEWAY_ALLOWED_ORIGINS"),
+            ("body-timeout-ms", "MCP_GATEWAY_BODY_TIMEOUT_MS"),
             ("ca-bundle", "MCP_GATEWAY_CA_BUNDLE"),
             ("cache-max-entries", "MCP_GATEWAY_CACHE_MAX_ENTRIES"),
             ("cache-ttl", "MCP_GATEWAY_CACHE_TTL_SECONDS"),
             ("client-id", "OAUTH_CLIENT_ID"),
             ("client-secret-file", "OAUTH_CLIENT_SECRET_FILE"),
+            ("header-timeout-ms", "MCP_GATEWAY_HEADER_TIMEOUT_MS"),
+            ("introspection-burst", "MCP_GATEWAY_INTROSPECTION_BURST"),
+            (
+                "introspection-burst-per-client",
+                "MCP_GATEWAY_INTROSPECTION_BURST_PER_CLIENT",
+            ),
             ("introspection-endpoint", "MCP_AUTH_INTROSPECTION_ENDPOINT"),
+            ("introspection-rate", "MCP_GATEWAY_INTROSPECTION_RATE"),
+            (
+                "introspection-rate-per-client",
+                "MCP_GATEWAY_INTROSPECTION_RATE_PER_CLIENT",
+            ),
             (
                 "introspection-timeout-ms",
                 "MCP_GATEWAY_INTROSPECTION_TIMEOUT_MS",
@@ -536,13 +768,17 @@ mod tests {
             ("issuer", "MCP_AUTH_ISSUER"),
             ("listen", "MCP_GATEWAY_LISTEN"),
             ("max-body-bytes", "MCP_GATEWAY_MAX_BODY_BYTES"),
+            ("max-connections", "MCP_GATEWAY_MAX_CONNECTIONS"),
+            ("max-inflight", "MCP_GATEWAY_MAX_INFLIGHT"),
             (
                 "negative-cache-ttl",
                 "MCP_GATEWAY_NEGATIVE_CACHE_TTL_SECONDS",
             ),
+            ("require-jwt", "MCP_GATEWAY_REQUIRE_JWT"),
             ("required-scopes", "MCP_REQUIRED_SCOPES"),
             ("resource-name", "MCP_RESOURCE_NAME"),
             ("resource-url", "MCP_SERVER_URL"),
+            ("service-account-clients", "MCP_SERVICE_ACCOUNT_CLIENTS"),
             (
                 "shutdown-grace-seconds",
                 "MCP_GATEWAY_SHUTDOWN_GRACE_SECONDS",
@@ -577,6 +813,17 @@ mod tests {
         assert_eq!(cli.max_body_bytes, 4 * 1024 * 1024);
         assert_eq!(cli.introspection_timeout_ms, 5000);
         assert!(cli.client_secret.is_none());
+        assert!(
+            cli.require_jwt,
+            "Keycloak issues JWTs: shape check on by default"
+        );
+        assert!(
+            cli.service_account_clients.is_empty(),
+            "no user-less tokens by default"
+        );
+        let mut no_jwt = base.to_vec();
+        no_jwt.extend(["--require-jwt", "false"]);
+        assert!(!Cli::try_parse_from(no_jwt).unwrap().gateway.require_jwt);
         // The secret is never a flag.
         let mut with_secret = base.to_vec();
         with_secret.extend(["--client-secret", "x"]);

@@ -2,6 +2,7 @@
 //! single-flight table so concurrent requests with the same uncached token cause one call.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,6 +12,7 @@ use url::Url;
 use super::auth::{IntrospectionResponse, TokenInfo};
 use super::cache::{token_key, TokenCache, TokenKey};
 use super::config::{ClientSecret, Settings};
+use super::limits::{retry_after_secs, IntrospectionLimiter};
 use super::metrics::Metrics;
 use super::GatewayError;
 
@@ -33,6 +35,18 @@ pub enum IntrospectionError {
     InvalidResponse(String),
     #[error("introspection task failed")]
     Task,
+    /// Not an introspection failure: the token is unknown and the client (or everyone) has
+    /// used up its introspection budget. Answered 429 with `Retry-After`.
+    #[error("introspection rate limit reached; retry after {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
+}
+
+/// Who asks for a token check: a client (limited for tokens not yet known), or the gateway
+/// re-checking the token of a live stream (never limited; the token was known good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Client(Option<IpAddr>),
+    Recheck,
 }
 
 impl IntrospectionError {
@@ -69,6 +83,7 @@ struct Inner {
     client_secret: ClientSecret,
     cache: TokenCache,
     inflight: Mutex<HashMap<TokenKey, SharedCall>>,
+    limiter: IntrospectionLimiter,
     metrics: Arc<Metrics>,
 }
 
@@ -116,13 +131,22 @@ impl Introspector {
                     settings.cache_max_entries,
                 ),
                 inflight: Mutex::new(HashMap::new()),
+                limiter: IntrospectionLimiter::new(
+                    settings.limits.total,
+                    settings.limits.per_client,
+                ),
                 metrics,
             }),
         })
     }
 
-    /// The introspection result for `token`, from the cache when possible.
-    pub async fn check(&self, token: &str) -> Result<Arc<TokenInfo>, IntrospectionError> {
+    /// The introspection result for `token`, from the cache when possible. A new call
+    /// (neither cached nor in flight) for a client must fit its rate limits.
+    pub async fn check(
+        &self,
+        token: &str,
+        admission: Admission,
+    ) -> Result<Arc<TokenInfo>, IntrospectionError> {
         let key = token_key(token);
         if let Some(info) = self.inner.cache.get(&key, Instant::now()) {
             self.inner.metrics.cache_hit();
@@ -135,6 +159,7 @@ impl Introspector {
             match inflight.get(&key) {
                 Some(call) => call.clone(),
                 None => {
+                    self.admit(&key, admission)?;
                     let inner = self.inner.clone();
                     let token = token.to_owned();
                     // A task, so the call completes (and leaves the in-flight table) even
@@ -162,6 +187,34 @@ impl Introspector {
             }
         };
         call.await
+    }
+}
+
+impl Introspector {
+    /// Charges a new introspection to the client's and the total budget. Only tokens not known
+    /// to be good are charged: a good token whose cache entry lapsed is re-checked however
+    /// many bad ones are flooding in, and so is the token of a live stream.
+    fn admit(&self, key: &TokenKey, admission: Admission) -> Result<(), IntrospectionError> {
+        let Admission::Client(client) = admission else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if self.inner.cache.known_good(key, now) {
+            return Ok(());
+        }
+        self.inner.limiter.try_acquire(client, now).map_err(|wait| {
+            self.inner.metrics.throttled();
+            IntrospectionError::Throttled {
+                retry_after_secs: retry_after_secs(wait),
+            }
+        })
+    }
+
+    /// How long the cached result for `token` stays valid (`None`: not cached).
+    pub fn cached_for(&self, token: &str) -> Option<Duration> {
+        self.inner
+            .cache
+            .remaining(&token_key(token), Instant::now())
     }
 }
 

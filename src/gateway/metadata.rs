@@ -77,38 +77,37 @@ pub enum Challenge {
     InsufficientScope,
 }
 
-/// Why a presented token is refused; the `error_description` of the challenge.
+/// Why a presented token is refused. Only logs and metrics see it: every refused token gets
+/// the same [`INVALID_TOKEN_DESCRIPTION`], so answers tell nothing about a token's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvalidReason {
     Malformed,
+    /// Not a JWT although the issuer (Keycloak) only issues JWTs.
+    NotJwt,
     Inactive,
     Expired,
     NotYetValid,
     WrongAudience,
     WrongTokenType,
+    /// No user session (a service-account token) and the client is not listed.
+    NoUserSession,
 }
 
-impl InvalidReason {
-    pub fn description(self) -> &'static str {
-        match self {
-            Self::Malformed => "The Authorization header does not carry a well-formed Bearer token",
-            Self::Inactive => "The access token is not active (expired, revoked or unknown)",
-            Self::Expired => "The access token has expired",
-            Self::NotYetValid => "The access token is not yet valid",
-            Self::WrongAudience => "The access token was not issued for this resource",
-            Self::WrongTokenType => "The token is not a Bearer access token",
-        }
-    }
+/// The one `error_description` of every `invalid_token` answer.
+pub const INVALID_TOKEN_DESCRIPTION: &str = "The access token is not valid for this resource";
 
-    /// Short label for logs.
+impl InvalidReason {
+    /// Short label for logs and the `reason` label of the refusal metric.
     pub fn label(self) -> &'static str {
         match self {
             Self::Malformed => "malformed",
+            Self::NotJwt => "not_jwt",
             Self::Inactive => "inactive",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
             Self::WrongAudience => "wrong_audience",
             Self::WrongTokenType => "wrong_token_type",
+            Self::NoUserSession => "no_user_session",
         }
     }
 }
@@ -133,7 +132,7 @@ impl Challenge {
     pub fn description(self) -> &'static str {
         match self {
             Self::Missing => "Bearer token required",
-            Self::InvalidToken(reason) => reason.description(),
+            Self::InvalidToken(_) => INVALID_TOKEN_DESCRIPTION,
             Self::InsufficientScope => "The access token lacks a scope this resource requires",
         }
     }
@@ -253,7 +252,7 @@ mod tests {
         );
         assert_eq!(
             www_authenticate(Challenge::InvalidToken(InvalidReason::Inactive), m, &scopes[..1]),
-            "Bearer error=\"invalid_token\", error_description=\"The access token is not active (expired, revoked or unknown)\", resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\", scope=\"mcp:tools\""
+            "Bearer error=\"invalid_token\", error_description=\"The access token is not valid for this resource\", resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\", scope=\"mcp:tools\""
         );
         assert_eq!(
             www_authenticate(Challenge::InsufficientScope, m, &scopes[..1]),
@@ -265,5 +264,19 @@ mod tests {
             401
         );
         assert_eq!(Challenge::Missing.status(), 401);
+        // No oracle: every reason gets the same description.
+        for reason in [
+            InvalidReason::Malformed,
+            InvalidReason::NotJwt,
+            InvalidReason::Inactive,
+            InvalidReason::Expired,
+            InvalidReason::WrongAudience,
+            InvalidReason::NoUserSession,
+        ] {
+            assert_eq!(
+                www_authenticate(Challenge::InvalidToken(reason), m, &[]),
+                format!("Bearer error=\"invalid_token\", error_description=\"{INVALID_TOKEN_DESCRIPTION}\", resource_metadata=\"{m}\"")
+            );
+        }
     }
 }

@@ -8,6 +8,10 @@
 //! | `mcp_gateway_token_cache_hits_total` | |
 //! | `mcp_gateway_token_cache_misses_total` | |
 //! | `mcp_gateway_token_cache_entries` (gauge) | |
+//! | `mcp_gateway_token_refusals_total` | `reason`: see `InvalidReason::label` |
+//! | `mcp_gateway_introspection_throttled_total` | |
+//! | `mcp_gateway_connections_refused_total` | |
+//! | `mcp_gateway_streams_cut_total` | `reason`: `expired`, `revoked` |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,8 +39,16 @@ pub enum Outcome {
     BadRequest,
     /// Protected-resource metadata served.
     Metadata,
-    /// CORS preflight forwarded without authentication.
+    /// CORS preflight answered by the gateway.
     Preflight,
+    /// 403: an `Origin` that is neither the resource's nor allowed.
+    ForbiddenOrigin,
+    /// 429: an unknown token over the introspection rate limit.
+    Throttled,
+    /// 503: too many requests in flight.
+    Overloaded,
+    /// 408: the request body did not arrive in time.
+    Timeout,
 }
 
 impl Outcome {
@@ -51,6 +63,10 @@ impl Outcome {
             Self::BadRequest => "bad_request",
             Self::Metadata => "metadata",
             Self::Preflight => "preflight",
+            Self::ForbiddenOrigin => "forbidden_origin",
+            Self::Throttled => "throttled",
+            Self::Overloaded => "overloaded",
+            Self::Timeout => "timeout",
         }
     }
 }
@@ -58,6 +74,11 @@ impl Outcome {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,12 +94,48 @@ pub struct Metrics {
     cache_hits: Counter,
     cache_misses: Counter,
     cache_entries: Gauge,
+    refusals: Family<ReasonLabels, Counter>,
+    throttled: Counter,
+    connections_refused: Counter,
+    streams_cut: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+type Reasons = Family<ReasonLabels, Counter>;
+
+/// The counters of the gateway's hardening: refusal reasons, throttled introspections, refused
+/// connections, cut streams.
+fn register_hardening(registry: &mut Registry) -> (Reasons, Counter, Counter, Reasons) {
+    let refusals = Family::<ReasonLabels, Counter>::default();
+    registry.register(
+        "mcp_gateway_token_refusals",
+        "Presented tokens refused with invalid_token, by reason (answers never tell)",
+        refusals.clone(),
+    );
+    let throttled = Counter::default();
+    registry.register(
+        "mcp_gateway_introspection_throttled",
+        "Introspections of unknown tokens refused by the rate limits",
+        throttled.clone(),
+    );
+    let connections_refused = Counter::default();
+    registry.register(
+        "mcp_gateway_connections_refused",
+        "Connections closed at once because --max-connections were open",
+        connections_refused.clone(),
+    );
+    let streams_cut = Family::<ReasonLabels, Counter>::default();
+    registry.register(
+        "mcp_gateway_streams_cut",
+        "Streamed responses ended because their authorization ended, by reason",
+        streams_cut.clone(),
+    );
+    (refusals, throttled, connections_refused, streams_cut)
 }
 
 impl Metrics {
@@ -120,7 +177,13 @@ impl Metrics {
             "Entries in the introspection cache",
             cache_entries.clone(),
         );
+        let (refusals, throttled, connections_refused, streams_cut) =
+            register_hardening(&mut registry);
         Self {
+            refusals,
+            throttled,
+            connections_refused,
+            streams_cut,
             registry,
             requests,
             introspections,
@@ -144,6 +207,24 @@ impl Metrics {
             .get_or_create(&ResultLabels { result })
             .inc();
         self.introspection_duration.observe(seconds);
+    }
+
+    pub fn refusal(&self, reason: &'static str) {
+        self.refusals.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn throttled(&self) {
+        self.throttled.inc();
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    pub fn stream_cut(&self, reason: &'static str) {
+        self.streams_cut
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn cache_hit(&self) {

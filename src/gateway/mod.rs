@@ -7,23 +7,29 @@
 //!   (`https://h/mcp`), `GET /.well-known/oauth-protected-resource/mcp`: RFC 9728 metadata
 //!   `{resource, authorization_servers: [issuer], scopes_supported, bearer_methods_supported:
 //!   ["header"], resource_name?}`, with `Access-Control-Allow-Origin: *` (OPTIONS answered).
+//! - A request whose `Origin` is neither the resource URL's origin nor allowed
+//!   (`--allowed-origins`) gets 403 before any token work; no `Origin` passes.
+//! - A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) from an
+//!   allowed origin is answered by the gateway (204, no body) and never forwarded.
 //! - Every other path is proxied to `--upstream` after authorization:
 //!   - no bearer token → 401 `WWW-Authenticate: Bearer resource_metadata="…", scope="…"`;
-//!   - malformed, inactive, expired, wrong-type or wrong-audience token → 401 with
-//!     `error="invalid_token"` added;
+//!   - any refused token (malformed, not a JWT, inactive, expired, wrong type or audience, no
+//!     user session from an unlisted client) → 401 with `error="invalid_token"` and one
+//!     description for all (the reason goes to logs and metrics only);
 //!   - active token for this audience lacking a required scope → 403
 //!     `error="insufficient_scope"`;
+//!   - an unknown token over the introspection budget (per client, total) → 429;
 //!   - introspection unreachable / non-200 / invalid → 503 (fail closed, never forwarded);
-//!   - body over `--max-body-bytes` → 413; upstream unreachable → 502.
-//! - A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`, no
-//!   `Authorization`) is forwarded without authentication so the MCP server's CORS answers.
-//! - Forwarded requests lose `Authorization`, `Host`, hop-by-hop headers and every
-//!   client-sent `X-MCP-Auth-*` header, and gain `X-MCP-Auth-Subject` (`sub`),
-//!   `X-MCP-Auth-Client-Id` (`client_id`, else `azp`), `X-MCP-Auth-Scopes` (granted scopes,
-//!   space-separated), `X-Forwarded-For` (appended) and `X-Forwarded-Host` (if absent).
-//!   All other headers (`Mcp-Session-Id`, `Mcp-Protocol-Version`, `Last-Event-ID`, …) pass
-//!   both ways. Request bodies are read (bounded) before forwarding; responses, including
-//!   SSE, are streamed frame by frame.
+//!   - body over `--max-body-bytes` → 413, too slow → 408; upstream unreachable → 502.
+//! - Forwarded requests lose `Authorization`, `Host`, hop-by-hop headers, every client-sent
+//!   `X-MCP-Auth-*`, `Forwarded` and `X-Forwarded-*` header, and gain `X-MCP-Auth-Subject`
+//!   (`sub`), `X-MCP-Auth-Client-Id` (`client_id`, else `azp`), `X-MCP-Auth-Scopes` (granted
+//!   scopes, space-separated) and the gateway's own `X-Forwarded-For/Host/Proto`. All other
+//!   headers (`Mcp-Session-Id`, `Mcp-Protocol-Version`, `Last-Event-ID`, …) pass both ways.
+//!   Request bodies are read (bounded) before forwarding; responses, including SSE, are
+//!   streamed frame by frame, and a stream is cut when its token expires or is revoked.
+//! - Connections (`--max-connections`), requests in flight (`--max-inflight`) and the time to
+//!   send headers and bodies are bounded.
 //!
 //! # Admin listener (`--admin-listen`, default `0.0.0.0:9090`)
 //! `GET /healthz` (liveness, `ok`) and `GET /metrics` (OpenMetrics text, see [`metrics`]).
@@ -54,11 +60,14 @@ mod auth;
 mod cache;
 mod config;
 mod introspection;
+mod limits;
+mod listener;
 mod metadata;
 pub mod metrics;
 mod proxy;
+mod stream;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,10 +81,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 
-pub use auth::{Audience, Decision, Identity, IntrospectionResponse, TokenInfo};
-pub use config::{ClientSecret, GatewayConfig, CLIENT_SECRET_ENV, DEFAULT_MAX_BODY_BYTES};
+pub use auth::{
+    evaluate, is_jwt_shaped, Audience, Decision, Identity, IntrospectionResponse, Rules, TokenInfo,
+};
+pub use config::{
+    split_list, ClientSecret, GatewayConfig, ALLOWED_ORIGINS_ENV, CLIENT_SECRET_ENV,
+    DEFAULT_MAX_BODY_BYTES, SERVICE_ACCOUNT_CLIENTS_ENV,
+};
 pub use introspection::IntrospectionError;
-pub use metadata::{Challenge, InvalidReason, ProtectedResourceMetadata, WELL_KNOWN_PRM};
+pub use metadata::{
+    Challenge, InvalidReason, ProtectedResourceMetadata, INVALID_TOKEN_DESCRIPTION, WELL_KNOWN_PRM,
+};
 pub use metrics::Outcome;
 pub use proxy::{HEADER_CLIENT_ID, HEADER_SCOPES, HEADER_SUBJECT, IDENTITY_HEADER_PREFIX};
 
@@ -142,10 +158,15 @@ impl Gateway {
             required_scopes = %settings.required_scopes.join(" "),
             upstream = %settings.upstream.authority,
             cache_ttl_s = settings.cache_ttl.as_secs(),
+            allowed_origins = %settings.allowed_origins.join(" "),
+            service_account_clients = %settings.service_account_clients.join(" "),
+            max_connections = settings.limits.max_connections,
+            max_inflight = settings.limits.max_inflight,
             "MCP auth gateway configured"
         );
         Ok(Self {
             state: Arc::new(AppState {
+                inflight: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_inflight)),
                 settings,
                 introspector,
                 client,
@@ -157,7 +178,8 @@ impl Gateway {
 
     /// The MCP listener's router: metadata, then authorization and proxying for every other
     /// path. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` to get
-    /// `X-Forwarded-For`.
+    /// `X-Forwarded-For` and per-client introspection limits ([`Gateway::serve`] does, and
+    /// adds the connection cap and header deadline).
     pub fn router(&self) -> Router {
         Router::new()
             .fallback(proxy::handle)
@@ -206,13 +228,13 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let shutdown = shutdown.boxed().shared();
         let grace = self.state.settings.shutdown_grace;
-        let main = axum::serve(
+        let main = listener::serve(
             listener,
-            self.router()
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone())
-        .into_future();
+            self.router(),
+            self.state.settings.limits.clone(),
+            self.state.metrics.clone(),
+            shutdown.clone(),
+        );
         let admin_router = self.admin_router();
         let admin_shutdown = shutdown.clone();
         let admin = async move {

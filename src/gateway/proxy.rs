@@ -13,11 +13,12 @@ use http::{HeaderMap, Method, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
-use super::auth::{evaluate, extract_bearer, Decision, Identity, Presented};
-use super::config::Settings;
-use super::introspection::Introspector;
+use super::auth::{evaluate, extract_bearer, is_jwt_shaped, Decision, Identity, Presented};
+use super::config::{normalize_origin, Settings};
+use super::introspection::{Admission, IntrospectionError, Introspector};
 use super::metadata::{www_authenticate, Challenge, InvalidReason};
 use super::metrics::{Metrics, Outcome};
+use super::stream::GuardedBody;
 
 /// Verified subject (`sub`) forwarded upstream.
 pub const HEADER_SUBJECT: &str = "x-mcp-auth-subject";
@@ -43,8 +44,19 @@ const HOP_BY_HOP: [&str; 9] = [
 
 pub(crate) type UpstreamClient = Client<HttpConnector, Body>;
 
+/// Methods a browser may use on the MCP endpoint (Streamable HTTP: POST, GET for the SSE
+/// stream, DELETE to end a session).
+const CORS_METHODS: &str = "GET, POST, DELETE, OPTIONS";
+/// Request headers the MCP transport needs from a browser.
+const CORS_REQUEST_HEADERS: &str =
+    "Authorization, Content-Type, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID, Accept";
+/// Response headers a browser client must be able to read.
+const CORS_EXPOSE_HEADERS: &str = "Mcp-Session-Id, WWW-Authenticate";
+
 pub(crate) struct AppState {
     pub settings: Settings,
+    /// One permit per request being handled (held until its response body ends).
+    pub inflight: Arc<tokio::sync::Semaphore>,
     pub introspector: Introspector,
     pub client: UpstreamClient,
     pub metrics: Arc<Metrics>,
@@ -70,8 +82,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Request headers as the upstream must not see them: hop-by-hop, `Authorization` (no
 /// token passthrough), `Host` (the client sets the upstream's), `Content-Length` (recomputed),
-/// `Expect` (the body is already read) and any client-sent `X-MCP-Auth-*` identity header.
+/// `Expect` (the body is already read), any client-sent `X-MCP-Auth-*` identity header, and
+/// client-sent `Forwarded` / `X-Forwarded-*` (the gateway sets its own).
 pub fn sanitize_request_headers(headers: &mut HeaderMap) {
+    headers.remove(header::FORWARDED);
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::HOST);
@@ -80,7 +94,10 @@ pub fn sanitize_request_headers(headers: &mut HeaderMap) {
     headers.remove(header::EXPECT);
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX))
+        .filter(|name| {
+            let name = name.as_str();
+            name.starts_with(IDENTITY_HEADER_PREFIX) || name.starts_with("x-forwarded-")
+        })
         .cloned()
         .collect();
     for name in spoofed {
@@ -205,15 +222,78 @@ fn metadata_response(state: &AppState, method: &Method, req_headers: &HeaderMap)
     resp
 }
 
-/// A CORS preflight carries no credentials by design; it is forwarded unauthenticated so
-/// the MCP server's own CORS policy answers it.
+/// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`. The
+/// gateway answers it itself; it is never forwarded (a server that ignores the method
+/// would run the body as JSON-RPC).
 fn is_preflight(req: &Request) -> bool {
     req.method() == Method::OPTIONS
         && req.headers().contains_key(header::ORIGIN)
         && req
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-        && !req.headers().contains_key(header::AUTHORIZATION)
+}
+
+/// `Ok(None)`: no `Origin` (most MCP clients are not browsers). `Ok(Some(origin))`: the
+/// resource's own origin or an allowed one, echoed in CORS headers. `Err`: anything else,
+/// including `null` and several `Origin` headers (DNS-rebinding defence, MCP transport spec).
+fn check_origin(settings: &Settings, headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
+    let mut values = headers.get_all(header::ORIGIN).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(());
+    }
+    let origin = value.to_str().ok().and_then(normalize_origin).ok_or(())?;
+    if settings.allowed_origins.contains(&origin) {
+        Ok(Some(value.clone()))
+    } else {
+        Err(())
+    }
+}
+
+fn forbidden_origin() -> (Outcome, Response) {
+    (
+        Outcome::ForbiddenOrigin,
+        error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "Requests from this Origin are not allowed",
+        ),
+    )
+}
+
+/// The preflight answer for an allowed origin: no body, nothing forwarded.
+fn preflight_response(origin: HeaderValue) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(CORS_METHODS),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(CORS_REQUEST_HEADERS),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("7200"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    resp
+}
+
+/// CORS headers of an answer to an allowed origin (the gateway owns the CORS policy).
+fn add_cors(resp: &mut Response, origin: HeaderValue) {
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+    );
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
 /// The gateway's handler for every path of the MCP listener.
@@ -228,9 +308,12 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     // Unauthenticated requests are routine (clients discover auth through the 401), so
     // per-request lines are debug; refusals of presented tokens are logged at info in
-    // `dispatch`, and introspection/upstream failures at error/warn where they happen.
+    // `authorize`, and introspection/upstream failures at error/warn where they happen.
     match outcome {
-        Outcome::PayloadTooLarge | Outcome::BadRequest => {
+        Outcome::PayloadTooLarge
+        | Outcome::BadRequest
+        | Outcome::ForbiddenOrigin
+        | Outcome::Timeout => {
             tracing::info!(%method, %path, status, outcome = outcome.as_str(), elapsed_ms, "request refused")
         }
         _ => {
@@ -240,8 +323,9 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
     response
 }
 
-async fn dispatch(state: &AppState, req: Request) -> (Outcome, Response) {
+async fn dispatch(state: &Arc<AppState>, req: Request) -> (Outcome, Response) {
     let settings = &state.settings;
+    // RFC 9728 clients in browsers fetch metadata from any origin.
     if settings
         .metadata_paths
         .iter()
@@ -252,9 +336,69 @@ async fn dispatch(state: &AppState, req: Request) -> (Outcome, Response) {
             metadata_response(state, req.method(), req.headers()),
         );
     }
-    if is_preflight(&req) {
-        return forward(state, req, None, Outcome::Preflight).await;
+    // Before any token work: a foreign page must not make the gateway do anything.
+    let Ok(origin) = check_origin(settings, req.headers()) else {
+        return forbidden_origin();
+    };
+    if let (true, Some(origin)) = (is_preflight(&req), origin.clone()) {
+        return (Outcome::Preflight, preflight_response(origin));
     }
+    let Ok(permit) = state.inflight.clone().try_acquire_owned() else {
+        let mut resp = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "Too many requests in progress; try again later",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return (Outcome::Overloaded, resp);
+    };
+    let (outcome, mut resp) = authorize(state, req, permit).await;
+    if let Some(origin) = origin {
+        add_cors(&mut resp, origin);
+    }
+    (outcome, resp)
+}
+
+fn refuse(state: &AppState, reason: InvalidReason) -> (Outcome, Response) {
+    // The reason goes to logs and metrics only: the answer is the same for every token.
+    tracing::info!(reason = reason.label(), "bearer token refused");
+    state.metrics.refusal(reason.label());
+    (
+        Outcome::Unauthenticated,
+        challenge_response(&state.settings, Challenge::InvalidToken(reason)),
+    )
+}
+
+fn introspection_failed(error: &IntrospectionError, settings: &Settings) -> (Outcome, Response) {
+    if let IntrospectionError::Throttled { retry_after_secs } = error {
+        let mut resp = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "slow_down",
+            "Too many new tokens from this client; try again later",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        return (Outcome::Throttled, resp);
+    }
+    tracing::error!(%error, endpoint = %settings.introspection_endpoint,
+        "token introspection failed; refusing the request (fail closed)");
+    let mut resp = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "The authorization server could not be reached; try again later",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    (Outcome::AuthUnavailable, resp)
+}
+
+async fn authorize(
+    state: &Arc<AppState>,
+    req: Request,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> (Outcome, Response) {
+    let settings = &state.settings;
     let token = match extract_bearer(req.headers()) {
         Presented::Bearer(token) => token,
         Presented::None => {
@@ -263,52 +407,51 @@ async fn dispatch(state: &AppState, req: Request) -> (Outcome, Response) {
                 challenge_response(settings, Challenge::Missing),
             )
         }
-        Presented::Malformed => {
-            return (
-                Outcome::Unauthenticated,
-                challenge_response(settings, Challenge::InvalidToken(InvalidReason::Malformed)),
-            )
-        }
+        Presented::Malformed => return refuse(state, InvalidReason::Malformed),
     };
-    let info = match state.introspector.check(token).await {
+    // Cheap syntactic rejection: no introspection call for what Keycloak cannot have issued.
+    if settings.require_jwt && !is_jwt_shaped(token) {
+        return refuse(state, InvalidReason::NotJwt);
+    }
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    let info = match state
+        .introspector
+        .check(token, Admission::Client(client))
+        .await
+    {
         Ok(info) => info,
-        Err(error) => {
-            tracing::error!(%error, endpoint = %settings.introspection_endpoint,
-                "token introspection failed; refusing the request (fail closed)");
-            let mut resp = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "The authorization server could not be reached; try again later",
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            return (Outcome::AuthUnavailable, resp);
-        }
+        Err(error) => return introspection_failed(&error, settings),
     };
-    match evaluate(
-        &info,
-        &settings.resource.raw,
-        &settings.required_scopes,
-        SystemTime::now(),
-    ) {
-        Decision::Allow(identity) => forward(state, req, Some(identity), Outcome::Allowed).await,
-        Decision::Deny(challenge) => {
-            match challenge {
-                Challenge::InvalidToken(reason) => {
-                    tracing::info!(reason = reason.label(), "bearer token refused")
-                }
-                Challenge::InsufficientScope => {
-                    tracing::info!(required = %settings.required_scopes.join(" "), "bearer token lacks a required scope")
-                }
-                Challenge::Missing => {}
-            }
-            let outcome = match challenge {
-                Challenge::InsufficientScope => Outcome::Forbidden,
-                _ => Outcome::Unauthenticated,
+    match evaluate(&info, &settings.rules(), SystemTime::now()) {
+        Decision::Allow(identity) => {
+            let exp = match &*info {
+                super::auth::TokenInfo::Active(t) => t.exp,
+                super::auth::TokenInfo::Inactive => None,
             };
-            (outcome, challenge_response(settings, challenge))
+            let grant = Grant {
+                identity,
+                token: token.to_owned(),
+                exp,
+            };
+            forward(state, req, grant, permit).await
+        }
+        Decision::Deny(Challenge::InvalidToken(reason)) => refuse(state, reason),
+        Decision::Deny(challenge) => {
+            tracing::info!(required = %settings.required_scopes.join(" "), "bearer token lacks a required scope");
+            (Outcome::Forbidden, challenge_response(settings, challenge))
         }
     }
+}
+
+/// What an allowed request carries into forwarding: the identity for the upstream, and the
+/// token and its `exp` to watch a streamed response with.
+struct Grant {
+    identity: Identity,
+    token: String,
+    exp: Option<u64>,
 }
 
 fn too_large(max: usize) -> (Outcome, Response) {
@@ -333,58 +476,53 @@ fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-async fn forward(
+/// Reads the request body: bounded in size (exact 413) and in time (408), since MCP requests
+/// are single JSON-RPC messages.
+async fn read_body(
     state: &AppState,
-    req: Request,
-    identity: Option<Identity>,
-    outcome: Outcome,
-) -> (Outcome, Response) {
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<Bytes, (Outcome, Response)> {
     let max = state.settings.max_body_bytes;
-    let (parts, body) = req.into_parts();
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max as u64) {
-        return too_large(max);
+        return Err(too_large(max));
     }
-    // MCP requests are single JSON-RPC messages, so the body is read (bounded) before
-    // forwarding; this gives an exact 413. Responses are streamed.
-    let body = match axum::body::to_bytes(body, max).await {
-        Ok(bytes) => bytes,
-        Err(err) => {
-            let inner = err.into_inner();
-            if is_length_limit(inner.as_ref()) {
-                return too_large(max);
-            }
-            return (
-                Outcome::BadRequest,
-                error_response(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "Unreadable request body",
-                ),
-            );
-        }
-    };
+    let read = axum::body::to_bytes(body, max);
+    match tokio::time::timeout(state.settings.limits.body_timeout, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(err)) if is_length_limit(&err) => Err(too_large(max)),
+        Ok(Err(_)) => Err((
+            Outcome::BadRequest,
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Unreadable request body",
+            ),
+        )),
+        Err(_) => Err((
+            Outcome::Timeout,
+            error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "The request body did not arrive in time",
+            ),
+        )),
+    }
+}
 
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = match state.settings.upstream.uri_for(path_and_query) {
-        Ok(uri) => uri,
-        Err(_) => {
-            return (
-                Outcome::BadRequest,
-                error_response(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "Invalid request target",
-                ),
-            )
-        }
-    };
-
-    let mut headers = parts.headers;
+/// The upstream's request headers: sanitized, then the gateway's own forwarding headers
+/// (replacing anything the client sent) and the verified identity.
+fn upstream_headers(
+    settings: &Settings,
+    parts: &mut http::request::Parts,
+    identity: &Identity,
+) -> HeaderMap {
+    let mut headers = std::mem::take(&mut parts.headers);
     let original_host = headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -393,57 +531,97 @@ async fn forward(
     });
     sanitize_request_headers(&mut headers);
     if let Some(host) = original_host {
-        if !headers.contains_key("x-forwarded-host") {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-        }
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        if settings.resource.parsed.scheme() == "https" {
+            HeaderValue::from_static("https")
+        } else {
+            HeaderValue::from_static("http")
+        },
+    );
     if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-        let ip = peer.ip().to_string();
-        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
     }
-    if let Some(identity) = &identity {
-        insert_identity_headers(&mut headers, identity);
-    }
+    insert_identity_headers(&mut headers, identity);
+    headers
+}
 
+async fn forward(
+    state: &Arc<AppState>,
+    req: Request,
+    grant: Grant,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> (Outcome, Response) {
+    let (mut parts, body) = req.into_parts();
+    let body = match read_body(state, &parts, body).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let Ok(uri) = state.settings.upstream.uri_for(path_and_query) else {
+        return (
+            Outcome::BadRequest,
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Invalid request target",
+            ),
+        );
+    };
+    let headers = upstream_headers(&state.settings, &mut parts, &grant.identity);
     let mut upstream_req = http::Request::new(Body::from(body));
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = uri;
     *upstream_req.version_mut() = http::Version::HTTP_11;
     *upstream_req.headers_mut() = headers;
-
     match state.client.request(upstream_req).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            parts.version = http::Version::HTTP_11;
-            // `Body::new` wraps hyper's incoming body: frames are relayed as they arrive.
-            (outcome, Response::from_parts(parts, Body::new(body)))
-        }
-        Err(error) => {
-            let mut msg = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(s) = source {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                source = s.source();
-            }
-            tracing::warn!(error = %msg, upstream = %state.settings.upstream.authority, "upstream request failed");
-            (
-                Outcome::UpstreamError,
-                error_response(
-                    StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
-                    "The MCP server behind the gateway did not answer",
-                ),
-            )
-        }
+        Ok(resp) => (Outcome::Allowed, relay(state, resp, grant, permit)),
+        Err(error) => upstream_failed(state, &error),
     }
+}
+
+/// The upstream's response for the client; frames are relayed as they arrive.
+fn relay(
+    state: &Arc<AppState>,
+    resp: http::Response<hyper::body::Incoming>,
+    grant: Grant,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = http::Version::HTTP_11;
+    // A response without a length is a stream (SSE): it lives only as long as the token
+    // authorizes it.
+    let streaming = !parts.headers.contains_key(header::CONTENT_LENGTH);
+    let watch = streaming.then_some((grant.token, grant.exp));
+    let body = GuardedBody::new(Body::new(body), state.clone(), Some(permit), watch);
+    Response::from_parts(parts, Body::new(body))
+}
+
+fn upstream_failed(
+    state: &AppState,
+    error: &hyper_util::client::legacy::Error,
+) -> (Outcome, Response) {
+    let mut msg = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    tracing::warn!(error = %msg, upstream = %state.settings.upstream.authority, "upstream request failed");
+    (
+        Outcome::UpstreamError,
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "The MCP server behind the gateway did not answer",
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -483,6 +661,11 @@ mod tests {
             ("last-event-id", "42"),
             ("accept", "application/json, text/event-stream"),
             ("x-mcp-other", "kept"),
+            ("forwarded", "for=203.0.113.9;host=evil.example;proto=https"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-host", "evil.example"),
+            ("X-Forwarded-Proto", "https"),
+            ("x-forwarded-prefix", "/admin"),
         ]);
         sanitize_request_headers(&mut h);
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();

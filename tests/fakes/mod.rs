@@ -176,6 +176,8 @@ pub fn active_claims(scope: &str) -> serde_json::Value {
         "aud": ["account", RESOURCE],
         "scope": scope,
         "sub": "6d0e2a4c-user-1",
+        // A user logged in: Keycloak names the session (service-account tokens have none).
+        "sid": "4b1f9c2e-session-1",
         "client_id": "vscode-client",
         "azp": "vscode-client",
         "exp": unix_now() + 300,
@@ -343,6 +345,8 @@ pub fn config(upstream: &str, introspection_endpoint: &str) -> GatewayConfig {
     config.upstream = upstream.to_owned();
     config.required_scopes = SCOPE.to_owned();
     config.shutdown_grace_seconds = 1;
+    // The fake introspection endpoint knows opaque test tokens, not JWTs.
+    config.require_jwt = false;
     config
 }
 

@@ -559,6 +559,14 @@ pub async fn gateway_config_from_deployment(
         ClientSecret::new(env["OAUTH_CLIENT_SECRET"].clone()),
     );
     cfg.required_scopes = env["MCP_REQUIRED_SCOPES"].clone();
+    // Set by the operator only when the McpServer asks for them.
+    use mcp_keycloak_operator::gateway::{ALLOWED_ORIGINS_ENV, SERVICE_ACCOUNT_CLIENTS_ENV};
+    if let Some(clients) = env.get(SERVICE_ACCOUNT_CLIENTS_ENV) {
+        cfg.service_account_clients = clients.clone();
+    }
+    if let Some(origins) = env.get(ALLOWED_ORIGINS_ENV) {
+        cfg.allowed_origins = origins.clone();
+    }
     cfg.upstream = upstream.to_string();
     cfg
 }

@@ -104,8 +104,22 @@ removes one verb at a time and watches the operator fail; the operator never del
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# Each McpServer's NetworkPolicy (server-side apply, watched by label); delete when a server
+# opts out.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Events on McpAuthPolicies and McpServers; patch bumps the series of a repeated event.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/* A label map as `k=v,k2=v2` (sorted by key), the operator's selector flag format. */}}
+{{- define "mko.labelList" -}}
+{{- $out := list -}}
+{{- range $k, $v := . -}}
+{{- $out = append $out (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $out -}}
 {{- end }}

@@ -1,0 +1,87 @@
+//! The per-McpServer NetworkPolicy: applied when on, removed (ours only) when off, and the
+//! `NetworkIsolated` condition saying which.
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams};
+use kube::ResourceExt;
+
+use super::conditions;
+use super::{apply_if_changed, Context};
+use crate::api::{McpServer, McpServerStatus};
+use crate::desired::workload;
+use crate::Result;
+
+pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
+
+/// Brings the server's NetworkPolicy in line and records the outcome as a condition. Writes
+/// nothing at steady state (apply only on difference; the prune path only reads).
+pub async fn ensure(
+    server: &McpServer,
+    ctx: &Context,
+    status: &mut McpServerStatus,
+    now: &Time,
+) -> Result<()> {
+    let ns = server.namespace().unwrap_or_default();
+    let uid = server.metadata.uid.clone().unwrap_or_default();
+    let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let operator_on = ctx.config.server_network_policies;
+    let (on, reason, message) = if workload::network_policy_enabled(server, operator_on) {
+        let desired = workload::network_policy(server, ctx.config.metrics_peer.as_ref());
+        apply_if_changed(&api, &desired, &uid).await?;
+        (
+            true,
+            "NetworkPolicyApplied",
+            format!(
+                "NetworkPolicy {} admits only the {} port",
+                server.name_any(),
+                if server.spec.auth.mode == crate::api::AuthMode::Proxy {
+                    "gateway (and metrics)"
+                } else {
+                    "server"
+                }
+            ),
+        )
+    } else {
+        prune(&api, &server.name_any(), &uid).await?;
+        if operator_on {
+            (
+                false,
+                "OptedOut",
+                "spec.networkPolicy.enabled is false: any pod can reach the server's pods"
+                    .to_string(),
+            )
+        } else {
+            (
+                false,
+                "DisabledByOperator",
+                "the operator runs without per-server NetworkPolicies".to_string(),
+            )
+        }
+    };
+    conditions::upsert(
+        &mut status.conditions,
+        NETWORK_ISOLATED,
+        on,
+        reason,
+        message,
+        server.metadata.generation,
+        now,
+    );
+    Ok(())
+}
+
+/// Deletes the NetworkPolicy of that name if (and only if) this server owns it.
+async fn prune(api: &Api<NetworkPolicy>, name: &str, owner_uid: &str) -> Result<()> {
+    let Some(live) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let ours = live
+        .owner_references()
+        .iter()
+        .any(|r| r.uid == owner_uid && r.controller == Some(true));
+    if ours {
+        api.delete(name, &DeleteParams::default()).await?;
+    }
+    Ok(())
+}
