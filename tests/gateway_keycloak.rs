@@ -371,6 +371,22 @@ async fn post_mcp(gw: &GatewayHandle, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// Sets (or with `null` removes) server alpha's `auth.serviceAccountClients` and waits until
+/// its reconciled gateway container has (or no longer has) the matching env var.
+async fn set_service_account_clients(client: &Client, ns: &str, clients: Value) {
+    let present = !clients.is_null();
+    let patch = json!({"spec": {"auth": {"serviceAccountClients": clients}}});
+    Api::<McpServer>::namespaced(client.clone(), ns)
+        .patch(
+            "alpha",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    wait_gateway_env(client, ns, "alpha", "MCP_SERVICE_ACCOUNT_CLIENTS", present).await;
+}
+
 /// Waits until the reconciled gateway container carries `name` (or no longer does).
 async fn wait_gateway_env(client: &Client, ns: &str, server: &str, name: &str, present: bool) {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -424,24 +440,7 @@ async fn service_account_tokens_are_refused_unless_the_server_lists_the_client()
     gw.shutdown().await.unwrap();
 
     // Listed in the McpServer: that client (and only it) may call without a user.
-    let servers: Api<McpServer> = Api::namespaced(b.client.clone(), &b.ns);
-    let patch = json!({"spec": {"auth": {"serviceAccountClients": ["robot"]}}});
-    servers
-        .patch(
-            "alpha",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
-    wait_gateway_env(
-        &b.client,
-        &b.ns,
-        "alpha",
-        "MCP_SERVICE_ACCOUNT_CLIENTS",
-        true,
-    )
-    .await;
+    set_service_account_clients(&b.client, &b.ns, json!(["robot"])).await;
     let gw = gateway_from_deployment(&b.client, &b.ns, "alpha", &upstream.url(), 30).await;
     let resp = post_mcp(&gw, &robot).await;
     assert_eq!(resp.status(), 200, "a listed client was refused");
@@ -456,23 +455,7 @@ async fn service_account_tokens_are_refused_unless_the_server_lists_the_client()
     gw.shutdown().await.unwrap();
 
     // Taken off the list again: refused again.
-    let patch = json!({"spec": {"auth": {"serviceAccountClients": null}}});
-    servers
-        .patch(
-            "alpha",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
-    wait_gateway_env(
-        &b.client,
-        &b.ns,
-        "alpha",
-        "MCP_SERVICE_ACCOUNT_CLIENTS",
-        false,
-    )
-    .await;
+    set_service_account_clients(&b.client, &b.ns, Value::Null).await;
     let gw = gateway_from_deployment(&b.client, &b.ns, "alpha", &upstream.url(), 30).await;
     assert_eq!(post_mcp(&gw, &robot).await.status(), 401);
     gw.shutdown().await.unwrap();

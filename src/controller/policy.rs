@@ -183,7 +183,7 @@ async fn live_realm(
     }
     let created = async {
         write_ahead(policy, api, &mut d.status).await?;
-        kc.ensure_realm(realm, true).await?;
+        kc.create_realm(realm).await?;
         kc.realm(realm).await
     };
     Ok(created

@@ -223,19 +223,9 @@ async fn converge(
         now,
     );
     let realm = policy.spec.keycloak.realm.clone();
-    let servers = ctx.servers_in(&ns).await.map_err(|e| (Stage::Policy, e))?;
-    if let Some(holder) = url_holder(server, &servers) {
-        return Err((
-            Stage::Policy,
-            Error::invalid(
-                "UrlConflict",
-                format!(
-                    "url {} is already the resource of McpServer {holder} in realm {realm}: tokens for one would be accepted by the other",
-                    server.canonical_url()
-                ),
-            ),
-        ));
-    }
+    check_url_free(server, ctx, &realm)
+        .await
+        .map_err(|e| (Stage::Policy, e))?;
 
     // Kubernetes Secret first: its value is reused if the Keycloak client must be recreated.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -422,6 +412,23 @@ async fn converge(
         );
     }
     Ok(available)
+}
+
+/// `UrlConflict` when another McpServer of the realm holds this server's url.
+async fn check_url_free(server: &McpServer, ctx: &Context, realm: &str) -> Result<()> {
+    let servers = ctx
+        .servers_in(&server.namespace().unwrap_or_default())
+        .await?;
+    match url_holder(server, &servers) {
+        None => Ok(()),
+        Some(holder) => Err(Error::invalid(
+            "UrlConflict",
+            format!(
+                "url {} is already the resource of McpServer {holder} in realm {realm}: tokens for one would be accepted by the other",
+                server.canonical_url()
+            ),
+        )),
+    }
 }
 
 /// The McpServer that holds `server`'s url in its realm, if another one does: the oldest of

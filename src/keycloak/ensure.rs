@@ -99,33 +99,6 @@ pub fn check_scope_owner(
 }
 
 impl KeycloakAdminClient {
-    /// The realm's internal id (needed as `parentId` of components). Creates the realm if asked.
-    pub async fn ensure_realm(&self, realm: &str, create: bool) -> Result<String> {
-        if let Some(r) = self.realm(realm).await? {
-            return r
-                .id
-                .map(|id| id.to_string())
-                .ok_or_else(|| Error::KeycloakApi {
-                    operation: "read realm".into(),
-                    status: 200,
-                    message: "realm has no id".into(),
-                });
-        }
-        if !create {
-            return Err(Error::invalid(
-                "RealmNotFound",
-                format!("realm {realm} does not exist in Keycloak and createRealm is false"),
-            ));
-        }
-        self.create_realm(realm).await?;
-        let r = self.realm(realm).await?.ok_or_else(|| Error::KeycloakApi {
-            operation: "create realm".into(),
-            status: 404,
-            message: "realm missing right after creation".into(),
-        })?;
-        Ok(r.id.map(|id| id.to_string()).unwrap_or_default())
-    }
-
     /// Ensures a client scope with the desired name and attributes exists, and its mappers.
     /// `owner` is our ownership marker: a scope marked by someone else is a conflict; an unmarked
     /// scope (made by hand) is managed but never marked, so cleanup leaves it alone.
