@@ -536,6 +536,9 @@ pub struct McpAuthPolicyStatus {
 }
 
 impl crate::controller::conditions::WithConditions for McpAuthPolicyStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
     fn conditions_mut(&mut self) -> &mut Vec<Condition> {
         &mut self.conditions
     }

@@ -29,59 +29,59 @@ pub const STALLED_REASONS: &[&str] = &[
     "UrlConflict",
 ];
 
+/// One condition as a reconcile decides it; generation and time come from the [`Draft`].
+#[derive(Clone, Copy)]
+struct Verdict<'a> {
+    pub type_: &'a str,
+    pub ok: bool,
+    pub reason: &'a str,
+}
+
 /// Sets (or adds) a condition, keeping its transition time unless the status changed. Setting
 /// `Ready` also sets or removes `Stalled` (see [`STALLED_REASONS`]).
-pub fn upsert(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: impl Into<String>,
-    generation: Option<i64>,
-    now: &Time,
-) {
-    let message = message.into();
-    if type_ == READY {
+fn upsert(conditions: &mut Vec<Condition>, v: Verdict, message: String, stamp: &Stamp) {
+    if v.type_ == READY {
         // Both controllers set Ready once per reconcile; deriving Stalled here keeps the two in
         // step without a second call at each site.
-        let stalled = !status && STALLED_REASONS.contains(&reason);
-        if stalled {
-            set(conditions, STALLED, true, reason, &message, generation, now);
+        if !v.ok && STALLED_REASONS.contains(&v.reason) {
+            let stalled = Verdict {
+                type_: STALLED,
+                ok: true,
+                reason: v.reason,
+            };
+            set(conditions, stalled, message.clone(), stamp);
         } else {
             conditions.retain(|c| c.type_ != STALLED);
         }
     }
-    set(conditions, type_, status, reason, message, generation, now);
+    set(conditions, v, message, stamp);
 }
 
-fn set(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: impl Into<String>,
+/// The generation a reconcile observed and the time it ran: the same for every condition it sets.
+struct Stamp {
     generation: Option<i64>,
-    now: &Time,
-) {
-    let status = if status { "True" } else { "False" };
-    let message = message.into();
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
+    now: Time,
+}
+
+fn set(conditions: &mut Vec<Condition>, v: Verdict, message: String, stamp: &Stamp) {
+    let status = if v.ok { "True" } else { "False" };
+    match conditions.iter_mut().find(|c| c.type_ == v.type_) {
         Some(c) => {
             if c.status != status {
-                c.last_transition_time = now.clone();
+                c.last_transition_time = stamp.now.clone();
             }
             c.status = status.into();
-            c.reason = reason.into();
+            c.reason = v.reason.into();
             c.message = message;
-            c.observed_generation = generation;
+            c.observed_generation = stamp.generation;
         }
         None => conditions.push(Condition {
-            type_: type_.into(),
+            type_: v.type_.into(),
             status: status.into(),
-            reason: reason.into(),
+            reason: v.reason.into(),
             message,
-            observed_generation: generation,
-            last_transition_time: now.clone(),
+            observed_generation: stamp.generation,
+            last_transition_time: stamp.now.clone(),
         }),
     }
 }
@@ -90,12 +90,12 @@ fn set(
 /// conditions are set by type, status, reason and message only.
 pub struct Draft<S> {
     pub status: S,
-    generation: Option<i64>,
-    now: Time,
+    stamp: Stamp,
 }
 
 /// Status types that carry standard conditions.
 pub trait WithConditions {
+    fn conditions(&self) -> &[Condition];
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
 }
 
@@ -103,22 +103,22 @@ impl<S: WithConditions> Draft<S> {
     pub fn new(status: S, generation: Option<i64>, now: Time) -> Self {
         Draft {
             status,
-            generation,
-            now,
+            stamp: Stamp { generation, now },
         }
     }
 
     pub fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
-        let (generation, now) = (self.generation, &self.now);
-        upsert(
-            self.status.conditions_mut(),
-            type_,
-            ok,
-            reason,
-            message,
-            generation,
-            now,
-        );
+        let v = Verdict { type_, ok, reason };
+        upsert(self.status.conditions_mut(), v, message.into(), &self.stamp);
+    }
+
+    /// Drops a condition that no longer applies.
+    pub fn remove(&mut self, type_: &str) {
+        self.status.conditions_mut().retain(|c| c.type_ != type_);
+    }
+
+    pub fn get(&self, type_: &str) -> Option<&Condition> {
+        find(self.status.conditions(), type_)
     }
 }
 
@@ -136,47 +136,53 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
 mod tests {
     use super::*;
 
+    struct St(Vec<Condition>);
+
+    impl WithConditions for St {
+        fn conditions(&self) -> &[Condition] {
+            &self.0
+        }
+        fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+            &mut self.0
+        }
+    }
+
+    /// Applies `f` to a draft of `c` made at generation `g`, second `s`.
+    fn at(c: Vec<Condition>, g: i64, s: i64, f: impl FnOnce(&mut Draft<St>)) -> Vec<Condition> {
+        let now = Time(jiff::Timestamp::from_second(s).unwrap());
+        let mut d = Draft::new(St(c), Some(g), now);
+        f(&mut d);
+        d.status.0
+    }
+
     fn t(s: i64) -> Time {
         Time(jiff::Timestamp::from_second(s).unwrap())
     }
 
     #[test]
     fn transition_time_moves_only_on_flip() {
-        let mut c = vec![];
-        upsert(&mut c, READY, false, "Pending", "m1", Some(1), &t(10));
-        upsert(&mut c, READY, false, "StillPending", "m2", Some(2), &t(20));
+        let c = at(vec![], 1, 10, |d| d.set(READY, false, "Pending", "m1"));
+        let c = at(c, 2, 20, |d| d.set(READY, false, "StillPending", "m2"));
         assert_eq!(c[0].last_transition_time, t(10));
         assert_eq!(c[0].reason, "StillPending");
         assert_eq!(c[0].observed_generation, Some(2));
-        upsert(&mut c, READY, true, "Ready", "ok", Some(2), &t(30));
+        let c = at(c, 2, 30, |d| d.set(READY, true, "Ready", "ok"));
         assert_eq!(c[0].last_transition_time, t(30));
         assert_eq!(c[0].status, "True");
         assert_eq!(c.len(), 1);
         assert!(is_true(&c, READY));
+        assert!(at(c, 2, 40, |d| d.remove(READY)).is_empty());
     }
 
     #[test]
     fn stalled_follows_ready_for_permanent_reasons_only() {
-        let mut c = vec![];
-        upsert(
-            &mut c,
-            READY,
-            false,
-            "KeycloakUnreachable",
-            "m",
-            Some(1),
-            &t(10),
-        );
+        let c = at(vec![], 1, 10, |d| {
+            d.set(READY, false, "KeycloakUnreachable", "m")
+        });
         assert!(find(&c, STALLED).is_none());
-        upsert(
-            &mut c,
-            READY,
-            false,
-            "InvalidAdminCredentials",
-            "bad",
-            Some(2),
-            &t(20),
-        );
+        let c = at(c, 2, 20, |d| {
+            d.set(READY, false, "InvalidAdminCredentials", "bad")
+        });
         let s = find(&c, STALLED).expect("Stalled set");
         assert_eq!(
             (s.status.as_str(), s.reason.as_str()),
@@ -186,17 +192,11 @@ mod tests {
             (s.message.as_str(), s.observed_generation),
             ("bad", Some(2))
         );
-        upsert(
-            &mut c,
-            "SecretReady",
-            false,
-            "ScopeConflict",
-            "m",
-            Some(2),
-            &t(25),
-        );
+        let c = at(c, 2, 25, |d| {
+            d.set("SecretReady", false, "ScopeConflict", "m")
+        });
         assert_eq!(find(&c, STALLED).unwrap().reason, "InvalidAdminCredentials");
-        upsert(&mut c, READY, true, "Ready", "ok", Some(2), &t(30));
+        let c = at(c, 2, 30, |d| d.set(READY, true, "Ready", "ok"));
         assert!(find(&c, STALLED).is_none());
         assert_eq!(c.len(), 2);
     }

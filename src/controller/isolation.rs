@@ -2,12 +2,12 @@
 //! `NetworkIsolated` condition saying which.
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams};
 use kube::ResourceExt;
 
-use super::conditions;
-use super::{apply_if_changed, Context};
+use super::conditions::Draft;
+use super::ssa::apply_if_changed;
+use super::Context;
 use crate::api::{McpServer, McpServerStatus};
 use crate::desired::workload;
 use crate::Result;
@@ -19,8 +19,7 @@ pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
 pub async fn ensure(
     server: &McpServer,
     ctx: &Context,
-    status: &mut McpServerStatus,
-    now: &Time,
+    d: &mut Draft<McpServerStatus>,
 ) -> Result<()> {
     let ns = server.namespace().unwrap_or_default();
     let uid = server.metadata.uid.clone().unwrap_or_default();
@@ -59,15 +58,7 @@ pub async fn ensure(
             )
         }
     };
-    conditions::upsert(
-        &mut status.conditions,
-        NETWORK_ISOLATED,
-        on,
-        reason,
-        message,
-        server.metadata.generation,
-        now,
-    );
+    d.set(NETWORK_ISOLATED, on, reason, message);
     Ok(())
 }
 

@@ -1,20 +1,23 @@
 //! McpAuthPolicy reconciler: realm, MCP client scopes, anonymous registration policies.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use keycloak::types::RealmRepresentation;
+use keycloak::types::{ClientRepresentation, ClientScopeRepresentation, RealmRepresentation};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::conditions::{self, Draft, READY};
-use super::{patch_status_if_changed, Context};
+use super::conditions::{Draft, READY};
+use super::finish::{finish, finish_cleanup, recorded_live, At, Staged};
+use super::ssa::patch_status_if_changed;
+use super::Context;
 use crate::api::{
-    DeletionPolicy, MachineGrant, McpAuthPolicy, McpAuthPolicyStatus, McpServer, FINALIZER,
-    OWNER_ATTRIBUTE,
+    DeletionPolicy, MachineGrant, McpAuthPolicy, McpAuthPolicyStatus, McpServer, ScopeType,
+    FINALIZER, OWNER_ATTRIBUTE,
 };
 use crate::desired::cimd::{self, Admission, CimdClientPlan};
 use crate::desired::keycloak::{self as desired, RealmClaim};
@@ -49,99 +52,45 @@ pub async fn reconcile(policy: Arc<McpAuthPolicy>, ctx: Arc<Context>) -> Result<
     result
 }
 
-/// Which condition an error belongs to.
-#[derive(Clone, Copy)]
-enum Stage {
-    Connect,
-    Realm,
-    Registration,
-    Grants,
-    Cimd,
-}
-
 async fn apply(
     policy: Arc<McpAuthPolicy>,
     ctx: &Context,
     api: &Api<McpAuthPolicy>,
 ) -> Result<Action> {
-    let old = policy.status.clone();
-    let mut status = old.clone().unwrap_or_default();
+    let old = policy.status.as_ref();
+    let mut status = old.cloned().unwrap_or_default();
     status.observed_generation = policy.metadata.generation;
     status.issuer = Some(policy.issuer());
     let now = Time(jiff::Timestamp::now());
     let mut d = Draft::new(status, policy.metadata.generation, now);
-
     let outcome = configure(&policy, ctx, api, &mut d).await;
-    match &outcome {
-        Ok(()) => d.set(READY, true, "Ready", "Keycloak realm configured"),
-        Err((stage, e)) => {
-            let t = match stage {
-                Stage::Connect => KEYCLOAK_REACHABLE,
-                Stage::Realm => REALM_CONFIGURED,
-                Stage::Registration => REGISTRATION_POLICY_APPLIED,
-                Stage::Grants => MACHINE_GRANTS_REFUSED,
-                Stage::Cimd => CIMD_APPLIED,
-            };
-            d.set(t, false, e.reason(), e.to_string());
-            d.set(READY, false, e.reason(), e.to_string());
-        }
-    }
-    let status = d.status;
-    let ready_of = |s: Option<&McpAuthPolicyStatus>| {
-        s.and_then(|s| conditions::find(&s.conditions, READY))
-            .cloned()
-    };
-    let (before, after) = (ready_of(old.as_ref()), ready_of(Some(&status)));
-    patch_status_if_changed(api, policy.as_ref(), old.as_ref(), &status).await?;
-    let after = after.expect("Ready was just set");
-    let is_ready = after.status == "True";
-    let flipped = before.as_ref().is_some_and(|c| c.status == "True") != is_ready;
-    let new_reason = before.as_ref().map(|c| &c.reason) != Some(&after.reason);
-    if flipped || (!is_ready && new_reason) {
-        ctx.publish(
-            &policy.object_ref(&()),
-            !is_ready,
-            &after.reason,
-            after.message,
-        )
-        .await;
-    }
-    match outcome {
-        Ok(()) => {
-            ctx.reset_failures(&policy.metadata.uid.clone().unwrap_or_default());
-            Ok(Action::requeue(ctx.config.resync))
-        }
-        Err((_, e)) => Err(e),
-    }
+    finish(ctx, api, policy.as_ref(), old, d, outcome).await
 }
 
+/// The stages of a policy, in order; each failure is reported on its own condition.
 async fn configure(
     policy: &McpAuthPolicy,
     ctx: &Context,
     api: &Api<McpAuthPolicy>,
     d: &mut Draft<McpAuthPolicyStatus>,
-) -> std::result::Result<(), (Stage, Error)> {
-    let kc = ctx
-        .keycloak_for(policy)
-        .await
-        .map_err(|e| (Stage::Connect, e))?;
+) -> Staged<()> {
+    let kc = ctx.keycloak_for(policy).await.at(KEYCLOAK_REACHABLE)?;
     let realm_id = claim_realm(policy, &kc, api, d).await?;
     configure_scopes(policy, &kc, d)
         .await
-        .map_err(|e| (Stage::Realm, e))?;
+        .at(REALM_CONFIGURED)?;
     configure_registration(policy, &kc, &realm_id, d)
         .await
-        .map_err(|e| (Stage::Registration, e))?;
+        .at(REGISTRATION_POLICY_APPLIED)?;
     refuse_machine_grants(policy, &kc, d)
         .await
-        .map_err(|e| (Stage::Grants, e))?;
+        .at(MACHINE_GRANTS_REFUSED)?;
     client_limit_guard(policy, ctx, &kc, d)
         .await
-        .map_err(|e| (Stage::Registration, e))?;
-    let (reason, message) = apply_cimd(policy, ctx, &kc, false)
-        .await
-        .map_err(|e| (Stage::Cimd, e))?;
+        .at(REGISTRATION_POLICY_APPLIED)?;
+    let (reason, message) = apply_cimd(policy, ctx, &kc).await.at(CIMD_APPLIED)?;
     d.set(CIMD_APPLIED, true, reason, message);
+    d.set(READY, true, "Ready", "Keycloak realm configured");
     Ok(())
 }
 
@@ -171,25 +120,22 @@ async fn live_realm(
     kc: &KeycloakAdminClient,
     api: &Api<McpAuthPolicy>,
     d: &mut Draft<McpAuthPolicyStatus>,
-) -> std::result::Result<RealmRepresentation, (Stage, Error)> {
+) -> Staged<RealmRepresentation> {
     let spec = &policy.spec.keycloak;
     let realm = &spec.realm;
-    if let Some(r) = kc.realm(realm).await.map_err(|e| (Stage::Connect, e))? {
+    if let Some(r) = kc.realm(realm).await.at(KEYCLOAK_REACHABLE)? {
         return Ok(r);
     }
     if !spec.create_realm {
         let message = format!("realm {realm} does not exist in Keycloak and createRealm is false");
-        return Err((Stage::Realm, Error::invalid("RealmNotFound", message)));
+        return Err((REALM_CONFIGURED, Error::invalid("RealmNotFound", message)));
     }
     let created = async {
         write_ahead(policy, api, &mut d.status).await?;
         kc.create_realm(realm).await?;
         kc.realm(realm).await
     };
-    Ok(created
-        .await
-        .map_err(|e| (Stage::Realm, e))?
-        .unwrap_or_default())
+    Ok(created.await.at(REALM_CONFIGURED)?.unwrap_or_default())
 }
 
 fn realm_owner(r: &RealmRepresentation) -> Option<String> {
@@ -205,14 +151,14 @@ async fn claim_realm(
     kc: &KeycloakAdminClient,
     api: &Api<McpAuthPolicy>,
     d: &mut Draft<McpAuthPolicyStatus>,
-) -> std::result::Result<String, (Stage, Error)> {
+) -> Staged<String> {
     let realm = &policy.spec.keycloak.realm;
     let live = live_realm(policy, kc, api, d).await?;
     let reachable = format!("admin API of {} answers", kc.base_url());
     d.set(KEYCLOAK_REACHABLE, true, "Connected", reachable);
     let me = policy.owner_marker();
     let claimed_by = |other: String| {
-        (Stage::Realm, Error::invalid(
+        (REALM_CONFIGURED, Error::invalid(
             "RealmClaimed",
             format!("realm {realm} is managed by {other}; this policy writes nothing to it (to hand it over, delete that policy: its claim is released)"),
         ))
@@ -227,7 +173,7 @@ async fn claim_realm(
                 // Two claims at once: the last write wins, and the loser finds out here.
                 kc.realm(realm).await
             };
-            let after = claim.await.map_err(|e| (Stage::Realm, e))?;
+            let after = claim.await.at(REALM_CONFIGURED)?;
             let owner = after.as_ref().and_then(realm_owner);
             if let RealmClaim::Other(other) = desired::realm_claim(owner.as_deref(), &me) {
                 return Err(claimed_by(other));
@@ -241,7 +187,7 @@ async fn claim_realm(
     };
     live.id
         .map(|id| id.to_string())
-        .ok_or_else(|| (Stage::Realm, no_id()))
+        .ok_or_else(|| (REALM_CONFIGURED, no_id()))
 }
 
 /// The policy's client scopes, each a realm default or optional scope as the spec says.
@@ -341,17 +287,24 @@ async fn refuse_machine_grants(
     let admin = admin_grant(policy, kc);
     let refused = desired::refused_grants(policy, admin);
     let wanted = desired::user_grants_only(&refused);
-    kc.ensure_client_policy_pair(
-        realm,
-        desired::USER_GRANTS_ONLY,
-        wanted.as_ref().map(|(p, q)| (p, q)),
-    )
-    .await?;
+    let wanted = wanted.as_ref().map(|(p, q)| (p, q));
+    kc.ensure_client_policy_pair(realm, desired::USER_GRANTS_ONLY, wanted)
+        .await?;
+    let (ok, reason, message) = grants_verdict(realm, &refused, admin);
+    d.set(MACHINE_GRANTS_REFUSED, ok, reason, message);
+    Ok(())
+}
+
+/// The `MachineGrantsRefused` condition for what the realm refuses (`refused`), given the grant
+/// of the admin credentials when they authenticate in this realm (`admin`).
+fn grants_verdict(
+    realm: &str,
+    refused: &[MachineGrant],
+    admin: Option<MachineGrant>,
+) -> (bool, &'static str, String) {
     let names = |gs: &[MachineGrant]| {
-        gs.iter()
-            .map(|g| g.grant_type())
-            .collect::<Vec<_>>()
-            .join(", ")
+        let names: Vec<_> = gs.iter().map(|g| g.grant_type()).collect();
+        names.join(", ")
     };
     let open: Vec<MachineGrant> = MachineGrant::ALL
         .into_iter()
@@ -362,29 +315,24 @@ async fn refuse_machine_grants(
         (false, Some(g)) if open == [g] => (false, "AdminGrantOpen"),
         (false, _) => (false, "MachineGrantsAllowed"),
     };
-    let mut message = format!(
-        "Keycloak refuses {} in realm {realm}",
-        if refused.is_empty() {
-            "nothing".into()
-        } else {
-            names(&refused)
-        }
-    );
+    let refused = if refused.is_empty() {
+        "nothing".into()
+    } else {
+        names(refused)
+    };
+    let mut message = format!("Keycloak refuses {refused} in realm {realm}");
     if !open.is_empty() {
+        let why_admin = admin.map(|g| {
+            let g = g.grant_type();
+            format!(", and {g} because the operator's admin credentials authenticate in this realm")
+        });
+        let why_admin = why_admin.unwrap_or_default();
         message.push_str(&format!(
-            "; open: {} (spec.allowedMachineGrants",
+            "; open: {} (spec.allowedMachineGrants{why_admin})",
             names(&open)
         ));
-        if let Some(g) = admin {
-            message.push_str(&format!(
-                ", and {} because the operator's admin credentials authenticate in this realm",
-                g.grant_type()
-            ));
-        }
-        message.push(')');
     }
-    d.set(MACHINE_GRANTS_REFUSED, ok, reason, message);
-    Ok(())
+    (ok, reason, message)
 }
 
 /// DCR guard rail: `status.realmClients` against `maxClients`, the `ClientLimitPressure`
@@ -398,17 +346,14 @@ async fn client_limit_guard(
 ) -> Result<()> {
     let Some(dcr) = &policy.spec.dynamic_client_registration else {
         d.status.realm_clients = None;
-        d.status
-            .conditions
-            .retain(|c| c.type_ != CLIENT_LIMIT_PRESSURE);
+        d.remove(CLIENT_LIMIT_PRESSURE);
         return Ok(());
     };
     let hint = d.status.realm_clients.and_then(|n| usize::try_from(n).ok());
     let count = kc.count_clients(&policy.spec.keycloak.realm, hint).await? as i64;
     d.status.realm_clients = Some(count);
     let (pressure, reason, message) = cimd::client_pressure(count, dcr.max_clients.into());
-    let before =
-        conditions::find(&d.status.conditions, CLIENT_LIMIT_PRESSURE).map(|c| c.reason.clone());
+    let before = d.get(CLIENT_LIMIT_PRESSURE).map(|c| c.reason.clone());
     if pressure && before.as_deref() != Some(reason) {
         ctx.publish(&policy.object_ref(&()), true, reason, message.clone())
             .await;
@@ -418,73 +363,127 @@ async fn client_limit_guard(
 }
 
 /// Client ID Metadata Documents: our client profile + policy in the realm (or their removal),
-/// then the clients Keycloak created from documents. Admitted ones are marked as ours and get the
-/// scopes they lack — Keycloak gives such a client the realm's default and optional scopes once,
-/// when it first sees the document, so without this an MCP server added later could never be
-/// requested (`invalid_scope`) by a client already known. Ours that are no longer admitted are
-/// deleted: Keycloak would keep them as ordinary clients that still log users in.
-/// `removing`: the policy is being deleted.
+/// then the clients Keycloak created from documents (see [`settle_cimd_clients`]).
 async fn apply_cimd(
     policy: &McpAuthPolicy,
     ctx: &Context,
     kc: &KeycloakAdminClient,
-    removing: bool,
 ) -> Result<(&'static str, String)> {
-    let realm = &policy.spec.keycloak.realm;
-    let name = cimd::owned_name(policy);
-    let owner = policy.owner_marker();
-    let wanted = if removing {
-        None
-    } else {
-        cimd::requested(policy)
-    };
-    if wanted.is_some() && !kc.cimd_supported(realm).await? {
-        // Nothing is written: a profile naming the CIMD executor would be refused anyway.
-        return Err(Error::invalid(
-            "CimdFeatureDisabled",
-            format!(
-                "Keycloak at {} does not have the cimd feature (realm {realm}'s discovery document lacks client_id_metadata_document_supported): start it with --features=cimd (or KC_FEATURES=cimd), or remove spec.clientIdMetadataDocuments",
-                kc.base_url()
-            ),
-        ));
+    let wanted = cimd::requested(policy);
+    if wanted.is_some() {
+        check_cimd_feature(policy, kc).await?;
     }
-    let desired = wanted.map(|c| (cimd::profile(policy, c), cimd::client_policy(policy, c)));
-    let before = kc
-        .ensure_client_policy_pair(realm, &name, desired.as_ref().map(|(p, q)| (p, q)))
-        .await?;
-    let previously = before.as_ref().map(Admission::of_live);
-    let admission = wanted.map(Admission::of);
+    let scopes = match wanted {
+        Some(_) => admitted_scopes(policy, ctx).await?,
+        None => vec![],
+    };
+    settle_cimd(policy, ctx, kc, wanted, &scopes).await?;
+    Ok(cimd_verdict(policy, wanted))
+}
 
-    // Scopes every admitted client must be able to request: the policy's own, and the audience
-    // scope of each server using this policy.
-    let mut scopes: Vec<(String, crate::api::ScopeType)> = policy
+/// `CimdFeatureDisabled` unless the realm's Keycloak runs with the cimd feature. Checked before
+/// anything is written: a profile naming the CIMD executor would be refused anyway.
+async fn check_cimd_feature(policy: &McpAuthPolicy, kc: &KeycloakAdminClient) -> Result<()> {
+    let realm = &policy.spec.keycloak.realm;
+    if kc.cimd_supported(realm).await? {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "CimdFeatureDisabled",
+        format!(
+            "Keycloak at {} does not have the cimd feature (realm {realm}'s discovery document lacks client_id_metadata_document_supported): start it with --features=cimd (or KC_FEATURES=cimd), or remove spec.clientIdMetadataDocuments",
+            kc.base_url()
+        ),
+    ))
+}
+
+/// Scopes every admitted client must be able to request: the policy's own, and the audience
+/// scope of each server using this policy.
+async fn admitted_scopes(
+    policy: &McpAuthPolicy,
+    ctx: &Context,
+) -> Result<Vec<(String, ScopeType)>> {
+    let own = policy
         .spec
         .scopes
         .iter()
-        .map(|s| (s.name.clone(), s.r#type))
-        .collect();
-    if admission.is_some() {
-        let ns = policy.namespace().unwrap_or_default();
-        for s in ctx.servers_in(&ns).await? {
-            if s.spec.policy_ref.name == policy.name_any()
-                && s.metadata.deletion_timestamp.is_none()
-            {
-                scopes.push((s.audience_scope(), crate::api::ScopeType::Optional));
-            }
+        .map(|s| (s.name.clone(), s.r#type));
+    let mut scopes: Vec<_> = own.collect();
+    let ns = policy.namespace().unwrap_or_default();
+    for s in ctx.servers_in(&ns).await? {
+        if s.spec.policy_ref.name == policy.name_any() && s.metadata.deletion_timestamp.is_none() {
+            scopes.push((s.audience_scope(), ScopeType::Optional));
         }
     }
+    Ok(scopes)
+}
 
-    let mut scope_ids: Option<std::collections::HashMap<String, String>> = None;
+/// Writes (or, with `wanted: None`, removes) the policy's CIMD profile and policy, then settles
+/// the clients Keycloak created from documents against what is admitted now.
+async fn settle_cimd(
+    policy: &McpAuthPolicy,
+    ctx: &Context,
+    kc: &KeycloakAdminClient,
+    wanted: Option<&crate::api::ClientIdMetadataDocuments>,
+    scopes: &[(String, ScopeType)],
+) -> Result<()> {
+    let realm = &policy.spec.keycloak.realm;
+    let name = cimd::owned_name(policy);
+    let desired = wanted.map(|c| (cimd::profile(policy, c), cimd::client_policy(policy, c)));
+    let desired = desired.as_ref().map(|(p, q)| (p, q));
+    let before = kc.ensure_client_policy_pair(realm, &name, desired).await?;
+    let previously = before.as_ref().map(Admission::of_live);
+    let admission = wanted.map(Admission::of);
+    let admitted = Admitted {
+        owner: policy.owner_marker(),
+        previously,
+        now: admission,
+        scopes,
+    };
+    let revoked = settle_cimd_clients(kc, realm, &admitted).await?;
+    if !revoked.is_empty() {
+        let note = format!(
+            "deleted {} client(s) created from metadata documents this policy no longer admits: {}",
+            revoked.len(),
+            revoked.join(", ")
+        );
+        let reason = "MetadataDocumentClientsRevoked";
+        ctx.publish(&policy.object_ref(&()), false, reason, note)
+            .await;
+    }
+    Ok(())
+}
+
+/// Who the CIMD clients of a realm are measured against.
+struct Admitted<'a> {
+    owner: String,
+    previously: Option<Admission>,
+    now: Option<Admission>,
+    scopes: &'a [(String, ScopeType)],
+}
+
+/// Admitted clients are marked as ours and get the scopes they lack — Keycloak gives such a
+/// client the realm's scopes once, when it first sees the document, so an MCP server added later
+/// could never be requested by a client already known. Ours that are no longer admitted are
+/// deleted: Keycloak would keep them as ordinary clients that still log users in. Returns the
+/// revoked clientIds.
+async fn settle_cimd_clients(
+    kc: &KeycloakAdminClient,
+    realm: &str,
+    a: &Admitted<'_>,
+) -> Result<Vec<String>> {
+    let mut scope_ids = ScopeIds::default();
     let mut revoked = vec![];
     for client in kc.cimd_clients(realm).await? {
-        let uuid = client.id.clone().unwrap_or_default();
-        match cimd::plan_cimd_client(
+        let plan = cimd::plan_cimd_client(
             &client,
-            &owner,
-            previously.as_ref(),
-            admission.as_ref(),
-            &scopes,
-        ) {
+            &a.owner,
+            a.previously.as_ref(),
+            a.now.as_ref(),
+            a.scopes,
+        );
+        let uuid = client.id.clone().unwrap_or_default();
+        match plan {
             CimdClientPlan::Ignore => {}
             CimdClientPlan::Revoke => {
                 kc.delete_client(realm, &uuid).await?;
@@ -496,55 +495,67 @@ async fn apply_cimd(
                 add_optional,
             } => {
                 if mark {
-                    kc.mark_client(realm, &client, &owner).await?;
+                    kc.mark_client(realm, &client, &a.owner).await?;
                 }
-                let adds = add_default
-                    .into_iter()
-                    .map(|n| (n, crate::api::ScopeType::Default))
-                    .chain(
-                        add_optional
-                            .into_iter()
-                            .map(|n| (n, crate::api::ScopeType::Optional)),
-                    );
-                for (scope, ty) in adds {
-                    if scope_ids.is_none() {
-                        scope_ids = Some(
-                            kc.client_scopes(realm)
-                                .await?
-                                .into_iter()
-                                .filter_map(|s| Some((s.name?.to_string(), s.id?.to_string())))
-                                .collect(),
-                        );
-                    }
-                    // A server's scope not created yet: the next reconcile adds it.
-                    if let Some(id) = scope_ids.as_ref().and_then(|m| m.get(&scope)) {
-                        kc.add_client_scope(realm, &uuid, id, ty).await?;
-                    }
-                }
+                let adds = (add_default.into_iter().map(|n| (n, ScopeType::Default)))
+                    .chain(add_optional.into_iter().map(|n| (n, ScopeType::Optional)));
+                add_scopes(kc, realm, &client, adds, &mut scope_ids).await?;
             }
         }
     }
-    if !revoked.is_empty() {
-        ctx.publish(
-            &policy.object_ref(&()),
-            false,
-            "MetadataDocumentClientsRevoked",
-            format!(
-                "deleted {} client(s) created from metadata documents this policy no longer admits: {}",
-                revoked.len(),
-                revoked.join(", ")
-            ),
-        )
-        .await;
-    }
+    Ok(revoked)
+}
 
-    Ok(match (wanted, &policy.spec.client_id_metadata_documents) {
+/// The realm's scope ids by name, read once per reconcile and only if a client needs one.
+#[derive(Default)]
+struct ScopeIds(Option<HashMap<String, String>>);
+
+impl ScopeIds {
+    async fn get(
+        &mut self,
+        kc: &KeycloakAdminClient,
+        realm: &str,
+        name: &str,
+    ) -> Result<Option<String>> {
+        if self.0.is_none() {
+            let scopes = kc.client_scopes(realm).await?.into_iter();
+            let ids = scopes.filter_map(|s| Some((s.name?.to_string(), s.id?.to_string())));
+            self.0 = Some(ids.collect());
+        }
+        Ok(self.0.as_ref().and_then(|m| m.get(name).cloned()))
+    }
+}
+
+async fn add_scopes(
+    kc: &KeycloakAdminClient,
+    realm: &str,
+    client: &ClientRepresentation,
+    adds: impl Iterator<Item = (String, ScopeType)>,
+    scope_ids: &mut ScopeIds,
+) -> Result<()> {
+    let uuid = client.id.clone().unwrap_or_default();
+    for (scope, ty) in adds {
+        // A server's scope not created yet: the next reconcile adds it.
+        if let Some(id) = scope_ids.get(kc, realm, &scope).await? {
+            kc.add_client_scope(realm, &uuid, &id, ty).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The `ClientIdMetadataDocumentsApplied` condition's reason and message.
+fn cimd_verdict(
+    policy: &McpAuthPolicy,
+    wanted: Option<&crate::api::ClientIdMetadataDocuments>,
+) -> (&'static str, String) {
+    match (wanted, &policy.spec.client_id_metadata_documents) {
         (Some(c), _) => (
             "Applied",
             format!(
-                "Keycloak accepts client_id metadata documents ({}) from {}; client profile and policy {name}",
+                "Keycloak accepts client_id metadata documents ({}) from {}; client profile and policy {}",
                 cimd::schemes(c).join(", "),
-                cimd::client_id_domains(c).join(", ")
+                cimd::client_id_domains(c).join(", "),
+                cimd::owned_name(policy),
             ),
         ),
         (None, Some(_)) => (
@@ -555,11 +566,12 @@ async fn apply_cimd(
             "NotConfigured",
             "spec.clientIdMetadataDocuments is not set: this policy has no client profile or policy in the realm".to_string(),
         ),
-    })
+    }
 }
 
 async fn cleanup(policy: Arc<McpAuthPolicy>, ctx: &Context) -> Result<Action> {
     let ns = policy.namespace().unwrap_or_default();
+    // Listed, not from the store: a server created a moment ago must hold the policy too.
     let servers: Api<McpServer> = Api::namespaced(ctx.client.clone(), &ns);
     let users: Vec<String> = servers
         .list(&ListParams::default())
@@ -575,44 +587,18 @@ async fn cleanup(policy: Arc<McpAuthPolicy>, ctx: &Context) -> Result<Action> {
             format!("still referenced by McpServer(s) {}", users.join(", ")),
         ));
     }
-    if !wrote_to_keycloak(&policy, ctx).await? {
-        // Released at once, even when its Keycloak is unreachable: there is nothing to undo.
-        return Ok(Action::await_change());
-    }
-    let result = release_realm(&policy, ctx).await;
-    match result {
-        Ok(()) => Ok(Action::await_change()),
-        Err(e) if ctx.namespace_terminating(&ns).await => {
-            ctx.publish(
-                &policy.object_ref(&()),
-                true,
-                "CleanupSkipped",
-                format!("namespace is being deleted; Keycloak cleanup failed: {e}"),
-            )
-            .await;
-            Ok(Action::await_change())
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether the policy ever wrote to Keycloak (`status.keycloakRealm`, recorded before the first
-/// write). The cached object may predate that status write: the API server has the last word.
-async fn wrote_to_keycloak(policy: &McpAuthPolicy, ctx: &Context) -> Result<bool> {
+    // `status.keycloakRealm` is recorded before the first write. Without it there is nothing
+    // to undo, so the policy goes at once, even when its Keycloak is unreachable.
     let recorded = |p: &McpAuthPolicy| {
         p.status
             .as_ref()
             .is_some_and(|s| s.keycloak_realm.is_some())
     };
-    if recorded(policy) {
-        return Ok(true);
-    }
-    let api: Api<McpAuthPolicy> =
-        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
-    Ok(api
-        .get_opt(&policy.name_any())
-        .await?
-        .is_some_and(|p| recorded(&p)))
+    let result = match recorded_live(ctx, policy.as_ref(), recorded).await? {
+        true => release_realm(&policy, ctx).await,
+        false => Ok(()),
+    };
+    finish_cleanup(ctx, policy.as_ref(), result).await
 }
 
 /// Undoes what the policy wrote (with `deletionPolicy: Delete`) and releases its claim — only in
@@ -642,16 +628,12 @@ async fn remove_from_realm(
     realm_id: &str,
 ) -> Result<()> {
     let realm = &policy.spec.keycloak.realm;
-    let assignments = kc.realm_scope_assignments(realm).await?;
     let owner = policy.owner_marker();
-    for s in kc.client_scopes(realm).await? {
-        let ours = s.attributes.as_ref().and_then(|a| a.get(OWNER_ATTRIBUTE)) == Some(&owner);
-        if let (true, Some(id)) = (ours, s.id.as_deref()) {
-            kc.remove_realm_scope(realm, &assignments, id).await?;
-            kc.delete_client_scope(realm, id).await?;
-        }
-    }
-    apply_cimd(policy, ctx, kc, true).await?;
+    let ours = |s: &ClientScopeRepresentation| {
+        s.attributes.as_ref().and_then(|a| a.get(OWNER_ATTRIBUTE)) == Some(&owner)
+    };
+    delete_scopes(kc, realm, ours).await?;
+    settle_cimd(policy, ctx, kc, None, &[]).await?;
     kc.ensure_client_policy_pair(realm, desired::USER_GRANTS_ONLY, None)
         .await?;
     if let Some(mut dcr) = policy.spec.dynamic_client_registration.clone() {
@@ -664,4 +646,52 @@ async fn remove_from_realm(
         }
     }
     Ok(())
+}
+
+/// Deletes the realm's client scopes that `ours` picks, each first removed from the realm's
+/// default or optional list.
+pub(super) async fn delete_scopes(
+    kc: &KeycloakAdminClient,
+    realm: &str,
+    ours: impl Fn(&ClientScopeRepresentation) -> bool,
+) -> Result<()> {
+    let assignments = kc.realm_scope_assignments(realm).await?;
+    for s in kc.client_scopes(realm).await? {
+        if let (true, Some(id)) = (ours(&s), s.id.as_deref()) {
+            kc.remove_realm_scope(realm, &assignments, id).await?;
+            kc.delete_client_scope(realm, id).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grants_verdict;
+    use crate::api::MachineGrant::{self, *};
+
+    #[test]
+    fn the_grants_condition_names_what_stays_open_and_why() {
+        let all = MachineGrant::ALL;
+        let (ok, reason, message) = grants_verdict("r", &all, None);
+        assert!(ok);
+        assert_eq!(reason, "AllRefused");
+        assert!(message.starts_with("Keycloak refuses "), "{message}");
+        assert!(!message.contains("open:"), "{message}");
+        let but = |g: MachineGrant| all.into_iter().filter(move |x| *x != g).collect::<Vec<_>>();
+        let (ok, reason, message) = grants_verdict("r", &but(Password), Some(Password));
+        assert_eq!((ok, reason), (false, "AdminGrantOpen"));
+        assert!(message.ends_with("; open: password (spec.allowedMachineGrants, and password because the operator's admin credentials authenticate in this realm)"), "{message}");
+        let (ok, reason, message) = grants_verdict("r", &but(DeviceCode), None);
+        assert_eq!((ok, reason), (false, "MachineGrantsAllowed"));
+        assert!(
+            message.ends_with("(spec.allowedMachineGrants)"),
+            "{message}"
+        );
+        let (_, _, message) = grants_verdict("r", &[], None);
+        assert!(
+            message.starts_with("Keycloak refuses nothing in realm r; open: "),
+            "{message}"
+        );
+    }
 }

@@ -7,15 +7,20 @@ use std::time::Instant;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use keycloak::types::ClientScopeRepresentation;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
-use super::conditions::{self, READY};
-use super::{apply_if_changed, patch_status_if_changed, Context};
+use super::conditions::{self, Draft, READY};
+use super::finish::{finish, finish_cleanup, recorded_live, At, Staged};
+use super::policy::delete_scopes;
+use super::ssa::{apply_if_changed, patch_status_if_changed};
+use super::Context;
 use crate::api::{
     AuthMode, DeletionPolicy, McpAuthPolicy, McpServer, McpServerStatus, ScopeType, FINALIZER,
+    OWNER_ATTRIBUTE,
 };
 use crate::desired::keycloak as kdesired;
 use crate::desired::workload::{self, WorkloadInputs, SECRET_KEY_CLIENT_SECRET};
@@ -42,14 +47,6 @@ pub async fn reconcile(server: Arc<McpServer>, ctx: Arc<Context>) -> Result<Acti
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.record_reconcile("mcpserver", started.elapsed());
     result
-}
-
-#[derive(Clone, Copy)]
-enum Stage {
-    Policy,
-    Keycloak,
-    Secret,
-    Workload,
 }
 
 /// Resolves the referenced policy and checks that it can serve this server.
@@ -99,316 +96,263 @@ async fn resolve_policy(server: &McpServer, ctx: &Context) -> Result<McpAuthPoli
 }
 
 async fn apply(server: Arc<McpServer>, ctx: &Context, api: &Api<McpServer>) -> Result<Action> {
-    let now = Time(jiff::Timestamp::now());
-    let generation = server.metadata.generation;
-    let old = server.status.clone();
-    let mut status = old.clone().unwrap_or_default();
-    status.observed_generation = generation;
+    let old = server.status.as_ref();
+    let mut status = old.cloned().unwrap_or_default();
+    status.observed_generation = server.metadata.generation;
     status.url = Some(server.canonical_url());
     status.client_id = Some(server.client_id());
     status.secret_name = Some(server.secret_name());
     status.audience_scope = Some(server.audience_scope());
-
-    let outcome = converge(&server, ctx, &mut status, &now).await;
-    let conds = &mut status.conditions;
-    match &outcome {
-        Ok(available) => {
-            if server.spec.auth.mode == AuthMode::None {
-                conditions::upsert(
-                    conds,
-                    UNAUTHENTICATED,
-                    true,
-                    "AuthDisabled",
-                    "auth.mode is None: anyone who reaches the Service can call this MCP server",
-                    generation,
-                    &now,
-                );
-            } else {
-                conds.retain(|c| c.type_ != UNAUTHENTICATED);
-            }
-            if *available {
-                conditions::upsert(
-                    conds,
-                    READY,
-                    true,
-                    "Ready",
-                    "Keycloak client, Secret and workload are ready",
-                    generation,
-                    &now,
-                );
-            } else {
-                conditions::upsert(
-                    conds,
-                    READY,
-                    false,
-                    "Unavailable",
-                    "waiting for an available replica",
-                    generation,
-                    &now,
-                );
-            }
-        }
-        Err((stage, e)) => {
-            let t = match stage {
-                Stage::Policy => POLICY_RESOLVED,
-                Stage::Keycloak => KEYCLOAK_CLIENT_READY,
-                Stage::Secret => SECRET_READY,
-                Stage::Workload => AVAILABLE,
-            };
-            conditions::upsert(conds, t, false, e.reason(), e.to_string(), generation, &now);
-            conditions::upsert(
-                conds,
-                READY,
-                false,
-                e.reason(),
-                e.to_string(),
-                generation,
-                &now,
-            );
-        }
-    }
-    let was_ready = old
-        .as_ref()
-        .is_some_and(|s| conditions::is_true(&s.conditions, READY));
-    let is_ready = conditions::is_true(&status.conditions, READY);
-    let old_reason = old
-        .as_ref()
-        .and_then(|s| conditions::find(&s.conditions, READY))
-        .map(|c| c.reason.clone());
-    patch_status_if_changed(api, server.as_ref(), old.as_ref(), &status).await?;
-    let new_ready = conditions::find(&status.conditions, READY)
-        .cloned()
-        .expect("Ready was just set");
-    if was_ready != is_ready
-        || (!is_ready && old_reason.as_deref() != Some(new_ready.reason.as_str()))
-    {
-        ctx.publish(
-            &server.object_ref(&()),
-            !is_ready && new_ready.reason != "Unavailable",
-            &new_ready.reason,
-            new_ready.message,
-        )
-        .await;
-    }
-    match outcome {
-        Ok(_) => {
-            ctx.reset_failures(&server.metadata.uid.clone().unwrap_or_default());
-            Ok(Action::requeue(ctx.config.resync))
-        }
-        Err((_, e)) => Err(e),
-    }
+    let now = Time(jiff::Timestamp::now());
+    let mut d = Draft::new(status, server.metadata.generation, now);
+    let outcome = converge(&server, ctx, &mut d).await;
+    finish(ctx, api, server.as_ref(), old, d, outcome).await
 }
 
-/// Returns whether the Deployment has an available replica.
-async fn converge(
+/// The stages of a server, in order; each failure is reported on its own condition.
+async fn converge(server: &McpServer, ctx: &Context, d: &mut Draft<McpServerStatus>) -> Staged<()> {
+    let policy = resolve_policy(server, ctx).await.at(POLICY_RESOLVED)?;
+    let using = format!("using McpAuthPolicy {}", policy.name_any());
+    d.set(POLICY_RESOLVED, true, "Resolved", using);
+    let realm = &policy.spec.keycloak.realm;
+    check_url_free(server, ctx, realm)
+        .await
+        .at(POLICY_RESOLVED)?;
+    // Kubernetes Secret first: its value is reused if the Keycloak client must be recreated.
+    let known_secret = known_secret(server, ctx).await.at(SECRET_READY)?;
+    write_ahead(server, ctx, d, realm)
+        .await
+        .at(KEYCLOAK_CLIENT_READY)?;
+    let client_secret = ensure_keycloak(server, ctx, &policy, known_secret, d)
+        .await
+        .at(KEYCLOAK_CLIENT_READY)?;
+    ensure_secret(server, ctx, &client_secret, d)
+        .await
+        .at(SECRET_READY)?;
+    let available = ensure_workload(server, ctx, &policy, &client_secret, d)
+        .await
+        .at(AVAILABLE)?;
+    if server.spec.auth.mode == AuthMode::None {
+        let open = "auth.mode is None: anyone who reaches the Service can call this MCP server";
+        d.set(UNAUTHENTICATED, true, "AuthDisabled", open);
+    } else {
+        d.remove(UNAUTHENTICATED);
+    }
+    match available {
+        true => d.set(
+            READY,
+            true,
+            "Ready",
+            "Keycloak client, Secret and workload are ready",
+        ),
+        false => d.set(
+            READY,
+            false,
+            "Unavailable",
+            "waiting for an available replica",
+        ),
+    }
+    Ok(())
+}
+
+/// The client secret in the server's own Secret, if there is one it owns.
+async fn known_secret(server: &McpServer, ctx: &Context) -> Result<Option<String>> {
+    let ns = server.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(secret) = secrets.get_opt(&server.secret_name()).await? else {
+        return Ok(None);
+    };
+    let uid = server.metadata.uid.as_deref().unwrap_or_default();
+    let owners = secret
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default();
+    if !owners.iter().any(|o| o.uid == uid) {
+        return Ok(None);
+    }
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(SECRET_KEY_CLIENT_SECRET));
+    Ok(value.map(|b| String::from_utf8_lossy(&b.0).to_string()))
+}
+
+/// Records the realm in status *before* the first Keycloak write: cleanup only touches
+/// Keycloak when `status.keycloakRealm` is set, so a crash or an error between creating the
+/// client or scope and the status write at the end would otherwise orphan them. No write once
+/// recorded.
+async fn write_ahead(
     server: &McpServer,
     ctx: &Context,
-    status: &mut McpServerStatus,
-    now: &Time,
-) -> std::result::Result<bool, (Stage, Error)> {
-    let generation = server.metadata.generation;
-    let ns = server.namespace().unwrap_or_default();
-    let uid = server.metadata.uid.clone().unwrap_or_default();
-
-    let policy = resolve_policy(server, ctx)
-        .await
-        .map_err(|e| (Stage::Policy, e))?;
-    conditions::upsert(
-        &mut status.conditions,
-        POLICY_RESOLVED,
-        true,
-        "Resolved",
-        format!("using McpAuthPolicy {}", policy.name_any()),
-        generation,
-        now,
-    );
-    let realm = policy.spec.keycloak.realm.clone();
-    check_url_free(server, ctx, &realm)
-        .await
-        .map_err(|e| (Stage::Policy, e))?;
-
-    // Kubernetes Secret first: its value is reused if the Keycloak client must be recreated.
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing_secret = secrets
-        .get_opt(&server.secret_name())
-        .await
-        .map_err(|e| (Stage::Secret, e.into()))?;
-    let known_secret = existing_secret
-        .as_ref()
-        .filter(|s| {
-            s.metadata
-                .owner_references
-                .as_ref()
-                .is_some_and(|r| r.iter().any(|o| o.uid == uid))
-        })
-        .and_then(|s| {
-            s.data
-                .as_ref()?
-                .get(SECRET_KEY_CLIENT_SECRET)
-                .map(|b| String::from_utf8_lossy(&b.0).to_string())
-        });
-
-    // Write-ahead: record the realm in status *before* the first Keycloak write. Cleanup only
-    // touches Keycloak when `status.keycloakRealm` is set, so a crash (SIGKILL, found by
-    // tests/crash.rs) or an error between creating the client/scope and the status write at the
-    // end of this reconcile would otherwise leave them orphaned when the server is deleted.
-    // One extra status write on a server's first reconcile; none at steady state.
-    if server
+    d: &mut Draft<McpServerStatus>,
+    realm: &str,
+) -> Result<()> {
+    let recorded = server
         .status
         .as_ref()
-        .and_then(|s| s.keycloak_realm.as_deref())
-        != Some(realm.as_str())
-    {
-        status.keycloak_realm = Some(realm.clone());
-        let api: Api<McpServer> = Api::namespaced(ctx.client.clone(), &ns);
-        patch_status_if_changed(&api, server, None, &*status)
-            .await
-            .map_err(|e| (Stage::Keycloak, e))?;
+        .and_then(|s| s.keycloak_realm.as_deref());
+    if recorded == Some(realm) {
+        return Ok(());
     }
+    d.status.keycloak_realm = Some(realm.to_string());
+    let api: Api<McpServer> =
+        Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
+    patch_status_if_changed(&api, server, None, &d.status).await
+}
 
-    let recorded_scope_id = status.audience_scope_id.clone();
-    let keycloak_step = async {
-        let kc = ctx.keycloak_for(&policy).await?;
-        let audience_scope = kdesired::audience_scope(server);
-        // The scope by its recorded id: one small read, where the realm's list grows with every
-        // server. The list when the id is unknown or stale (deleted, or a scope of another name).
-        let by_id = match recorded_scope_id.as_deref() {
-            Some(id) => kc
-                .client_scope(&realm, id)
-                .await?
-                .filter(|s| s.name == audience_scope.name),
-            None => None,
-        };
-        let scopes = match by_id {
-            Some(scope) => vec![scope],
-            None => kc.client_scopes(&realm).await?,
-        };
-        // A foreign scope of our name is refused before the client is created, so the conflict
-        // leaves nothing half-applied in Keycloak (tests/bad_input.rs).
-        crate::keycloak::check_scope_owner(&scopes, &audience_scope, Adopt::Unmarked)?;
-        // Client first: the audience scope's second mapper names it.
-        let client = kc
-            .ensure_introspection_client(
-                &realm,
-                &kdesired::introspection_client(server),
+/// The introspection client and audience scope in Keycloak; returns the client secret. Skips
+/// Keycloak when the same inputs were checked within the window (see
+/// [`Context::keycloak_recently_checked`]).
+async fn ensure_keycloak(
+    server: &McpServer,
+    ctx: &Context,
+    policy: &McpAuthPolicy,
+    known_secret: Option<String>,
+    d: &mut Draft<McpServerStatus>,
+) -> Result<String> {
+    let uid = server.metadata.uid.clone().unwrap_or_default();
+    let recorded_scope_id = d.status.audience_scope_id.clone();
+    let fresh = match (&recorded_scope_id, known_secret.as_deref()) {
+        (Some(scope_id), Some(secret)) => {
+            ctx.keycloak_recently_checked(&uid, &check_inputs(server, policy, scope_id, secret))
+        }
+        _ => false,
+    };
+    let client_secret = match known_secret.clone().filter(|_| fresh) {
+        Some(secret) => secret,
+        None => {
+            let (secret, scope_id) = keycloak_objects(
+                server,
+                ctx,
+                policy,
+                recorded_scope_id.as_deref(),
                 known_secret.as_deref(),
             )
             .await?;
-        let scope_id = kc
-            .ensure_client_scope(
-                &realm,
-                &scopes,
-                &audience_scope,
-                &kdesired::audience_mappers(server),
-                Adopt::Unmarked,
-            )
-            .await?;
-        let assignments = kc.realm_scope_assignments(&realm).await?;
-        // Optional, never default: a default audience scope would put this URL in every token.
-        kc.ensure_realm_scope_type(&realm, &assignments, &scope_id, ScopeType::Optional)
-            .await?;
-        Ok::<_, Error>((client, scope_id))
-    };
-    // Everything the Keycloak step depends on (the secret only as part of a digest).
-    let policy_generation = policy.metadata.generation.unwrap_or_default().to_string();
-    let inputs = |scope_id: &str, secret: &str| {
-        crate::desired::digest(&[
-            &generation.unwrap_or_default().to_string(),
-            policy.metadata.uid.as_deref().unwrap_or_default(),
-            &policy_generation,
-            &realm,
-            scope_id,
-            secret,
-        ])
-    };
-    let recently_checked = match (&recorded_scope_id, &known_secret) {
-        (Some(scope_id), Some(secret))
-            if ctx.keycloak_recently_checked(&uid, &inputs(scope_id, secret)) =>
-        {
-            Some(secret.clone())
-        }
-        _ => None,
-    };
-    let client_secret = match recently_checked {
-        Some(secret) => secret,
-        None => {
-            let ((_uuid, client_secret), scope_id) =
-                keycloak_step.await.map_err(|e| (Stage::Keycloak, e))?;
-            ctx.record_keycloak_check(&uid, inputs(&scope_id, &client_secret));
-            status.audience_scope_id = Some(scope_id);
-            client_secret
+            ctx.record_keycloak_check(&uid, check_inputs(server, policy, &scope_id, &secret));
+            d.status.audience_scope_id = Some(scope_id);
+            secret
         }
     };
-    status.keycloak_realm = Some(realm.clone());
-    conditions::upsert(
-        &mut status.conditions,
-        KEYCLOAK_CLIENT_READY,
-        true,
-        "ClientReady",
-        format!(
-            "client {} and audience scope {} exist in realm {realm}",
-            server.client_id(),
-            server.audience_scope()
-        ),
-        generation,
-        now,
+    let realm = &policy.spec.keycloak.realm;
+    d.status.keycloak_realm = Some(realm.clone());
+    let message = format!(
+        "client {} and audience scope {} exist in realm {realm}",
+        server.client_id(),
+        server.audience_scope()
     );
+    d.set(KEYCLOAK_CLIENT_READY, true, "ClientReady", message);
+    Ok(client_secret)
+}
 
-    let desired_secret = workload::secret(server, &server.client_id(), &client_secret);
-    apply_if_changed(&secrets, &desired_secret, &uid)
-        .await
-        .map_err(|e| (Stage::Secret, e))?;
-    conditions::upsert(
-        &mut status.conditions,
-        SECRET_READY,
-        true,
-        "SecretReady",
-        format!(
-            "Secret {} holds the client credentials",
-            server.secret_name()
-        ),
-        generation,
-        now,
+/// Everything the Keycloak step depends on (the secret only as part of a digest).
+fn check_inputs(
+    server: &McpServer,
+    policy: &McpAuthPolicy,
+    scope_id: &str,
+    secret: &str,
+) -> String {
+    crate::desired::digest(&[
+        &server.metadata.generation.unwrap_or_default().to_string(),
+        policy.metadata.uid.as_deref().unwrap_or_default(),
+        &policy.metadata.generation.unwrap_or_default().to_string(),
+        &policy.spec.keycloak.realm,
+        scope_id,
+        secret,
+    ])
+}
+
+/// Writes what differs of the introspection client and the audience scope; returns the client
+/// secret and the scope's id.
+async fn keycloak_objects(
+    server: &McpServer,
+    ctx: &Context,
+    policy: &McpAuthPolicy,
+    recorded_scope_id: Option<&str>,
+    known_secret: Option<&str>,
+) -> Result<(String, String)> {
+    let realm = &policy.spec.keycloak.realm;
+    let kc = ctx.keycloak_for(policy).await?;
+    let audience_scope = kdesired::audience_scope(server);
+    // The scope by its recorded id: one small read, where the realm's list grows with every
+    // server. The list when the id is unknown or stale (deleted, or a scope of another name).
+    let by_id = match recorded_scope_id {
+        Some(id) => kc.client_scope(realm, id).await?,
+        None => None,
+    };
+    let scopes = match by_id.filter(|s| s.name == audience_scope.name) {
+        Some(scope) => vec![scope],
+        None => kc.client_scopes(realm).await?,
+    };
+    // A foreign scope of our name is refused before the client is created, so the conflict
+    // leaves nothing half-applied in Keycloak.
+    crate::keycloak::check_scope_owner(&scopes, &audience_scope, Adopt::Unmarked)?;
+    // Client first: the audience scope's second mapper names it.
+    let client = kdesired::introspection_client(server);
+    let (_uuid, secret) = kc
+        .ensure_introspection_client(realm, &client, known_secret)
+        .await?;
+    let mappers = kdesired::audience_mappers(server);
+    let scope_id = kc
+        .ensure_client_scope(realm, &scopes, &audience_scope, &mappers, Adopt::Unmarked)
+        .await?;
+    let assignments = kc.realm_scope_assignments(realm).await?;
+    // Optional, never default: a default audience scope would put this URL in every token.
+    kc.ensure_realm_scope_type(realm, &assignments, &scope_id, ScopeType::Optional)
+        .await?;
+    Ok((secret, scope_id))
+}
+
+async fn ensure_secret(
+    server: &McpServer,
+    ctx: &Context,
+    client_secret: &str,
+    d: &mut Draft<McpServerStatus>,
+) -> Result<()> {
+    let ns = server.namespace().unwrap_or_default();
+    let uid = server.metadata.uid.clone().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let desired = workload::secret(server, &server.client_id(), client_secret);
+    apply_if_changed(&secrets, &desired, &uid).await?;
+    let message = format!(
+        "Secret {} holds the client credentials",
+        server.secret_name()
     );
+    d.set(SECRET_READY, true, "SecretReady", message);
+    Ok(())
+}
 
-    let inputs =
-        WorkloadInputs::resolve(server, &policy, &client_secret, &ctx.config.operator_image);
+/// Deployment, Service and NetworkPolicy; returns whether a replica is available.
+async fn ensure_workload(
+    server: &McpServer,
+    ctx: &Context,
+    policy: &McpAuthPolicy,
+    client_secret: &str,
+    d: &mut Draft<McpServerStatus>,
+) -> Result<bool> {
+    let ns = server.namespace().unwrap_or_default();
+    let uid = server.metadata.uid.clone().unwrap_or_default();
+    let inputs = WorkloadInputs::resolve(server, policy, client_secret, &ctx.config.operator_image);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    let workload_step = async {
-        apply_if_changed(&deployments, &workload::deployment(server, &inputs), &uid).await?;
-        apply_if_changed(&services, &workload::service(server), &uid).await?;
-        super::isolation::ensure(server, ctx, status, now).await?;
-        Ok::<_, Error>(deployments.get_opt(&server.name_any()).await?)
-    };
-    let deployment = workload_step.await.map_err(|e| (Stage::Workload, e))?;
-    let dstatus = deployment.and_then(|d| d.status);
-    let ready_replicas = dstatus.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-    let available_replicas = dstatus
-        .as_ref()
-        .and_then(|s| s.available_replicas)
-        .unwrap_or(0);
-    status.ready_replicas = Some(ready_replicas);
+    apply_if_changed(&deployments, &workload::deployment(server, &inputs), &uid).await?;
+    apply_if_changed(&services, &workload::service(server), &uid).await?;
+    super::isolation::ensure(server, ctx, d).await?;
+    let deployment = deployments.get_opt(&server.name_any()).await?;
+    let dstatus = deployment.and_then(|d| d.status).unwrap_or_default();
+    let available_replicas = dstatus.available_replicas.unwrap_or(0);
+    d.status.ready_replicas = Some(dstatus.ready_replicas.unwrap_or(0));
     let available = available_replicas > 0 || server.spec.replicas == 0;
     if available {
-        conditions::upsert(
-            &mut status.conditions,
-            AVAILABLE,
-            true,
-            "MinimumReplicasAvailable",
-            format!("{available_replicas} replica(s) available"),
-            generation,
-            now,
-        );
+        let message = format!("{available_replicas} replica(s) available");
+        d.set(AVAILABLE, true, "MinimumReplicasAvailable", message);
     } else {
-        conditions::upsert(
-            &mut status.conditions,
+        d.set(
             AVAILABLE,
             false,
             "NoReplicasAvailable",
             "no replica is available yet",
-            generation,
-            now,
         );
     }
     Ok(available)
@@ -451,76 +395,43 @@ pub fn url_holder(server: &McpServer, all: &[Arc<McpServer>]) -> Option<String> 
 }
 
 async fn cleanup(server: Arc<McpServer>, ctx: &Context) -> Result<Action> {
-    ctx.forget_keycloak_check(&server.metadata.uid.clone().unwrap_or_default());
     if server.spec.deletion_policy == DeletionPolicy::Retain {
-        return Ok(Action::await_change());
+        return finish_cleanup(ctx, server.as_ref(), Ok(())).await;
     }
-    let ns = server.namespace().unwrap_or_default();
     let recorded = |s: &McpServer| {
         s.status
             .as_ref()
             .is_some_and(|s| s.keycloak_realm.is_some())
     };
-    // The cached object may predate the write-ahead status patch of a reconcile that ran just
-    // before the deletion; ask the API server before concluding nothing was written.
-    if !recorded(&server) {
-        let api: Api<McpServer> = Api::namespaced(ctx.client.clone(), &ns);
-        if !api
-            .get_opt(&server.name_any())
-            .await?
-            .is_some_and(|s| recorded(&s))
-        {
-            // Nothing was ever written to Keycloak.
-            return Ok(Action::await_change());
-        }
-    }
-    let result = async {
-        let api: Api<McpAuthPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-        let policy = api
-            .get_opt(&server.spec.policy_ref.name)
-            .await?
-            .ok_or_else(|| {
-                Error::invalid(
-                    "PolicyNotFound",
-                    format!(
-                        "McpAuthPolicy {ns}/{} is gone; cannot reach Keycloak to clean up",
-                        server.spec.policy_ref.name
-                    ),
-                )
-            })?;
-        let realm = &policy.spec.keycloak.realm;
-        let kc = ctx.keycloak_for_cleanup(&policy).await?;
-        kc.delete_owned_client(realm, &server.client_id(), &server.owner_marker())
-            .await?;
-        let assignments = kc.realm_scope_assignments(realm).await?;
-        for s in kc.client_scopes(realm).await? {
-            let ours = s.name.as_deref() == Some(server.audience_scope().as_str())
-                && s.attributes
-                    .as_ref()
-                    .and_then(|a| a.get(crate::api::OWNER_ATTRIBUTE))
-                    == Some(&server.owner_marker());
-            if let (true, Some(id)) = (ours, s.id.as_deref()) {
-                kc.remove_realm_scope(realm, &assignments, id).await?;
-                kc.delete_client_scope(realm, id).await?;
-            }
-        }
-        Ok::<_, Error>(())
-    }
-    .await;
-    match result {
-        Ok(()) => Ok(Action::await_change()),
-        Err(e) if ctx.namespace_terminating(&ns).await => {
-            ctx.publish(
-                &server.object_ref(&()),
-                true,
-                "CleanupSkipped",
-                format!("namespace is being deleted; Keycloak cleanup failed: {e}"),
-            )
-            .await;
-            Ok(Action::await_change())
-        }
-        Err(e) => Err(e),
-    }
+    let result = match recorded_live(ctx, server.as_ref(), recorded).await? {
+        true => remove_from_keycloak(&server, ctx).await,
+        // Nothing was ever written to Keycloak.
+        false => Ok(()),
+    };
+    finish_cleanup(ctx, server.as_ref(), result).await
+}
+
+/// Deletes the server's introspection client and audience scope (ours only).
+async fn remove_from_keycloak(server: &McpServer, ctx: &Context) -> Result<()> {
+    let ns = server.namespace().unwrap_or_default();
+    let name = &server.spec.policy_ref.name;
+    let api: Api<McpAuthPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let policy = api.get_opt(name).await?.ok_or_else(|| {
+        let message =
+            format!("McpAuthPolicy {ns}/{name} is gone; cannot reach Keycloak to clean up");
+        Error::invalid("PolicyNotFound", message)
+    })?;
+    let realm = &policy.spec.keycloak.realm;
+    let kc = ctx.keycloak_for_cleanup(&policy).await?;
+    let owner = server.owner_marker();
+    kc.delete_owned_client(realm, &server.client_id(), &owner)
+        .await?;
+    let scope = server.audience_scope();
+    let ours = |s: &ClientScopeRepresentation| {
+        let marker = s.attributes.as_ref().and_then(|a| a.get(OWNER_ATTRIBUTE));
+        s.name.as_deref() == Some(scope.as_str()) && marker == Some(&owner)
+    };
+    delete_scopes(&kc, realm, ours).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,62 @@
+//! Writes to Kubernetes, each only when what is there differs (no write at steady state).
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::MANAGER;
+use crate::desired::is_subset;
+use crate::{Error, Result};
+
+/// Server-side applies `desired` unless the live object already matches it. Refuses to take
+/// over an object of the same name that we do not own.
+pub async fn apply_if_changed<K>(api: &Api<K>, desired: &K, owner_uid: &str) -> Result<bool>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    if let Some(live) = api.get_opt(&name).await? {
+        let refs = live.meta().owner_references.as_deref().unwrap_or_default();
+        if !refs.iter().any(|r| r.uid == owner_uid) {
+            return Err(Error::invalid(
+                "ResourceConflict",
+                format!("{name} already exists and is not owned by this McpServer"),
+            ));
+        }
+        if is_subset(
+            &serde_json::to_value(desired)?,
+            &serde_json::to_value(&live)?,
+        ) {
+            return Ok(false);
+        }
+    }
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(desired)).await?;
+    Ok(true)
+}
+
+/// Writes status with server-side apply, only when it differs from `old`.
+pub async fn patch_status_if_changed<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    old: Option<&S>,
+    new: &S,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if old == Some(new) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": new,
+    });
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch_status(&obj.name_any(), &params, &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Wiring: the two controllers, what each watches, their backoffs and readiness probe.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::{policy, server, Context};
+use crate::api::{McpAuthPolicy, McpServer};
+use crate::desired::cimd::requested;
+use crate::desired::workload::MANAGED_BY;
+use crate::Error;
+
+/// Runs both controllers until a shutdown signal. `namespace` restricts them to one namespace.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    run_until_synced(ctx, namespace, |_| {}).await
+}
+
+/// Like [`run`], calling `on_synced(true)` once every watched kind can be listed.
+pub async fn run_until_synced(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    on_synced: impl FnOnce(bool) + Send + 'static,
+) {
+    let apis = Apis::new(&ctx.client, namespace.as_deref());
+    tokio::spawn(probe_listable(apis.clone(), on_synced));
+    let config = Config::default().concurrency(ctx.config.concurrency);
+    let servers = Controller::new(apis.servers.clone(), watcher::Config::default());
+    let server_store = servers.store();
+    let _ = ctx.servers.set(server_store.clone());
+    let servers = server_controller(servers, &apis, server_store, config.clone(), ctx.clone());
+    let policies = policy_controller(&apis, config, ctx);
+    futures::join!(servers, policies);
+}
+
+/// The APIs of every watched kind, in one namespace or cluster-wide.
+#[derive(Clone)]
+struct Apis {
+    servers: Api<McpServer>,
+    policies: Api<McpAuthPolicy>,
+    deployments: Api<Deployment>,
+    secrets: Api<Secret>,
+    services: Api<Service>,
+    network_policies: Api<NetworkPolicy>,
+}
+
+impl Apis {
+    fn new(client: &kube::Client, namespace: Option<&str>) -> Self {
+        fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
+        where
+            K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+        {
+            match ns {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            }
+        }
+        Apis {
+            servers: api(client, namespace),
+            policies: api(client, namespace),
+            deployments: api(client, namespace),
+            secrets: api(client, namespace),
+            services: api(client, namespace),
+            network_policies: api(client, namespace),
+        }
+    }
+}
+
+/// The children the operator made carry this label: only they are watched.
+fn owned_selector() -> String {
+    format!("app.kubernetes.io/managed-by={MANAGED_BY}")
+}
+
+async fn server_controller(
+    controller: Controller<McpServer>,
+    apis: &Apis,
+    server_store: Store<McpServer>,
+    config: Config,
+    ctx: Arc<Context>,
+) {
+    let owned = watcher::Config::default().labels(&owned_selector());
+    // A policy change reconciles the servers that use it.
+    let users_of = move |policy: McpAuthPolicy| {
+        let (ns, name) = (policy.namespace(), policy.name_any());
+        let users = server_store.state().into_iter();
+        let users = users.filter(|s| s.namespace() == ns && s.spec.policy_ref.name == name);
+        users.map(|s| ObjectRef::from_obj(&*s)).collect::<Vec<_>>()
+    };
+    controller
+        .with_config(config)
+        .trigger_backoff(WatchBackoff::default())
+        .owns(apis.deployments.clone(), owned.clone())
+        .owns(apis.secrets.clone(), owned.clone())
+        .owns(apis.services.clone(), owned.clone())
+        .owns(apis.network_policies.clone(), owned)
+        .watches(apis.policies.clone(), watcher::Config::default(), users_of)
+        .shutdown_on_signal()
+        .run(server::reconcile, error_policy("mcpserver"), ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await
+}
+
+async fn policy_controller(apis: &Apis, config: Config, ctx: Arc<Context>) {
+    let controller = Controller::new(apis.policies.clone(), watcher::Config::default());
+    let policy_store = controller.store();
+    let server_trigger = ServerTrigger::default();
+    // A server's audience scope must reach the clients Keycloak created from metadata
+    // documents (see `policy::apply_cimd`): reconcile its policy when the server changes.
+    let policy_of = move |server: McpServer| {
+        server_trigger.policy_to_reconcile(&server, |r| policy_store.get(r))
+    };
+    controller
+        .with_config(config)
+        .trigger_backoff(WatchBackoff::default())
+        .watches(apis.servers.clone(), watcher::Config::default(), policy_of)
+        .shutdown_on_signal()
+        .run(policy::reconcile, error_policy("mcpauthpolicy"), ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await
+}
+
+/// Logs, counts and backs off a failed reconcile.
+fn error_policy<K: Resource<DynamicType = ()>>(
+    controller: &'static str,
+) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
+    move |obj, err, ctx| {
+        let key = obj.meta().uid.clone().unwrap_or_default();
+        ctx.metrics.record_error(controller, err.reason());
+        let delay = ctx.backoff(&key, err.is_permanent());
+        tracing::warn!(
+            controller,
+            name = %obj.meta().name.clone().unwrap_or_default(),
+            namespace = %obj.meta().namespace.clone().unwrap_or_default(),
+            reason = err.reason(),
+            error = %err,
+            retry_in_secs = delay.as_secs(),
+            "reconcile failed"
+        );
+        Action::requeue(delay)
+    }
+}
+
+async fn probe_listable(apis: Apis, on_synced: impl FnOnce(bool)) {
+    let sel = owned_selector();
+    let ok = listable(&apis.servers, None).await
+        && listable(&apis.policies, None).await
+        && listable(&apis.deployments, Some(&sel)).await
+        && listable(&apis.secrets, Some(&sel)).await
+        && listable(&apis.services, Some(&sel)).await
+        && listable(&apis.network_policies, Some(&sel)).await;
+    tracing::info!(ok, "every watched kind is listable");
+    on_synced(ok);
+}
+
+/// Succeeds once `api` answers a LIST (limit 1) with the operator's identity, retrying with a
+/// capped backoff. Readiness is built from these rather than from the controllers' store
+/// readiness: that future keeps a single waker, and a second waiter could take the controller's
+/// own wake-up away.
+async fn listable<K>(api: &Api<K>, selector: Option<&str>) -> bool
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut lp = ListParams::default().limit(1);
+    if let Some(sel) = selector {
+        lp = lp.labels(sel);
+    }
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match api.list_metadata(&lp).await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::debug!(kind = std::any::type_name::<K>(), error = %e, "not listable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Backoff of a controller's watch streams: 0.5 s doubling to at most 5 s, back to 0.5 s after
+/// any event. kube-runtime backs off the *merged* stream of a controller's watches on every
+/// error, and its default (up to 30 s per error) left the operator deaf for minutes after a
+/// kube-apiserver restart, when every watch answers one `410 Gone`.
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const INITIAL: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff {
+            next: Self::INITIAL,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::INITIAL;
+    }
+}
+
+/// Which McpServer events reconcile the server's policy. Only a policy with metadata documents
+/// enabled does anything with its servers (it links their audience scopes to the clients
+/// Keycloak created from documents), and only when a server's spec or recorded audience scope
+/// changed: status writes alone must not bypass the policy's error backoff. Entries go when a
+/// server is being deleted, so this stays bounded.
+#[derive(Default)]
+struct ServerTrigger {
+    seen: Mutex<HashMap<ObjectRef<McpServer>, ServerState>>,
+}
+
+/// What of a server its policy acts on: the generation and the audience scope's Keycloak id
+/// (recorded once the scope exists, so the policy's reconcile finds it).
+type ServerState = (Option<i64>, Option<String>);
+
+impl ServerTrigger {
+    fn policy_to_reconcile(
+        &self,
+        server: &McpServer,
+        policy: impl Fn(&ObjectRef<McpAuthPolicy>) -> Option<Arc<McpAuthPolicy>>,
+    ) -> Option<ObjectRef<McpAuthPolicy>> {
+        let key = ObjectRef::from_obj(server);
+        let mut seen = self.seen.lock().expect("poisoned");
+        if server.metadata.deletion_timestamp.is_some() {
+            seen.remove(&key);
+            return None;
+        }
+        let policy_ref = ObjectRef::<McpAuthPolicy>::new(&server.spec.policy_ref.name)
+            .within(&server.namespace()?);
+        let cimd = policy(&policy_ref).is_some_and(|p| requested(&p).is_some());
+        let scope_id = server
+            .status
+            .as_ref()
+            .and_then(|s| s.audience_scope_id.clone());
+        let state = (server.metadata.generation, scope_id);
+        if !cimd || seen.get(&key) == Some(&state) {
+            return None;
+        }
+        seen.insert(key, state);
+        Some(policy_ref)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ServerTrigger, WatchBackoff};
+    use crate::api::{McpAuthPolicy, McpServer};
+    use kube::runtime::reflector::ObjectRef;
+    use kube::runtime::utils::Backoff;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn server(generation: i64, scope: Option<&str>, deleting: bool) -> McpServer {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "mcpauth.dev/v1alpha1", "kind": "McpServer",
+            "metadata": {
+                "name": "weather", "namespace": "team", "generation": generation,
+                "deletionTimestamp": deleting.then_some("2026-01-01T00:00:00Z"),
+            },
+            "spec": {"image": "img", "policyRef": {"name": "acme"}},
+            "status": {"audienceScopeId": scope},
+        }))
+        .unwrap()
+    }
+
+    fn policy(cimd: Option<bool>) -> Arc<McpAuthPolicy> {
+        let mut spec = serde_json::json!({
+            "keycloak": {"url": "http://kc", "realm": "r", "adminCredentialsSecretRef": {"name": "a"}},
+            "scopes": [{"name": "mcp:tools"}],
+        });
+        if let Some(enabled) = cimd {
+            spec["clientIdMetadataDocuments"] =
+                serde_json::json!({"enabled": enabled, "trustedDomains": ["example.com"]});
+        }
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "mcpauth.dev/v1alpha1", "kind": "McpAuthPolicy",
+                "metadata": {"name": "acme", "namespace": "team"},
+                "spec": spec,
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn server_events_reconcile_a_cimd_policy_only_when_spec_or_audience_scope_change() {
+        let t = ServerTrigger::default();
+        let cimd = |_: &ObjectRef<McpAuthPolicy>| Some(policy(Some(true)));
+        let want = Some(ObjectRef::<McpAuthPolicy>::new("acme").within("team"));
+        // (generation, audience scope id, being deleted) -> whether the policy is reconciled.
+        let steps = [
+            ((1, None, false), true),
+            ((1, None, false), false), // a status-only change (conditions)
+            ((1, Some("s"), false), true),
+            ((1, Some("s"), false), false),
+            ((2, Some("s"), false), true),
+            ((2, Some("s"), true), false), // deletion forgets the server (bounded)
+        ];
+        for ((generation, scope, deleting), fires) in steps {
+            let got = t.policy_to_reconcile(&server(generation, scope, deleting), cimd);
+            assert_eq!(got, if fires { want.clone() } else { None });
+        }
+        assert!(t.seen.lock().unwrap().is_empty());
+        assert_eq!(
+            t.policy_to_reconcile(&server(1, None, false), cimd),
+            want,
+            "recreated"
+        );
+        // Policies without metadata documents (or not known yet) do nothing with servers.
+        let t = ServerTrigger::default();
+        for p in [Some(policy(None)), Some(policy(Some(false))), None] {
+            let got = t.policy_to_reconcile(&server(1, None, false), |_| p.clone());
+            assert_eq!(got, None);
+        }
+    }
+
+    #[test]
+    fn watch_backoff_is_capped_at_five_seconds_and_resets() {
+        let mut b = WatchBackoff::default();
+        let first: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(first, vec![500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
+    }
+}
