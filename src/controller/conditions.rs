@@ -94,12 +94,22 @@ pub struct Draft<S> {
 }
 
 /// Status types that carry standard conditions.
-pub trait WithConditions {
+pub trait WithConditions: Clone + Default {
     fn conditions(&self) -> &[Condition];
+    fn set_observed_generation(&mut self, generation: Option<i64>);
+    /// The realm recorded before the first Keycloak write.
+    fn keycloak_realm(&self) -> Option<&str>;
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
 }
 
 impl<S: WithConditions> Draft<S> {
+    /// A draft of the object's next status: its current one, observing `generation` now.
+    pub fn begin(current: Option<&S>, generation: Option<i64>) -> Self {
+        let mut status = current.cloned().unwrap_or_default();
+        status.set_observed_generation(generation);
+        Self::new(status, generation, Time(jiff::Timestamp::now()))
+    }
+
     pub fn new(status: S, generation: Option<i64>, now: Time) -> Self {
         Draft {
             status,
@@ -136,9 +146,14 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
 mod tests {
     use super::*;
 
+    #[derive(Clone, Default)]
     struct St(Vec<Condition>);
 
     impl WithConditions for St {
+        fn set_observed_generation(&mut self, _: Option<i64>) {}
+        fn keycloak_realm(&self) -> Option<&str> {
+            None
+        }
         fn conditions(&self) -> &[Condition] {
             &self.0
         }

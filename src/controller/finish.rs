@@ -4,9 +4,13 @@
 //! is being deleted.
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
 
 use kube::api::Api;
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -14,7 +18,58 @@ use serde::Serialize;
 use super::conditions::{find, Draft, WithConditions, READY};
 use super::ssa::patch_status_if_changed;
 use super::Context;
+use crate::api::FINALIZER;
 use crate::{Error, Result};
+
+/// A kind the operator reconciles: what it does while the object lives, and when it goes.
+pub trait Reconciled:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The controller's name in metrics and logs.
+    const CONTROLLER: &'static str;
+
+    type Status: WithConditions + Serialize + PartialEq + Send + Sync;
+
+    fn status(&self) -> Option<&Self::Status>;
+
+    /// Whether the object recorded (in status, before its first Keycloak write) that it may
+    /// have written to Keycloak.
+    fn wrote_to_keycloak(&self) -> bool {
+        self.status().is_some_and(|s| s.keycloak_realm().is_some())
+    }
+
+    fn apply(
+        obj: Arc<Self>,
+        ctx: &Context,
+        api: &Api<Self>,
+    ) -> impl Future<Output = Result<Action>> + Send;
+
+    fn cleanup(obj: Arc<Self>, ctx: &Context) -> impl Future<Output = Result<Action>> + Send;
+}
+
+/// One reconcile of either kind, behind the finalizer that guarantees its cleanup.
+pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(o) => K::apply(o, &ctx, &api).await,
+            Finalizer::Cleanup(o) => K::cleanup(o, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .record_reconcile(K::CONTROLLER, started.elapsed());
+    result
+}
 
 /// A stage that failed: the condition it reports on, and the error.
 pub type Failed = (&'static str, Error);
@@ -37,18 +92,14 @@ impl<T, E: Into<Error>> At<T> for std::result::Result<T, E> {
 const PROGRESS_REASONS: &[&str] = &["Unavailable"];
 
 /// Ends an apply: on success the stages have set every condition including `Ready`.
-pub async fn finish<K, S>(
+pub async fn finish<K: Reconciled>(
     ctx: &Context,
     api: &Api<K>,
     obj: &K,
-    old: Option<&S>,
-    mut d: Draft<S>,
+    mut d: Draft<K::Status>,
     outcome: Staged<()>,
-) -> Result<Action>
-where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
-    S: WithConditions + Serialize + PartialEq,
-{
+) -> Result<Action> {
+    let old = obj.status();
     if let Err((condition, e)) = &outcome {
         d.set(condition, false, e.reason(), e.to_string());
         d.set(READY, false, e.reason(), e.to_string());
@@ -103,21 +154,25 @@ where
     Ok(Action::await_change())
 }
 
-/// Whether `recorded` holds for the object — the cached one, else as the API server has it now:
-/// the cache may predate the write-ahead status patch of a reconcile that ran just before.
-pub async fn recorded_live<K>(ctx: &Context, obj: &K, recorded: impl Fn(&K) -> bool) -> Result<bool>
+/// Ends a cleanup that must undo Keycloak writes: `undo` runs only if the object recorded one —
+/// in the cached object, else as the API server has it now (the cache may predate the
+/// write-ahead status patch of a reconcile that ran just before). Without the record the object
+/// goes at once, even when its Keycloak is unreachable: there is nothing to undo.
+pub async fn cleanup_keycloak<K, F>(ctx: &Context, obj: &K, undo: F) -> Result<Action>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
+    K: Reconciled,
+    F: Future<Output = Result<()>>,
 {
-    if recorded(obj) {
-        return Ok(true);
-    }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let live = api.get_opt(&obj.name_any()).await?;
-    Ok(live.is_some_and(|o| recorded(&o)))
+    let written = obj.wrote_to_keycloak() || {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+        let live = api.get_opt(&obj.name_any()).await?;
+        live.is_some_and(|o| o.wrote_to_keycloak())
+    };
+    let result = match written {
+        true => undo.await,
+        false => Ok(()),
+    };
+    finish_cleanup(ctx, obj, result).await
 }
 
 #[cfg(test)]

@@ -5,10 +5,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams};
 use kube::ResourceExt;
 
-use super::conditions::Draft;
+use super::server::Run;
 use super::ssa::apply_if_changed;
-use super::Context;
-use crate::api::{McpServer, McpServerStatus};
+
 use crate::desired::workload;
 use crate::Result;
 
@@ -16,50 +15,47 @@ pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
 
 /// Brings the server's NetworkPolicy in line and records the outcome as a condition. Writes
 /// nothing at steady state (apply only on difference; the prune path only reads).
-pub async fn ensure(
-    server: &McpServer,
-    ctx: &Context,
-    d: &mut Draft<McpServerStatus>,
-) -> Result<()> {
-    let ns = server.namespace().unwrap_or_default();
-    let uid = server.metadata.uid.clone().unwrap_or_default();
-    let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let operator_on = ctx.config.server_network_policies;
-    let (on, reason, message) = if workload::network_policy_enabled(server, operator_on) {
-        let desired = workload::network_policy(server, ctx.config.metrics_peer.as_ref());
-        apply_if_changed(&api, &desired, &uid).await?;
-        (
-            true,
-            "NetworkPolicyApplied",
-            format!(
-                "NetworkPolicy {} admits only the {} port",
-                server.name_any(),
-                if server.spec.auth.mode == crate::api::AuthMode::Proxy {
-                    "gateway (and metrics)"
-                } else {
-                    "server"
-                }
-            ),
-        )
-    } else {
-        prune(&api, &server.name_any(), &uid).await?;
-        if operator_on {
+impl Run<'_> {
+    pub(super) async fn isolate(&mut self) -> Result<()> {
+        let (server, ctx, uid) = (self.server, self.ctx, self.uid.clone());
+        let api: Api<NetworkPolicy> = self.api();
+        let operator_on = ctx.config.server_network_policies;
+        let (on, reason, message) = if workload::network_policy_enabled(server, operator_on) {
+            let desired = workload::network_policy(server, ctx.config.metrics_peer.as_ref());
+            apply_if_changed(&api, &desired, &uid).await?;
             (
-                false,
-                "OptedOut",
-                "spec.networkPolicy.enabled is false: any pod can reach the server's pods"
-                    .to_string(),
+                true,
+                "NetworkPolicyApplied",
+                format!(
+                    "NetworkPolicy {} admits only the {} port",
+                    server.name_any(),
+                    if server.spec.auth.mode == crate::api::AuthMode::Proxy {
+                        "gateway (and metrics)"
+                    } else {
+                        "server"
+                    }
+                ),
             )
         } else {
-            (
-                false,
-                "DisabledByOperator",
-                "the operator runs without per-server NetworkPolicies".to_string(),
-            )
-        }
-    };
-    d.set(NETWORK_ISOLATED, on, reason, message);
-    Ok(())
+            prune(&api, &server.name_any(), &uid).await?;
+            if operator_on {
+                (
+                    false,
+                    "OptedOut",
+                    "spec.networkPolicy.enabled is false: any pod can reach the server's pods"
+                        .to_string(),
+                )
+            } else {
+                (
+                    false,
+                    "DisabledByOperator",
+                    "the operator runs without per-server NetworkPolicies".to_string(),
+                )
+            }
+        };
+        self.d.set(NETWORK_ISOLATED, on, reason, message);
+        Ok(())
+    }
 }
 
 /// Deletes the NetworkPolicy of that name if (and only if) this server owns it.

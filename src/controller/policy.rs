@@ -2,22 +2,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keycloak::types::{ClientRepresentation, ClientScopeRepresentation, RealmRepresentation};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Resource, ResourceExt};
 
 use super::conditions::{Draft, READY};
-use super::finish::{finish, finish_cleanup, recorded_live, At, Staged};
+use super::finish::{cleanup_keycloak, finish, At, Reconciled, Staged};
 use super::ssa::patch_status_if_changed;
 use super::Context;
 use crate::api::{
     DeletionPolicy, MachineGrant, McpAuthPolicy, McpAuthPolicyStatus, McpServer, ScopeType,
-    FINALIZER, OWNER_ATTRIBUTE,
+    OWNER_ATTRIBUTE,
 };
 use crate::desired::cimd::{self, Admission, CimdClientPlan};
 use crate::desired::keycloak::{self as desired, RealmClaim};
@@ -35,237 +32,280 @@ pub const MACHINE_GRANTS_REFUSED: &str = "MachineGrantsRefused";
 /// refuses anonymous registration at 100%), like a node's `DiskPressure`.
 pub const CLIENT_LIMIT_PRESSURE: &str = "ClientLimitPressure";
 
-pub async fn reconcile(policy: Arc<McpAuthPolicy>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let ns = policy.namespace().unwrap_or_default();
-    let api: Api<McpAuthPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, policy, |event| async {
-        match event {
-            Finalizer::Apply(p) => apply(p, &ctx, &api).await,
-            Finalizer::Cleanup(p) => cleanup(p, &ctx).await,
+impl Reconciled for McpAuthPolicy {
+    type Status = McpAuthPolicyStatus;
+    const CONTROLLER: &'static str = "mcpauthpolicy";
+
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    async fn apply(
+        policy: Arc<McpAuthPolicy>,
+        ctx: &Context,
+        api: &Api<McpAuthPolicy>,
+    ) -> Result<Action> {
+        let old = policy.status.as_ref();
+        let mut d = Draft::begin(old, policy.metadata.generation);
+        d.status.issuer = Some(policy.issuer());
+        let (d, outcome) = match ctx.keycloak_for(&policy).await {
+            Err(e) => (d, Err((KEYCLOAK_REACHABLE, e))),
+            Ok(kc) => {
+                let realm = &policy.spec.keycloak.realm;
+                let mut run = Run {
+                    policy: &policy,
+                    realm,
+                    ctx,
+                    api,
+                    kc,
+                    d,
+                };
+                let outcome = run.configure().await;
+                (run.d, outcome)
+            }
+        };
+        finish(ctx, api, policy.as_ref(), d, outcome).await
+    }
+
+    async fn cleanup(policy: Arc<McpAuthPolicy>, ctx: &Context) -> Result<Action> {
+        let ns = policy.namespace().unwrap_or_default();
+        // Listed, not from the store: a server created a moment ago must hold the policy too.
+        let servers: Api<McpServer> = Api::namespaced(ctx.client.clone(), &ns);
+        let users: Vec<String> = servers
+            .list(&ListParams::default())
+            .await?
+            .into_iter()
+            .filter(|s| s.spec.policy_ref.name == policy.name_any())
+            .map(|s| s.name_any())
+            .collect();
+        if !users.is_empty() {
+            // A policy is not torn down from under the servers that use it.
+            return Err(Error::invalid(
+                "PolicyInUse",
+                format!("still referenced by McpServer(s) {}", users.join(", ")),
+            ));
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics
-        .record_reconcile("mcpauthpolicy", started.elapsed());
-    result
-}
-
-async fn apply(
-    policy: Arc<McpAuthPolicy>,
-    ctx: &Context,
-    api: &Api<McpAuthPolicy>,
-) -> Result<Action> {
-    let old = policy.status.as_ref();
-    let mut status = old.cloned().unwrap_or_default();
-    status.observed_generation = policy.metadata.generation;
-    status.issuer = Some(policy.issuer());
-    let now = Time(jiff::Timestamp::now());
-    let mut d = Draft::new(status, policy.metadata.generation, now);
-    let outcome = configure(&policy, ctx, api, &mut d).await;
-    finish(ctx, api, policy.as_ref(), old, d, outcome).await
-}
-
-/// The stages of a policy, in order; each failure is reported on its own condition.
-async fn configure(
-    policy: &McpAuthPolicy,
-    ctx: &Context,
-    api: &Api<McpAuthPolicy>,
-    d: &mut Draft<McpAuthPolicyStatus>,
-) -> Staged<()> {
-    let kc = ctx.keycloak_for(policy).await.at(KEYCLOAK_REACHABLE)?;
-    let realm_id = claim_realm(policy, &kc, api, d).await?;
-    configure_scopes(policy, &kc, d)
-        .await
-        .at(REALM_CONFIGURED)?;
-    configure_registration(policy, &kc, &realm_id, d)
-        .await
-        .at(REGISTRATION_POLICY_APPLIED)?;
-    refuse_machine_grants(policy, &kc, d)
-        .await
-        .at(MACHINE_GRANTS_REFUSED)?;
-    client_limit_guard(policy, ctx, &kc, d)
-        .await
-        .at(REGISTRATION_POLICY_APPLIED)?;
-    let (reason, message) = apply_cimd(policy, ctx, &kc).await.at(CIMD_APPLIED)?;
-    d.set(CIMD_APPLIED, true, reason, message);
-    d.set(READY, true, "Ready", "Keycloak realm configured");
-    Ok(())
-}
-
-/// Records `realm` in status before the first Keycloak write (realm creation or the claim), so
-/// deletion knows whether there is anything to clean up — and that nothing was ever written when
-/// it is not there. No write once recorded.
-async fn write_ahead(
-    policy: &McpAuthPolicy,
-    api: &Api<McpAuthPolicy>,
-    status: &mut McpAuthPolicyStatus,
-) -> Result<()> {
-    let realm = &policy.spec.keycloak.realm;
-    let recorded = policy
-        .status
-        .as_ref()
-        .and_then(|s| s.keycloak_realm.as_ref());
-    if recorded == Some(realm) {
-        return Ok(());
+        cleanup_keycloak(ctx, policy.as_ref(), release_realm(&policy, ctx)).await
     }
-    status.keycloak_realm = Some(realm.clone());
-    patch_status_if_changed(api, policy, None, &*status).await
 }
 
-/// The realm as Keycloak has it, created first if the spec asks for it.
-async fn live_realm(
-    policy: &McpAuthPolicy,
-    kc: &KeycloakAdminClient,
-    api: &Api<McpAuthPolicy>,
-    d: &mut Draft<McpAuthPolicyStatus>,
-) -> Staged<RealmRepresentation> {
-    let spec = &policy.spec.keycloak;
-    let realm = &spec.realm;
-    if let Some(r) = kc.realm(realm).await.at(KEYCLOAK_REACHABLE)? {
-        return Ok(r);
+/// One reconcile of a policy: what its stages read, and the status they build.
+struct Run<'a> {
+    policy: &'a McpAuthPolicy,
+    realm: &'a str,
+    ctx: &'a Context,
+    api: &'a Api<McpAuthPolicy>,
+    kc: Arc<KeycloakAdminClient>,
+    d: Draft<McpAuthPolicyStatus>,
+}
+
+impl Run<'_> {
+    /// The stages, in order; each failure is reported on its own condition.
+    async fn configure(&mut self) -> Staged<()> {
+        let realm_id = self.claim_realm().await?;
+        self.configure_scopes().await.at(REALM_CONFIGURED)?;
+        self.configure_registration(&realm_id)
+            .await
+            .at(REGISTRATION_POLICY_APPLIED)?;
+        self.refuse_machine_grants()
+            .await
+            .at(MACHINE_GRANTS_REFUSED)?;
+        self.client_limit_guard()
+            .await
+            .at(REGISTRATION_POLICY_APPLIED)?;
+        let (reason, message) = apply_cimd(self.policy, self.ctx, &self.kc)
+            .await
+            .at(CIMD_APPLIED)?;
+        self.d.set(CIMD_APPLIED, true, reason, message);
+        self.d
+            .set(READY, true, "Ready", "Keycloak realm configured");
+        Ok(())
     }
-    if !spec.create_realm {
-        let message = format!("realm {realm} does not exist in Keycloak and createRealm is false");
-        return Err((REALM_CONFIGURED, Error::invalid("RealmNotFound", message)));
+
+    /// Records `realm` in status before the first Keycloak write (realm creation or the
+    /// claim), so deletion knows whether there is anything to clean up — and that nothing was
+    /// ever written when it is not there. No write once recorded.
+    async fn write_ahead(&mut self) -> Result<()> {
+        let status = self.policy.status.as_ref();
+        if status.and_then(|s| s.keycloak_realm.as_deref()) == Some(self.realm) {
+            return Ok(());
+        }
+        self.d.status.keycloak_realm = Some(self.realm.to_string());
+        patch_status_if_changed(self.api, self.policy, None, &self.d.status).await
     }
-    let created = async {
-        write_ahead(policy, api, &mut d.status).await?;
-        kc.create_realm(realm).await?;
-        kc.realm(realm).await
-    };
-    Ok(created.await.at(REALM_CONFIGURED)?.unwrap_or_default())
+
+    /// The realm as Keycloak has it, created first if the spec asks for it.
+    async fn live_realm(&mut self) -> Staged<RealmRepresentation> {
+        let (realm, kc) = (self.realm, self.kc.clone());
+        if let Some(r) = kc.realm(realm).await.at(KEYCLOAK_REACHABLE)? {
+            return Ok(r);
+        }
+        if !self.policy.spec.keycloak.create_realm {
+            let message =
+                format!("realm {realm} does not exist in Keycloak and createRealm is false");
+            return Err((REALM_CONFIGURED, Error::invalid("RealmNotFound", message)));
+        }
+        let created = async {
+            self.write_ahead().await?;
+            kc.create_realm(realm).await?;
+            kc.realm(realm).await
+        };
+        Ok(created.await.at(REALM_CONFIGURED)?.unwrap_or_default())
+    }
+
+    /// The realm's id, once this policy holds the realm: it claims a free realm (the owner
+    /// marker as a realm attribute, so every operator replica and every operator agrees), and
+    /// writes nothing to a realm another policy holds (`RealmClaimed`).
+    async fn claim_realm(&mut self) -> Staged<String> {
+        let (realm, kc) = (self.realm, self.kc.clone());
+        let live = self.live_realm().await?;
+        let reachable = format!("admin API of {} answers", kc.base_url());
+        self.d.set(KEYCLOAK_REACHABLE, true, "Connected", reachable);
+        let me = self.policy.owner_marker();
+        let claimed_by = |other: String| {
+            (REALM_CONFIGURED, Error::invalid(
+                "RealmClaimed",
+                format!("realm {realm} is managed by {other}; this policy writes nothing to it (to hand it over, delete that policy: its claim is released)"),
+            ))
+        };
+        match desired::realm_claim(realm_owner(&live).as_deref(), &me) {
+            RealmClaim::Ours => {}
+            RealmClaim::Other(other) => return Err(claimed_by(other)),
+            RealmClaim::Free => {
+                let claim = async {
+                    self.write_ahead().await?;
+                    kc.set_realm_attribute(realm, OWNER_ATTRIBUTE, &me).await?;
+                    // Two claims at once: the last write wins, and the loser finds out here.
+                    kc.realm(realm).await
+                };
+                let after = claim.await.at(REALM_CONFIGURED)?;
+                let owner = after.as_ref().and_then(realm_owner);
+                if let RealmClaim::Other(other) = desired::realm_claim(owner.as_deref(), &me) {
+                    return Err(claimed_by(other));
+                }
+            }
+        }
+        let no_id = || Error::KeycloakApi {
+            operation: "read realm".into(),
+            status: 200,
+            message: "realm has no id".into(),
+        };
+        live.id
+            .map(|id| id.to_string())
+            .ok_or_else(|| (REALM_CONFIGURED, no_id()))
+    }
+
+    /// The policy's client scopes, each a realm default or optional scope as the spec says.
+    async fn configure_scopes(&mut self) -> Result<()> {
+        let (policy, realm, kc) = (self.policy, self.realm, &self.kc);
+        let existing = kc.client_scopes(realm).await?;
+        let assignments = kc.realm_scope_assignments(realm).await?;
+        for scope in &policy.spec.scopes {
+            let rep = desired::policy_scope(policy, scope);
+            let id = kc
+                .ensure_client_scope(realm, &existing, &rep, &[], Adopt::PolicyScopes)
+                .await?;
+            kc.ensure_realm_scope_type(realm, &assignments, &id, scope.r#type)
+                .await?;
+        }
+        let names: Vec<_> = policy.spec.scopes.iter().map(|s| s.name.as_str()).collect();
+        let names = names.join(", ");
+        let message =
+            format!("realm {realm} is managed by this policy and has client scopes {names}");
+        self.d
+            .set(REALM_CONFIGURED, true, "ScopesConfigured", message);
+        Ok(())
+    }
+
+    /// Anonymous registration policies, when the spec manages them.
+    async fn configure_registration(&mut self, realm_id: &str) -> Result<()> {
+        let policy = self.policy;
+        let (Some(rp), Some(dcr)) = (
+            desired::registration_policies(policy),
+            policy.spec.dynamic_client_registration.as_ref(),
+        ) else {
+            self.d.status.registration_endpoint = None;
+            let message =
+                "spec.dynamicClientRegistration is not set; registration policies are left as they are";
+            self.d
+                .set(REGISTRATION_POLICY_APPLIED, true, "Unmanaged", message);
+            return Ok(());
+        };
+        let kc = &self.kc;
+        let foreign = kc
+            .ensure_registration_policies(self.realm, realm_id, &rp)
+            .await?;
+        let also = match foreign.is_empty() {
+            true => String::new(),
+            false => format!(
+                "; further anonymous policies not managed by the operator also apply: {}",
+                foreign.join(", ")
+            ),
+        };
+        let (reason, message) = if dcr.enabled {
+            self.d.status.registration_endpoint = Some(policy.registration_endpoint());
+            let hosts = desired::trusted_hosts(dcr).join(", ");
+            (
+                "RegistrationOpen",
+                format!("anonymous registration allowed for hosts {hosts}{also}"),
+            )
+        } else {
+            self.d.status.registration_endpoint = None;
+            (
+                "RegistrationClosed",
+                format!("anonymous registration is closed{also}"),
+            )
+        };
+        self.d
+            .set(REGISTRATION_POLICY_APPLIED, true, reason, message);
+        Ok(())
+    }
+
+    /// Keycloak refuses grants without a user for every client of the realm, but those the
+    /// spec opens (condition `MachineGrantsRefused` lists what stays open and why).
+    async fn refuse_machine_grants(&mut self) -> Result<()> {
+        let admin = admin_grant(self.policy, &self.kc);
+        let refused = desired::refused_grants(self.policy, admin);
+        let wanted = desired::user_grants_only(&refused);
+        let wanted = wanted.as_ref().map(|(p, q)| (p, q));
+        self.kc
+            .ensure_client_policy_pair(self.realm, desired::USER_GRANTS_ONLY, wanted)
+            .await?;
+        let (ok, reason, message) = grants_verdict(self.realm, &refused, admin);
+        self.d.set(MACHINE_GRANTS_REFUSED, ok, reason, message);
+        Ok(())
+    }
+
+    /// DCR guard rail: `status.realmClients` against `maxClients`, the `ClientLimitPressure`
+    /// condition, and a Warning event when the realm gets close to (>= 90%) or reaches the
+    /// limit. Counted with paged probes starting at the last count: one small read at steady
+    /// state.
+    async fn client_limit_guard(&mut self) -> Result<()> {
+        let d = &mut self.d;
+        let Some(dcr) = &self.policy.spec.dynamic_client_registration else {
+            d.status.realm_clients = None;
+            d.remove(CLIENT_LIMIT_PRESSURE);
+            return Ok(());
+        };
+        let hint = d.status.realm_clients.and_then(|n| usize::try_from(n).ok());
+        let count = self.kc.count_clients(self.realm, hint).await? as i64;
+        d.status.realm_clients = Some(count);
+        let (pressure, reason, message) = cimd::client_pressure(count, dcr.max_clients.into());
+        let before = d.get(CLIENT_LIMIT_PRESSURE).map(|c| c.reason.clone());
+        if pressure && before.as_deref() != Some(reason) {
+            let note = message.clone();
+            self.ctx
+                .publish(&self.policy.object_ref(&()), true, reason, note)
+                .await;
+        }
+        d.set(CLIENT_LIMIT_PRESSURE, pressure, reason, message);
+        Ok(())
+    }
 }
 
 fn realm_owner(r: &RealmRepresentation) -> Option<String> {
     let attributes = r.attributes.as_ref()?;
     attributes.get(OWNER_ATTRIBUTE).map(|v| v.to_string())
-}
-
-/// The realm's id, once this policy holds the realm: it claims a free realm (the owner marker
-/// as a realm attribute, so every operator replica and every operator agrees), and writes
-/// nothing to a realm another policy holds (`RealmClaimed`).
-async fn claim_realm(
-    policy: &McpAuthPolicy,
-    kc: &KeycloakAdminClient,
-    api: &Api<McpAuthPolicy>,
-    d: &mut Draft<McpAuthPolicyStatus>,
-) -> Staged<String> {
-    let realm = &policy.spec.keycloak.realm;
-    let live = live_realm(policy, kc, api, d).await?;
-    let reachable = format!("admin API of {} answers", kc.base_url());
-    d.set(KEYCLOAK_REACHABLE, true, "Connected", reachable);
-    let me = policy.owner_marker();
-    let claimed_by = |other: String| {
-        (REALM_CONFIGURED, Error::invalid(
-            "RealmClaimed",
-            format!("realm {realm} is managed by {other}; this policy writes nothing to it (to hand it over, delete that policy: its claim is released)"),
-        ))
-    };
-    match desired::realm_claim(realm_owner(&live).as_deref(), &me) {
-        RealmClaim::Ours => {}
-        RealmClaim::Other(other) => return Err(claimed_by(other)),
-        RealmClaim::Free => {
-            let claim = async {
-                write_ahead(policy, api, &mut d.status).await?;
-                kc.set_realm_attribute(realm, OWNER_ATTRIBUTE, &me).await?;
-                // Two claims at once: the last write wins, and the loser finds out here.
-                kc.realm(realm).await
-            };
-            let after = claim.await.at(REALM_CONFIGURED)?;
-            let owner = after.as_ref().and_then(realm_owner);
-            if let RealmClaim::Other(other) = desired::realm_claim(owner.as_deref(), &me) {
-                return Err(claimed_by(other));
-            }
-        }
-    }
-    let no_id = || Error::KeycloakApi {
-        operation: "read realm".into(),
-        status: 200,
-        message: "realm has no id".into(),
-    };
-    live.id
-        .map(|id| id.to_string())
-        .ok_or_else(|| (REALM_CONFIGURED, no_id()))
-}
-
-/// The policy's client scopes, each a realm default or optional scope as the spec says.
-async fn configure_scopes(
-    policy: &McpAuthPolicy,
-    kc: &KeycloakAdminClient,
-    d: &mut Draft<McpAuthPolicyStatus>,
-) -> Result<()> {
-    let realm = &policy.spec.keycloak.realm;
-    let existing = kc.client_scopes(realm).await?;
-    let assignments = kc.realm_scope_assignments(realm).await?;
-    for scope in &policy.spec.scopes {
-        let rep = desired::policy_scope(policy, scope);
-        let id = kc
-            .ensure_client_scope(realm, &existing, &rep, &[], Adopt::PolicyScopes)
-            .await?;
-        kc.ensure_realm_scope_type(realm, &assignments, &id, scope.r#type)
-            .await?;
-    }
-    let names: Vec<_> = policy.spec.scopes.iter().map(|s| s.name.as_str()).collect();
-    let message = format!(
-        "realm {realm} is managed by this policy and has client scopes {}",
-        names.join(", ")
-    );
-    d.set(REALM_CONFIGURED, true, "ScopesConfigured", message);
-    Ok(())
-}
-
-/// Anonymous registration policies, when the spec manages them.
-async fn configure_registration(
-    policy: &McpAuthPolicy,
-    kc: &KeycloakAdminClient,
-    realm_id: &str,
-    d: &mut Draft<McpAuthPolicyStatus>,
-) -> Result<()> {
-    let realm = &policy.spec.keycloak.realm;
-    let (Some(rp), Some(dcr)) = (
-        desired::registration_policies(policy),
-        policy.spec.dynamic_client_registration.as_ref(),
-    ) else {
-        d.status.registration_endpoint = None;
-        let message =
-            "spec.dynamicClientRegistration is not set; registration policies are left as they are";
-        d.set(REGISTRATION_POLICY_APPLIED, true, "Unmanaged", message);
-        return Ok(());
-    };
-    let foreign = kc
-        .ensure_registration_policies(realm, realm_id, &rp)
-        .await?;
-    let also = if foreign.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; further anonymous policies not managed by the operator also apply: {}",
-            foreign.join(", ")
-        )
-    };
-    if dcr.enabled {
-        d.status.registration_endpoint = Some(policy.registration_endpoint());
-        let hosts = desired::trusted_hosts(dcr).join(", ");
-        let message = format!("anonymous registration allowed for hosts {hosts}{also}");
-        d.set(
-            REGISTRATION_POLICY_APPLIED,
-            true,
-            "RegistrationOpen",
-            message,
-        );
-    } else {
-        d.status.registration_endpoint = None;
-        let message = format!("anonymous registration is closed{also}");
-        d.set(
-            REGISTRATION_POLICY_APPLIED,
-            true,
-            "RegistrationClosed",
-            message,
-        );
-    }
-    Ok(())
 }
 
 /// The grant the operator's own admin credentials use, when they authenticate in the managed
@@ -274,25 +314,6 @@ fn admin_grant(policy: &McpAuthPolicy, kc: &KeycloakAdminClient) -> Option<Machi
     let k = &policy.spec.keycloak;
     let auth_realm = k.admin_credentials_secret_ref.auth_realm.as_deref();
     (auth_realm.unwrap_or(super::DEFAULT_AUTH_REALM) == k.realm).then(|| kc.grant())
-}
-
-/// Keycloak refuses grants without a user for every client of the realm, but those the spec
-/// opens (condition `MachineGrantsRefused` lists what stays open and why).
-async fn refuse_machine_grants(
-    policy: &McpAuthPolicy,
-    kc: &KeycloakAdminClient,
-    d: &mut Draft<McpAuthPolicyStatus>,
-) -> Result<()> {
-    let realm = &policy.spec.keycloak.realm;
-    let admin = admin_grant(policy, kc);
-    let refused = desired::refused_grants(policy, admin);
-    let wanted = desired::user_grants_only(&refused);
-    let wanted = wanted.as_ref().map(|(p, q)| (p, q));
-    kc.ensure_client_policy_pair(realm, desired::USER_GRANTS_ONLY, wanted)
-        .await?;
-    let (ok, reason, message) = grants_verdict(realm, &refused, admin);
-    d.set(MACHINE_GRANTS_REFUSED, ok, reason, message);
-    Ok(())
 }
 
 /// The `MachineGrantsRefused` condition for what the realm refuses (`refused`), given the grant
@@ -333,33 +354,6 @@ fn grants_verdict(
         ));
     }
     (ok, reason, message)
-}
-
-/// DCR guard rail: `status.realmClients` against `maxClients`, the `ClientLimitPressure`
-/// condition, and a Warning event when the realm gets close to (>= 90%) or reaches the limit.
-/// Counted with paged probes starting at the last count: one small read at steady state.
-async fn client_limit_guard(
-    policy: &McpAuthPolicy,
-    ctx: &Context,
-    kc: &KeycloakAdminClient,
-    d: &mut Draft<McpAuthPolicyStatus>,
-) -> Result<()> {
-    let Some(dcr) = &policy.spec.dynamic_client_registration else {
-        d.status.realm_clients = None;
-        d.remove(CLIENT_LIMIT_PRESSURE);
-        return Ok(());
-    };
-    let hint = d.status.realm_clients.and_then(|n| usize::try_from(n).ok());
-    let count = kc.count_clients(&policy.spec.keycloak.realm, hint).await? as i64;
-    d.status.realm_clients = Some(count);
-    let (pressure, reason, message) = cimd::client_pressure(count, dcr.max_clients.into());
-    let before = d.get(CLIENT_LIMIT_PRESSURE).map(|c| c.reason.clone());
-    if pressure && before.as_deref() != Some(reason) {
-        ctx.publish(&policy.object_ref(&()), true, reason, message.clone())
-            .await;
-    }
-    d.set(CLIENT_LIMIT_PRESSURE, pressure, reason, message);
-    Ok(())
 }
 
 /// Client ID Metadata Documents: our client profile + policy in the realm (or their removal),
@@ -567,38 +561,6 @@ fn cimd_verdict(
             "spec.clientIdMetadataDocuments is not set: this policy has no client profile or policy in the realm".to_string(),
         ),
     }
-}
-
-async fn cleanup(policy: Arc<McpAuthPolicy>, ctx: &Context) -> Result<Action> {
-    let ns = policy.namespace().unwrap_or_default();
-    // Listed, not from the store: a server created a moment ago must hold the policy too.
-    let servers: Api<McpServer> = Api::namespaced(ctx.client.clone(), &ns);
-    let users: Vec<String> = servers
-        .list(&ListParams::default())
-        .await?
-        .into_iter()
-        .filter(|s| s.spec.policy_ref.name == policy.name_any())
-        .map(|s| s.name_any())
-        .collect();
-    if !users.is_empty() {
-        // A policy is not torn down from under the servers that use it.
-        return Err(Error::invalid(
-            "PolicyInUse",
-            format!("still referenced by McpServer(s) {}", users.join(", ")),
-        ));
-    }
-    // `status.keycloakRealm` is recorded before the first write. Without it there is nothing
-    // to undo, so the policy goes at once, even when its Keycloak is unreachable.
-    let recorded = |p: &McpAuthPolicy| {
-        p.status
-            .as_ref()
-            .is_some_and(|s| s.keycloak_realm.is_some())
-    };
-    let result = match recorded_live(ctx, policy.as_ref(), recorded).await? {
-        true => release_realm(&policy, ctx).await,
-        false => Ok(()),
-    };
-    finish_cleanup(ctx, policy.as_ref(), result).await
 }
 
 /// Undoes what the policy wrote (with `deletionPolicy: Delete`) and releases its claim — only in

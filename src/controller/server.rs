@@ -2,51 +2,54 @@
 //! Secret, the Deployment and the Service.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keycloak::types::ClientScopeRepresentation;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::ResourceExt;
 
 use super::conditions::{self, Draft, READY};
-use super::finish::{finish, finish_cleanup, recorded_live, At, Staged};
+use super::finish::{cleanup_keycloak, finish, finish_cleanup, At, Reconciled, Staged};
 use super::policy::delete_scopes;
 use super::ssa::{apply_if_changed, patch_status_if_changed};
 use super::Context;
 use crate::api::{
-    AuthMode, DeletionPolicy, McpAuthPolicy, McpServer, McpServerStatus, ScopeType, FINALIZER,
-    OWNER_ATTRIBUTE,
+    AuthMode, DeletionPolicy, McpAuthPolicy, McpServer, McpServerStatus, ScopeType, OWNER_ATTRIBUTE,
 };
 use crate::desired::keycloak as kdesired;
 use crate::desired::workload::{self, WorkloadInputs, SECRET_KEY_CLIENT_SECRET};
 use crate::keycloak::Adopt;
 use crate::{Error, Result};
 
-pub const POLICY_RESOLVED: &str = "PolicyResolved";
-pub const KEYCLOAK_CLIENT_READY: &str = "KeycloakClientReady";
-pub const SECRET_READY: &str = "SecretReady";
-pub const AVAILABLE: &str = "Available";
-pub const UNAUTHENTICATED: &str = "Unauthenticated";
+impl Reconciled for McpServer {
+    type Status = McpServerStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
 
-pub async fn reconcile(server: Arc<McpServer>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let ns = server.namespace().unwrap_or_default();
-    let api: Api<McpServer> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, server, |event| async {
-        match event {
-            Finalizer::Apply(s) => apply(s, &ctx, &api).await,
-            Finalizer::Cleanup(s) => cleanup(s, &ctx).await,
+    async fn apply(server: Arc<McpServer>, ctx: &Context, api: &Api<McpServer>) -> Result<Action> {
+        let old = server.status.as_ref();
+        let mut d = Draft::begin(old, server.metadata.generation);
+        let status = &mut d.status;
+        status.url = Some(server.canonical_url());
+        status.client_id = Some(server.client_id());
+        status.secret_name = Some(server.secret_name());
+        status.audience_scope = Some(server.audience_scope());
+        let mut run = Run::new(&server, ctx, d);
+        let outcome = run.converge().await;
+        finish(ctx, api, server.as_ref(), run.d, outcome).await
+    }
+
+    async fn cleanup(server: Arc<McpServer>, ctx: &Context) -> Result<Action> {
+        if server.spec.deletion_policy == DeletionPolicy::Retain {
+            return finish_cleanup(ctx, server.as_ref(), Ok(())).await;
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics.record_reconcile("mcpserver", started.elapsed());
-    result
+        cleanup_keycloak(ctx, server.as_ref(), remove_from_keycloak(&server, ctx)).await
+    }
+
+    const CONTROLLER: &'static str = "mcpserver";
 }
 
 /// Resolves the referenced policy and checks that it can serve this server.
@@ -95,155 +98,228 @@ async fn resolve_policy(server: &McpServer, ctx: &Context) -> Result<McpAuthPoli
     Ok(policy)
 }
 
-async fn apply(server: Arc<McpServer>, ctx: &Context, api: &Api<McpServer>) -> Result<Action> {
-    let old = server.status.as_ref();
-    let mut status = old.cloned().unwrap_or_default();
-    status.observed_generation = server.metadata.generation;
-    status.url = Some(server.canonical_url());
-    status.client_id = Some(server.client_id());
-    status.secret_name = Some(server.secret_name());
-    status.audience_scope = Some(server.audience_scope());
-    let now = Time(jiff::Timestamp::now());
-    let mut d = Draft::new(status, server.metadata.generation, now);
-    let outcome = converge(&server, ctx, &mut d).await;
-    finish(ctx, api, server.as_ref(), old, d, outcome).await
+pub const POLICY_RESOLVED: &str = "PolicyResolved";
+pub const KEYCLOAK_CLIENT_READY: &str = "KeycloakClientReady";
+pub const SECRET_READY: &str = "SecretReady";
+pub const AVAILABLE: &str = "Available";
+pub const UNAUTHENTICATED: &str = "Unauthenticated";
+
+/// One reconcile of a server: what its stages read, and the status they build.
+pub(super) struct Run<'a> {
+    pub server: &'a McpServer,
+    pub ctx: &'a Context,
+    pub ns: String,
+    pub uid: String,
+    pub d: Draft<McpServerStatus>,
 }
 
-/// The stages of a server, in order; each failure is reported on its own condition.
-async fn converge(server: &McpServer, ctx: &Context, d: &mut Draft<McpServerStatus>) -> Staged<()> {
-    let policy = resolve_policy(server, ctx).await.at(POLICY_RESOLVED)?;
-    let using = format!("using McpAuthPolicy {}", policy.name_any());
-    d.set(POLICY_RESOLVED, true, "Resolved", using);
-    let realm = &policy.spec.keycloak.realm;
-    check_url_free(server, ctx, realm)
-        .await
-        .at(POLICY_RESOLVED)?;
-    // Kubernetes Secret first: its value is reused if the Keycloak client must be recreated.
-    let known_secret = known_secret(server, ctx).await.at(SECRET_READY)?;
-    write_ahead(server, ctx, d, realm)
-        .await
-        .at(KEYCLOAK_CLIENT_READY)?;
-    let client_secret = ensure_keycloak(server, ctx, &policy, known_secret, d)
-        .await
-        .at(KEYCLOAK_CLIENT_READY)?;
-    ensure_secret(server, ctx, &client_secret, d)
-        .await
-        .at(SECRET_READY)?;
-    let available = ensure_workload(server, ctx, &policy, &client_secret, d)
-        .await
-        .at(AVAILABLE)?;
-    if server.spec.auth.mode == AuthMode::None {
-        let open = "auth.mode is None: anyone who reaches the Service can call this MCP server";
-        d.set(UNAUTHENTICATED, true, "AuthDisabled", open);
-    } else {
-        d.remove(UNAUTHENTICATED);
-    }
-    match available {
-        true => d.set(
-            READY,
-            true,
-            "Ready",
-            "Keycloak client, Secret and workload are ready",
-        ),
-        false => d.set(
-            READY,
-            false,
-            "Unavailable",
-            "waiting for an available replica",
-        ),
-    }
-    Ok(())
-}
-
-/// The client secret in the server's own Secret, if there is one it owns.
-async fn known_secret(server: &McpServer, ctx: &Context) -> Result<Option<String>> {
-    let ns = server.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(secret) = secrets.get_opt(&server.secret_name()).await? else {
-        return Ok(None);
-    };
-    let uid = server.metadata.uid.as_deref().unwrap_or_default();
-    let owners = secret
-        .metadata
-        .owner_references
-        .as_deref()
-        .unwrap_or_default();
-    if !owners.iter().any(|o| o.uid == uid) {
-        return Ok(None);
-    }
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(SECRET_KEY_CLIENT_SECRET));
-    Ok(value.map(|b| String::from_utf8_lossy(&b.0).to_string()))
-}
-
-/// Records the realm in status *before* the first Keycloak write: cleanup only touches
-/// Keycloak when `status.keycloakRealm` is set, so a crash or an error between creating the
-/// client or scope and the status write at the end would otherwise orphan them. No write once
-/// recorded.
-async fn write_ahead(
-    server: &McpServer,
-    ctx: &Context,
-    d: &mut Draft<McpServerStatus>,
-    realm: &str,
-) -> Result<()> {
-    let recorded = server
-        .status
-        .as_ref()
-        .and_then(|s| s.keycloak_realm.as_deref());
-    if recorded == Some(realm) {
-        return Ok(());
-    }
-    d.status.keycloak_realm = Some(realm.to_string());
-    let api: Api<McpServer> =
-        Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
-    patch_status_if_changed(&api, server, None, &d.status).await
-}
-
-/// The introspection client and audience scope in Keycloak; returns the client secret. Skips
-/// Keycloak when the same inputs were checked within the window (see
-/// [`Context::keycloak_recently_checked`]).
-async fn ensure_keycloak(
-    server: &McpServer,
-    ctx: &Context,
-    policy: &McpAuthPolicy,
-    known_secret: Option<String>,
-    d: &mut Draft<McpServerStatus>,
-) -> Result<String> {
-    let uid = server.metadata.uid.clone().unwrap_or_default();
-    let recorded_scope_id = d.status.audience_scope_id.clone();
-    let fresh = match (&recorded_scope_id, known_secret.as_deref()) {
-        (Some(scope_id), Some(secret)) => {
-            ctx.keycloak_recently_checked(&uid, &check_inputs(server, policy, scope_id, secret))
+impl<'a> Run<'a> {
+    fn new(server: &'a McpServer, ctx: &'a Context, d: Draft<McpServerStatus>) -> Self {
+        let ns = server.namespace().unwrap_or_default();
+        let uid = server.metadata.uid.clone().unwrap_or_default();
+        Run {
+            server,
+            ctx,
+            ns,
+            uid,
+            d,
         }
-        _ => false,
-    };
-    let client_secret = match known_secret.clone().filter(|_| fresh) {
-        Some(secret) => secret,
-        None => {
-            let (secret, scope_id) = keycloak_objects(
-                server,
-                ctx,
-                policy,
-                recorded_scope_id.as_deref(),
-                known_secret.as_deref(),
+    }
+
+    /// An API of the server's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.ctx.client.clone(), &self.ns)
+    }
+
+    /// The stages, in order; each failure is reported on its own condition.
+    async fn converge(&mut self) -> Staged<()> {
+        let policy = resolve_policy(self.server, self.ctx)
+            .await
+            .at(POLICY_RESOLVED)?;
+        let using = format!("using McpAuthPolicy {}", policy.name_any());
+        self.d.set(POLICY_RESOLVED, true, "Resolved", using);
+        let realm = &policy.spec.keycloak.realm;
+        check_url_free(self.server, self.ctx, realm)
+            .await
+            .at(POLICY_RESOLVED)?;
+        // Kubernetes Secret first: its value is reused if the Keycloak client must be recreated.
+        let known_secret = self.known_secret().await.at(SECRET_READY)?;
+        self.write_ahead(realm).await.at(KEYCLOAK_CLIENT_READY)?;
+        let client_secret = self
+            .ensure_keycloak(&policy, known_secret)
+            .await
+            .at(KEYCLOAK_CLIENT_READY)?;
+        self.ensure_secret(&client_secret).await.at(SECRET_READY)?;
+        let available = self
+            .ensure_workload(&policy, &client_secret)
+            .await
+            .at(AVAILABLE)?;
+        self.set_ready(available);
+        Ok(())
+    }
+
+    fn set_ready(&mut self, available: bool) {
+        if self.server.spec.auth.mode == AuthMode::None {
+            let open = "auth.mode is None: anyone who reaches the Service can call this MCP server";
+            self.d.set(UNAUTHENTICATED, true, "AuthDisabled", open);
+        } else {
+            self.d.remove(UNAUTHENTICATED);
+        }
+        match available {
+            true => self.d.set(
+                READY,
+                true,
+                "Ready",
+                "Keycloak client, Secret and workload are ready",
+            ),
+            false => self.d.set(
+                READY,
+                false,
+                "Unavailable",
+                "waiting for an available replica",
+            ),
+        }
+    }
+
+    /// The client secret in the server's own Secret, if there is one it owns.
+    async fn known_secret(&self) -> Result<Option<String>> {
+        let secrets: Api<Secret> = self.api();
+        let Some(secret) = secrets.get_opt(&self.server.secret_name()).await? else {
+            return Ok(None);
+        };
+        let owners = secret
+            .metadata
+            .owner_references
+            .as_deref()
+            .unwrap_or_default();
+        if !owners.iter().any(|o| o.uid == self.uid) {
+            return Ok(None);
+        }
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(SECRET_KEY_CLIENT_SECRET));
+        Ok(value.map(|b| String::from_utf8_lossy(&b.0).to_string()))
+    }
+
+    /// Records the realm in status *before* the first Keycloak write: cleanup only touches
+    /// Keycloak when `status.keycloakRealm` is set, so a crash or an error between creating the
+    /// client or scope and the status write at the end would otherwise orphan them. No write
+    /// once recorded.
+    async fn write_ahead(&mut self, realm: &str) -> Result<()> {
+        let status = self.server.status.as_ref();
+        if status.and_then(|s| s.keycloak_realm.as_deref()) == Some(realm) {
+            return Ok(());
+        }
+        self.d.status.keycloak_realm = Some(realm.to_string());
+        patch_status_if_changed(&self.api(), self.server, None, &self.d.status).await
+    }
+
+    /// The introspection client and audience scope in Keycloak; returns the client secret.
+    /// Skips Keycloak when the same inputs were checked within the window (see
+    /// [`Context::keycloak_recently_checked`]).
+    async fn ensure_keycloak(
+        &mut self,
+        policy: &McpAuthPolicy,
+        known_secret: Option<String>,
+    ) -> Result<String> {
+        let (server, ctx) = (self.server, self.ctx);
+        let recorded_scope_id = self.d.status.audience_scope_id.clone();
+        let checked = |scope_id: &str, secret: &str| {
+            ctx.keycloak_recently_checked(
+                &self.uid,
+                &check_inputs(server, policy, scope_id, secret),
             )
-            .await?;
-            ctx.record_keycloak_check(&uid, check_inputs(server, policy, &scope_id, &secret));
-            d.status.audience_scope_id = Some(scope_id);
-            secret
+        };
+        let fresh = match (&recorded_scope_id, &known_secret) {
+            (Some(scope_id), Some(secret)) => checked(scope_id, secret),
+            _ => false,
+        };
+        let client_secret = match known_secret.clone().filter(|_| fresh) {
+            Some(secret) => secret,
+            None => {
+                let (secret, scope_id) = keycloak_objects(
+                    server,
+                    ctx,
+                    policy,
+                    recorded_scope_id.as_deref(),
+                    known_secret.as_deref(),
+                )
+                .await?;
+                ctx.record_keycloak_check(
+                    &self.uid,
+                    check_inputs(server, policy, &scope_id, &secret),
+                );
+                self.d.status.audience_scope_id = Some(scope_id);
+                secret
+            }
+        };
+        let realm = &policy.spec.keycloak.realm;
+        self.d.status.keycloak_realm = Some(realm.clone());
+        let (client, scope) = (server.client_id(), server.audience_scope());
+        let message = format!("client {client} and audience scope {scope} exist in realm {realm}");
+        self.d
+            .set(KEYCLOAK_CLIENT_READY, true, "ClientReady", message);
+        Ok(client_secret)
+    }
+
+    async fn ensure_secret(&mut self, client_secret: &str) -> Result<()> {
+        let server = self.server;
+        let desired = workload::secret(server, &server.client_id(), client_secret);
+        apply_if_changed(&self.api::<Secret>(), &desired, &self.uid).await?;
+        let message = format!(
+            "Secret {} holds the client credentials",
+            server.secret_name()
+        );
+        self.d.set(SECRET_READY, true, "SecretReady", message);
+        Ok(())
+    }
+
+    /// Deployment, Service and NetworkPolicy; returns whether a replica is available.
+    async fn ensure_workload(
+        &mut self,
+        policy: &McpAuthPolicy,
+        client_secret: &str,
+    ) -> Result<bool> {
+        let server = self.server;
+        let image = &self.ctx.config.operator_image;
+        let inputs = WorkloadInputs::resolve(server, policy, client_secret, image);
+        let deployments: Api<Deployment> = self.api();
+        apply_if_changed(
+            &deployments,
+            &workload::deployment(server, &inputs),
+            &self.uid,
+        )
+        .await?;
+        apply_if_changed(
+            &self.api::<Service>(),
+            &workload::service(server),
+            &self.uid,
+        )
+        .await?;
+        self.isolate().await?;
+        let deployment = deployments.get_opt(&server.name_any()).await?;
+        let dstatus = deployment.and_then(|d| d.status).unwrap_or_default();
+        let available_replicas = dstatus.available_replicas.unwrap_or(0);
+        self.d.status.ready_replicas = Some(dstatus.ready_replicas.unwrap_or(0));
+        let available = available_replicas > 0 || server.spec.replicas == 0;
+        if available {
+            let message = format!("{available_replicas} replica(s) available");
+            self.d
+                .set(AVAILABLE, true, "MinimumReplicasAvailable", message);
+        } else {
+            self.d.set(
+                AVAILABLE,
+                false,
+                "NoReplicasAvailable",
+                "no replica is available yet",
+            );
         }
-    };
-    let realm = &policy.spec.keycloak.realm;
-    d.status.keycloak_realm = Some(realm.clone());
-    let message = format!(
-        "client {} and audience scope {} exist in realm {realm}",
-        server.client_id(),
-        server.audience_scope()
-    );
-    d.set(KEYCLOAK_CLIENT_READY, true, "ClientReady", message);
-    Ok(client_secret)
+        Ok(available)
+    }
 }
 
 /// Everything the Keycloak step depends on (the secret only as part of a digest).
@@ -304,60 +380,6 @@ async fn keycloak_objects(
     Ok((secret, scope_id))
 }
 
-async fn ensure_secret(
-    server: &McpServer,
-    ctx: &Context,
-    client_secret: &str,
-    d: &mut Draft<McpServerStatus>,
-) -> Result<()> {
-    let ns = server.namespace().unwrap_or_default();
-    let uid = server.metadata.uid.clone().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let desired = workload::secret(server, &server.client_id(), client_secret);
-    apply_if_changed(&secrets, &desired, &uid).await?;
-    let message = format!(
-        "Secret {} holds the client credentials",
-        server.secret_name()
-    );
-    d.set(SECRET_READY, true, "SecretReady", message);
-    Ok(())
-}
-
-/// Deployment, Service and NetworkPolicy; returns whether a replica is available.
-async fn ensure_workload(
-    server: &McpServer,
-    ctx: &Context,
-    policy: &McpAuthPolicy,
-    client_secret: &str,
-    d: &mut Draft<McpServerStatus>,
-) -> Result<bool> {
-    let ns = server.namespace().unwrap_or_default();
-    let uid = server.metadata.uid.clone().unwrap_or_default();
-    let inputs = WorkloadInputs::resolve(server, policy, client_secret, &ctx.config.operator_image);
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    apply_if_changed(&deployments, &workload::deployment(server, &inputs), &uid).await?;
-    apply_if_changed(&services, &workload::service(server), &uid).await?;
-    super::isolation::ensure(server, ctx, d).await?;
-    let deployment = deployments.get_opt(&server.name_any()).await?;
-    let dstatus = deployment.and_then(|d| d.status).unwrap_or_default();
-    let available_replicas = dstatus.available_replicas.unwrap_or(0);
-    d.status.ready_replicas = Some(dstatus.ready_replicas.unwrap_or(0));
-    let available = available_replicas > 0 || server.spec.replicas == 0;
-    if available {
-        let message = format!("{available_replicas} replica(s) available");
-        d.set(AVAILABLE, true, "MinimumReplicasAvailable", message);
-    } else {
-        d.set(
-            AVAILABLE,
-            false,
-            "NoReplicasAvailable",
-            "no replica is available yet",
-        );
-    }
-    Ok(available)
-}
-
 /// `UrlConflict` when another McpServer of the realm holds this server's url.
 async fn check_url_free(server: &McpServer, ctx: &Context, realm: &str) -> Result<()> {
     let servers = ctx
@@ -392,23 +414,6 @@ pub fn url_holder(server: &McpServer, all: &[Arc<McpServer>]) -> Option<String> 
         .filter(|o| key(o) < key(server))
         .map(|o| o.name_any())
         .min()
-}
-
-async fn cleanup(server: Arc<McpServer>, ctx: &Context) -> Result<Action> {
-    if server.spec.deletion_policy == DeletionPolicy::Retain {
-        return finish_cleanup(ctx, server.as_ref(), Ok(())).await;
-    }
-    let recorded = |s: &McpServer| {
-        s.status
-            .as_ref()
-            .is_some_and(|s| s.keycloak_realm.is_some())
-    };
-    let result = match recorded_live(ctx, server.as_ref(), recorded).await? {
-        true => remove_from_keycloak(&server, ctx).await,
-        // Nothing was ever written to Keycloak.
-        false => Ok(()),
-    };
-    finish_cleanup(ctx, server.as_ref(), result).await
 }
 
 /// Deletes the server's introspection client and audience scope (ours only).

@@ -15,7 +15,8 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::{policy, server, Context};
+use super::finish::{reconcile, Reconciled};
+use super::Context;
 use crate::api::{McpAuthPolicy, McpServer};
 use crate::desired::cimd::requested;
 use crate::desired::workload::MANAGED_BY;
@@ -105,7 +106,7 @@ async fn server_controller(
         .owns(apis.network_policies.clone(), owned)
         .watches(apis.policies.clone(), watcher::Config::default(), users_of)
         .shutdown_on_signal()
-        .run(server::reconcile, error_policy("mcpserver"), ctx)
+        .run(reconcile, error_policy(McpServer::CONTROLLER), ctx)
         .for_each(|_| futures::future::ready(()))
         .await
 }
@@ -124,7 +125,7 @@ async fn policy_controller(apis: &Apis, config: Config, ctx: Arc<Context>) {
         .trigger_backoff(WatchBackoff::default())
         .watches(apis.servers.clone(), watcher::Config::default(), policy_of)
         .shutdown_on_signal()
-        .run(policy::reconcile, error_policy("mcpauthpolicy"), ctx)
+        .run(reconcile, error_policy(McpAuthPolicy::CONTROLLER), ctx)
         .for_each(|_| futures::future::ready(()))
         .await
 }
