@@ -9,6 +9,7 @@ mod server;
 pub use policy::*;
 pub use server::*;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 
 /// API group of both kinds.
@@ -115,6 +116,37 @@ impl McpServer {
 
 /// Schemas written by hand where the derive cannot express them: CEL rules on the *items* of a
 /// string list (with `maxLength`, so the API server's CEL cost estimate stays within budget).
+/// A status that carries standard conditions, as both kinds' statuses do.
+pub trait WithConditions: Clone + Default {
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    fn set_observed_generation(&mut self, generation: Option<i64>);
+    /// The realm recorded before the first Keycloak write.
+    fn keycloak_realm(&self) -> Option<&str>;
+}
+
+/// Implements [`WithConditions`] for a status with the fields `conditions`,
+/// `observed_generation` and `keycloak_realm`.
+macro_rules! status_with_conditions {
+    ($status:ty) => {
+        impl $crate::api::WithConditions for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+            fn set_observed_generation(&mut self, generation: Option<i64>) {
+                self.observed_generation = generation;
+            }
+            fn keycloak_realm(&self) -> Option<&str> {
+                self.keycloak_realm.as_deref()
+            }
+        }
+    };
+}
+use status_with_conditions;
+
 pub(crate) mod schemas {
     use schemars::{json_schema, Schema, SchemaGenerator};
 

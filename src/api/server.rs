@@ -269,17 +269,4 @@ pub struct McpServerStatus {
     pub keycloak_realm: Option<String>,
 }
 
-impl crate::controller::conditions::WithConditions for McpServerStatus {
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.observed_generation = generation;
-    }
-    fn keycloak_realm(&self) -> Option<&str> {
-        self.keycloak_realm.as_deref()
-    }
-}
+super::status_with_conditions!(McpServerStatus);

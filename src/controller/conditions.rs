@@ -3,7 +3,29 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+pub use crate::api::WithConditions;
+
 pub const READY: &str = "Ready";
+
+// The condition types of both kinds; each stage of a reconcile reports on one of them.
+// McpAuthPolicy:
+pub const KEYCLOAK_REACHABLE: &str = "KeycloakReachable";
+pub const REALM_CONFIGURED: &str = "RealmConfigured";
+pub const REGISTRATION_POLICY_APPLIED: &str = "RegistrationPolicyApplied";
+pub const CIMD_APPLIED: &str = "ClientIdMetadataDocumentsApplied";
+/// `True` when Keycloak refuses every grant that mints a token without a user (client
+/// credentials, password, device code, token exchange) in the realm; `False` names what is open.
+pub const MACHINE_GRANTS_REFUSED: &str = "MachineGrantsRefused";
+/// `True` when the realm's clients are at >= 90% of `maxClients` (Keycloak's Max Clients policy
+/// refuses anonymous registration at 100%), like a node's `DiskPressure`.
+pub const CLIENT_LIMIT_PRESSURE: &str = "ClientLimitPressure";
+// McpServer:
+pub const POLICY_RESOLVED: &str = "PolicyResolved";
+pub const KEYCLOAK_CLIENT_READY: &str = "KeycloakClientReady";
+pub const SECRET_READY: &str = "SecretReady";
+pub const AVAILABLE: &str = "Available";
+pub const UNAUTHENTICATED: &str = "Unauthenticated";
+pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
 
 /// kstatus' "abnormal-true" condition: `True` means the operator cannot make progress until a
 /// person changes something. Flux and other kstatus users report such an object as `Failed`
@@ -91,15 +113,6 @@ fn set(conditions: &mut Vec<Condition>, v: Verdict, message: String, stamp: &Sta
 pub struct Draft<S> {
     pub status: S,
     stamp: Stamp,
-}
-
-/// Status types that carry standard conditions.
-pub trait WithConditions: Clone + Default {
-    fn conditions(&self) -> &[Condition];
-    fn set_observed_generation(&mut self, generation: Option<i64>);
-    /// The realm recorded before the first Keycloak write.
-    fn keycloak_realm(&self) -> Option<&str>;
-    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
 }
 
 impl<S: WithConditions> Draft<S> {

@@ -5,13 +5,12 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams};
 use kube::ResourceExt;
 
+use super::conditions::NETWORK_ISOLATED;
 use super::server::Run;
 use super::ssa::apply_if_changed;
 
 use crate::desired::workload;
 use crate::Result;
-
-pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
 
 /// Brings the server's NetworkPolicy in line and records the outcome as a condition. Writes
 /// nothing at steady state (apply only on difference; the prune path only reads).

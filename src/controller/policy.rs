@@ -8,7 +8,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::conditions::{Draft, READY};
+use super::conditions::*;
 use super::finish::{cleanup_keycloak, finish, At, Reconciled, Staged};
 use super::ssa::patch_status_if_changed;
 use super::Context;
@@ -20,17 +20,6 @@ use crate::desired::cimd::{self, Admission, CimdClientPlan};
 use crate::desired::keycloak::{self as desired, RealmClaim};
 use crate::keycloak::{Adopt, KeycloakAdminClient};
 use crate::{Error, Result};
-
-pub const KEYCLOAK_REACHABLE: &str = "KeycloakReachable";
-pub const REALM_CONFIGURED: &str = "RealmConfigured";
-pub const REGISTRATION_POLICY_APPLIED: &str = "RegistrationPolicyApplied";
-pub const CIMD_APPLIED: &str = "ClientIdMetadataDocumentsApplied";
-/// `True` when Keycloak refuses every grant that mints a token without a user (client
-/// credentials, password, device code, token exchange) in the realm; `False` names what is open.
-pub const MACHINE_GRANTS_REFUSED: &str = "MachineGrantsRefused";
-/// `True` when the realm's clients are at >= 90% of `maxClients` (Keycloak's Max Clients policy
-/// refuses anonymous registration at 100%), like a node's `DiskPressure`.
-pub const CLIENT_LIMIT_PRESSURE: &str = "ClientLimitPressure";
 
 impl Reconciled for McpAuthPolicy {
     type Status = McpAuthPolicyStatus;

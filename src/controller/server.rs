@@ -10,7 +10,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
-use super::conditions::{self, Draft, READY};
+use super::conditions::{self, *};
 use super::finish::{cleanup_keycloak, finish, finish_cleanup, At, Reconciled, Staged};
 use super::policy::delete_scopes;
 use super::ssa::{apply_if_changed, patch_status_if_changed};
@@ -97,12 +97,6 @@ async fn resolve_policy(server: &McpServer, ctx: &Context) -> Result<McpAuthPoli
     }
     Ok(policy)
 }
-
-pub const POLICY_RESOLVED: &str = "PolicyResolved";
-pub const KEYCLOAK_CLIENT_READY: &str = "KeycloakClientReady";
-pub const SECRET_READY: &str = "SecretReady";
-pub const AVAILABLE: &str = "Available";
-pub const UNAUTHENTICATED: &str = "Unauthenticated";
 
 /// One reconcile of a server: what its stages read, and the status they build.
 pub(super) struct Run<'a> {
