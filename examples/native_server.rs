@@ -44,7 +44,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use mcp_keycloak_operator::gateway::{split_list, SERVICE_ACCOUNT_CLIENTS_ENV};
+use mcp_auth_gateway::contract::SERVICE_ACCOUNT_CLIENTS_ENV;
+use mcp_auth_gateway::split_list;
 use rmcp::handler::server::{router::tool::ToolRouter, tool::Extension, wrapper::Parameters};
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::{

@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
-//! CLI: `run` the operator, `crdgen` the CRDs.
+//! CLI: `run` the operator, `proxy` the auth gateway, `crdgen` the CRDs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,7 +65,7 @@ enum Command {
         metrics_pod_selector: Option<String>,
     },
     /// Run the auth gateway in front of an MCP server (the sidecar of `auth.mode: Proxy`).
-    Proxy(Box<mcp_keycloak_operator::gateway::GatewayConfig>),
+    Proxy(Box<mcp_auth_gateway::GatewayConfig>),
     /// Write the CRD manifests.
     Crdgen {
         #[arg(long, default_value = "crds")]
@@ -118,7 +118,7 @@ async fn main() -> anyhow_free::Result {
     match cli.command {
         Command::Proxy(config) => {
             init_logging(cli.log_json);
-            mcp_keycloak_operator::gateway::run(*config).await?;
+            mcp_auth_gateway::run(*config).await?;
             Ok(())
         }
         Command::Crdgen { out } => {

@@ -7,20 +7,28 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::metadata;
+use super::auth::Rules;
+use super::contract::{self, ALLOWED_ORIGINS_ENV, CLIENT_SECRET_ENV};
+use super::metadata::{self, Resource};
 use super::GatewayError;
 
 /// Default bound on request bodies (4 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// Environment variable the client secret is read from (never a command-line flag).
-pub const CLIENT_SECRET_ENV: &str = "OAUTH_CLIENT_SECRET";
-/// Longest bearer token the gateway accepts (larger ones are refused as malformed).
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// Environment variable naming the clients whose user-less (service-account) tokens are
-/// accepted; shared by the gateway, the operator's Deployment and the Native example.
-pub const SERVICE_ACCOUNT_CLIENTS_ENV: &str = "MCP_SERVICE_ACCOUNT_CLIENTS";
-/// Environment variable listing browser origins allowed besides the resource URL's own.
-pub const ALLOWED_ORIGINS_ENV: &str = "MCP_GATEWAY_ALLOWED_ORIGINS";
+
+// Defaults shared by the flags and `GatewayConfig::new`.
+const CACHE_TTL_SECONDS: u64 = 30;
+const NEGATIVE_CACHE_TTL_SECONDS: u64 = 5;
+const CACHE_MAX_ENTRIES: usize = 10_000;
+const INTROSPECTION_TIMEOUT_MS: u64 = 5000;
+const SHUTDOWN_GRACE_SECONDS: u64 = 10;
+const MAX_CONNECTIONS: usize = 1024;
+const MAX_INFLIGHT: usize = 512;
+const HEADER_TIMEOUT_MS: u64 = 10_000;
+const BODY_TIMEOUT_MS: u64 = 30_000;
+const INTROSPECTION_RATE: f64 = 50.0;
+const INTROSPECTION_BURST: u32 = 100;
+const INTROSPECTION_RATE_PER_CLIENT: f64 = 5.0;
+const INTROSPECTION_BURST_PER_CLIENT: u32 = 20;
 
 /// The introspection client's secret. `Debug` never shows the value.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -53,39 +61,35 @@ impl fmt::Debug for ClientSecret {
 #[command(next_help_heading = "Auth gateway")]
 pub struct GatewayConfig {
     /// Address the proxied MCP endpoint listens on.
-    #[arg(long, env = "MCP_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = contract::LISTEN_ENV, default_value_t = contract::LISTEN)]
     pub listen: SocketAddr,
 
     /// Address of the admin listener serving `/healthz` and `/metrics` (unauthenticated,
     /// kept off the MCP port so no MCP server path is shadowed).
-    #[arg(long, env = "MCP_GATEWAY_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = contract::ADMIN_LISTEN_ENV, default_value_t = contract::ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
 
     /// Base URL of the MCP server behind the gateway (plain http, usually localhost).
-    #[arg(
-        long,
-        env = "MCP_GATEWAY_UPSTREAM",
-        default_value = "http://127.0.0.1:3000"
-    )]
+    #[arg(long, env = contract::UPSTREAM_ENV, default_value = contract::DEFAULT_UPSTREAM)]
     pub upstream: String,
 
     /// Canonical URL of the MCP server as clients see it: the protected-resource
     /// metadata `resource` and the audience every token must carry. Used verbatim.
-    #[arg(long, env = "MCP_SERVER_URL")]
+    #[arg(long, env = contract::SERVER_URL_ENV)]
     pub resource_url: String,
 
     /// Keycloak issuer as browsers see it (`{publicUrl}/realms/{realm}`), advertised
     /// verbatim in `authorization_servers`.
-    #[arg(long, env = "MCP_AUTH_ISSUER")]
+    #[arg(long, env = contract::ISSUER_ENV)]
     pub issuer: String,
 
     /// RFC 7662 introspection endpoint reachable from the pod
     /// (`{url}/realms/{realm}/protocol/openid-connect/token/introspect`).
-    #[arg(long, env = "MCP_AUTH_INTROSPECTION_ENDPOINT")]
+    #[arg(long, env = contract::INTROSPECTION_ENDPOINT_ENV)]
     pub introspection_endpoint: String,
 
     /// Confidential client used for introspection (HTTP basic auth).
-    #[arg(long, env = "OAUTH_CLIENT_ID")]
+    #[arg(long, env = contract::CLIENT_ID_ENV)]
     pub client_id: String,
 
     /// Introspection client secret; never a flag. See the type-level docs.
@@ -98,7 +102,7 @@ pub struct GatewayConfig {
     pub client_secret_file: Option<PathBuf>,
 
     /// Space-separated scopes every token must carry (e.g. `mcp:tools`).
-    #[arg(long, env = "MCP_REQUIRED_SCOPES", default_value = "")]
+    #[arg(long, env = contract::REQUIRED_SCOPES_ENV, default_value = "")]
     pub required_scopes: String,
 
     /// Optional human-readable `resource_name` for the protected-resource metadata.
@@ -110,7 +114,7 @@ pub struct GatewayConfig {
     #[arg(
         long = "cache-ttl",
         env = "MCP_GATEWAY_CACHE_TTL_SECONDS",
-        default_value_t = 30
+        default_value_t = CACHE_TTL_SECONDS
     )]
     pub cache_ttl_seconds: u64,
 
@@ -118,12 +122,12 @@ pub struct GatewayConfig {
     #[arg(
         long = "negative-cache-ttl",
         env = "MCP_GATEWAY_NEGATIVE_CACHE_TTL_SECONDS",
-        default_value_t = 5
+        default_value_t = NEGATIVE_CACHE_TTL_SECONDS
     )]
     pub negative_cache_ttl_seconds: u64,
 
     /// Maximum number of cached introspection results.
-    #[arg(long, env = "MCP_GATEWAY_CACHE_MAX_ENTRIES", default_value_t = 10_000)]
+    #[arg(long, env = "MCP_GATEWAY_CACHE_MAX_ENTRIES", default_value_t = CACHE_MAX_ENTRIES)]
     pub cache_max_entries: usize,
 
     /// Largest request body forwarded upstream; larger ones get 413.
@@ -134,7 +138,7 @@ pub struct GatewayConfig {
     #[arg(
         long,
         env = "MCP_GATEWAY_INTROSPECTION_TIMEOUT_MS",
-        default_value_t = 5000
+        default_value_t = INTROSPECTION_TIMEOUT_MS
     )]
     pub introspection_timeout_ms: u64,
 
@@ -143,12 +147,12 @@ pub struct GatewayConfig {
     pub ca_bundle: Option<PathBuf>,
 
     /// After a shutdown signal, how long (seconds) open streams may drain.
-    #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_GRACE_SECONDS", default_value_t = SHUTDOWN_GRACE_SECONDS)]
     pub shutdown_grace_seconds: u64,
 
     /// Clients (`client_id`/`azp`, comma- or space-separated) whose tokens may lack a user
     /// session (client credentials). Empty: every token must come from a user's login.
-    #[arg(long, env = SERVICE_ACCOUNT_CLIENTS_ENV, default_value = "")]
+    #[arg(long, env = contract::SERVICE_ACCOUNT_CLIENTS_ENV, default_value = "")]
     pub service_account_clients: String,
 
     /// Browser origins (comma- or space-separated, `scheme://host[:port]`) allowed besides the
@@ -161,34 +165,34 @@ pub struct GatewayConfig {
     pub require_jwt: bool,
 
     /// Maximum open client connections on the MCP listener; further ones are closed at once.
-    #[arg(long, env = "MCP_GATEWAY_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "MCP_GATEWAY_MAX_CONNECTIONS", default_value_t = MAX_CONNECTIONS)]
     pub max_connections: usize,
 
     /// Maximum requests (including open streams) handled at once; further ones get 503.
-    #[arg(long, env = "MCP_GATEWAY_MAX_INFLIGHT", default_value_t = 512)]
+    #[arg(long, env = "MCP_GATEWAY_MAX_INFLIGHT", default_value_t = MAX_INFLIGHT)]
     pub max_inflight: usize,
 
     /// Time a client has to send a request's headers, in milliseconds.
-    #[arg(long, env = "MCP_GATEWAY_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "MCP_GATEWAY_HEADER_TIMEOUT_MS", default_value_t = HEADER_TIMEOUT_MS)]
     pub header_timeout_ms: u64,
 
     /// Time a client has to send a request's body, in milliseconds (408 after it).
-    #[arg(long, env = "MCP_GATEWAY_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "MCP_GATEWAY_BODY_TIMEOUT_MS", default_value_t = BODY_TIMEOUT_MS)]
     pub body_timeout_ms: u64,
 
     /// Introspections of not-yet-known tokens per second, in total (token bucket refill).
-    #[arg(long, env = "MCP_GATEWAY_INTROSPECTION_RATE", default_value_t = 50.0)]
+    #[arg(long, env = "MCP_GATEWAY_INTROSPECTION_RATE", default_value_t = INTROSPECTION_RATE)]
     pub introspection_rate: f64,
 
     /// Burst size of the total introspection bucket.
-    #[arg(long, env = "MCP_GATEWAY_INTROSPECTION_BURST", default_value_t = 100)]
+    #[arg(long, env = "MCP_GATEWAY_INTROSPECTION_BURST", default_value_t = INTROSPECTION_BURST)]
     pub introspection_burst: u32,
 
     /// Introspections of not-yet-known tokens per second and client address.
     #[arg(
         long,
         env = "MCP_GATEWAY_INTROSPECTION_RATE_PER_CLIENT",
-        default_value_t = 5.0
+        default_value_t = INTROSPECTION_RATE_PER_CLIENT
     )]
     pub introspection_rate_per_client: f64,
 
@@ -196,7 +200,7 @@ pub struct GatewayConfig {
     #[arg(
         long,
         env = "MCP_GATEWAY_INTROSPECTION_BURST_PER_CLIENT",
-        default_value_t = 20
+        default_value_t = INTROSPECTION_BURST_PER_CLIENT
     )]
     pub introspection_burst_per_client: u32,
 }
@@ -211,9 +215,9 @@ impl GatewayConfig {
         client_secret: ClientSecret,
     ) -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
-            upstream: "http://127.0.0.1:3000".to_owned(),
+            listen: contract::LISTEN,
+            admin_listen: contract::ADMIN_LISTEN,
+            upstream: contract::DEFAULT_UPSTREAM.to_owned(),
             resource_url: resource_url.into(),
             issuer: issuer.into(),
             introspection_endpoint: introspection_endpoint.into(),
@@ -222,24 +226,24 @@ impl GatewayConfig {
             client_secret_file: None,
             required_scopes: String::new(),
             resource_name: None,
-            cache_ttl_seconds: 30,
-            negative_cache_ttl_seconds: 5,
-            cache_max_entries: 10_000,
+            cache_ttl_seconds: CACHE_TTL_SECONDS,
+            negative_cache_ttl_seconds: NEGATIVE_CACHE_TTL_SECONDS,
+            cache_max_entries: CACHE_MAX_ENTRIES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            introspection_timeout_ms: 5000,
+            introspection_timeout_ms: INTROSPECTION_TIMEOUT_MS,
             ca_bundle: None,
-            shutdown_grace_seconds: 10,
+            shutdown_grace_seconds: SHUTDOWN_GRACE_SECONDS,
             service_account_clients: String::new(),
             allowed_origins: String::new(),
             require_jwt: true,
-            max_connections: 1024,
-            max_inflight: 512,
-            header_timeout_ms: 10_000,
-            body_timeout_ms: 30_000,
-            introspection_rate: 50.0,
-            introspection_burst: 100,
-            introspection_rate_per_client: 5.0,
-            introspection_burst_per_client: 20,
+            max_connections: MAX_CONNECTIONS,
+            max_inflight: MAX_INFLIGHT,
+            header_timeout_ms: HEADER_TIMEOUT_MS,
+            body_timeout_ms: BODY_TIMEOUT_MS,
+            introspection_rate: INTROSPECTION_RATE,
+            introspection_burst: INTROSPECTION_BURST,
+            introspection_rate_per_client: INTROSPECTION_RATE_PER_CLIENT,
+            introspection_burst_per_client: INTROSPECTION_BURST_PER_CLIENT,
         }
     }
 
@@ -440,14 +444,6 @@ pub(crate) struct Limits {
     pub per_client: Bucket,
 }
 
-/// The resource URL, checked but kept byte-for-byte as configured (a parsed `Url` would
-/// add a trailing slash to `https://host`, which clients compare exactly).
-#[derive(Clone, Debug)]
-pub(crate) struct Resource {
-    pub raw: String,
-    pub parsed: Url,
-}
-
 fn check_resource_url(raw: &str) -> Result<Resource, GatewayError> {
     let raw = raw.trim();
     if raw.is_empty() {
@@ -550,8 +546,8 @@ impl Upstream {
 
 impl Settings {
     /// The token rules of this resource.
-    pub fn rules(&self) -> super::auth::Rules<'_> {
-        super::auth::Rules {
+    pub fn rules(&self) -> Rules<'_> {
+        Rules {
             resource: &self.resource.raw,
             required: &self.required_scopes,
             service_account_clients: &self.service_account_clients,

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Local pod runner (tests and demo): runs the pod of a reconciled Deployment as local processes
 //! on loopback, with env resolved as the kubelet would (`value` with `$(VAR)` expansion,
 //! `secretKeyRef`, `configMapKeyRef`, `fieldRef` to the pod's name/namespace), `command`/`args`

@@ -150,7 +150,7 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::auth::ActiveToken;
+    use crate::auth::ActiveToken;
     use std::time::UNIX_EPOCH;
 
     fn wall() -> SystemTime {

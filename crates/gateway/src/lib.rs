@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! MCP auth gateway: a reverse proxy, run as a sidecar in front of an MCP server, that
 //! enforces the MCP authorization spec (2025-06-18 / 2025-11-25) with Keycloak token
 //! introspection.
@@ -41,7 +42,7 @@
 //! # Embedding
 //! ```no_run
 //! use clap::Parser;
-//! use mcp_keycloak_operator::gateway::{self, GatewayConfig};
+//! use mcp_auth_gateway::{self as gateway, GatewayConfig};
 //!
 //! #[derive(Parser)]
 //! enum Cli {
@@ -59,6 +60,7 @@
 mod auth;
 mod cache;
 mod config;
+pub mod contract;
 mod introspection;
 mod limits;
 mod listener;
@@ -84,10 +86,7 @@ use tokio::net::TcpListener;
 pub use auth::{
     evaluate, is_jwt_shaped, Audience, Decision, Identity, IntrospectionResponse, Rules, TokenInfo,
 };
-pub use config::{
-    split_list, ClientSecret, GatewayConfig, ALLOWED_ORIGINS_ENV, CLIENT_SECRET_ENV,
-    DEFAULT_MAX_BODY_BYTES, SERVICE_ACCOUNT_CLIENTS_ENV,
-};
+pub use config::{split_list, ClientSecret, GatewayConfig, DEFAULT_MAX_BODY_BYTES};
 pub use introspection::IntrospectionError;
 pub use metadata::{
     Challenge, InvalidReason, ProtectedResourceMetadata, INVALID_TOKEN_DESCRIPTION, WELL_KNOWN_PRM,
@@ -266,11 +265,6 @@ impl Gateway {
     }
 }
 
-/// The MCP listener's router for `gateway` (see [`Gateway::router`]).
-pub fn router(gateway: &Gateway) -> Router {
-    gateway.router()
-}
-
 /// Serves the MCP listener only (no admin endpoints) on `listener` until `shutdown`.
 pub async fn serve(
     config: GatewayConfig,
@@ -278,18 +272,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     Gateway::new(&config)?.serve(listener, None, shutdown).await
-}
-
-/// Serves the MCP listener and the admin listener until `shutdown`.
-pub async fn serve_with_admin(
-    config: GatewayConfig,
-    listener: TcpListener,
-    admin_listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), GatewayError> {
-    Gateway::new(&config)?
-        .serve(listener, Some(admin_listener), shutdown)
-        .await
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {

@@ -1,5 +1,5 @@
 //! Gateway overhead benchmark (plain `main`, prints figures; run with
-//! `cargo bench --bench gateway`). Everything is in-process on 127.0.0.1: the fake MCP
+//! `cargo bench -p mcp-auth-gateway --bench gateway`). Everything is in-process on 127.0.0.1: the fake MCP
 //! upstream, the fake introspection endpoint, the gateway and the load generator share one
 //! 2-worker Tokio runtime, so absolute numbers are pessimistic; the ratios are the point.
 //!
@@ -17,7 +17,7 @@
 //! Direct and gateway measurements are interleaved in rounds so that load from other
 //! processes affects both alike.
 
-#[path = "../tests/fakes/mod.rs"]
+#[path = "../../../tests/fakes/mod.rs"]
 mod fakes;
 
 use std::sync::Arc;

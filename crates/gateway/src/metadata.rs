@@ -1,8 +1,15 @@
 //! RFC 9728 protected-resource metadata and the RFC 6750 `WWW-Authenticate` challenges.
 
 use serde::Serialize;
+use url::Url;
 
-use super::config::Resource;
+/// The resource URL, checked but kept byte-for-byte as configured (a parsed `Url` would
+/// add a trailing slash to `https://host`, which clients compare exactly).
+#[derive(Clone, Debug)]
+pub(crate) struct Resource {
+    pub raw: String,
+    pub parsed: Url,
+}
 
 /// The RFC 9728 well-known path (root form).
 pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";

@@ -6,8 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use serde::Deserialize;
 
-use super::config::MAX_TOKEN_BYTES;
 use super::metadata::{Challenge, InvalidReason};
+
+/// Longest bearer token the gateway accepts (larger ones are refused as malformed).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Clock skew tolerated for `nbf`.
 const NBF_LEEWAY_SECS: u64 = 30;
