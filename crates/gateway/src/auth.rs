@@ -99,35 +99,31 @@ impl Audience {
     }
 }
 
-/// The RFC 7662 fields the gateway uses (others are ignored).
+/// The RFC 7662 fields the gateway uses (others are ignored; absent ones are `None`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct IntrospectionResponse {
+    /// Whether the token is currently valid at the authorization server.
     pub active: bool,
-    #[serde(default)]
+    /// Granted scopes, space-separated.
     pub scope: Option<String>,
-    #[serde(default)]
+    /// The client the token was issued to.
     pub client_id: Option<String>,
     /// Keycloak's authorized party; used when `client_id` is absent.
-    #[serde(default)]
     pub azp: Option<String>,
-    #[serde(default)]
+    /// The subject (user id, or the service account of a client-credentials token).
     pub sub: Option<String>,
-    #[serde(default)]
+    /// Audience: one string or a list.
     pub aud: Option<Audience>,
-    #[serde(default)]
+    /// Expiry and not-before, unix seconds (fractions and negatives are tolerated).
     pub exp: Option<f64>,
-    #[serde(default)]
     pub nbf: Option<f64>,
-    #[serde(default)]
+    /// RFC 7662 token type hint (`Bearer` for access tokens).
     pub token_type: Option<String>,
     /// Keycloak's token type claim (`Bearer`, `Refresh`, `ID`, …).
-    #[serde(default)]
     pub typ: Option<String>,
     /// Keycloak's user session id; absent for client-credentials (service-account) tokens.
-    #[serde(default)]
     pub sid: Option<String>,
     /// The user session id under its pre-`sid` name (older Keycloak versions).
-    #[serde(default)]
     pub session_state: Option<String>,
 }
 
@@ -138,13 +134,18 @@ pub enum TokenInfo {
     Active(ActiveToken),
 }
 
+/// An active token's claims as the rules need them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveToken {
+    /// `sub`, if not empty.
     pub subject: Option<String>,
+    /// `client_id`, else `azp`, if not empty.
     pub client_id: Option<String>,
+    /// Granted scopes, in the order given.
     pub scopes: Vec<String>,
+    /// `aud`, compared verbatim with the resource URL.
     pub audience: Option<Audience>,
-    /// Expiry (unix seconds).
+    /// Expiry and not-before (unix seconds).
     pub exp: Option<u64>,
     pub nbf: Option<u64>,
     /// `false` when `token_type` / `typ` name something other than a Bearer access token.

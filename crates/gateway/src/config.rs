@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::{Args, FromArgMatches};
 use url::Url;
 
 use super::auth::Rules;
@@ -14,21 +15,6 @@ use super::GatewayError;
 
 /// Default bound on request bodies (4 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-
-// Defaults shared by the flags and `GatewayConfig::new`.
-const CACHE_TTL_SECONDS: u64 = 30;
-const NEGATIVE_CACHE_TTL_SECONDS: u64 = 5;
-const CACHE_MAX_ENTRIES: usize = 10_000;
-const INTROSPECTION_TIMEOUT_MS: u64 = 5000;
-const SHUTDOWN_GRACE_SECONDS: u64 = 10;
-const MAX_CONNECTIONS: usize = 1024;
-const MAX_INFLIGHT: usize = 512;
-const HEADER_TIMEOUT_MS: u64 = 10_000;
-const BODY_TIMEOUT_MS: u64 = 30_000;
-const INTROSPECTION_RATE: f64 = 50.0;
-const INTROSPECTION_BURST: u32 = 100;
-const INTROSPECTION_RATE_PER_CLIENT: f64 = 5.0;
-const INTROSPECTION_BURST_PER_CLIENT: u32 = 20;
 
 /// The introspection client's secret. `Debug` never shows the value.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -114,7 +100,7 @@ pub struct GatewayConfig {
     #[arg(
         long = "cache-ttl",
         env = "MCP_GATEWAY_CACHE_TTL_SECONDS",
-        default_value_t = CACHE_TTL_SECONDS
+        default_value_t = 30
     )]
     pub cache_ttl_seconds: u64,
 
@@ -122,12 +108,12 @@ pub struct GatewayConfig {
     #[arg(
         long = "negative-cache-ttl",
         env = "MCP_GATEWAY_NEGATIVE_CACHE_TTL_SECONDS",
-        default_value_t = NEGATIVE_CACHE_TTL_SECONDS
+        default_value_t = 5
     )]
     pub negative_cache_ttl_seconds: u64,
 
     /// Maximum number of cached introspection results.
-    #[arg(long, env = "MCP_GATEWAY_CACHE_MAX_ENTRIES", default_value_t = CACHE_MAX_ENTRIES)]
+    #[arg(long, env = "MCP_GATEWAY_CACHE_MAX_ENTRIES", default_value_t = 10_000)]
     pub cache_max_entries: usize,
 
     /// Largest request body forwarded upstream; larger ones get 413.
@@ -138,7 +124,7 @@ pub struct GatewayConfig {
     #[arg(
         long,
         env = "MCP_GATEWAY_INTROSPECTION_TIMEOUT_MS",
-        default_value_t = INTROSPECTION_TIMEOUT_MS
+        default_value_t = 5000
     )]
     pub introspection_timeout_ms: u64,
 
@@ -147,7 +133,7 @@ pub struct GatewayConfig {
     pub ca_bundle: Option<PathBuf>,
 
     /// After a shutdown signal, how long (seconds) open streams may drain.
-    #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_GRACE_SECONDS", default_value_t = SHUTDOWN_GRACE_SECONDS)]
+    #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
 
     /// Clients (`client_id`/`azp`, comma- or space-separated) whose tokens may lack a user
@@ -165,34 +151,34 @@ pub struct GatewayConfig {
     pub require_jwt: bool,
 
     /// Maximum open client connections on the MCP listener; further ones are closed at once.
-    #[arg(long, env = "MCP_GATEWAY_MAX_CONNECTIONS", default_value_t = MAX_CONNECTIONS)]
+    #[arg(long, env = "MCP_GATEWAY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
     /// Maximum requests (including open streams) handled at once; further ones get 503.
-    #[arg(long, env = "MCP_GATEWAY_MAX_INFLIGHT", default_value_t = MAX_INFLIGHT)]
+    #[arg(long, env = "MCP_GATEWAY_MAX_INFLIGHT", default_value_t = 512)]
     pub max_inflight: usize,
 
     /// Time a client has to send a request's headers, in milliseconds.
-    #[arg(long, env = "MCP_GATEWAY_HEADER_TIMEOUT_MS", default_value_t = HEADER_TIMEOUT_MS)]
+    #[arg(long, env = "MCP_GATEWAY_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
 
     /// Time a client has to send a request's body, in milliseconds (408 after it).
-    #[arg(long, env = "MCP_GATEWAY_BODY_TIMEOUT_MS", default_value_t = BODY_TIMEOUT_MS)]
+    #[arg(long, env = "MCP_GATEWAY_BODY_TIMEOUT_MS", default_value_t = 30_000)]
     pub body_timeout_ms: u64,
 
     /// Introspections of not-yet-known tokens per second, in total (token bucket refill).
-    #[arg(long, env = "MCP_GATEWAY_INTROSPECTION_RATE", default_value_t = INTROSPECTION_RATE)]
+    #[arg(long, env = "MCP_GATEWAY_INTROSPECTION_RATE", default_value_t = 50.0)]
     pub introspection_rate: f64,
 
     /// Burst size of the total introspection bucket.
-    #[arg(long, env = "MCP_GATEWAY_INTROSPECTION_BURST", default_value_t = INTROSPECTION_BURST)]
+    #[arg(long, env = "MCP_GATEWAY_INTROSPECTION_BURST", default_value_t = 100)]
     pub introspection_burst: u32,
 
     /// Introspections of not-yet-known tokens per second and client address.
     #[arg(
         long,
         env = "MCP_GATEWAY_INTROSPECTION_RATE_PER_CLIENT",
-        default_value_t = INTROSPECTION_RATE_PER_CLIENT
+        default_value_t = 5.0
     )]
     pub introspection_rate_per_client: f64,
 
@@ -200,13 +186,14 @@ pub struct GatewayConfig {
     #[arg(
         long,
         env = "MCP_GATEWAY_INTROSPECTION_BURST_PER_CLIENT",
-        default_value_t = INTROSPECTION_BURST_PER_CLIENT
+        default_value_t = 20
     )]
     pub introspection_burst_per_client: u32,
 }
 
 impl GatewayConfig {
-    /// A configuration with every optional setting at its default, for embedding and tests.
+    /// A configuration with every optional setting at its flag's default (the environment is
+    /// not read), for embedding and tests.
     pub fn new(
         resource_url: impl Into<String>,
         issuer: impl Into<String>,
@@ -214,37 +201,26 @@ impl GatewayConfig {
         client_id: impl Into<String>,
         client_secret: ClientSecret,
     ) -> Self {
-        Self {
-            listen: contract::LISTEN,
-            admin_listen: contract::ADMIN_LISTEN,
-            upstream: contract::DEFAULT_UPSTREAM.to_owned(),
-            resource_url: resource_url.into(),
-            issuer: issuer.into(),
-            introspection_endpoint: introspection_endpoint.into(),
-            client_id: client_id.into(),
-            client_secret: Some(client_secret),
-            client_secret_file: None,
-            required_scopes: String::new(),
-            resource_name: None,
-            cache_ttl_seconds: CACHE_TTL_SECONDS,
-            negative_cache_ttl_seconds: NEGATIVE_CACHE_TTL_SECONDS,
-            cache_max_entries: CACHE_MAX_ENTRIES,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            introspection_timeout_ms: INTROSPECTION_TIMEOUT_MS,
-            ca_bundle: None,
-            shutdown_grace_seconds: SHUTDOWN_GRACE_SECONDS,
-            service_account_clients: String::new(),
-            allowed_origins: String::new(),
-            require_jwt: true,
-            max_connections: MAX_CONNECTIONS,
-            max_inflight: MAX_INFLIGHT,
-            header_timeout_ms: HEADER_TIMEOUT_MS,
-            body_timeout_ms: BODY_TIMEOUT_MS,
-            introspection_rate: INTROSPECTION_RATE,
-            introspection_burst: INTROSPECTION_BURST,
-            introspection_rate_per_client: INTROSPECTION_RATE_PER_CLIENT,
-            introspection_burst_per_client: INTROSPECTION_BURST_PER_CLIENT,
-        }
+        let required = [
+            ("resource-url", resource_url.into()),
+            ("issuer", issuer.into()),
+            ("introspection-endpoint", introspection_endpoint.into()),
+            ("client-id", client_id.into()),
+        ];
+        let argv = std::iter::once("gateway".to_owned()).chain(
+            required
+                .iter()
+                .map(|(flag, value)| format!("--{flag}={value}")),
+        );
+        // The flags are the one place the defaults are written; parse them without the
+        // environment so a variable of this process cannot change what `new` returns.
+        let matches = Self::augment_args(clap::Command::new("gateway"))
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(argv)
+            .expect("the required flags are given and every other flag has a default");
+        let mut config = Self::from_arg_matches(&matches).expect("matches of the gateway's flags");
+        config.client_secret = Some(client_secret);
+        config
     }
 
     /// Checks the configuration and derives everything the gateway needs at run time.
@@ -255,19 +231,7 @@ impl GatewayConfig {
 
         let issuer = check_issuer(&self.issuer)?;
 
-        let introspection_endpoint = Url::parse(self.introspection_endpoint.trim())
-            .map_err(|e| config_err(format!("--introspection-endpoint is not a URL: {e}")))?;
-        if !matches!(introspection_endpoint.scheme(), "http" | "https") {
-            return Err(config_err(
-                "--introspection-endpoint must be an http(s) URL",
-            ));
-        }
-
-        if self.client_id.trim().is_empty() {
-            return Err(config_err("--client-id / OAUTH_CLIENT_ID is empty"));
-        }
-        let client_secret = self.resolve_secret()?;
-
+        let introspection = self.introspection()?;
         let required_scopes = parse_scopes(&self.required_scopes)?;
         let upstream = Upstream::parse(&self.upstream)?;
 
@@ -283,7 +247,6 @@ impl GatewayConfig {
         let limits = self.limits()?;
         let allowed_origins = allowed_origins(&resource, &self.allowed_origins)?;
         let service_account_clients = split_list(&self.service_account_clients);
-        let ttl = Duration::from_secs(self.cache_ttl_seconds);
         Ok(Settings {
             allowed_origins,
             service_account_clients,
@@ -296,16 +259,36 @@ impl GatewayConfig {
             metadata_paths,
             required_scopes,
             upstream,
-            introspection_endpoint,
+            introspection,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+        })
+    }
+
+    /// The introspection endpoint, its client and the answer cache (the cache's bounds are
+    /// checked by `validate`, after the scopes and the upstream).
+    fn introspection(&self) -> Result<IntrospectionSettings, GatewayError> {
+        let endpoint = Url::parse(self.introspection_endpoint.trim())
+            .map_err(|e| config_err(format!("--introspection-endpoint is not a URL: {e}")))?;
+        if !matches!(endpoint.scheme(), "http" | "https") {
+            return Err(config_err(
+                "--introspection-endpoint must be an http(s) URL",
+            ));
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(config_err("--client-id / OAUTH_CLIENT_ID is empty"));
+        }
+        let client_secret = self.resolve_secret()?;
+        let ttl = Duration::from_secs(self.cache_ttl_seconds);
+        Ok(IntrospectionSettings {
+            endpoint,
             client_id: self.client_id.trim().to_owned(),
             client_secret,
+            timeout: Duration::from_millis(self.introspection_timeout_ms),
+            ca_bundle: self.ca_bundle.clone(),
             cache_ttl: ttl,
             negative_cache_ttl: Duration::from_secs(self.negative_cache_ttl_seconds).min(ttl),
             cache_max_entries: self.cache_max_entries,
-            max_body_bytes: self.max_body_bytes,
-            introspection_timeout: Duration::from_millis(self.introspection_timeout_ms),
-            ca_bundle: self.ca_bundle.clone(),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
         })
     }
 
@@ -555,6 +538,24 @@ impl Settings {
     }
 }
 
+/// How tokens are introspected, and how long the answers are reused.
+#[derive(Clone, Debug)]
+pub(crate) struct IntrospectionSettings {
+    /// The RFC 7662 endpoint; its client authenticates with HTTP basic auth.
+    pub endpoint: Url,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    /// Bound on one call, connecting included.
+    pub timeout: Duration,
+    /// Extra CA certificates trusted for an https endpoint.
+    pub ca_bundle: Option<PathBuf>,
+    /// Reuse of an active answer (never beyond the token's `exp`), of an inactive one, and the
+    /// number of answers kept.
+    pub cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+    pub cache_max_entries: usize,
+}
+
 /// Validated, derived settings.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -565,15 +566,8 @@ pub(crate) struct Settings {
     pub metadata_paths: Vec<String>,
     pub required_scopes: Vec<String>,
     pub upstream: Upstream,
-    pub introspection_endpoint: Url,
-    pub client_id: String,
-    pub client_secret: ClientSecret,
-    pub cache_ttl: Duration,
-    pub negative_cache_ttl: Duration,
-    pub cache_max_entries: usize,
+    pub introspection: IntrospectionSettings,
     pub max_body_bytes: usize,
-    pub introspection_timeout: Duration,
-    pub ca_bundle: Option<PathBuf>,
     pub shutdown_grace: Duration,
     /// Normalized origins allowed to call; the resource URL's own comes first.
     pub allowed_origins: Vec<String>,
@@ -686,7 +680,7 @@ mod tests {
         c.cache_ttl_seconds = 2;
         c.negative_cache_ttl_seconds = 60;
         assert_eq!(
-            c.validate().unwrap().negative_cache_ttl,
+            c.validate().unwrap().introspection.negative_cache_ttl,
             Duration::from_secs(2)
         );
     }
@@ -712,7 +706,10 @@ mod tests {
         let mut c = config();
         c.client_secret = None;
         c.client_secret_file = Some(dir.clone());
-        assert_eq!(c.validate().unwrap().client_secret.expose(), "from-file");
+        assert_eq!(
+            c.validate().unwrap().introspection.client_secret.expose(),
+            "from-file"
+        );
         std::fs::remove_file(dir).unwrap();
     }
 

@@ -120,6 +120,18 @@ pub enum GatewayError {
     Serve(#[source] std::io::Error),
 }
 
+/// An error and its sources, `: `-separated (the causes name the address and the I/O error).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut msg = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
 /// A configured gateway: build it once, then serve its routers.
 #[derive(Clone)]
 pub struct Gateway {
@@ -131,7 +143,11 @@ impl Gateway {
     pub fn new(config: &GatewayConfig) -> Result<Self, GatewayError> {
         let settings = config.validate()?;
         let metrics = Arc::new(metrics::Metrics::new());
-        let introspector = introspection::Introspector::new(&settings, metrics.clone())?;
+        let introspector = introspection::Introspector::new(
+            &settings.introspection,
+            &settings.limits,
+            metrics.clone(),
+        )?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
@@ -152,11 +168,11 @@ impl Gateway {
             resource = %settings.resource.raw,
             issuer = %settings.issuer,
             metadata_url = %settings.metadata_url,
-            introspection_endpoint = %settings.introspection_endpoint,
-            client_id = %settings.client_id,
+            introspection_endpoint = %settings.introspection.endpoint,
+            client_id = %settings.introspection.client_id,
             required_scopes = %settings.required_scopes.join(" "),
             upstream = %settings.upstream.authority,
-            cache_ttl_s = settings.cache_ttl.as_secs(),
+            cache_ttl_s = settings.introspection.cache_ttl.as_secs(),
             allowed_origins = %settings.allowed_origins.join(" "),
             service_account_clients = %settings.service_account_clients.join(" "),
             max_connections = settings.limits.max_connections,

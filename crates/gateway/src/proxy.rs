@@ -344,13 +344,7 @@ async fn dispatch(state: &Arc<AppState>, req: Request) -> (Outcome, Response) {
         return (Outcome::Preflight, preflight_response(origin));
     }
     let Ok(permit) = state.inflight.clone().try_acquire_owned() else {
-        let mut resp = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "Too many requests in progress; try again later",
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let resp = unavailable("Too many requests in progress; try again later", 1);
         return (Outcome::Overloaded, resp);
     };
     let (outcome, mut resp) = authorize(state, req, permit).await;
@@ -372,25 +366,36 @@ fn refuse(state: &AppState, reason: InvalidReason) -> (Outcome, Response) {
 
 fn introspection_failed(error: &IntrospectionError, settings: &Settings) -> (Outcome, Response) {
     if let IntrospectionError::Throttled { retry_after_secs } = error {
-        let mut resp = error_response(
+        let resp = error_response(
             StatusCode::TOO_MANY_REQUESTS,
             "slow_down",
             "Too many new tokens from this client; try again later",
         );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-        return (Outcome::Throttled, resp);
+        return (Outcome::Throttled, retry_after(resp, *retry_after_secs));
     }
-    tracing::error!(%error, endpoint = %settings.introspection_endpoint,
+    tracing::error!(%error, endpoint = %settings.introspection.endpoint,
         "token introspection failed; refusing the request (fail closed)");
-    let mut resp = error_response(
+    let resp = unavailable(
+        "The authorization server could not be reached; try again later",
+        5,
+    );
+    (Outcome::AuthUnavailable, resp)
+}
+
+/// 503 `temporarily_unavailable`, to be retried after `secs`.
+fn unavailable(description: &str, secs: u64) -> Response {
+    let resp = error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "temporarily_unavailable",
-        "The authorization server could not be reached; try again later",
+        description,
     );
+    retry_after(resp, secs)
+}
+
+fn retry_after(mut resp: Response, secs: u64) -> Response {
     resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    (Outcome::AuthUnavailable, resp)
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
 }
 
 async fn authorize(
@@ -606,13 +611,7 @@ fn upstream_failed(
     state: &AppState,
     error: &hyper_util::client::legacy::Error,
 ) -> (Outcome, Response) {
-    let mut msg = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
+    let msg = super::error_chain(error);
     tracing::warn!(error = %msg, upstream = %state.settings.upstream.authority, "upstream request failed");
     (
         Outcome::UpstreamError,
