@@ -134,6 +134,15 @@ pub enum TokenInfo {
     Active(ActiveToken),
 }
 
+/// When a token may be used, in unix seconds; either bound may be absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Expiry.
+    pub exp: Option<u64>,
+    /// Not before.
+    pub nbf: Option<u64>,
+}
+
 /// An active token's claims as the rules need them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveToken {
@@ -145,9 +154,7 @@ pub struct ActiveToken {
     pub scopes: Vec<String>,
     /// `aud`, compared verbatim with the resource URL.
     pub audience: Option<Audience>,
-    /// Expiry and not-before (unix seconds).
-    pub exp: Option<u64>,
-    pub nbf: Option<u64>,
+    pub lifetime: Lifetime,
     /// `false` when `token_type` / `typ` name something other than a Bearer access token.
     pub bearer_type: bool,
     /// A user logged in for this token (`sid`); `false` for service-account tokens.
@@ -183,8 +190,10 @@ impl From<IntrospectionResponse> for TokenInfo {
                 .map(str::to_owned)
                 .collect(),
             audience: r.aud,
-            exp: secs(r.exp),
-            nbf: secs(r.nbf),
+            lifetime: Lifetime {
+                exp: secs(r.exp),
+                nbf: secs(r.nbf),
+            },
             bearer_type,
         })
     }
@@ -193,7 +202,9 @@ impl From<IntrospectionResponse> for TokenInfo {
 impl ActiveToken {
     /// Unix time `exp` as a `SystemTime`.
     pub fn expires_at(&self) -> Option<SystemTime> {
-        self.exp.map(|e| UNIX_EPOCH + Duration::from_secs(e))
+        self.lifetime
+            .exp
+            .map(|e| UNIX_EPOCH + Duration::from_secs(e))
     }
 }
 
@@ -241,6 +252,7 @@ pub fn evaluate(info: &TokenInfo, rules: &Rules<'_>, now: SystemTime) -> Decisio
         }
     }
     if token
+        .lifetime
         .nbf
         .is_some_and(|nbf| nbf > now_secs + NBF_LEEWAY_SECS)
     {

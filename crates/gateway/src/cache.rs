@@ -150,7 +150,7 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::ActiveToken;
+    use crate::auth::{ActiveToken, Lifetime};
     use std::time::UNIX_EPOCH;
 
     fn wall() -> SystemTime {
@@ -163,8 +163,7 @@ mod tests {
             client_id: None,
             scopes: vec![],
             audience: None,
-            exp,
-            nbf: None,
+            lifetime: Lifetime { exp, nbf: None },
             bearer_type: true,
             user_session: true,
         })

@@ -67,6 +67,7 @@ mod listener;
 mod metadata;
 pub mod metrics;
 mod proxy;
+mod state;
 mod stream;
 
 use std::future::Future;
@@ -94,7 +95,7 @@ pub use metadata::{
 pub use metrics::Outcome;
 pub use proxy::{HEADER_CLIENT_ID, HEADER_SCOPES, HEADER_SUBJECT, IDENTITY_HEADER_PREFIX};
 
-use proxy::AppState;
+use state::AppState;
 
 /// Errors of the gateway's setup and serving (request-level failures become HTTP answers).
 #[derive(Debug, thiserror::Error)]

@@ -10,14 +10,13 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 
 use super::auth::{evaluate, extract_bearer, is_jwt_shaped, Decision, Identity, Presented};
 use super::config::{normalize_origin, Settings};
-use super::introspection::{Admission, IntrospectionError, Introspector};
+use super::introspection::{Admission, IntrospectionError};
 use super::metadata::{www_authenticate, Challenge, InvalidReason};
-use super::metrics::{Metrics, Outcome};
+use super::metrics::Outcome;
+use super::state::AppState;
 use super::stream::GuardedBody;
 
 /// Verified subject (`sub`) forwarded upstream.
@@ -42,8 +41,6 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-pub(crate) type UpstreamClient = Client<HttpConnector, Body>;
-
 /// Methods a browser may use on the MCP endpoint (Streamable HTTP: POST, GET for the SSE
 /// stream, DELETE to end a session).
 const CORS_METHODS: &str = "GET, POST, DELETE, OPTIONS";
@@ -52,16 +49,6 @@ const CORS_REQUEST_HEADERS: &str =
     "Authorization, Content-Type, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID, Accept";
 /// Response headers a browser client must be able to read.
 const CORS_EXPOSE_HEADERS: &str = "Mcp-Session-Id, WWW-Authenticate";
-
-pub(crate) struct AppState {
-    pub settings: Settings,
-    /// One permit per request being handled (held until its response body ends).
-    pub inflight: Arc<tokio::sync::Semaphore>,
-    pub introspector: Introspector,
-    pub client: UpstreamClient,
-    pub metrics: Arc<Metrics>,
-    pub metadata_json: Bytes,
-}
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -433,7 +420,7 @@ async fn authorize(
     match evaluate(&info, &settings.rules(), SystemTime::now()) {
         Decision::Allow(identity) => {
             let exp = match &*info {
-                super::auth::TokenInfo::Active(t) => t.exp,
+                super::auth::TokenInfo::Active(t) => t.lifetime.exp,
                 super::auth::TokenInfo::Inactive => None,
             };
             let grant = Grant {
