@@ -33,14 +33,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
+use localpod::cluster::{start_server_pod, LocalServer, RunOptions};
+use localpod::images::{default_image_map, ensure_server_everything, npm_dir, LocalBinaries};
+use localpod::{ProcessPlan, Readiness, RunnerError, RunningPod, SpawnOptions};
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
-use mcp_keycloak_operator::podrunner::cluster::{start_server_pod, LocalServer, RunOptions};
-use mcp_keycloak_operator::podrunner::images::{
-    default_image_map, ensure_server_everything, npm_dir, LocalBinaries,
-};
-use mcp_keycloak_operator::podrunner::{
-    ProcessPlan, Readiness, RunnerError, RunningPod, SpawnOptions,
-};
 use serde_json::{json, Value};
 
 const NAMESPACE: &str = "mcp-demo";

@@ -44,7 +44,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use mcp_keycloak_operator::gateway::{split_list, SERVICE_ACCOUNT_CLIENTS_ENV};
+use mcp_auth_gateway::contract::{
+    AUTH_HOST_ENV, AUTH_PORT_ENV, AUTH_REALM_ENV, CLIENT_ID_ENV, CLIENT_SECRET_ENV, HOST_ENV,
+    PORT_ENV, REQUIRED_SCOPES_ENV, SERVER_URL_ENV, SERVICE_ACCOUNT_CLIENTS_ENV,
+};
+use mcp_auth_gateway::split_list;
 use rmcp::handler::server::{router::tool::ToolRouter, tool::Extension, wrapper::Parameters};
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::{
@@ -77,16 +81,16 @@ struct Config {
 fn config_from_env() -> Result<Config, String> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let required = |name: &str| var(name).ok_or_else(|| format!("{name} is not set"));
-    let host = var("HOST").unwrap_or_else(|| "127.0.0.1".into());
-    let port: u16 = var("PORT")
+    let host = var(HOST_ENV).unwrap_or_else(|| "127.0.0.1".into());
+    let port: u16 = var(PORT_ENV)
         .unwrap_or_else(|| "3000".into())
         .parse()
         .map_err(|_| "PORT is not a port number".to_string())?;
-    let auth_host = required("AUTH_HOST")?;
-    let auth_port: u16 = required("AUTH_PORT")?
+    let auth_host = required(AUTH_HOST_ENV)?;
+    let auth_port: u16 = required(AUTH_PORT_ENV)?
         .parse()
         .map_err(|_| "AUTH_PORT is not a port number".to_string())?;
-    let realm = required("AUTH_REALM")?;
+    let realm = required(AUTH_REALM_ENV)?;
     let bracket = |h: &str| {
         if h.contains(':') {
             format!("[{h}]")
@@ -106,7 +110,7 @@ fn config_from_env() -> Result<Config, String> {
             h => bracket(h),
         }
     );
-    let resource = var("MCP_SERVER_URL").unwrap_or(default_url);
+    let resource = var(SERVER_URL_ENV).unwrap_or(default_url);
     let url = url::Url::parse(&resource).map_err(|e| format!("MCP_SERVER_URL: {e}"))?;
     if url.path() != MCP_PATH {
         return Err(format!(
@@ -123,9 +127,9 @@ fn config_from_env() -> Result<Config, String> {
         issuer,
         resource,
         url,
-        client_id: required("OAUTH_CLIENT_ID")?,
-        client_secret: required("OAUTH_CLIENT_SECRET")?,
-        required_scopes: var("MCP_REQUIRED_SCOPES")
+        client_id: required(CLIENT_ID_ENV)?,
+        client_secret: required(CLIENT_SECRET_ENV)?,
+        required_scopes: var(REQUIRED_SCOPES_ENV)
             .unwrap_or_else(|| "mcp:tools".into())
             .split_whitespace()
             .map(str::to_string)
@@ -282,6 +286,12 @@ fn form_encode(s: &str) -> String {
 impl App {
     /// RFC 7662 introspection, then the checks Keycloak cannot do for us.
     async fn verify(&self, token: &str) -> Result<Caller, Refusal> {
+        let claims = self.introspect(token).await?;
+        self.check_claims(&claims)
+    }
+
+    /// The introspection answer of an active token.
+    async fn introspect(&self, token: &str) -> Result<Value, Refusal> {
         let resp = self
             .http
             .post(&self.cfg.introspection_endpoint)
@@ -312,6 +322,11 @@ impl App {
         if claims["active"] != true {
             return Err(Refusal::Invalid("the token is not active"));
         }
+        Ok(claims)
+    }
+
+    /// Token type, audience, user session (or a listed service-account client) and scopes.
+    fn check_claims(&self, claims: &Value) -> Result<Caller, Refusal> {
         if let Some(typ) = claims["typ"].as_str().or(claims["token_type"].as_str()) {
             if !typ.eq_ignore_ascii_case("bearer") {
                 return Err(Refusal::Invalid("not an access token"));
@@ -399,13 +414,7 @@ async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: Next
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
     let cfg = match config_from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -424,7 +433,39 @@ async fn main() {
         listen = %cfg.listen, url = %cfg.resource, issuer = %cfg.issuer,
         client_id = %cfg.client_id, scopes = ?cfg.required_scopes, "serving MCP"
     );
+    let (router, stop) = router(cfg);
+    let shutdown = async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+        stop(); // ends open MCP streams so the server can drain
+    };
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        eprintln!("native_server: {e}");
+        std::process::exit(1);
+    }
+}
 
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The MCP endpoint behind the token check, the metadata beside it, and the call that ends
+/// open MCP streams at shutdown.
+fn router(cfg: Config) -> (Router, impl FnOnce() + Send + 'static) {
     // rmcp refuses requests whose Host is not allowed (DNS rebinding): loopback plus the URL's host.
     let mut hosts = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
     hosts.extend(cfg.url.host_str().map(str::to_string));
@@ -462,22 +503,5 @@ async fn main() {
                 )
                 .with_state(app),
         );
-
-    let shutdown = async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
-        }
-        tracing::info!("shutting down");
-        stop.cancel(); // ends open MCP streams so the server can drain
-    };
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        eprintln!("native_server: {e}");
-        std::process::exit(1);
-    }
+    (router, move || stop.cancel())
 }

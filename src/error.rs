@@ -35,9 +35,6 @@ pub enum Error {
 
     #[error("serialization error: {0}")]
     Serde(#[from] serde_json::Error),
-
-    #[error("gateway error: {0}")]
-    Gateway(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -66,7 +63,6 @@ impl Error {
                 _ => "FinalizerError",
             },
             Error::Serde(_) => "SerializationError",
-            Error::Gateway(_) => "GatewayError",
         }
     }
 

@@ -6,10 +6,8 @@ pub mod controller;
 pub mod crdgen;
 pub mod desired;
 mod error;
-pub mod gateway;
 pub mod keycloak;
 pub mod metrics;
-pub mod podrunner;
 pub mod runtime;
 
 pub use error::{Error, Result};

@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
-//! CLI: `run` the operator, `crdgen` the CRDs.
+//! CLI: `run` the operator, `proxy` the auth gateway, `crdgen` the CRDs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,50 +27,54 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers (ambient kubeconfig or in-cluster config).
-    Run {
-        /// Resync period in seconds (drift in Keycloak is repaired within it).
-        #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
-        resync_seconds: u64,
-        /// Reconciles each controller runs at once.
-        #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = OperatorConfig::DEFAULT_CONCURRENCY)]
-        max_concurrent_reconciles: u16,
-        /// Image for gateway containers (defaults to this operator's image).
-        #[arg(long, env = "OPERATOR_IMAGE")]
-        operator_image: Option<String>,
-        /// Only watch this namespace.
-        #[arg(long, env = "WATCH_NAMESPACE")]
-        namespace: Option<String>,
-        /// Address of `/healthz`, `/readyz` and `/metrics`.
-        #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
-        metrics_addr: std::net::SocketAddr,
-        /// Only the holder of a coordination.k8s.io Lease reconciles (for replicas > 1).
-        #[arg(long, env = "LEADER_ELECTION")]
-        leader_election: bool,
-        /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-        lease_namespace: String,
-        #[arg(long, default_value = "mcp-keycloak-operator")]
-        lease_name: String,
-        #[arg(long, default_value_t = 15)]
-        lease_seconds: u64,
-        /// Give every McpServer a NetworkPolicy admitting only its gateway (or server) port.
-        #[arg(long, env = "SERVER_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
-        server_network_policy: bool,
-        /// Labels (`k=v,k2=v2`) of the namespaces whose pods may scrape the gateways' metrics
-        /// port. With neither selector set, the metrics port admits nobody.
-        #[arg(long, env = "METRICS_NAMESPACE_SELECTOR")]
-        metrics_namespace_selector: Option<String>,
-        /// Labels (`k=v,k2=v2`) of the pods (e.g. Prometheus) that may scrape the metrics port.
-        #[arg(long, env = "METRICS_POD_SELECTOR")]
-        metrics_pod_selector: Option<String>,
-    },
+    Run(RunArgs),
     /// Run the auth gateway in front of an MCP server (the sidecar of `auth.mode: Proxy`).
-    Proxy(Box<mcp_keycloak_operator::gateway::GatewayConfig>),
+    Proxy(Box<mcp_auth_gateway::GatewayConfig>),
     /// Write the CRD manifests.
     Crdgen {
         #[arg(long, default_value = "crds")]
         out: PathBuf,
     },
+}
+
+// The flags of `run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Resync period in seconds (drift in Keycloak is repaired within it).
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
+    /// Reconciles each controller runs at once.
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = OperatorConfig::DEFAULT_CONCURRENCY)]
+    max_concurrent_reconciles: u16,
+    /// Image for gateway containers (defaults to this operator's image).
+    #[arg(long, env = "OPERATOR_IMAGE")]
+    operator_image: Option<String>,
+    /// Only watch this namespace.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Only the holder of a coordination.k8s.io Lease reconciles (for replicas > 1).
+    #[arg(long, env = "LEADER_ELECTION")]
+    leader_election: bool,
+    /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    #[arg(long, default_value = "mcp-keycloak-operator")]
+    lease_name: String,
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Give every McpServer a NetworkPolicy admitting only its gateway (or server) port.
+    #[arg(long, env = "SERVER_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    server_network_policy: bool,
+    /// Labels (`k=v,k2=v2`) of the namespaces whose pods may scrape the gateways' metrics
+    /// port. With neither selector set, the metrics port admits nobody.
+    #[arg(long, env = "METRICS_NAMESPACE_SELECTOR")]
+    metrics_namespace_selector: Option<String>,
+    /// Labels (`k=v,k2=v2`) of the pods (e.g. Prometheus) that may scrape the metrics port.
+    #[arg(long, env = "METRICS_POD_SELECTOR")]
+    metrics_pod_selector: Option<String>,
 }
 
 /// `k=v,k2=v2` as match labels.
@@ -118,68 +122,61 @@ async fn main() -> anyhow_free::Result {
     match cli.command {
         Command::Proxy(config) => {
             init_logging(cli.log_json);
-            mcp_keycloak_operator::gateway::run(*config).await?;
+            mcp_auth_gateway::run(*config).await?;
             Ok(())
         }
         Command::Crdgen { out } => {
             mcp_keycloak_operator::crdgen::write(&out)?;
             Ok(())
         }
-        Command::Run {
-            resync_seconds,
-            max_concurrent_reconciles,
-            operator_image,
-            namespace,
-            metrics_addr,
-            leader_election,
-            lease_namespace,
-            lease_name,
-            lease_seconds,
-            server_network_policy,
-            metrics_namespace_selector,
-            metrics_pod_selector,
-        } => {
+        Command::Run(args) => {
             init_logging(cli.log_json);
-            let client = kube::Client::try_default().await?;
-            let mut config = OperatorConfig {
-                resync: Duration::from_secs(resync_seconds),
-                concurrency: max_concurrent_reconciles,
-                ..Default::default()
-            };
-            if let Some(image) = operator_image {
-                config.operator_image = image;
-            }
-            config.server_network_policies = server_network_policy;
-            config.metrics_peer = metrics_peer(
-                metrics_namespace_selector.as_deref(),
-                metrics_pod_selector.as_deref(),
-            )?;
-            let ctx = Context::new(client, Arc::new(Metrics::default()), config);
-            let health = Arc::new(runtime::Health::default());
-            let leader = leader_election.then(|| runtime::LeaderElection {
-                lease_name,
-                namespace: lease_namespace,
-                identity: std::env::var("POD_NAME")
-                    .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
-                lease_seconds,
-            });
-            let admin = tokio::spawn(runtime::serve_admin(
-                metrics_addr,
-                ctx.clone(),
-                health.clone(),
-            ));
-            tracing::info!(%metrics_addr, "starting");
-            let result = tokio::select! {
-                r = runtime::run(ctx, namespace, health, leader) => r,
-                r = admin => match r {
-                    Ok(Err(e)) => Err(e),
-                    _ => Ok(()),
-                },
-            };
-            tracing::info!("stopped");
-            Ok(result?)
+            run(args).await
         }
     }
+}
+
+/// `run`: the controllers and the admin listener until a signal or a failure.
+async fn run(args: RunArgs) -> anyhow_free::Result {
+    let client = kube::Client::try_default().await?;
+    let mut config = OperatorConfig {
+        resync: Duration::from_secs(args.resync_seconds),
+        concurrency: args.max_concurrent_reconciles,
+        ..Default::default()
+    };
+    if let Some(image) = args.operator_image {
+        config.operator_image = image;
+    }
+    config.server_network_policies = args.server_network_policy;
+    config.metrics_peer = metrics_peer(
+        args.metrics_namespace_selector.as_deref(),
+        args.metrics_pod_selector.as_deref(),
+    )?;
+    let ctx = Context::new(client, Arc::new(Metrics::default()), config);
+    let health = Arc::new(runtime::Health::default());
+    let leader = args.leader_election.then(|| runtime::LeaderElection {
+        lease_name: args.lease_name,
+        namespace: args.lease_namespace,
+        identity: std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
+        lease_seconds: args.lease_seconds,
+    });
+    let metrics_addr = args.metrics_addr;
+    let admin = tokio::spawn(runtime::serve_admin(
+        metrics_addr,
+        ctx.clone(),
+        health.clone(),
+    ));
+    tracing::info!(%metrics_addr, "starting");
+    let result = tokio::select! {
+        r = runtime::run(ctx, args.namespace, health, leader) => r,
+        r = admin => match r {
+            Ok(Err(e)) => Err(e),
+            _ => Ok(()),
+        },
+    };
+    tracing::info!("stopped");
+    Ok(result?)
 }
 
 fn hostname() -> String {

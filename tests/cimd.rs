@@ -498,13 +498,9 @@ async fn metadata_document_client_authorizes_and_calls_the_server_through_the_ga
     let upstream = PlainMcpServer::start().await.expect("upstream MCP server");
     let cfg = gateway_config_from_deployment(&b.client, &b.ns, "calc", &upstream.base_url).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tokio::spawn(mcp_keycloak_operator::gateway::serve(
-        cfg,
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let gateway = tokio::spawn(mcp_auth_gateway::serve(cfg, listener, async move {
+        let _ = stopped.await;
+    }));
     let user_id = b.create_user().await;
 
     // The client's metadata document, on loopback.

@@ -25,8 +25,8 @@ use browser::Browser;
 use harness::*;
 use kube::api::Api;
 use kube::Client;
+use mcp_auth_gateway::GatewayConfig;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
-use mcp_keycloak_operator::gateway::GatewayConfig;
 use serde_json::{json, Value};
 
 const USER: &str = "alice";
@@ -356,13 +356,9 @@ async fn vscode_like_client_through_the_operators_gateway() {
         "MCP_SERVER_URL of the gateway container"
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tokio::spawn(mcp_keycloak_operator::gateway::serve(
-        cfg,
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let gateway = tokio::spawn(mcp_auth_gateway::serve(cfg, listener, async move {
+        let _ = stopped.await;
+    }));
     let t_setup = t_test.elapsed();
     let user_id = b.create_user().await;
 

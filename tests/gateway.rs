@@ -1093,7 +1093,7 @@ async fn https_introspection_trusts_the_ca_bundle_and_fails_closed_without_it() 
     let not_pem = ca_file.with_extension("txt");
     std::fs::write(&not_pem, "no certificates here\n").unwrap();
     cfg.ca_bundle = Some(not_pem.clone());
-    assert!(mcp_keycloak_operator::gateway::Gateway::new(&cfg).is_err());
+    assert!(mcp_auth_gateway::Gateway::new(&cfg).is_err());
     let _ = std::fs::remove_file(ca_file);
     let _ = std::fs::remove_file(not_pem);
 }

@@ -11,8 +11,8 @@ use harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use kube::Client;
+use mcp_auth_gateway::{spawn, GatewayHandle};
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
-use mcp_keycloak_operator::gateway::{spawn, GatewayHandle};
 use serde_json::{json, Value};
 
 /// Gateway config from the `gateway` container of the reconciled Deployment, listening on

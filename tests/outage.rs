@@ -10,8 +10,8 @@ use std::time::Duration;
 use harness::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
+use mcp_auth_gateway::spawn;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
-use mcp_keycloak_operator::gateway::spawn;
 use serde_json::json;
 
 /// The tests of this binary each stop the shared Keycloak: one at a time.

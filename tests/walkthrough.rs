@@ -38,13 +38,13 @@ use browser::{Browser, Error};
 use harness::*;
 use kube::api::Api;
 use kube::Client;
-use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
-use mcp_keycloak_operator::podrunner::cluster::{start_server_pod, LocalServer, RunOptions};
-use mcp_keycloak_operator::podrunner::images::{
+use localpod::cluster::{start_server_pod, LocalServer, RunOptions};
+use localpod::images::{
     default_image_map, ensure_server_everything, native_example_image, npm_dir, operator_command,
     LocalBinaries, SERVER_EVERYTHING_IMAGE,
 };
-use mcp_keycloak_operator::podrunner::{ImageMap, RunnerError};
+use localpod::{ImageMap, RunnerError};
+use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, MutexGuard};
 

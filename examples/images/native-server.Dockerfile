@@ -1,7 +1,7 @@
 # ghcr.io/mcp-keycloak-operator/native-server-example:<crate version> — examples/native_server.rs
 # (an rmcp MCP server that validates tokens itself; McpServer `auth.mode: Native`). The local pod
 # runner maps this image to the built `target/<profile>/examples/native_server`
-# (src/podrunner/images.rs).
+# (crates/localpod/src/images.rs).
 #
 #   docker build -f examples/images/native-server.Dockerfile \
 #     -t ghcr.io/mcp-keycloak-operator/native-server-example:0.1.0 .

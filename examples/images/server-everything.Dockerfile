@@ -1,7 +1,7 @@
 # ghcr.io/mcp-keycloak-operator/server-everything:2026.8.31 — the MCP reference server
 # "everything" in Streamable HTTP mode, pinned. The local pod runner maps this image to
 # `node <npm dir>/node_modules/@modelcontextprotocol/server-everything/dist/index.js` with the
-# same ENTRYPOINT/CMD split (src/podrunner/images.rs).
+# same ENTRYPOINT/CMD split (crates/localpod/src/images.rs).
 #
 #   docker build -f examples/images/server-everything.Dockerfile \
 #     -t ghcr.io/mcp-keycloak-operator/server-everything:2026.8.31 examples/images

@@ -5,28 +5,35 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use mcp_auth_gateway::contract;
+
 use super::DeletionPolicy;
 
-/// Environment variables the operator sets itself (the seed's contract plus explicit URLs);
-/// `spec.env` may not override them.
-pub const RESERVED_ENV: &[&str] = &[
-    "HOST",
-    "PORT",
-    "AUTH_HOST",
-    "AUTH_PORT",
-    "AUTH_REALM",
-    "OAUTH_CLIENT_ID",
-    "OAUTH_CLIENT_SECRET",
-    "MCP_SERVER_URL",
-    "MCP_AUTH_ISSUER",
-    "MCP_AUTH_INTROSPECTION_ENDPOINT",
-    "MCP_REQUIRED_SCOPES",
-    crate::gateway::SERVICE_ACCOUNT_CLIENTS_ENV,
-];
+/// Port of the gateway container in `proxy` mode, and of its admin (health/metrics) listener
+/// (Kubernetes port numbers are `i32`).
+pub const GATEWAY_PORT: i32 = contract::GATEWAY_PORT as i32;
+pub const GATEWAY_ADMIN_PORT: i32 = contract::GATEWAY_ADMIN_PORT as i32;
 
-/// Port of the gateway container in `proxy` mode, and of its admin (health/metrics) listener.
-pub const GATEWAY_PORT: i32 = 8080;
-pub const GATEWAY_ADMIN_PORT: i32 = 9090;
+/// CEL: in Proxy mode `spec.port` must not be one of the gateway's ports.
+fn proxy_port_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "!has(self.spec.auth) || self.spec.auth.mode != 'Proxy' || (self.spec.port != {GATEWAY_PORT} && self.spec.port != {GATEWAY_ADMIN_PORT})"
+    ))
+    .message(kube::core::Message::Message(format!(
+        "in Proxy mode ports {GATEWAY_PORT} and {GATEWAY_ADMIN_PORT} belong to the gateway; choose another spec.port"
+    )))
+}
+
+/// CEL: `spec.env` may not set a variable of the contract ([`contract::RESERVED_ENV`]).
+fn reserved_env_rule() -> kube::core::Rule {
+    let names: Vec<String> = contract::RESERVED_ENV
+        .iter()
+        .map(|name| format!("'{name}'"))
+        .collect();
+    kube::core::Rule::new(format!("self.all(e, !(e.name in [{}]))", names.join(", "))).message(
+        "env may not set the operator's contract variables (HOST, PORT, AUTH_*, OAUTH_*, MCP_*)",
+    )
+}
 
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -43,7 +50,7 @@ pub const GATEWAY_ADMIN_PORT: i32 = 9090;
     printcolumn(name = "Auth", type_ = "string", json_path = ".spec.auth.mode"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = kube::core::Rule::new("!has(self.spec.auth) || self.spec.auth.mode != 'Proxy' || (self.spec.port != 8080 && self.spec.port != 9090)").message("in Proxy mode ports 8080 and 9090 belong to the gateway; choose another spec.port"),
+    validation = proxy_port_rule(),
     // The Service and the label values are named after the server: a longer or dotted name
     // (valid for a custom resource) would fail only after the Keycloak client was created.
     validation = kube::core::Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("McpServer names must be DNS labels (at most 63 characters: lowercase letters, digits and '-', starting with a letter): the Service and label values carry the name")
@@ -71,7 +78,7 @@ pub struct McpServerSpec {
     /// Extra environment for the MCP container. The contract variables are set by the operator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(e, !(e.name in ['HOST', 'PORT', 'AUTH_HOST', 'AUTH_PORT', 'AUTH_REALM', 'OAUTH_CLIENT_ID', 'OAUTH_CLIENT_SECRET', 'MCP_SERVER_URL', 'MCP_AUTH_ISSUER', 'MCP_AUTH_INTROSPECTION_ENDPOINT', 'MCP_REQUIRED_SCOPES', 'MCP_SERVICE_ACCOUNT_CLIENTS']))").message("env may not set the operator's contract variables (HOST, PORT, AUTH_*, OAUTH_*, MCP_*)"))]
+    #[x_kube(validation = reserved_env_rule())]
     pub env: Vec<EnvVar>,
 
     /// Arguments of the MCP container (the image's entrypoint is kept). Default: none.

@@ -1,12 +1,9 @@
 //! Desired Deployment, Service and Secret of an McpServer.
 //!
-//! Env contract of the MCP container (`Native` mode; the gateway gets the same in `Proxy` mode):
-//! the seed's `HOST PORT AUTH_HOST AUTH_PORT AUTH_REALM OAUTH_CLIENT_ID OAUTH_CLIENT_SECRET` (the
-//! secret always through `secretKeyRef`), plus `MCP_SERVER_URL` (canonical URL = audience),
-//! `MCP_AUTH_ISSUER`, `MCP_AUTH_INTROSPECTION_ENDPOINT` and `MCP_REQUIRED_SCOPES` (space-separated),
-//! and, when `spec.auth.serviceAccountClients` is set, `MCP_SERVICE_ACCOUNT_CLIENTS`
-//! (comma-separated client ids whose tokens may lack a user session). The gateway also gets
-//! `MCP_GATEWAY_ALLOWED_ORIGINS` from `spec.auth.allowedOrigins`.
+//! The pod's env follows [`mcp_auth_gateway::contract`]: the MCP container gets the auth part
+//! in `Native` mode, the gateway gets it in `Proxy` mode plus its listeners, its upstream and
+//! `spec.auth.allowedOrigins`; `MCP_SERVICE_ACCOUNT_CLIENTS` is only set when
+//! `spec.auth.serviceAccountClients` is.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +24,11 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{AuthMode, McpAuthPolicy, McpServer, GATEWAY_ADMIN_PORT, GATEWAY_PORT};
-use crate::gateway::{ALLOWED_ORIGINS_ENV, SERVICE_ACCOUNT_CLIENTS_ENV};
+use mcp_auth_gateway::contract::{
+    self, ADMIN_LISTEN_ENV, ALLOWED_ORIGINS_ENV, AUTH_HOST_ENV, AUTH_PORT_ENV, AUTH_REALM_ENV,
+    CLIENT_ID_ENV, CLIENT_SECRET_ENV, HOST_ENV, INTROSPECTION_ENDPOINT_ENV, ISSUER_ENV, LISTEN_ENV,
+    PORT_ENV, REQUIRED_SCOPES_ENV, SERVER_URL_ENV, SERVICE_ACCOUNT_CLIENTS_ENV, UPSTREAM_ENV,
+};
 
 pub const SECRET_KEY_CLIENT_ID: &str = "client-id";
 pub const SECRET_KEY_CLIENT_SECRET: &str = "client-secret";
@@ -169,22 +170,22 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
 /// The auth part of the env contract (everything but HOST and PORT).
 fn auth_env(inputs: &WorkloadInputs) -> Vec<EnvVar> {
     let mut vars = vec![
-        env("AUTH_HOST", inputs.auth_host.clone()),
-        env("AUTH_PORT", inputs.auth_port.to_string()),
-        env("AUTH_REALM", inputs.realm.clone()),
-        env("OAUTH_CLIENT_ID", inputs.client_id.clone()),
+        env(AUTH_HOST_ENV, inputs.auth_host.clone()),
+        env(AUTH_PORT_ENV, inputs.auth_port.to_string()),
+        env(AUTH_REALM_ENV, inputs.realm.clone()),
+        env(CLIENT_ID_ENV, inputs.client_id.clone()),
         secret_env(
-            "OAUTH_CLIENT_SECRET",
+            CLIENT_SECRET_ENV,
             &inputs.secret_name,
             SECRET_KEY_CLIENT_SECRET,
         ),
-        env("MCP_SERVER_URL", inputs.url.clone()),
-        env("MCP_AUTH_ISSUER", inputs.issuer.clone()),
+        env(SERVER_URL_ENV, inputs.url.clone()),
+        env(ISSUER_ENV, inputs.issuer.clone()),
         env(
-            "MCP_AUTH_INTROSPECTION_ENDPOINT",
+            INTROSPECTION_ENDPOINT_ENV,
             inputs.introspection_endpoint.clone(),
         ),
-        env("MCP_REQUIRED_SCOPES", inputs.required_scopes.join(" ")),
+        env(REQUIRED_SCOPES_ENV, inputs.required_scopes.join(" ")),
     ];
     // Only when set: absent means "users only", and unchanged servers keep their pod template.
     if !inputs.service_account_clients.is_empty() {
@@ -228,18 +229,18 @@ fn mcp_container(server: &McpServer, inputs: &WorkloadInputs) -> Container {
     let mut vars = vec![
         // Behind the gateway the server must only be reachable from inside the pod.
         env(
-            "HOST",
+            HOST_ENV,
             if mode == AuthMode::Proxy {
                 "127.0.0.1"
             } else {
                 "0.0.0.0"
             },
         ),
-        env("PORT", port.to_string()),
+        env(PORT_ENV, port.to_string()),
     ];
     match mode {
         AuthMode::Native => vars.extend(auth_env(inputs)),
-        AuthMode::Proxy | AuthMode::None => vars.push(env("MCP_SERVER_URL", inputs.url.clone())),
+        AuthMode::Proxy | AuthMode::None => vars.push(env(SERVER_URL_ENV, inputs.url.clone())),
     }
     vars.extend(server.spec.env.iter().cloned());
     Container {
@@ -274,15 +275,9 @@ fn mcp_container(server: &McpServer, inputs: &WorkloadInputs) -> Container {
 
 fn gateway_container(server: &McpServer, inputs: &WorkloadInputs) -> Container {
     let mut vars = vec![
-        env("MCP_GATEWAY_LISTEN", format!("0.0.0.0:{GATEWAY_PORT}")),
-        env(
-            "MCP_GATEWAY_ADMIN_LISTEN",
-            format!("0.0.0.0:{GATEWAY_ADMIN_PORT}"),
-        ),
-        env(
-            "MCP_GATEWAY_UPSTREAM",
-            format!("http://127.0.0.1:{}", server.spec.port),
-        ),
+        env(LISTEN_ENV, contract::LISTEN.to_string()),
+        env(ADMIN_LISTEN_ENV, contract::ADMIN_LISTEN.to_string()),
+        env(UPSTREAM_ENV, contract::upstream_url(server.spec.port)),
     ];
     vars.extend(auth_env(inputs));
     if !inputs.allowed_origins.is_empty() {

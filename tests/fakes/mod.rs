@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::Router;
 use base64::Engine;
-use mcp_keycloak_operator::gateway::{self, ClientSecret, GatewayConfig, GatewayHandle};
+use mcp_auth_gateway::{self as gateway, ClientSecret, GatewayConfig, GatewayHandle};
 
 pub const RESOURCE: &str = "https://mcp.example.com/mcp";
 pub const ISSUER: &str = "https://keycloak.example.com/realms/mcp";

@@ -520,10 +520,10 @@ pub async fn gateway_config_from_deployment(
     ns: &str,
     name: &str,
     upstream: &str,
-) -> mcp_keycloak_operator::gateway::GatewayConfig {
+) -> mcp_auth_gateway::GatewayConfig {
     use k8s_openapi::api::apps::v1::Deployment;
-    use mcp_keycloak_operator::gateway::{ClientSecret, GatewayConfig};
-    use mcp_keycloak_operator::podrunner::{plan_pod, ImageMap, LocalCommand};
+    use localpod::{plan_pod, ImageMap, LocalCommand};
+    use mcp_auth_gateway::{ClientSecret, GatewayConfig};
 
     let dep = Api::<Deployment>::namespaced(client.clone(), ns)
         .get(name)
@@ -560,7 +560,7 @@ pub async fn gateway_config_from_deployment(
     );
     cfg.required_scopes = env["MCP_REQUIRED_SCOPES"].clone();
     // Set by the operator only when the McpServer asks for them.
-    use mcp_keycloak_operator::gateway::{ALLOWED_ORIGINS_ENV, SERVICE_ACCOUNT_CLIENTS_ENV};
+    use mcp_auth_gateway::contract::{ALLOWED_ORIGINS_ENV, SERVICE_ACCOUNT_CLIENTS_ENV};
     if let Some(clients) = env.get(SERVICE_ACCOUNT_CLIENTS_ENV) {
         cfg.service_account_clients = clients.clone();
     }

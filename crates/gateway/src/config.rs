@@ -5,22 +5,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::{Args, FromArgMatches};
 use url::Url;
 
-use super::metadata;
+use super::auth::Rules;
+use super::contract::{self, ALLOWED_ORIGINS_ENV, CLIENT_SECRET_ENV};
+use super::metadata::{self, Resource};
 use super::GatewayError;
 
 /// Default bound on request bodies (4 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// Environment variable the client secret is read from (never a command-line flag).
-pub const CLIENT_SECRET_ENV: &str = "OAUTH_CLIENT_SECRET";
-/// Longest bearer token the gateway accepts (larger ones are refused as malformed).
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// Environment variable naming the clients whose user-less (service-account) tokens are
-/// accepted; shared by the gateway, the operator's Deployment and the Native example.
-pub const SERVICE_ACCOUNT_CLIENTS_ENV: &str = "MCP_SERVICE_ACCOUNT_CLIENTS";
-/// Environment variable listing browser origins allowed besides the resource URL's own.
-pub const ALLOWED_ORIGINS_ENV: &str = "MCP_GATEWAY_ALLOWED_ORIGINS";
 
 /// The introspection client's secret. `Debug` never shows the value.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -53,39 +47,35 @@ impl fmt::Debug for ClientSecret {
 #[command(next_help_heading = "Auth gateway")]
 pub struct GatewayConfig {
     /// Address the proxied MCP endpoint listens on.
-    #[arg(long, env = "MCP_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = contract::LISTEN_ENV, default_value_t = contract::LISTEN)]
     pub listen: SocketAddr,
 
     /// Address of the admin listener serving `/healthz` and `/metrics` (unauthenticated,
     /// kept off the MCP port so no MCP server path is shadowed).
-    #[arg(long, env = "MCP_GATEWAY_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = contract::ADMIN_LISTEN_ENV, default_value_t = contract::ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
 
     /// Base URL of the MCP server behind the gateway (plain http, usually localhost).
-    #[arg(
-        long,
-        env = "MCP_GATEWAY_UPSTREAM",
-        default_value = "http://127.0.0.1:3000"
-    )]
+    #[arg(long, env = contract::UPSTREAM_ENV, default_value = contract::DEFAULT_UPSTREAM)]
     pub upstream: String,
 
     /// Canonical URL of the MCP server as clients see it: the protected-resource
     /// metadata `resource` and the audience every token must carry. Used verbatim.
-    #[arg(long, env = "MCP_SERVER_URL")]
+    #[arg(long, env = contract::SERVER_URL_ENV)]
     pub resource_url: String,
 
     /// Keycloak issuer as browsers see it (`{publicUrl}/realms/{realm}`), advertised
     /// verbatim in `authorization_servers`.
-    #[arg(long, env = "MCP_AUTH_ISSUER")]
+    #[arg(long, env = contract::ISSUER_ENV)]
     pub issuer: String,
 
     /// RFC 7662 introspection endpoint reachable from the pod
     /// (`{url}/realms/{realm}/protocol/openid-connect/token/introspect`).
-    #[arg(long, env = "MCP_AUTH_INTROSPECTION_ENDPOINT")]
+    #[arg(long, env = contract::INTROSPECTION_ENDPOINT_ENV)]
     pub introspection_endpoint: String,
 
     /// Confidential client used for introspection (HTTP basic auth).
-    #[arg(long, env = "OAUTH_CLIENT_ID")]
+    #[arg(long, env = contract::CLIENT_ID_ENV)]
     pub client_id: String,
 
     /// Introspection client secret; never a flag. See the type-level docs.
@@ -98,7 +88,7 @@ pub struct GatewayConfig {
     pub client_secret_file: Option<PathBuf>,
 
     /// Space-separated scopes every token must carry (e.g. `mcp:tools`).
-    #[arg(long, env = "MCP_REQUIRED_SCOPES", default_value = "")]
+    #[arg(long, env = contract::REQUIRED_SCOPES_ENV, default_value = "")]
     pub required_scopes: String,
 
     /// Optional human-readable `resource_name` for the protected-resource metadata.
@@ -148,7 +138,7 @@ pub struct GatewayConfig {
 
     /// Clients (`client_id`/`azp`, comma- or space-separated) whose tokens may lack a user
     /// session (client credentials). Empty: every token must come from a user's login.
-    #[arg(long, env = SERVICE_ACCOUNT_CLIENTS_ENV, default_value = "")]
+    #[arg(long, env = contract::SERVICE_ACCOUNT_CLIENTS_ENV, default_value = "")]
     pub service_account_clients: String,
 
     /// Browser origins (comma- or space-separated, `scheme://host[:port]`) allowed besides the
@@ -202,7 +192,8 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// A configuration with every optional setting at its default, for embedding and tests.
+    /// A configuration with every optional setting at its flag's default (the environment is
+    /// not read), for embedding and tests.
     pub fn new(
         resource_url: impl Into<String>,
         issuer: impl Into<String>,
@@ -210,37 +201,26 @@ impl GatewayConfig {
         client_id: impl Into<String>,
         client_secret: ClientSecret,
     ) -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
-            upstream: "http://127.0.0.1:3000".to_owned(),
-            resource_url: resource_url.into(),
-            issuer: issuer.into(),
-            introspection_endpoint: introspection_endpoint.into(),
-            client_id: client_id.into(),
-            client_secret: Some(client_secret),
-            client_secret_file: None,
-            required_scopes: String::new(),
-            resource_name: None,
-            cache_ttl_seconds: 30,
-            negative_cache_ttl_seconds: 5,
-            cache_max_entries: 10_000,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            introspection_timeout_ms: 5000,
-            ca_bundle: None,
-            shutdown_grace_seconds: 10,
-            service_account_clients: String::new(),
-            allowed_origins: String::new(),
-            require_jwt: true,
-            max_connections: 1024,
-            max_inflight: 512,
-            header_timeout_ms: 10_000,
-            body_timeout_ms: 30_000,
-            introspection_rate: 50.0,
-            introspection_burst: 100,
-            introspection_rate_per_client: 5.0,
-            introspection_burst_per_client: 20,
-        }
+        let required = [
+            ("resource-url", resource_url.into()),
+            ("issuer", issuer.into()),
+            ("introspection-endpoint", introspection_endpoint.into()),
+            ("client-id", client_id.into()),
+        ];
+        let argv = std::iter::once("gateway".to_owned()).chain(
+            required
+                .iter()
+                .map(|(flag, value)| format!("--{flag}={value}")),
+        );
+        // The flags are the one place the defaults are written; parse them without the
+        // environment so a variable of this process cannot change what `new` returns.
+        let matches = Self::augment_args(clap::Command::new("gateway"))
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(argv)
+            .expect("the required flags are given and every other flag has a default");
+        let mut config = Self::from_arg_matches(&matches).expect("matches of the gateway's flags");
+        config.client_secret = Some(client_secret);
+        config
     }
 
     /// Checks the configuration and derives everything the gateway needs at run time.
@@ -251,19 +231,7 @@ impl GatewayConfig {
 
         let issuer = check_issuer(&self.issuer)?;
 
-        let introspection_endpoint = Url::parse(self.introspection_endpoint.trim())
-            .map_err(|e| config_err(format!("--introspection-endpoint is not a URL: {e}")))?;
-        if !matches!(introspection_endpoint.scheme(), "http" | "https") {
-            return Err(config_err(
-                "--introspection-endpoint must be an http(s) URL",
-            ));
-        }
-
-        if self.client_id.trim().is_empty() {
-            return Err(config_err("--client-id / OAUTH_CLIENT_ID is empty"));
-        }
-        let client_secret = self.resolve_secret()?;
-
+        let introspection = self.introspection()?;
         let required_scopes = parse_scopes(&self.required_scopes)?;
         let upstream = Upstream::parse(&self.upstream)?;
 
@@ -279,7 +247,6 @@ impl GatewayConfig {
         let limits = self.limits()?;
         let allowed_origins = allowed_origins(&resource, &self.allowed_origins)?;
         let service_account_clients = split_list(&self.service_account_clients);
-        let ttl = Duration::from_secs(self.cache_ttl_seconds);
         Ok(Settings {
             allowed_origins,
             service_account_clients,
@@ -292,16 +259,36 @@ impl GatewayConfig {
             metadata_paths,
             required_scopes,
             upstream,
-            introspection_endpoint,
+            introspection,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+        })
+    }
+
+    /// The introspection endpoint, its client and the answer cache (the cache's bounds are
+    /// checked by `validate`, after the scopes and the upstream).
+    fn introspection(&self) -> Result<IntrospectionSettings, GatewayError> {
+        let endpoint = Url::parse(self.introspection_endpoint.trim())
+            .map_err(|e| config_err(format!("--introspection-endpoint is not a URL: {e}")))?;
+        if !matches!(endpoint.scheme(), "http" | "https") {
+            return Err(config_err(
+                "--introspection-endpoint must be an http(s) URL",
+            ));
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(config_err("--client-id / OAUTH_CLIENT_ID is empty"));
+        }
+        let client_secret = self.resolve_secret()?;
+        let ttl = Duration::from_secs(self.cache_ttl_seconds);
+        Ok(IntrospectionSettings {
+            endpoint,
             client_id: self.client_id.trim().to_owned(),
             client_secret,
+            timeout: Duration::from_millis(self.introspection_timeout_ms),
+            ca_bundle: self.ca_bundle.clone(),
             cache_ttl: ttl,
             negative_cache_ttl: Duration::from_secs(self.negative_cache_ttl_seconds).min(ttl),
             cache_max_entries: self.cache_max_entries,
-            max_body_bytes: self.max_body_bytes,
-            introspection_timeout: Duration::from_millis(self.introspection_timeout_ms),
-            ca_bundle: self.ca_bundle.clone(),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
         })
     }
 
@@ -440,14 +427,6 @@ pub(crate) struct Limits {
     pub per_client: Bucket,
 }
 
-/// The resource URL, checked but kept byte-for-byte as configured (a parsed `Url` would
-/// add a trailing slash to `https://host`, which clients compare exactly).
-#[derive(Clone, Debug)]
-pub(crate) struct Resource {
-    pub raw: String,
-    pub parsed: Url,
-}
-
 fn check_resource_url(raw: &str) -> Result<Resource, GatewayError> {
     let raw = raw.trim();
     if raw.is_empty() {
@@ -550,13 +529,31 @@ impl Upstream {
 
 impl Settings {
     /// The token rules of this resource.
-    pub fn rules(&self) -> super::auth::Rules<'_> {
-        super::auth::Rules {
+    pub fn rules(&self) -> Rules<'_> {
+        Rules {
             resource: &self.resource.raw,
             required: &self.required_scopes,
             service_account_clients: &self.service_account_clients,
         }
     }
+}
+
+/// How tokens are introspected, and how long the answers are reused.
+#[derive(Clone, Debug)]
+pub(crate) struct IntrospectionSettings {
+    /// The RFC 7662 endpoint; its client authenticates with HTTP basic auth.
+    pub endpoint: Url,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    /// Bound on one call, connecting included.
+    pub timeout: Duration,
+    /// Extra CA certificates trusted for an https endpoint.
+    pub ca_bundle: Option<PathBuf>,
+    /// Reuse of an active answer (never beyond the token's `exp`), of an inactive one, and the
+    /// number of answers kept.
+    pub cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+    pub cache_max_entries: usize,
 }
 
 /// Validated, derived settings.
@@ -569,15 +566,8 @@ pub(crate) struct Settings {
     pub metadata_paths: Vec<String>,
     pub required_scopes: Vec<String>,
     pub upstream: Upstream,
-    pub introspection_endpoint: Url,
-    pub client_id: String,
-    pub client_secret: ClientSecret,
-    pub cache_ttl: Duration,
-    pub negative_cache_ttl: Duration,
-    pub cache_max_entries: usize,
+    pub introspection: IntrospectionSettings,
     pub max_body_bytes: usize,
-    pub introspection_timeout: Duration,
-    pub ca_bundle: Option<PathBuf>,
     pub shutdown_grace: Duration,
     /// Normalized origins allowed to call; the resource URL's own comes first.
     pub allowed_origins: Vec<String>,
@@ -690,7 +680,7 @@ mod tests {
         c.cache_ttl_seconds = 2;
         c.negative_cache_ttl_seconds = 60;
         assert_eq!(
-            c.validate().unwrap().negative_cache_ttl,
+            c.validate().unwrap().introspection.negative_cache_ttl,
             Duration::from_secs(2)
         );
     }
@@ -716,7 +706,10 @@ mod tests {
         let mut c = config();
         c.client_secret = None;
         c.client_secret_file = Some(dir.clone());
-        assert_eq!(c.validate().unwrap().client_secret.expose(), "from-file");
+        assert_eq!(
+            c.validate().unwrap().introspection.client_secret.expose(),
+            "from-file"
+        );
         std::fs::remove_file(dir).unwrap();
     }
 

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Local pod runner (tests and demo): runs the pod of a reconciled Deployment as local processes
 //! on loopback, with env resolved as the kubelet would (`value` with `$(VAR)` expansion,
 //! `secretKeyRef`, `configMapKeyRef`, `fieldRef` to the pod's name/namespace), `command`/`args`
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVarSource, PodSpec, Secret};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
@@ -177,70 +178,91 @@ pub fn plan_pod(
     images: &ImageMap,
 ) -> Result<Vec<ProcessPlan>, RunnerError> {
     let name = deployment.name_any();
-    let unsupported = |reason: &str| RunnerError::Unsupported {
+    let unsupported = |reason: String| RunnerError::Unsupported {
         deployment: name.clone(),
-        reason: reason.to_string(),
+        reason,
     };
     let pod = deployment
         .spec
         .template
         .spec
         .as_ref()
-        .ok_or_else(|| unsupported("no pod spec"))?;
-    if pod.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
-        return Err(unsupported("init containers are not supported"));
-    }
-    if pod.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(unsupported("volumes are not supported"));
-    }
-    if pod.host_network == Some(true) {
-        return Err(unsupported("hostNetwork is not supported"));
-    }
+        .ok_or_else(|| unsupported("no pod spec".into()))?;
+    check_pod(pod).map_err(|reason| unsupported(reason.into()))?;
     let pod_name = format!("{name}-local");
     let namespace = deployment.namespace().unwrap_or_default();
-    let mut plans = vec![];
-    for c in &pod.containers {
-        if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(unsupported(&format!("container {} mounts volumes", c.name)));
-        }
-        if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(unsupported(&format!("container {} uses envFrom", c.name)));
-        }
-        let image = c.image.clone().unwrap_or_default();
-        let cmd = images
-            .lookup(&image)
-            .ok_or_else(|| RunnerError::UnknownImage {
-                container: c.name.clone(),
-                image: image.clone(),
-                known: images.known(),
-            })?;
-        if c.command.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(unsupported(&format!(
-                "container {} overrides the image's command, which has no local equivalent",
-                c.name
-            )));
-        }
-        let env = resolve_env(c, secrets, config_maps, &pod_name, &namespace)?;
-        let args = match c.args.as_ref().filter(|a| !a.is_empty()) {
-            Some(a) => a.iter().map(|x| expand(x, &env)).collect(),
-            None => cmd.default_args.clone(),
-        };
-        let ports: Vec<i32> = c
-            .ports
-            .as_ref()
-            .map(|p| p.iter().map(|p| p.container_port).collect())
-            .unwrap_or_default();
-        let readiness = readiness(c, &ports).map_err(|r| unsupported(&r))?;
-        plans.push(ProcessPlan {
-            container: c.name.clone(),
-            program: cmd.program.clone(),
-            args: cmd.fixed_args.iter().cloned().chain(args).collect(),
-            env,
-            ports,
-            readiness,
-        });
+    let sources = EnvSources {
+        secrets,
+        config_maps,
+        pod_name: &pod_name,
+        namespace: &namespace,
+    };
+    pod.containers
+        .iter()
+        .map(|c| plan_container(c, images, &sources, &unsupported))
+        .collect()
+}
+
+/// Refuses pod-level features the runner cannot reproduce.
+fn check_pod(pod: &PodSpec) -> Result<(), &'static str> {
+    if pod.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+        return Err("init containers are not supported");
     }
-    Ok(plans)
+    if pod.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err("volumes are not supported");
+    }
+    if pod.host_network == Some(true) {
+        return Err("hostNetwork is not supported");
+    }
+    Ok(())
+}
+
+/// One container's process: its image's local command, its env resolved, its readiness.
+fn plan_container(
+    c: &Container,
+    images: &ImageMap,
+    sources: &EnvSources,
+    unsupported: &dyn Fn(String) -> RunnerError,
+) -> Result<ProcessPlan, RunnerError> {
+    if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(unsupported(format!("container {} mounts volumes", c.name)));
+    }
+    if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(unsupported(format!("container {} uses envFrom", c.name)));
+    }
+    let image = c.image.clone().unwrap_or_default();
+    let cmd = images
+        .lookup(&image)
+        .ok_or_else(|| RunnerError::UnknownImage {
+            container: c.name.clone(),
+            image: image.clone(),
+            known: images.known(),
+        })?;
+    if c.command.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(unsupported(format!(
+            "container {} overrides the image's command, which has no local equivalent",
+            c.name
+        )));
+    }
+    let env = resolve_env(c, sources)?;
+    let args = match c.args.as_ref().filter(|a| !a.is_empty()) {
+        Some(a) => a.iter().map(|x| expand(x, &env)).collect(),
+        None => cmd.default_args.clone(),
+    };
+    let ports: Vec<i32> = c
+        .ports
+        .as_ref()
+        .map(|p| p.iter().map(|p| p.container_port).collect())
+        .unwrap_or_default();
+    let readiness = readiness(c, &ports).map_err(unsupported)?;
+    Ok(ProcessPlan {
+        container: c.name.clone(),
+        program: cmd.program.clone(),
+        args: cmd.fixed_args.iter().cloned().chain(args).collect(),
+        env,
+        ports,
+        readiness,
+    })
 }
 
 /// A port of a probe (`IntOrString`: a number or the name of one of the container's ports).
@@ -294,61 +316,76 @@ fn readiness(c: &Container, ports: &[i32]) -> Result<Readiness, String> {
     Ok(tcp_ports())
 }
 
+/// What `valueFrom` env sources resolve against: the namespace's objects and the pod's identity.
+struct EnvSources<'a> {
+    secrets: &'a [Secret],
+    config_maps: &'a [ConfigMap],
+    pod_name: &'a str,
+    namespace: &'a str,
+}
+
+impl EnvSources<'_> {
+    /// The value of one `valueFrom`; `None` for an optional key that is absent.
+    fn value_of(&self, from: &EnvVarSource) -> Result<Option<String>, String> {
+        if let Some(r) = &from.secret_key_ref {
+            let found = self
+                .secrets
+                .iter()
+                .find(|s| s.name_any() == r.name)
+                .and_then(|s| s.data.as_ref()?.get(&r.key))
+                .map(|b| String::from_utf8_lossy(&b.0).to_string());
+            return key_value(found, r.optional, || {
+                format!("Secret {} has no key {}", r.name, r.key)
+            });
+        }
+        if let Some(r) = &from.config_map_key_ref {
+            let found = self
+                .config_maps
+                .iter()
+                .find(|m| m.name_any() == r.name)
+                .and_then(|m| m.data.as_ref()?.get(&r.key).cloned());
+            return key_value(found, r.optional, || {
+                format!("ConfigMap {} has no key {}", r.name, r.key)
+            });
+        }
+        if let Some(f) = &from.field_ref {
+            return match f.field_path.as_str() {
+                "metadata.name" => Ok(Some(self.pod_name.to_string())),
+                "metadata.namespace" => Ok(Some(self.namespace.to_string())),
+                other => Err(format!("fieldRef {other} is not supported")),
+            };
+        }
+        Err("this env source is not supported".into())
+    }
+}
+
+/// A key reference's value: the one found, nothing for an absent optional key, else an error.
+fn key_value(
+    found: Option<String>,
+    optional: Option<bool>,
+    missing: impl FnOnce() -> String,
+) -> Result<Option<String>, String> {
+    match found {
+        Some(v) => Ok(Some(v)),
+        None if optional == Some(true) => Ok(None),
+        None => Err(missing()),
+    }
+}
+
 fn resolve_env(
     c: &Container,
-    secrets: &[Secret],
-    config_maps: &[ConfigMap],
-    pod_name: &str,
-    namespace: &str,
+    sources: &EnvSources,
 ) -> Result<BTreeMap<String, String>, RunnerError> {
     let mut env = BTreeMap::new();
     for e in c.env.iter().flatten() {
-        let err = |reason: String| RunnerError::Env {
-            container: c.name.clone(),
-            var: e.name.clone(),
-            reason,
-        };
         let value = match (&e.value, &e.value_from) {
             (Some(v), _) => Some(expand(v, &env)),
             (None, None) => Some(String::new()),
-            (None, Some(from)) => {
-                if let Some(r) = &from.secret_key_ref {
-                    let optional = r.optional == Some(true);
-                    let found = secrets
-                        .iter()
-                        .find(|s| s.name_any() == r.name)
-                        .and_then(|s| s.data.as_ref()?.get(&r.key))
-                        .map(|b| String::from_utf8_lossy(&b.0).to_string());
-                    match (found, optional) {
-                        (Some(v), _) => Some(v),
-                        (None, true) => None,
-                        (None, false) => {
-                            return Err(err(format!("Secret {} has no key {}", r.name, r.key)))
-                        }
-                    }
-                } else if let Some(r) = &from.config_map_key_ref {
-                    let optional = r.optional == Some(true);
-                    let found = config_maps
-                        .iter()
-                        .find(|m| m.name_any() == r.name)
-                        .and_then(|m| m.data.as_ref()?.get(&r.key).cloned());
-                    match (found, optional) {
-                        (Some(v), _) => Some(v),
-                        (None, true) => None,
-                        (None, false) => {
-                            return Err(err(format!("ConfigMap {} has no key {}", r.name, r.key)))
-                        }
-                    }
-                } else if let Some(f) = &from.field_ref {
-                    match f.field_path.as_str() {
-                        "metadata.name" => Some(pod_name.to_string()),
-                        "metadata.namespace" => Some(namespace.to_string()),
-                        other => return Err(err(format!("fieldRef {other} is not supported"))),
-                    }
-                } else {
-                    return Err(err("this env source is not supported".into()));
-                }
-            }
+            (None, Some(from)) => sources.value_of(from).map_err(|reason| RunnerError::Env {
+                container: c.name.clone(),
+                var: e.name.clone(),
+                reason,
+            })?,
         };
         if let Some(v) = value {
             env.insert(e.name.clone(), v);

@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt};
 
 use super::forward::PortForward;
 use super::{plan_pod, ImageMap, ProcessPlan, RunnerError, RunningPod, SpawnOptions};
-use crate::api::McpServer;
+use mcp_keycloak_operator::api::McpServer;
 
 /// A running McpServer pod and the forward(s) that make its URL reachable.
 pub struct LocalServer {

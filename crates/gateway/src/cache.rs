@@ -150,7 +150,7 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::auth::ActiveToken;
+    use crate::auth::{ActiveToken, Lifetime};
     use std::time::UNIX_EPOCH;
 
     fn wall() -> SystemTime {
@@ -163,8 +163,7 @@ mod tests {
             client_id: None,
             scopes: vec![],
             audience: None,
-            exp,
-            nbf: None,
+            lifetime: Lifetime { exp, nbf: None },
             bearer_type: true,
             user_session: true,
         })
@@ -219,16 +218,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn entries_expire_at_their_lifetime() {
+    /// A cache (ttl 30 s, negative ttl 5 s) holding `entries`, all inserted at the instant returned.
+    fn filled<const N: usize>(entries: [(&str, TokenInfo); N]) -> (TokenCache, Instant) {
         let cache = TokenCache::new(S(30), S(5), 100);
         let t0 = Instant::now();
-        let k_exp = token_key("expiring-soon");
-        let k_ttl = token_key("long-lived");
-        let k_neg = token_key("revoked");
-        cache.insert(k_exp, Arc::new(active(Some(1_800_000_010))), t0, wall());
-        cache.insert(k_ttl, Arc::new(active(Some(1_800_009_999))), t0, wall());
-        cache.insert(k_neg, Arc::new(TokenInfo::Inactive), t0, wall());
+        for (token, info) in entries {
+            cache.insert(token_key(token), Arc::new(info), t0, wall());
+        }
+        (cache, t0)
+    }
+
+    #[test]
+    fn entries_expire_at_their_lifetime() {
+        let (cache, t0) = filled([
+            ("expiring-soon", active(Some(1_800_000_010))),
+            ("long-lived", active(Some(1_800_009_999))),
+            ("revoked", TokenInfo::Inactive),
+        ]);
+        let [k_exp, k_ttl, k_neg] = ["expiring-soon", "long-lived", "revoked"].map(token_key);
         assert!(cache.get(&k_exp, t0 + S(9)).is_some());
         assert!(cache.get(&k_exp, t0 + S(10)).is_none(), "outlived exp");
         assert!(cache.get(&k_neg, t0 + S(4)).is_some());
@@ -278,12 +285,11 @@ mod tests {
 
     #[test]
     fn lapsed_active_entries_stay_known_good_until_exp() {
-        let cache = TokenCache::new(S(30), S(5), 100);
-        let t0 = Instant::now();
-        let good = token_key("good");
-        let bad = token_key("revoked");
-        cache.insert(good, Arc::new(active(Some(1_800_000_100))), t0, wall());
-        cache.insert(bad, Arc::new(TokenInfo::Inactive), t0, wall());
+        let (cache, t0) = filled([
+            ("good", active(Some(1_800_000_100))),
+            ("revoked", TokenInfo::Inactive),
+        ]);
+        let [good, bad] = ["good", "revoked"].map(token_key);
         assert!(
             cache.get(&good, t0 + S(31)).is_none(),
             "lapsed after the ttl"

@@ -10,14 +10,13 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 
 use super::auth::{evaluate, extract_bearer, is_jwt_shaped, Decision, Identity, Presented};
 use super::config::{normalize_origin, Settings};
-use super::introspection::{Admission, IntrospectionError, Introspector};
+use super::introspection::{Admission, IntrospectionError};
 use super::metadata::{www_authenticate, Challenge, InvalidReason};
-use super::metrics::{Metrics, Outcome};
+use super::metrics::Outcome;
+use super::state::AppState;
 use super::stream::GuardedBody;
 
 /// Verified subject (`sub`) forwarded upstream.
@@ -42,8 +41,6 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-pub(crate) type UpstreamClient = Client<HttpConnector, Body>;
-
 /// Methods a browser may use on the MCP endpoint (Streamable HTTP: POST, GET for the SSE
 /// stream, DELETE to end a session).
 const CORS_METHODS: &str = "GET, POST, DELETE, OPTIONS";
@@ -52,16 +49,6 @@ const CORS_REQUEST_HEADERS: &str =
     "Authorization, Content-Type, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID, Accept";
 /// Response headers a browser client must be able to read.
 const CORS_EXPOSE_HEADERS: &str = "Mcp-Session-Id, WWW-Authenticate";
-
-pub(crate) struct AppState {
-    pub settings: Settings,
-    /// One permit per request being handled (held until its response body ends).
-    pub inflight: Arc<tokio::sync::Semaphore>,
-    pub introspector: Introspector,
-    pub client: UpstreamClient,
-    pub metrics: Arc<Metrics>,
-    pub metadata_json: Bytes,
-}
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -344,13 +331,7 @@ async fn dispatch(state: &Arc<AppState>, req: Request) -> (Outcome, Response) {
         return (Outcome::Preflight, preflight_response(origin));
     }
     let Ok(permit) = state.inflight.clone().try_acquire_owned() else {
-        let mut resp = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "Too many requests in progress; try again later",
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let resp = unavailable("Too many requests in progress; try again later", 1);
         return (Outcome::Overloaded, resp);
     };
     let (outcome, mut resp) = authorize(state, req, permit).await;
@@ -372,25 +353,36 @@ fn refuse(state: &AppState, reason: InvalidReason) -> (Outcome, Response) {
 
 fn introspection_failed(error: &IntrospectionError, settings: &Settings) -> (Outcome, Response) {
     if let IntrospectionError::Throttled { retry_after_secs } = error {
-        let mut resp = error_response(
+        let resp = error_response(
             StatusCode::TOO_MANY_REQUESTS,
             "slow_down",
             "Too many new tokens from this client; try again later",
         );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-        return (Outcome::Throttled, resp);
+        return (Outcome::Throttled, retry_after(resp, *retry_after_secs));
     }
-    tracing::error!(%error, endpoint = %settings.introspection_endpoint,
+    tracing::error!(%error, endpoint = %settings.introspection.endpoint,
         "token introspection failed; refusing the request (fail closed)");
-    let mut resp = error_response(
+    let resp = unavailable(
+        "The authorization server could not be reached; try again later",
+        5,
+    );
+    (Outcome::AuthUnavailable, resp)
+}
+
+/// 503 `temporarily_unavailable`, to be retried after `secs`.
+fn unavailable(description: &str, secs: u64) -> Response {
+    let resp = error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "temporarily_unavailable",
-        "The authorization server could not be reached; try again later",
+        description,
     );
+    retry_after(resp, secs)
+}
+
+fn retry_after(mut resp: Response, secs: u64) -> Response {
     resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    (Outcome::AuthUnavailable, resp)
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
 }
 
 async fn authorize(
@@ -428,7 +420,7 @@ async fn authorize(
     match evaluate(&info, &settings.rules(), SystemTime::now()) {
         Decision::Allow(identity) => {
             let exp = match &*info {
-                super::auth::TokenInfo::Active(t) => t.exp,
+                super::auth::TokenInfo::Active(t) => t.lifetime.exp,
                 super::auth::TokenInfo::Inactive => None,
             };
             let grant = Grant {
@@ -606,13 +598,7 @@ fn upstream_failed(
     state: &AppState,
     error: &hyper_util::client::legacy::Error,
 ) -> (Outcome, Response) {
-    let mut msg = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
+    let msg = super::error_chain(error);
     tracing::warn!(error = %msg, upstream = %state.settings.upstream.authority, "upstream request failed");
     (
         Outcome::UpstreamError,

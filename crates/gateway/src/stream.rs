@@ -18,7 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::auth::{evaluate, Decision, TokenInfo};
 use super::introspection::Admission;
 use super::metadata::{Challenge, InvalidReason};
-use super::proxy::AppState;
+use super::state::AppState;
 
 /// Re-check period when the cache is off or the entry's lifetime is unknown.
 const FALLBACK_RECHECK: Duration = Duration::from_secs(1);

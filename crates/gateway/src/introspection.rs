@@ -11,7 +11,7 @@ use url::Url;
 
 use super::auth::{IntrospectionResponse, TokenInfo};
 use super::cache::{token_key, TokenCache, TokenKey};
-use super::config::{ClientSecret, Settings};
+use super::config::{ClientSecret, IntrospectionSettings, Limits};
 use super::limits::{retry_after_secs, IntrospectionLimiter};
 use super::metrics::Metrics;
 use super::GatewayError;
@@ -56,14 +56,7 @@ impl IntrospectionError {
         }
         // The chain names the endpoint and the I/O cause; the token is only ever in the
         // request body, which errors do not echo.
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        Self::Transport(msg)
+        Self::Transport(super::error_chain(e))
     }
 }
 
@@ -92,10 +85,14 @@ fn form_encode(s: &str) -> String {
 }
 
 impl Introspector {
-    pub(crate) fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Self, GatewayError> {
+    pub(crate) fn new(
+        settings: &IntrospectionSettings,
+        limits: &Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, GatewayError> {
         let mut builder = reqwest::Client::builder()
-            .timeout(settings.introspection_timeout)
-            .connect_timeout(settings.introspection_timeout)
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!(
@@ -122,7 +119,7 @@ impl Introspector {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
-                endpoint: settings.introspection_endpoint.clone(),
+                endpoint: settings.endpoint.clone(),
                 client_id: form_encode(&settings.client_id),
                 client_secret: ClientSecret::new(form_encode(settings.client_secret.expose())),
                 cache: TokenCache::new(
@@ -131,10 +128,7 @@ impl Introspector {
                     settings.cache_max_entries,
                 ),
                 inflight: Mutex::new(HashMap::new()),
-                limiter: IntrospectionLimiter::new(
-                    settings.limits.total,
-                    settings.limits.per_client,
-                ),
+                limiter: IntrospectionLimiter::new(limits.total, limits.per_client),
                 metrics,
             }),
         })

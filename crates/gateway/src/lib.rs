@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! MCP auth gateway: a reverse proxy, run as a sidecar in front of an MCP server, that
 //! enforces the MCP authorization spec (2025-06-18 / 2025-11-25) with Keycloak token
 //! introspection.
@@ -41,7 +42,7 @@
 //! # Embedding
 //! ```no_run
 //! use clap::Parser;
-//! use mcp_keycloak_operator::gateway::{self, GatewayConfig};
+//! use mcp_auth_gateway::{self as gateway, GatewayConfig};
 //!
 //! #[derive(Parser)]
 //! enum Cli {
@@ -59,12 +60,14 @@
 mod auth;
 mod cache;
 mod config;
+pub mod contract;
 mod introspection;
 mod limits;
 mod listener;
 mod metadata;
 pub mod metrics;
 mod proxy;
+mod state;
 mod stream;
 
 use std::future::Future;
@@ -84,10 +87,7 @@ use tokio::net::TcpListener;
 pub use auth::{
     evaluate, is_jwt_shaped, Audience, Decision, Identity, IntrospectionResponse, Rules, TokenInfo,
 };
-pub use config::{
-    split_list, ClientSecret, GatewayConfig, ALLOWED_ORIGINS_ENV, CLIENT_SECRET_ENV,
-    DEFAULT_MAX_BODY_BYTES, SERVICE_ACCOUNT_CLIENTS_ENV,
-};
+pub use config::{split_list, ClientSecret, GatewayConfig, DEFAULT_MAX_BODY_BYTES};
 pub use introspection::IntrospectionError;
 pub use metadata::{
     Challenge, InvalidReason, ProtectedResourceMetadata, INVALID_TOKEN_DESCRIPTION, WELL_KNOWN_PRM,
@@ -95,7 +95,7 @@ pub use metadata::{
 pub use metrics::Outcome;
 pub use proxy::{HEADER_CLIENT_ID, HEADER_SCOPES, HEADER_SUBJECT, IDENTITY_HEADER_PREFIX};
 
-use proxy::AppState;
+use state::AppState;
 
 /// Errors of the gateway's setup and serving (request-level failures become HTTP answers).
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +121,18 @@ pub enum GatewayError {
     Serve(#[source] std::io::Error),
 }
 
+/// An error and its sources, `: `-separated (the causes name the address and the I/O error).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut msg = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
 /// A configured gateway: build it once, then serve its routers.
 #[derive(Clone)]
 pub struct Gateway {
@@ -132,7 +144,11 @@ impl Gateway {
     pub fn new(config: &GatewayConfig) -> Result<Self, GatewayError> {
         let settings = config.validate()?;
         let metrics = Arc::new(metrics::Metrics::new());
-        let introspector = introspection::Introspector::new(&settings, metrics.clone())?;
+        let introspector = introspection::Introspector::new(
+            &settings.introspection,
+            &settings.limits,
+            metrics.clone(),
+        )?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
@@ -153,11 +169,11 @@ impl Gateway {
             resource = %settings.resource.raw,
             issuer = %settings.issuer,
             metadata_url = %settings.metadata_url,
-            introspection_endpoint = %settings.introspection_endpoint,
-            client_id = %settings.client_id,
+            introspection_endpoint = %settings.introspection.endpoint,
+            client_id = %settings.introspection.client_id,
             required_scopes = %settings.required_scopes.join(" "),
             upstream = %settings.upstream.authority,
-            cache_ttl_s = settings.cache_ttl.as_secs(),
+            cache_ttl_s = settings.introspection.cache_ttl.as_secs(),
             allowed_origins = %settings.allowed_origins.join(" "),
             service_account_clients = %settings.service_account_clients.join(" "),
             max_connections = settings.limits.max_connections,
@@ -266,11 +282,6 @@ impl Gateway {
     }
 }
 
-/// The MCP listener's router for `gateway` (see [`Gateway::router`]).
-pub fn router(gateway: &Gateway) -> Router {
-    gateway.router()
-}
-
 /// Serves the MCP listener only (no admin endpoints) on `listener` until `shutdown`.
 pub async fn serve(
     config: GatewayConfig,
@@ -278,18 +289,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     Gateway::new(&config)?.serve(listener, None, shutdown).await
-}
-
-/// Serves the MCP listener and the admin listener until `shutdown`.
-pub async fn serve_with_admin(
-    config: GatewayConfig,
-    listener: TcpListener,
-    admin_listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), GatewayError> {
-    Gateway::new(&config)?
-        .serve(listener, Some(admin_listener), shutdown)
-        .await
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {

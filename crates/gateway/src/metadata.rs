@@ -1,8 +1,15 @@
 //! RFC 9728 protected-resource metadata and the RFC 6750 `WWW-Authenticate` challenges.
 
 use serde::Serialize;
+use url::Url;
 
-use super::config::Resource;
+/// The resource URL, checked but kept byte-for-byte as configured (a parsed `Url` would
+/// add a trailing slash to `https://host`, which clients compare exactly).
+#[derive(Clone, Debug)]
+pub(crate) struct Resource {
+    pub raw: String,
+    pub parsed: Url,
+}
 
 /// The RFC 9728 well-known path (root form).
 pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";
@@ -170,31 +177,35 @@ mod tests {
 
     #[test]
     fn metadata_url_root_and_path_forms() {
-        assert_eq!(
-            metadata_url(&resource("https://mcp.example.com")),
-            "https://mcp.example.com/.well-known/oauth-protected-resource"
-        );
-        assert_eq!(
-            metadata_url(&resource("https://mcp.example.com/")),
-            "https://mcp.example.com/.well-known/oauth-protected-resource"
-        );
-        assert_eq!(
-            metadata_url(&resource("https://mcp.example.com/public/mcp")),
-            "https://mcp.example.com/.well-known/oauth-protected-resource/public/mcp"
-        );
-        assert_eq!(
-            metadata_url(&resource("http://localhost:3000/mcp")),
-            "http://localhost:3000/.well-known/oauth-protected-resource/mcp"
-        );
         // Default ports are not repeated; explicit others are kept.
-        assert_eq!(
-            metadata_url(&resource("https://mcp.example.com:443/mcp")),
-            "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
-        );
-        assert_eq!(
-            metadata_url(&resource("https://mcp.example.com:8443")),
-            "https://mcp.example.com:8443/.well-known/oauth-protected-resource"
-        );
+        for (resource_url, expected) in [
+            (
+                "https://mcp.example.com",
+                "https://mcp.example.com/.well-known/oauth-protected-resource",
+            ),
+            (
+                "https://mcp.example.com/",
+                "https://mcp.example.com/.well-known/oauth-protected-resource",
+            ),
+            (
+                "https://mcp.example.com/public/mcp",
+                "https://mcp.example.com/.well-known/oauth-protected-resource/public/mcp",
+            ),
+            (
+                "http://localhost:3000/mcp",
+                "http://localhost:3000/.well-known/oauth-protected-resource/mcp",
+            ),
+            (
+                "https://mcp.example.com:443/mcp",
+                "https://mcp.example.com/.well-known/oauth-protected-resource/mcp",
+            ),
+            (
+                "https://mcp.example.com:8443",
+                "https://mcp.example.com:8443/.well-known/oauth-protected-resource",
+            ),
+        ] {
+            assert_eq!(metadata_url(&resource(resource_url)), expected);
+        }
     }
 
     #[test]

@@ -6,8 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use serde::Deserialize;
 
-use super::config::MAX_TOKEN_BYTES;
 use super::metadata::{Challenge, InvalidReason};
+
+/// Longest bearer token the gateway accepts (larger ones are refused as malformed).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Clock skew tolerated for `nbf`.
 const NBF_LEEWAY_SECS: u64 = 30;
@@ -97,35 +99,31 @@ impl Audience {
     }
 }
 
-/// The RFC 7662 fields the gateway uses (others are ignored).
+/// The RFC 7662 fields the gateway uses (others are ignored; absent ones are `None`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct IntrospectionResponse {
+    /// Whether the token is currently valid at the authorization server.
     pub active: bool,
-    #[serde(default)]
+    /// Granted scopes, space-separated.
     pub scope: Option<String>,
-    #[serde(default)]
+    /// The client the token was issued to.
     pub client_id: Option<String>,
     /// Keycloak's authorized party; used when `client_id` is absent.
-    #[serde(default)]
     pub azp: Option<String>,
-    #[serde(default)]
+    /// The subject (user id, or the service account of a client-credentials token).
     pub sub: Option<String>,
-    #[serde(default)]
+    /// Audience: one string or a list.
     pub aud: Option<Audience>,
-    #[serde(default)]
+    /// Expiry and not-before, unix seconds (fractions and negatives are tolerated).
     pub exp: Option<f64>,
-    #[serde(default)]
     pub nbf: Option<f64>,
-    #[serde(default)]
+    /// RFC 7662 token type hint (`Bearer` for access tokens).
     pub token_type: Option<String>,
     /// Keycloak's token type claim (`Bearer`, `Refresh`, `ID`, …).
-    #[serde(default)]
     pub typ: Option<String>,
     /// Keycloak's user session id; absent for client-credentials (service-account) tokens.
-    #[serde(default)]
     pub sid: Option<String>,
     /// The user session id under its pre-`sid` name (older Keycloak versions).
-    #[serde(default)]
     pub session_state: Option<String>,
 }
 
@@ -136,15 +134,27 @@ pub enum TokenInfo {
     Active(ActiveToken),
 }
 
+/// When a token may be used, in unix seconds; either bound may be absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Expiry.
+    pub exp: Option<u64>,
+    /// Not before.
+    pub nbf: Option<u64>,
+}
+
+/// An active token's claims as the rules need them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveToken {
+    /// `sub`, if not empty.
     pub subject: Option<String>,
+    /// `client_id`, else `azp`, if not empty.
     pub client_id: Option<String>,
+    /// Granted scopes, in the order given.
     pub scopes: Vec<String>,
+    /// `aud`, compared verbatim with the resource URL.
     pub audience: Option<Audience>,
-    /// Expiry (unix seconds).
-    pub exp: Option<u64>,
-    pub nbf: Option<u64>,
+    pub lifetime: Lifetime,
     /// `false` when `token_type` / `typ` name something other than a Bearer access token.
     pub bearer_type: bool,
     /// A user logged in for this token (`sid`); `false` for service-account tokens.
@@ -180,8 +190,10 @@ impl From<IntrospectionResponse> for TokenInfo {
                 .map(str::to_owned)
                 .collect(),
             audience: r.aud,
-            exp: secs(r.exp),
-            nbf: secs(r.nbf),
+            lifetime: Lifetime {
+                exp: secs(r.exp),
+                nbf: secs(r.nbf),
+            },
             bearer_type,
         })
     }
@@ -190,7 +202,9 @@ impl From<IntrospectionResponse> for TokenInfo {
 impl ActiveToken {
     /// Unix time `exp` as a `SystemTime`.
     pub fn expires_at(&self) -> Option<SystemTime> {
-        self.exp.map(|e| UNIX_EPOCH + Duration::from_secs(e))
+        self.lifetime
+            .exp
+            .map(|e| UNIX_EPOCH + Duration::from_secs(e))
     }
 }
 
@@ -238,6 +252,7 @@ pub fn evaluate(info: &TokenInfo, rules: &Rules<'_>, now: SystemTime) -> Decisio
         }
     }
     if token
+        .lifetime
         .nbf
         .is_some_and(|nbf| nbf > now_secs + NBF_LEEWAY_SECS)
     {

@@ -1,5 +1,5 @@
 //! Gateway overhead benchmark (plain `main`, prints figures; run with
-//! `cargo bench --bench gateway`). Everything is in-process on 127.0.0.1: the fake MCP
+//! `cargo bench -p mcp-auth-gateway --bench gateway`). Everything is in-process on 127.0.0.1: the fake MCP
 //! upstream, the fake introspection endpoint, the gateway and the load generator share one
 //! 2-worker Tokio runtime, so absolute numbers are pessimistic; the ratios are the point.
 //!
@@ -17,7 +17,7 @@
 //! Direct and gateway measurements are interleaved in rounds so that load from other
 //! processes affects both alike.
 
-#[path = "../tests/fakes/mod.rs"]
+#[path = "../../../tests/fakes/mod.rs"]
 mod fakes;
 
 use std::sync::Arc;
@@ -41,10 +41,13 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// `n` GETs one after the other, their latencies sorted. With an `Origin` (a browser client),
+/// the CORS answer is checked too.
 async fn sequential(
     http: &reqwest::Client,
     url: &str,
     token: Option<&str>,
+    origin: Option<&str>,
     n: usize,
 ) -> Vec<Duration> {
     let mut samples = Vec::with_capacity(n);
@@ -54,8 +57,14 @@ async fn sequential(
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
         let resp = req.send().await.expect("request");
         assert_eq!(resp.status(), 200);
+        if let Some(o) = origin {
+            assert_eq!(resp.headers()["access-control-allow-origin"], o);
+        }
         resp.bytes().await.expect("body");
         samples.push(started.elapsed());
     }
@@ -123,70 +132,88 @@ fn main() {
 
         let warm = "bench-warm-token";
         introspection.set_token(warm, active_claims("openid mcp:tools"));
-        sequential(&http, &direct, None, 200).await;
-        sequential(&http, &via, Some(warm), 200).await;
+        sequential(&http, &direct, None, None, 200).await;
+        sequential(&http, &via, Some(warm), None, 200).await;
 
-        // Interleaved rounds, so load from other processes on the machine hits both sides
-        // alike.
-        println!("== sequential, {SEQUENTIAL} requests each side, warm cache, {ROUNDS} interleaved rounds ==");
-        let mut d = Vec::with_capacity(SEQUENTIAL);
-        let mut g = Vec::with_capacity(SEQUENTIAL);
-        for _ in 0..ROUNDS {
-            d.extend(sequential(&http, &direct, None, SEQUENTIAL / ROUNDS).await);
-            g.extend(sequential(&http, &via, Some(warm), SEQUENTIAL / ROUNDS).await);
-        }
-        d.sort_unstable();
-        g.sort_unstable();
-        report("direct upstream", &d);
-        report("through gateway", &g);
-        let (d50, g50) = (percentile(&d, 0.5), percentile(&g, 0.5));
-        let (d99, g99) = (percentile(&d, 0.99), percentile(&g, 0.99));
-        println!(
-            "added latency                p50 {:>8.1} µs   p99 {:>8.1} µs   ratio p50 {:.2}x  p99 {:.2}x",
-            us(g50.saturating_sub(d50)),
-            us(g99.saturating_sub(d99)),
-            g50.as_secs_f64() / d50.as_secs_f64(),
-            g99.as_secs_f64() / d99.as_secs_f64()
-        );
-
-        println!("== cold cache, {COLD} requests, one new token each ==");
-        let before = introspection.calls();
-        let mut cold = Vec::with_capacity(COLD);
-        for i in 0..COLD {
-            let token = format!("bench-cold-{i}");
-            introspection.set_token(&token, active_claims("mcp:tools"));
-            cold.extend(sequential(&http, &via, Some(&token), 1).await);
-        }
-        cold.sort_unstable();
-        report("gateway, cold (introspect)", &cold);
-        println!(
-            "introspection calls          {} for {COLD} tokens",
-            introspection.calls() - before
-        );
-
-        println!("== throughput, {CONCURRENT_TOTAL} requests per side, {CONCURRENCY} concurrent, {TOKENS} tokens, best of {ROUNDS} interleaved rounds ==");
-        let tokens: Vec<String> = (0..TOKENS).map(|i| format!("bench-tp-{i}")).collect();
-        for t in &tokens {
-            introspection.set_token(t, active_claims("mcp:tools"));
-        }
-        let before = introspection.calls();
-        let tokens = Arc::new(tokens);
-        let (mut direct_rps, mut gw_rps) = (0f64, 0f64);
-        for _ in 0..ROUNDS {
-            direct_rps = direct_rps.max(throughput(&http, &direct, None).await);
-            gw_rps = gw_rps.max(throughput(&http, &via, Some(tokens.clone())).await);
-        }
-        let calls = introspection.calls() - before;
-        println!("direct upstream              {direct_rps:>10.0} req/s");
-        println!("through gateway              {gw_rps:>10.0} req/s");
-        println!("throughput ratio (gw/direct) {:>10.2}", gw_rps / direct_rps);
-        println!(
-            "introspection calls per token {:>9.2}  ({calls} calls, {TOKENS} tokens, {CONCURRENT_TOTAL} gateway requests)",
-            calls as f64 / TOKENS as f64
-        );
+        sequential_phase(&http, &direct, &via, warm).await;
+        cold_phase(&http, &via, &introspection).await;
+        throughput_phase(&http, &direct, &via, &introspection).await;
         hardening(&http, &upstream, &introspection, &direct).await;
         gw.shutdown().await.expect("shutdown");
     });
+}
+
+/// Phase 1: sequential latency, direct vs. through the gateway with a warm cache.
+async fn sequential_phase(http: &reqwest::Client, direct: &str, via: &str, warm: &str) {
+    // Interleaved rounds, so load from other processes on the machine hits both sides
+    // alike.
+    println!("== sequential, {SEQUENTIAL} requests each side, warm cache, {ROUNDS} interleaved rounds ==");
+    let mut d = Vec::with_capacity(SEQUENTIAL);
+    let mut g = Vec::with_capacity(SEQUENTIAL);
+    for _ in 0..ROUNDS {
+        d.extend(sequential(http, direct, None, None, SEQUENTIAL / ROUNDS).await);
+        g.extend(sequential(http, via, Some(warm), None, SEQUENTIAL / ROUNDS).await);
+    }
+    d.sort_unstable();
+    g.sort_unstable();
+    report("direct upstream", &d);
+    report("through gateway", &g);
+    let (d50, g50) = (percentile(&d, 0.5), percentile(&g, 0.5));
+    let (d99, g99) = (percentile(&d, 0.99), percentile(&g, 0.99));
+    println!(
+        "added latency                p50 {:>8.1} µs   p99 {:>8.1} µs   ratio p50 {:.2}x  p99 {:.2}x",
+        us(g50.saturating_sub(d50)),
+        us(g99.saturating_sub(d99)),
+        g50.as_secs_f64() / d50.as_secs_f64(),
+        g99.as_secs_f64() / d99.as_secs_f64()
+    );
+}
+
+/// Phase 2: cold-cache latency, one introspection per request.
+async fn cold_phase(http: &reqwest::Client, via: &str, introspection: &FakeIntrospection) {
+    println!("== cold cache, {COLD} requests, one new token each ==");
+    let before = introspection.calls();
+    let mut cold = Vec::with_capacity(COLD);
+    for i in 0..COLD {
+        let token = format!("bench-cold-{i}");
+        introspection.set_token(&token, active_claims("mcp:tools"));
+        cold.extend(sequential(http, via, Some(&token), None, 1).await);
+    }
+    cold.sort_unstable();
+    report("gateway, cold (introspect)", &cold);
+    println!(
+        "introspection calls          {} for {COLD} tokens",
+        introspection.calls() - before
+    );
+}
+
+/// Phase 3: throughput with concurrent clients, and introspection calls per token.
+async fn throughput_phase(
+    http: &reqwest::Client,
+    direct: &str,
+    via: &str,
+    introspection: &FakeIntrospection,
+) {
+    println!("== throughput, {CONCURRENT_TOTAL} requests per side, {CONCURRENCY} concurrent, {TOKENS} tokens, best of {ROUNDS} interleaved rounds ==");
+    let tokens: Vec<String> = (0..TOKENS).map(|i| format!("bench-tp-{i}")).collect();
+    for t in &tokens {
+        introspection.set_token(t, active_claims("mcp:tools"));
+    }
+    let before = introspection.calls();
+    let tokens = Arc::new(tokens);
+    let (mut direct_rps, mut gw_rps) = (0f64, 0f64);
+    for _ in 0..ROUNDS {
+        direct_rps = direct_rps.max(throughput(http, direct, None).await);
+        gw_rps = gw_rps.max(throughput(http, via, Some(tokens.clone())).await);
+    }
+    let calls = introspection.calls() - before;
+    println!("direct upstream              {direct_rps:>10.0} req/s");
+    println!("through gateway              {gw_rps:>10.0} req/s");
+    println!("throughput ratio (gw/direct) {:>10.2}", gw_rps / direct_rps);
+    println!(
+        "introspection calls per token {:>9.2}  ({calls} calls, {TOKENS} tokens, {CONCURRENT_TOTAL} gateway requests)",
+        calls as f64 / TOKENS as f64
+    );
 }
 
 /// Phase 4: added latency with the configurable hardening relaxed vs. engaged.
@@ -218,14 +245,14 @@ async fn hardening(
         format!("{}/small", hardened.url()),
     );
     let origin = "https://mcp.example.com";
-    sequential(http, &r_url, Some(token), 200).await;
-    sequential_with_origin(http, &h_url, token, origin, 200).await;
+    sequential(http, &r_url, Some(token), None, 200).await;
+    sequential(http, &h_url, Some(token), Some(origin), 200).await;
     println!("== hardening on the valid path, {SEQUENTIAL} requests each side, {ROUNDS} interleaved rounds ==");
     let (mut d, mut r, mut h) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        d.extend(sequential(http, direct, None, SEQUENTIAL / ROUNDS).await);
-        r.extend(sequential(http, &r_url, Some(token), SEQUENTIAL / ROUNDS).await);
-        h.extend(sequential_with_origin(http, &h_url, token, origin, SEQUENTIAL / ROUNDS).await);
+        d.extend(sequential(http, direct, None, None, SEQUENTIAL / ROUNDS).await);
+        r.extend(sequential(http, &r_url, Some(token), None, SEQUENTIAL / ROUNDS).await);
+        h.extend(sequential(http, &h_url, Some(token), Some(origin), SEQUENTIAL / ROUNDS).await);
     }
     for v in [&mut d, &mut r, &mut h] {
         v.sort_unstable();
@@ -248,31 +275,4 @@ async fn hardening(
     );
     relaxed.shutdown().await.expect("shutdown");
     hardened.shutdown().await.expect("shutdown");
-}
-
-/// Like [`sequential`], with an `Origin` header (a browser client), checking the CORS answer.
-async fn sequential_with_origin(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    origin: &str,
-    n: usize,
-) -> Vec<Duration> {
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let started = Instant::now();
-        let resp = http
-            .get(url)
-            .bearer_auth(token)
-            .header("origin", origin)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["access-control-allow-origin"], origin);
-        resp.bytes().await.expect("body");
-        samples.push(started.elapsed());
-    }
-    samples.sort_unstable();
-    samples
 }

@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// How the gateway disposed of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,91 +106,79 @@ impl Default for Metrics {
     }
 }
 
-type Reasons = Family<ReasonLabels, Counter>;
-
-/// The counters of the gateway's hardening: refusal reasons, throttled introspections, refused
-/// connections, cut streams.
-fn register_hardening(registry: &mut Registry) -> (Reasons, Counter, Counter, Reasons) {
-    let refusals = Family::<ReasonLabels, Counter>::default();
-    registry.register(
-        "mcp_gateway_token_refusals",
-        "Presented tokens refused with invalid_token, by reason (answers never tell)",
-        refusals.clone(),
-    );
-    let throttled = Counter::default();
-    registry.register(
-        "mcp_gateway_introspection_throttled",
-        "Introspections of unknown tokens refused by the rate limits",
-        throttled.clone(),
-    );
-    let connections_refused = Counter::default();
-    registry.register(
-        "mcp_gateway_connections_refused",
-        "Connections closed at once because --max-connections were open",
-        connections_refused.clone(),
-    );
-    let streams_cut = Family::<ReasonLabels, Counter>::default();
-    registry.register(
-        "mcp_gateway_streams_cut",
-        "Streamed responses ended because their authorization ended, by reason",
-        streams_cut.clone(),
-    );
-    (refusals, throttled, connections_refused, streams_cut)
+/// Registers `metric` (the registry keeps a handle to the same values) and returns it.
+fn registered<M: Metric + Clone>(
+    registry: &mut Registry,
+    (name, help): (&str, &str),
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
+/// Name and help of every metric, in the order of the exposition.
+const DESCRIPTIONS: [(&str, &str); 10] = [
+    (
+        "mcp_gateway_requests",
+        "Requests handled by the MCP auth gateway, by outcome",
+    ),
+    (
+        "mcp_gateway_introspection_requests",
+        "Token introspection calls to the authorization server, by result",
+    ),
+    (
+        "mcp_gateway_introspection_duration_seconds",
+        "Duration of token introspection calls",
+    ),
+    (
+        "mcp_gateway_token_cache_hits",
+        "Token checks answered from the introspection cache",
+    ),
+    (
+        "mcp_gateway_token_cache_misses",
+        "Token checks that needed an introspection call (or joined one in flight)",
+    ),
+    (
+        "mcp_gateway_token_cache_entries",
+        "Entries in the introspection cache",
+    ),
+    (
+        "mcp_gateway_token_refusals",
+        "Presented tokens refused with invalid_token, by reason (answers never tell)",
+    ),
+    (
+        "mcp_gateway_introspection_throttled",
+        "Introspections of unknown tokens refused by the rate limits",
+    ),
+    (
+        "mcp_gateway_connections_refused",
+        "Connections closed at once because --max-connections were open",
+    ),
+    (
+        "mcp_gateway_streams_cut",
+        "Streamed responses ended because their authorization ended, by reason",
+    ),
+];
+
 impl Metrics {
+    /// Every metric, registered in the order of the exposition.
     pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let requests = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "mcp_gateway_requests",
-            "Requests handled by the MCP auth gateway, by outcome",
-            requests.clone(),
-        );
-        let introspections = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "mcp_gateway_introspection_requests",
-            "Token introspection calls to the authorization server, by result",
-            introspections.clone(),
-        );
-        let introspection_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
-        registry.register(
-            "mcp_gateway_introspection_duration_seconds",
-            "Duration of token introspection calls",
-            introspection_duration.clone(),
-        );
-        let cache_hits = Counter::default();
-        registry.register(
-            "mcp_gateway_token_cache_hits",
-            "Token checks answered from the introspection cache",
-            cache_hits.clone(),
-        );
-        let cache_misses = Counter::default();
-        registry.register(
-            "mcp_gateway_token_cache_misses",
-            "Token checks that needed an introspection call (or joined one in flight)",
-            cache_misses.clone(),
-        );
-        let cache_entries = Gauge::default();
-        registry.register(
-            "mcp_gateway_token_cache_entries",
-            "Entries in the introspection cache",
-            cache_entries.clone(),
-        );
-        let (refusals, throttled, connections_refused, streams_cut) =
-            register_hardening(&mut registry);
+        let r = &mut Registry::default();
+        let [requests, introspections, introspection_duration, cache_hits, cache_misses, cache_entries, refusals, throttled, connections_refused, streams_cut] =
+            DESCRIPTIONS;
+        let buckets = exponential_buckets(0.001, 2.0, 14);
         Self {
-            refusals,
-            throttled,
-            connections_refused,
-            streams_cut,
-            registry,
-            requests,
-            introspections,
-            introspection_duration,
-            cache_hits,
-            cache_misses,
-            cache_entries,
+            requests: registered(r, requests, Family::default()),
+            introspections: registered(r, introspections, Family::default()),
+            introspection_duration: registered(r, introspection_duration, Histogram::new(buckets)),
+            cache_hits: registered(r, cache_hits, Counter::default()),
+            cache_misses: registered(r, cache_misses, Counter::default()),
+            cache_entries: registered(r, cache_entries, Gauge::default()),
+            refusals: registered(r, refusals, Family::default()),
+            throttled: registered(r, throttled, Counter::default()),
+            connections_refused: registered(r, connections_refused, Counter::default()),
+            streams_cut: registered(r, streams_cut, Family::default()),
+            registry: std::mem::take(r),
         }
     }
 
