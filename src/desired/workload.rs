@@ -553,6 +553,13 @@ mod tests {
             .unwrap_or_else(|| panic!("{k} has no literal value"))
     }
 
+    /// Asserts the literal value of each named variable.
+    fn assert_values(e: &BTreeMap<String, EnvVar>, want: &[(&str, &str)]) {
+        for (k, v) in want {
+            assert_eq!(value(e, k), *v, "{k}");
+        }
+    }
+
     #[test]
     fn inputs_resolve_from_policy_and_server() {
         let i = WorkloadInputs::resolve(&server(AuthMode::Native), &policy(), "s3cr3t", "op:1");
@@ -590,17 +597,17 @@ mod tests {
         assert_eq!(pod.containers.len(), 1);
         let c = &pod.containers[0];
         let e = env_of(c);
-        assert_eq!(value(&e, "HOST"), "0.0.0.0");
-        assert_eq!(value(&e, "PORT"), "3000");
-        assert_eq!(value(&e, "AUTH_HOST"), "keycloak.auth.svc");
-        assert_eq!(value(&e, "AUTH_PORT"), "8080");
-        assert_eq!(value(&e, "AUTH_REALM"), "acme");
-        assert_eq!(value(&e, "OAUTH_CLIENT_ID"), "mcp.team.weather");
-        assert_eq!(
-            value(&e, "MCP_REQUIRED_SCOPES"),
-            "mcp:tools mcp:server:team:weather"
-        );
-        assert_eq!(value(&e, "LOG_LEVEL"), "debug");
+        let seed = [
+            ("HOST", "0.0.0.0"),
+            ("PORT", "3000"),
+            ("AUTH_HOST", "keycloak.auth.svc"),
+            ("AUTH_PORT", "8080"),
+            ("AUTH_REALM", "acme"),
+            ("OAUTH_CLIENT_ID", "mcp.team.weather"),
+            ("MCP_REQUIRED_SCOPES", "mcp:tools mcp:server:team:weather"),
+            ("LOG_LEVEL", "debug"),
+        ];
+        assert_values(&e, &seed);
         let secret = &e["OAUTH_CLIENT_SECRET"];
         assert_eq!(secret.value, None, "the secret must never be a literal");
         let r = secret
@@ -635,13 +642,13 @@ mod tests {
         assert_eq!(gw.image.as_deref(), Some("op:1"));
         assert_eq!(gw.args, Some(vec!["proxy".to_string()]));
         let ge = env_of(gw);
-        assert_eq!(value(&ge, "MCP_GATEWAY_UPSTREAM"), "http://127.0.0.1:3000");
-        assert_eq!(value(&ge, "MCP_GATEWAY_LISTEN"), "0.0.0.0:8080");
-        assert_eq!(value(&ge, "MCP_SERVER_URL"), "http://localhost:3000");
-        assert_eq!(
-            value(&ge, "MCP_AUTH_ISSUER"),
-            "https://sso.example.com/realms/acme"
-        );
+        let gateway = [
+            ("MCP_GATEWAY_UPSTREAM", "http://127.0.0.1:3000"),
+            ("MCP_GATEWAY_LISTEN", "0.0.0.0:8080"),
+            ("MCP_SERVER_URL", "http://localhost:3000"),
+            ("MCP_AUTH_ISSUER", "https://sso.example.com/realms/acme"),
+        ];
+        assert_values(&ge, &gateway);
         assert!(ge["OAUTH_CLIENT_SECRET"].value_from.is_some());
         let ports: Vec<_> = gw
             .ports
