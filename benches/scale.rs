@@ -378,7 +378,7 @@ async fn main() {
     );
 }
 
-/// 1. apply→Ready latency vs. the plain Keycloak calls.
+/// Step 1, apply→Ready latency vs. the plain Keycloak calls.
 async fn latency(b: &Bench, op: &ChildOperator, tb: &support::TestBed, realm: &Realm) {
     let (runs, ns) = (b.runs, &b.ns);
     let plain = Plain {
@@ -441,7 +441,7 @@ fn print_latency(runs: usize, mut operator_lat: Vec<Duration>, mut plain_lat: Ve
     );
 }
 
-/// 2. SCALE servers at once (fresh operator process); that operator goes on running.
+/// Step 2, SCALE servers at once (fresh operator process); that operator goes on running.
 async fn all_at_once(b: &Bench) -> ChildOperator {
     let (runs, scale, replicas) = (b.runs, b.scale, b.replicas);
     let op = b.operator().await;
@@ -482,7 +482,7 @@ async fn all_at_once(b: &Bench) -> ChildOperator {
     op
 }
 
-/// 3. Steady-state resync of all of them; the Keycloak writes it made (must be 0).
+/// Step 3, steady-state resync of all of them; the Keycloak writes it made (must be 0).
 async fn steady_resync(b: &Bench, op: &ChildOperator) -> f64 {
     let resync = b.resync;
     settle(op, Duration::from_secs(5), Duration::from_secs(600)).await;
@@ -507,8 +507,8 @@ async fn steady_resync(b: &Bench, op: &ChildOperator) -> f64 {
     after.writes - before.writes
 }
 
-/// 4. REST servers at rest: the running operator, then a fresh one after its start-up pass
-/// (which goes on running); the number of servers.
+/// Step 4, REST servers at rest: the running operator, then a fresh one after its start-up
+/// pass (which goes on running); the number of servers.
 async fn at_rest(b: &Bench, op: ChildOperator) -> (usize, ChildOperator) {
     let extra: Vec<String> = (b.scale..b.rest).map(|i| format!("bulk{i:04}")).collect();
     if !extra.is_empty() {

@@ -133,7 +133,7 @@ async fn watches_recover_after_an_apiserver_restart_without_restarting_the_opera
     let converged = changed_at.elapsed();
     assert_eq!(op.pid, pid);
     assert!(op.alive(), "operator was restarted or died");
-    let violations = consistency_violations(&client, &realm, &ns, &live, true).await;
+    let violations = consistency_violations(&client, realm, &ns, &live, true).await;
     assert!(violations.is_empty(), "{}", violations.join("\n"));
     let metrics = op.metrics(Duration::from_secs(2)).await.unwrap_or_default();
     let kube_errors = metric_sum(

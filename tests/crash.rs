@@ -249,7 +249,7 @@ async fn sigkill_at_random_moments_leaves_keycloak_and_secrets_consistent() {
         last.join("\n")
     );
     assert!(kills >= 20, "only {kills} kills");
-    let violations = consistency_violations(&client, &realm, &ns, &live, true).await;
+    let violations = consistency_violations(&client, realm, &ns, &live, true).await;
     assert!(
         violations.is_empty(),
         "inconsistent after {kills} kills:\n{}",
@@ -325,7 +325,7 @@ async fn sigkill_right_after_the_client_is_created_then_delete_leaves_nothing() 
     for name in live.keys() {
         wait_condition::<McpServer>(&client, &ns, name, "Ready", "True").await;
     }
-    let v = consistency_violations(&client, &realm, &ns, &live, true).await;
+    let v = consistency_violations(&client, realm, &ns, &live, true).await;
     assert!(v.is_empty(), "{}", v.join("\n"));
     Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
         .delete("keycloak-admin", &DeleteParams::default())

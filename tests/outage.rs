@@ -247,8 +247,8 @@ async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_t
         .await;
     wait_condition::<McpServer>(&client, &ns, "alpha", "Ready", "True").await;
     let refreshes_before = op.ctx.metrics.admin_token_refreshes.get();
-    let rejected_before = kc_requests(&op, "GET", "client_error");
-    let bad_credentials_before = kc_errors(&op, "InvalidAdminCredentials");
+    let rejected_before = kc_requests(op, "GET", "client_error");
+    let bad_credentials_before = kc_errors(op, "InvalidAdminCredentials");
 
     // A token of the same account minted before the restart, to show the restart killed it.
     let token_url = format!(
@@ -309,8 +309,8 @@ async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_t
     .await;
     wait_condition::<McpServer>(&client, &ns, "alpha", "Ready", "True").await;
     let refreshes = op.ctx.metrics.admin_token_refreshes.get() - refreshes_before;
-    let rejected = kc_requests(&op, "GET", "client_error") - rejected_before;
-    let bad_credentials = kc_errors(&op, "InvalidAdminCredentials") - bad_credentials_before;
+    let rejected = kc_requests(op, "GET", "client_error") - rejected_before;
+    let bad_credentials = kc_errors(op, "InvalidAdminCredentials") - bad_credentials_before;
     support::figure(format_args!(
         "Keycloak restart with sessions lost: {rejected} admin request(s) answered 401 and retried, \
          admin token refreshes {refreshes_before} before, +{refreshes} after; InvalidAdminCredentials errors: {bad_credentials}"

@@ -1011,7 +1011,7 @@ async fn keycloak_without_the_cimd_feature_yields_cimd_feature_disabled() {
     let plain = support::keycloak_instance("plain", "").await;
     let mut b = Scenario::on("cimd-plain", plain.login()).await;
     b.start_operator().await;
-    let (client, ns, realm) = (&b.client, &b.ns, &b.realm.name);
+    let (client, ns, realm) = (b.client.clone(), b.ns.clone(), b.realm.name.clone());
     create(
         &client,
         &ns,

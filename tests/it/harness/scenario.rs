@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::Client;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use serde_json::{json, Value};
@@ -203,11 +203,31 @@ impl Drop for Scenario {
 pub async fn clean_up(ns: String, realm: String, keycloak: support::KeycloakLogin) {
     let client = support::kube_client().await;
     let op = Operator::start(&client, &ns).await;
-    let finalized = tokio::spawn(async move { teardown(&client, &ns, op).await }).await;
+    let finalized = tokio::spawn(async move {
+        // The resources go first, while the admin Secret their finalizers log in with still
+        // exists (a fresh operator has no cached admin client, and the namespace's deletion
+        // removes the Secret); what cannot go then goes with the namespace.
+        let first = Duration::from_secs(30);
+        let _ = tokio::time::timeout(first, delete_all::<McpServer>(&client, &ns)).await;
+        let _ = tokio::time::timeout(first, delete_all::<McpAuthPolicy>(&client, &ns)).await;
+        teardown(&client, &ns, op).await
+    })
+    .await;
     Realm::on(&keycloak, &realm).delete().await;
     if let Err(e) = finalized {
         if let Ok(panic) = e.try_into_panic() {
             std::panic::resume_unwind(panic);
         }
+    }
+}
+
+/// Deletes every `K` of `ns` and waits until they are gone.
+async fn delete_all<K: Kind>(client: &Client, ns: &str) {
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let _ = api
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    while !matches!(api.list(&ListParams::default()).await, Ok(l) if l.items.is_empty()) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
