@@ -23,11 +23,14 @@
 //! of phases 2–4 (a server with 0 replicas is `Available` at once), 1 includes 500–1000 kwok
 //! pods and so measures the control plane as much as the operator.
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
+#[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod harness;
-#[path = "../tests/stress/mod.rs"]
+#[path = "../tests/it/stress/mod.rs"]
+#[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod stress;
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod support;
 
 use std::time::{Duration, Instant};
@@ -304,6 +307,28 @@ async fn create_many(client: &Client, ns: &str, names: &[String], replicas: i32)
     }
 }
 
+/// The benchmark's settings and the namespace every step works in.
+struct Bench {
+    client: Client,
+    ns: String,
+    servers: Api<McpServer>,
+    opts: OperatorOpts,
+    runs: usize,
+    scale: usize,
+    rest: usize,
+    replicas: i32,
+    resync: u64,
+}
+
+impl Bench {
+    /// A fresh operator process on the namespace, ready.
+    async fn operator(&self) -> ChildOperator {
+        let mut op = ChildOperator::spawn(&self.opts);
+        op.wait_ready(Duration::from_secs(60)).await;
+        op
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
@@ -313,13 +338,9 @@ async fn main() {
     let replicas = env_or("SCALE_REPLICAS", 0) as i32;
     let resync = env_or("SCALE_RESYNC_SECONDS", 60) as u64;
 
-    let SeededNamespace {
-        client,
-        tb,
-        ns,
-        realm,
-        mut opts,
-    } = seeded_namespace("bench").await;
+    let seeded = seeded_namespace("bench").await;
+    let (client, ns, realm, mut opts) = seeded.parts();
+    let tb = seeded.tb;
     let log = opts.log_file.clone();
     opts.resync_seconds = resync;
     println!("# mcp-keycloak-operator scale benchmark");
@@ -329,12 +350,37 @@ async fn main() {
         realm.name,
         log.display()
     );
-    let mut op = ChildOperator::spawn(&opts);
-    op.wait_ready(Duration::from_secs(60)).await;
-    wait_condition::<McpAuthPolicy>(&client, &ns, "acme", "Ready", "True").await;
     let servers: Api<McpServer> = Api::namespaced(client.clone(), &ns);
+    let b = Bench {
+        client,
+        ns,
+        servers,
+        opts,
+        runs,
+        scale,
+        rest,
+        replicas,
+        resync,
+    };
+    let mut op = b.operator().await;
+    wait_condition::<McpAuthPolicy>(&b.client, &b.ns, "acme", "Ready", "True").await;
 
-    // ---- 1. apply→Ready latency vs. the plain Keycloak calls ----
+    latency(&b, &op, tb, realm).await;
+    op.sigkill();
+    let op = all_at_once(&b).await;
+    let resync_writes = steady_resync(&b, &op).await;
+    let (total, mut fresh) = at_rest(&b, op).await;
+    clean_up(&b, total).await;
+    fresh.sigkill();
+    assert_eq!(
+        resync_writes, 0.0,
+        "a steady-state resync wrote to Keycloak"
+    );
+}
+
+/// Step 1, apply→Ready latency vs. the plain Keycloak calls.
+async fn latency(b: &Bench, op: &ChildOperator, tb: &support::TestBed, realm: &Realm) {
+    let (runs, ns) = (b.runs, &b.ns);
     let plain = Plain {
         http: reqwest::Client::new(),
         base: tb.keycloak_url.clone(),
@@ -349,8 +395,8 @@ async fn main() {
         let url = format!("http://{name}.{ns}.example/mcp");
         let started = Instant::now();
         // Pods excluded: with 0 replicas the Deployment is Available as soon as it exists.
-        create(&client, &ns, &bulk_server(&ns, &name, 0)).await;
-        wait_ready(&servers, &name, Duration::from_secs(120)).await;
+        create(&b.client, ns, &bulk_server(ns, &name, 0)).await;
+        wait_ready(&b.servers, &name, Duration::from_secs(120)).await;
         let op_took = started.elapsed();
         let started = Instant::now();
         let made = plain.one_server(&name, &url).await;
@@ -361,11 +407,15 @@ async fn main() {
             operator_lat.push(op_took);
             plain_lat.push(plain_took);
         }
-        settle(&op, Duration::from_millis(1500), Duration::from_secs(60)).await;
+        settle(op, Duration::from_millis(1500), Duration::from_secs(60)).await;
     }
     for (c, s) in &plain_made {
         plain.delete(c, s).await;
     }
+    print_latency(runs, operator_lat, plain_lat);
+}
+
+fn print_latency(runs: usize, mut operator_lat: Vec<Duration>, mut plain_lat: Vec<Duration>) {
     operator_lat.sort_unstable();
     plain_lat.sort_unstable();
     let (op50, op99) = (
@@ -389,21 +439,22 @@ async fn main() {
         op50.as_secs_f64() / pl50.as_secs_f64(),
         op99.as_secs_f64() / pl99.as_secs_f64()
     );
+}
 
-    // ---- 2. SCALE servers at once (fresh operator process) ----
-    op.sigkill();
-    let mut op = ChildOperator::spawn(&opts);
-    op.wait_ready(Duration::from_secs(60)).await;
-    wait_all_ready(&servers, runs + 2, Duration::from_secs(120)).await;
+/// Step 2, SCALE servers at once (fresh operator process); that operator goes on running.
+async fn all_at_once(b: &Bench) -> ChildOperator {
+    let (runs, scale, replicas) = (b.runs, b.scale, b.replicas);
+    let op = b.operator().await;
+    wait_all_ready(&b.servers, runs + 2, Duration::from_secs(120)).await;
     settle(&op, Duration::from_secs(3), Duration::from_secs(120)).await;
     let before = scrape(&op).await;
     let cpu_before = op.cpu_seconds();
     let names: Vec<String> = (0..scale).map(|i| format!("bulk{i:04}")).collect();
     let started = Instant::now();
-    create_many(&client, &ns, &names, replicas).await;
+    create_many(&b.client, &b.ns, &names, replicas).await;
     let applied_in = started.elapsed();
     let all_ready =
-        wait_all_ready(&servers, runs + 2 + scale, Duration::from_secs(3600)).await + applied_in;
+        wait_all_ready(&b.servers, runs + 2 + scale, Duration::from_secs(3600)).await + applied_in;
     let after = scrape(&op).await;
     let cpu = op.cpu_seconds() - cpu_before;
     let (_, hwm) = op.memory_kib();
@@ -428,18 +479,22 @@ async fn main() {
         mib(hwm),
         cpu
     );
+    op
+}
 
-    // ---- 3. steady-state resync of all of them ----
-    settle(&op, Duration::from_secs(5), Duration::from_secs(600)).await;
-    let before = scrape(&op).await;
+/// Step 3, steady-state resync of all of them; the Keycloak writes it made (must be 0).
+async fn steady_resync(b: &Bench, op: &ChildOperator) -> f64 {
+    let resync = b.resync;
+    settle(op, Duration::from_secs(5), Duration::from_secs(600)).await;
+    let before = scrape(op).await;
     let cpu_before = op.cpu_seconds();
     let window = Duration::from_secs(resync + resync / 2);
     tokio::time::sleep(window).await;
-    let after = scrape(&op).await;
+    let after = scrape(op).await;
     let reconciles = after.server_reconciles - before.server_reconciles;
     println!(
         "\n## steady-state resync of {} servers ({:.0} s window, resync {resync} s)",
-        scale + runs + 2,
+        b.scale + b.runs + 2,
         window.as_secs_f64()
     );
     println!(
@@ -449,19 +504,23 @@ async fn main() {
         (after.reads - before.reads) / reconciles.max(1.0),
         op.cpu_seconds() - cpu_before
     );
-    let resync_writes = after.writes - before.writes;
+    after.writes - before.writes
+}
 
-    // ---- 4. REST servers at rest ----
-    let extra: Vec<String> = (scale..rest).map(|i| format!("bulk{i:04}")).collect();
+/// Step 4, REST servers at rest: the running operator, then a fresh one after its start-up
+/// pass (which goes on running); the number of servers.
+async fn at_rest(b: &Bench, op: ChildOperator) -> (usize, ChildOperator) {
+    let extra: Vec<String> = (b.scale..b.rest).map(|i| format!("bulk{i:04}")).collect();
     if !extra.is_empty() {
-        create_many(&client, &ns, &extra, replicas).await;
+        create_many(&b.client, &b.ns, &extra, b.replicas).await;
     }
-    let total = runs + 2 + rest;
-    wait_all_ready(&servers, total, Duration::from_secs(3600)).await;
+    let total = b.runs + 2 + b.rest;
+    wait_all_ready(&b.servers, total, Duration::from_secs(3600)).await;
     settle(&op, Duration::from_secs(5), Duration::from_secs(900)).await;
     let (rss, hwm) = op.memory_kib();
+    let mut op = op;
     op.sigkill();
-    let mut fresh = ChildOperator::spawn(&opts);
+    let mut fresh = ChildOperator::spawn(&b.opts);
     fresh.wait_ready(Duration::from_secs(120)).await;
     let started = Instant::now();
     // A fresh process reconciles everything once at start; wait for that to finish (its
@@ -492,13 +551,17 @@ async fn main() {
         mib(fresh_hwm),
         fresh.cpu_seconds()
     );
+    (total, fresh)
+}
 
-    // Clean up: the operator removes every Keycloak object as the namespace goes.
+/// Clean up: the operator removes every Keycloak object as the namespace goes.
+async fn clean_up(b: &Bench, total: usize) {
     let cleanup = Instant::now();
-    support::delete_namespace(&client, &ns).await;
+    support::delete_namespace(&b.client, &b.ns).await;
     let mut left = usize::MAX;
     while cleanup.elapsed() < Duration::from_secs(1800) {
-        left = servers
+        left = b
+            .servers
             .list(&ListParams::default())
             .await
             .map(|l| l.items.len())
@@ -511,11 +574,5 @@ async fn main() {
     println!(
         "\ncleanup: namespace deletion finalized {total} servers in {:.0} s ({left} left)",
         cleanup.elapsed().as_secs_f64()
-    );
-    fresh.sigkill();
-    realm.delete().await;
-    assert_eq!(
-        resync_writes, 0.0,
-        "a steady-state resync wrote to Keycloak"
     );
 }

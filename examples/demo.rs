@@ -19,11 +19,14 @@
 //! `~/.cache/mcp-keycloak-operator/demo/pids`, so a run that was killed outright is cleaned up
 //! by the next one. Logs: `~/.cache/mcp-keycloak-operator/demo/logs/`.
 
-#[path = "../tests/browser/mod.rs"]
+#[path = "../tests/it/browser/mod.rs"]
+#[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod browser;
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
+#[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod harness;
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod support;
 
 use std::collections::BTreeMap;
@@ -430,62 +433,13 @@ async fn run(clock: &Clock, once: bool, started: &mut Started) -> Result<()> {
     // 1. Cluster basics.
     let tb = support::testbed().await;
     let client = support::kube_client().await;
-    harness::install_crds(&client).await;
-    let ns: Namespace = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}
-    }))
-    .map_err(|e| e.to_string())?;
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            NAMESPACE,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&ns),
-        )
-        .await
-        .map_err(|e| format!("namespace {NAMESPACE}: {e}"))?;
-    apply(
-        &client,
-        &json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "keycloak-admin"},
-            "stringData": {"username": tb.admin_user, "password": tb.admin_password, "url": tb.keycloak_url}
-        }),
-    )
-    .await?;
-    clock.say(format!(
-        "test bed: Kubernetes API ({}), Keycloak {}",
-        tb.kubeconfig.display(),
-        tb.keycloak_url
-    ));
+    prepare_cluster(clock, tb, &client).await?;
 
     // 2. The operator.
     let metrics_port = start_operator(clock, tb, &log_dir, started).await?;
 
     // 3. The example resources.
-    let docs = manifest(&tb.keycloak_url)?;
-    for d in &docs {
-        apply(&client, d).await?;
-    }
-    clock.say(
-        "applied examples/demo.yaml (McpAuthPolicy demo, McpServer everything); waiting for Ready",
-    );
-    wait_first_reconcile(metrics_port).await?;
-    harness::wait_condition::<McpAuthPolicy>(&client, NAMESPACE, "demo", "Ready", "True").await;
-    harness::wait_condition::<McpServer>(&client, NAMESPACE, SERVER, "Ready", "True").await;
-    let server = Api::<McpServer>::namespaced(client.clone(), NAMESPACE)
-        .get(SERVER)
-        .await
-        .map_err(|e| e.to_string())?;
-    let url = server.canonical_url();
-    let realm_name = docs
-        .iter()
-        .find(|d| d["kind"] == "McpAuthPolicy")
-        .and_then(|d| d["spec"]["keycloak"]["realm"].as_str())
-        .unwrap_or("demo")
-        .to_string();
-    clock.say(format!(
-        "Ready: realm {realm_name} configured; introspection client and its Secret in place"
-    ));
+    let (url, realm_name) = apply_examples(clock, tb, &client, metrics_port).await?;
 
     // 4. The user who logs in.
     let realm = harness::Realm::new(&realm_name).await;
@@ -512,7 +466,80 @@ async fn run(clock: &Clock, once: bool, started: &mut Started) -> Result<()> {
     if once {
         return Ok(());
     }
+    print_how_to_connect(tb, &url, &realm_name, &log_dir);
+    wait_for_stop(started, &log_dir).await?;
+    eprintln!();
+    clock.say("stopping");
+    Ok(())
+}
 
+/// The CRDs, the demo namespace and its Keycloak admin Secret.
+async fn prepare_cluster(clock: &Clock, tb: &support::TestBed, client: &Client) -> Result<()> {
+    harness::install_crds(client).await;
+    let ns: Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}
+    }))
+    .map_err(|e| e.to_string())?;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            NAMESPACE,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&ns),
+        )
+        .await
+        .map_err(|e| format!("namespace {NAMESPACE}: {e}"))?;
+    apply(
+        client,
+        &json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "keycloak-admin"},
+            "stringData": {"username": tb.admin_user, "password": tb.admin_password, "url": tb.keycloak_url}
+        }),
+    )
+    .await?;
+    clock.say(format!(
+        "test bed: Kubernetes API ({}), Keycloak {}",
+        tb.kubeconfig.display(),
+        tb.keycloak_url
+    ));
+    Ok(())
+}
+
+/// Applies examples/demo.yaml and waits until both resources are Ready; the server's URL and
+/// the realm's name.
+async fn apply_examples(
+    clock: &Clock,
+    tb: &support::TestBed,
+    client: &Client,
+    metrics_port: u16,
+) -> Result<(String, String)> {
+    let docs = manifest(&tb.keycloak_url)?;
+    for d in &docs {
+        apply(client, d).await?;
+    }
+    clock.say(
+        "applied examples/demo.yaml (McpAuthPolicy demo, McpServer everything); waiting for Ready",
+    );
+    wait_first_reconcile(metrics_port).await?;
+    harness::wait_condition::<McpAuthPolicy>(client, NAMESPACE, "demo", "Ready", "True").await;
+    harness::wait_condition::<McpServer>(client, NAMESPACE, SERVER, "Ready", "True").await;
+    let server = Api::<McpServer>::namespaced(client.clone(), NAMESPACE)
+        .get(SERVER)
+        .await
+        .map_err(|e| e.to_string())?;
+    let realm_name = docs
+        .iter()
+        .find(|d| d["kind"] == "McpAuthPolicy")
+        .and_then(|d| d["spec"]["keycloak"]["realm"].as_str())
+        .unwrap_or("demo")
+        .to_string();
+    clock.say(format!(
+        "Ready: realm {realm_name} configured; introspection client and its Secret in place"
+    ));
+    Ok((server.canonical_url(), realm_name))
+}
+
+fn print_how_to_connect(tb: &support::TestBed, url: &str, realm_name: &str, log_dir: &Path) {
     println!(
         "The secured MCP server keeps running at {url}\n\
          \n\
@@ -531,15 +558,19 @@ async fn run(clock: &Clock, once: bool, started: &mut Started) -> Result<()> {
         admin = tb.admin_user,
         logs = log_dir.display(),
     );
+}
+
+/// Until Ctrl-C, SIGTERM or SIGHUP; an error if one of the started processes exits first.
+async fn wait_for_stop(started: &mut Started, log_dir: &Path) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = hup.recv() => break,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => return Ok(()),
             _ = tick.tick() => {
                 if let Some((container, status)) = started.exited() {
                     return Err(format!("{container} exited ({status}); see {}", log_dir.display()));
@@ -547,9 +578,6 @@ async fn run(clock: &Clock, once: bool, started: &mut Started) -> Result<()> {
             }
         }
     }
-    eprintln!();
-    clock.say("stopping");
-    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -4,9 +4,9 @@
 //! restart are only reconciled because the watches came back. Its own test binary: stopping the
 //! test bed's API server would disturb any test running beside it.
 
-mod harness;
-mod stress;
-mod support;
+#[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared harness
+mod common;
+use common::{harness, stress, support};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -46,13 +46,8 @@ async fn wait_converged(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_recover_after_an_apiserver_restart_without_restarting_the_operator() {
-    let SeededNamespace {
-        client,
-        ns,
-        realm,
-        mut opts,
-        ..
-    } = seeded_namespace("apirestart").await;
+    let seeded = seeded_namespace("apirestart").await;
+    let (client, ns, realm, mut opts) = seeded.parts();
     // No periodic resync within the test: only watch events can drive reconciles.
     opts.resync_seconds = 300;
     let mut op = ChildOperator::spawn(&opts);
@@ -138,7 +133,7 @@ async fn watches_recover_after_an_apiserver_restart_without_restarting_the_opera
     let converged = changed_at.elapsed();
     assert_eq!(op.pid, pid);
     assert!(op.alive(), "operator was restarted or died");
-    let violations = consistency_violations(&client, &realm, &ns, &live, true).await;
+    let violations = consistency_violations(&client, realm, &ns, &live, true).await;
     assert!(violations.is_empty(), "{}", violations.join("\n"));
     let metrics = op.metrics(Duration::from_secs(2)).await.unwrap_or_default();
     let kube_errors = metric_sum(
@@ -161,5 +156,4 @@ async fn watches_recover_after_an_apiserver_restart_without_restarting_the_opera
 
     delete_namespace_and_wait_finalized(&client, &ns, Duration::from_secs(120)).await;
     op.sigkill();
-    realm.delete().await;
 }

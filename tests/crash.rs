@@ -10,9 +10,9 @@
 //! whichever comes first; e.g. `CRASH_KILLS=2000 CRASH_SECONDS=1800` for a long local run.
 //! Its own test binary: the kill loop loads the machine.
 
-mod harness;
-mod stress;
-mod support;
+#[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared harness
+mod common;
+use common::{harness, stress, support};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,13 +158,8 @@ async fn churn(client: Client, ns: String, world: Arc<Mutex<World>>, stop: Arc<A
 async fn sigkill_at_random_moments_leaves_keycloak_and_secrets_consistent() {
     let max_kills = env_or("CRASH_KILLS", 200);
     let budget = Duration::from_secs(env_or("CRASH_SECONDS", 180));
-    let SeededNamespace {
-        client,
-        ns,
-        realm,
-        opts,
-        ..
-    } = seeded_namespace("crash").await;
+    let seeded = seeded_namespace("crash").await;
+    let (client, ns, realm, opts) = seeded.parts();
     let log = opts.log_file.clone();
     eprintln!("operator log: {}", log.display());
 
@@ -254,7 +249,7 @@ async fn sigkill_at_random_moments_leaves_keycloak_and_secrets_consistent() {
         last.join("\n")
     );
     assert!(kills >= 20, "only {kills} kills");
-    let violations = consistency_violations(&client, &realm, &ns, &live, true).await;
+    let violations = consistency_violations(&client, realm, &ns, &live, true).await;
     assert!(
         violations.is_empty(),
         "inconsistent after {kills} kills:\n{}",
@@ -263,14 +258,8 @@ async fn sigkill_at_random_moments_leaves_keycloak_and_secrets_consistent() {
 
     // Deleting the namespace (operator still running) removes every server's Keycloak objects.
     delete_namespace_and_wait_finalized(&client, &ns, Duration::from_secs(180)).await;
-    let violations = consistency_violations(&client, &realm, &ns, &BTreeMap::new(), false).await;
-    assert!(
-        violations.is_empty(),
-        "left behind after deleting the namespace:\n{}",
-        violations.join("\n")
-    );
+    assert_nothing_left(&client, realm, &ns, "deleting the namespace").await;
     op.sigkill();
-    realm.delete().await;
 }
 
 /// Regression test of the write-ahead of `status.keycloakRealm`: the operator is SIGKILLed the
@@ -280,13 +269,8 @@ async fn sigkill_at_random_moments_leaves_keycloak_and_secrets_consistent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_right_after_the_client_is_created_then_delete_leaves_nothing() {
     // (Also: a namespace deletion that removes the admin Secret first leaves nothing behind.)
-    let SeededNamespace {
-        client,
-        ns,
-        realm,
-        opts,
-        ..
-    } = seeded_namespace("crashpoint").await;
+    let seeded = seeded_namespace("crashpoint").await;
+    let (client, ns, realm, opts) = seeded.parts();
     let mut op = ChildOperator::spawn(&opts);
     wait_condition::<McpAuthPolicy>(&client, &ns, "acme", "Ready", "True").await;
     let servers: Api<McpServer> = Api::namespaced(client.clone(), &ns);
@@ -341,19 +325,29 @@ async fn sigkill_right_after_the_client_is_created_then_delete_leaves_nothing() 
     for name in live.keys() {
         wait_condition::<McpServer>(&client, &ns, name, "Ready", "True").await;
     }
-    let v = consistency_violations(&client, &realm, &ns, &live, true).await;
+    let v = consistency_violations(&client, realm, &ns, &live, true).await;
     assert!(v.is_empty(), "{}", v.join("\n"));
     Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
         .delete("keycloak-admin", &DeleteParams::default())
         .await
         .unwrap();
     delete_namespace_and_wait_finalized(&client, &ns, WAIT).await;
-    let left = consistency_violations(&client, &realm, &ns, &BTreeMap::new(), false).await;
+    assert_nothing_left(
+        &client,
+        realm,
+        &ns,
+        "the namespace (and its admin Secret) was deleted",
+    )
+    .await;
+    op.sigkill();
+}
+
+/// Nothing of namespace `ns` is left in Keycloak after `what`.
+async fn assert_nothing_left(client: &Client, realm: &Realm, ns: &str, what: &str) {
+    let left = consistency_violations(client, realm, ns, &BTreeMap::new(), false).await;
     assert!(
         left.is_empty(),
-        "left behind after the namespace (and its admin Secret) was deleted:\n{}",
+        "left behind after {what}:\n{}",
         left.join("\n")
     );
-    op.sigkill();
-    realm.delete().await;
 }

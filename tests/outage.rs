@@ -2,8 +2,9 @@
 //! converges after Keycloak returns. Its own test binary (cargo runs binaries one at a time), so
 //! stopping the test bed's Keycloak disturbs no other test.
 
-mod harness;
-mod support;
+#[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared harness
+mod common;
+use common::{harness, support};
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use kube::api::{Api, Patch, PatchParams};
 use mcp_auth_gateway::spawn;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use serde_json::json;
+use support::Fetch;
 
 /// The tests of this binary each stop the shared Keycloak: one at a time.
 static KEYCLOAK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -23,12 +25,10 @@ const OUTAGE: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keycloak_outage_fails_closed_backs_off_and_converges() {
     let _serial = KEYCLOAK.lock().await;
-    let client = support::kube_client().await;
+    let s = Scenario::new("outage").await;
     let tb = support::testbed().await;
-    let ns = support::test_namespace(&client, "outage").await;
-    let realm = Realm::new(&support::unique_name("outage")).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    let op = Operator::start(&client, &ns).await;
+    let (client, ns, realm) = (s.client.clone(), s.ns.clone(), &s.realm);
+    let op = s.op();
     create(
         &client,
         &ns,
@@ -62,15 +62,7 @@ async fn keycloak_outage_fails_closed_backs_off_and_converges() {
     );
 
     // Keycloak down.
-    let errors_before = op
-        .ctx
-        .metrics
-        .reconcile_errors
-        .get_or_create(&mcp_keycloak_operator::metrics::ErrorLabels {
-            controller: "mcpauthpolicy",
-            reason: "KeycloakUnreachable",
-        })
-        .get();
+    let errors_before = policy_errors(op, "KeycloakUnreachable");
     let keycloak = support::Stopped::stop("keycloak").await;
     let down_at = std::time::Instant::now();
     let resp = call().await.unwrap();
@@ -92,27 +84,14 @@ async fn keycloak_outage_fails_closed_backs_off_and_converges() {
     let msg = wait_reason::<McpServer>(&client, &ns, "alpha", "Ready", "PolicyNotReady").await;
     assert!(msg.contains("unreachable"), "{msg}");
     // Work that arrives during the outage waits and says why, with nothing half-applied.
-    create(
-        &client,
-        &ns,
-        &server("beta", "acme", "http://127.0.0.1:1/beta"),
-    )
-    .await;
+    s.create(&server("beta", "acme", "http://127.0.0.1:1/beta"))
+        .await;
     let msg = wait_reason::<McpServer>(&client, &ns, "beta", "Ready", "PolicyNotReady").await;
     assert!(msg.contains("unreachable"), "{msg}");
     // Stay down for a while and count the retries: they must back off, not spin.
     let remaining = OUTAGE.saturating_sub(down_at.elapsed());
     tokio::time::sleep(remaining).await;
-    let retries = op
-        .ctx
-        .metrics
-        .reconcile_errors
-        .get_or_create(&mcp_keycloak_operator::metrics::ErrorLabels {
-            controller: "mcpauthpolicy",
-            reason: "KeycloakUnreachable",
-        })
-        .get()
-        - errors_before;
+    let retries = policy_errors(op, "KeycloakUnreachable") - errors_before;
     support::figure(format_args!(
         "policy reconcile attempts failing during a {} s Keycloak outage: {retries} (backoff 5, 10, 20, 40 s)",
         OUTAGE.as_secs()
@@ -153,13 +132,7 @@ async fn keycloak_outage_fails_closed_backs_off_and_converges() {
     let tok = realm
         .mint_token(&format!("openid mcp:tools mcp:server:{ns}:alpha"))
         .await;
-    let resp = http
-        .post(format!("{}/mcp", gw.url()))
-        .bearer_auth(tok["access_token"].as_str().unwrap())
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = support::post_mcp(&http, &gw.url(), tok["access_token"].as_str().unwrap()).await;
     assert_eq!(
         resp.status(),
         502,
@@ -167,29 +140,35 @@ async fn keycloak_outage_fails_closed_backs_off_and_converges() {
     );
 
     gw.shutdown().await.unwrap();
-    teardown(&client, &ns, op).await;
-    realm.delete().await;
 }
 
 fn kc_requests(op: &Operator, method: &'static str, outcome: &'static str) -> u64 {
+    let labels = mcp_keycloak_operator::metrics::KeycloakRequestLabels { method, outcome };
     op.ctx
         .metrics
         .keycloak_requests
-        .get_or_create(&mcp_keycloak_operator::metrics::KeycloakRequestLabels { method, outcome })
+        .get_or_create(&labels)
         .get()
 }
 
-fn kc_errors(op: &Operator, reason: &'static str) -> u64 {
-    ["mcpauthpolicy", "mcpserver"]
-        .into_iter()
-        .map(|controller| {
-            op.ctx
-                .metrics
-                .reconcile_errors
-                .get_or_create(&mcp_keycloak_operator::metrics::ErrorLabels { controller, reason })
-                .get()
+/// Reconcile errors with `reason`, summed over `controllers`.
+fn reconcile_errors(op: &Operator, controllers: &[&'static str], reason: &'static str) -> u64 {
+    let errors = &op.ctx.metrics.reconcile_errors;
+    controllers
+        .iter()
+        .map(|&controller| {
+            let labels = mcp_keycloak_operator::metrics::ErrorLabels { controller, reason };
+            errors.get_or_create(&labels).get()
         })
         .sum()
+}
+
+fn policy_errors(op: &Operator, reason: &'static str) -> u64 {
+    reconcile_errors(op, &["mcpauthpolicy"], reason)
+}
+
+fn kc_errors(op: &Operator, reason: &'static str) -> u64 {
+    reconcile_errors(op, &["mcpauthpolicy", "mcpserver"], reason)
 }
 
 /// A Keycloak restart that loses the sessions behind the operator's cached admin token: the
@@ -207,8 +186,9 @@ async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_t
     let _serial = KEYCLOAK.lock().await;
     let client = support::kube_client().await;
     let tb = support::testbed().await;
-    let ns = support::test_namespace(&client, "kcrestart").await;
-    let realm = Realm::new(&support::unique_name("kcrestart")).await;
+    let mut scenario = Scenario::without_operator("kcrestart").await;
+    let ns = scenario.ns.clone();
+    let realm = Realm::new(&scenario.realm.name).await;
     let kc = &realm.kc;
 
     // The realm, a realm admin in it with 10-minute access tokens.
@@ -259,18 +239,16 @@ async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_t
     policy.spec.keycloak.admin_credentials_secret_ref.name = "realm-admin".into();
     policy.spec.keycloak.admin_credentials_secret_ref.auth_realm = Some(realm.name.clone());
 
-    let op = Operator::start(&client, &ns).await;
+    scenario.start_operator().await;
+    let op = scenario.op();
     create(&client, &ns, &policy).await;
-    create(
-        &client,
-        &ns,
-        &server("alpha", "acme", "http://alpha.example/mcp"),
-    )
-    .await;
+    scenario
+        .create(&server("alpha", "acme", "http://alpha.example/mcp"))
+        .await;
     wait_condition::<McpServer>(&client, &ns, "alpha", "Ready", "True").await;
     let refreshes_before = op.ctx.metrics.admin_token_refreshes.get();
-    let rejected_before = kc_requests(&op, "GET", "client_error");
-    let bad_credentials_before = kc_errors(&op, "InvalidAdminCredentials");
+    let rejected_before = kc_requests(op, "GET", "client_error");
+    let bad_credentials_before = kc_errors(op, "InvalidAdminCredentials");
 
     // A token of the same account minted before the restart, to show the restart killed it.
     let token_url = format!(
@@ -286,12 +264,8 @@ async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_t
             ("username", "operator"),
             ("password", &password),
         ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     let old = old["access_token"].as_str().unwrap().to_string();
     let realm_url = format!("{}/admin/realms/{}", tb.keycloak_url, realm.name);
     let status_with_old = || async {
@@ -335,8 +309,8 @@ async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_t
     .await;
     wait_condition::<McpServer>(&client, &ns, "alpha", "Ready", "True").await;
     let refreshes = op.ctx.metrics.admin_token_refreshes.get() - refreshes_before;
-    let rejected = kc_requests(&op, "GET", "client_error") - rejected_before;
-    let bad_credentials = kc_errors(&op, "InvalidAdminCredentials") - bad_credentials_before;
+    let rejected = kc_requests(op, "GET", "client_error") - rejected_before;
+    let bad_credentials = kc_errors(op, "InvalidAdminCredentials") - bad_credentials_before;
     support::figure(format_args!(
         "Keycloak restart with sessions lost: {rejected} admin request(s) answered 401 and retried, \
          admin token refreshes {refreshes_before} before, +{refreshes} after; InvalidAdminCredentials errors: {bad_credentials}"
@@ -355,7 +329,4 @@ async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_t
         bad_credentials, 0,
         "a 401 retried with a fresh token must not surface as bad credentials"
     );
-
-    teardown(&client, &ns, op).await;
-    realm.delete().await;
 }

@@ -23,9 +23,14 @@
 //! A permission whose removal changes nothing is reported as not needed, and fails the test.
 //! `RBAC_TEST_ONLY=<text>[,<text>..]` runs only the cases whose label contains one; `RBAC_TEST_VERBOSE=1`
 //! prints each step; `RBAC_TEST_PARALLELISM` (default 6) bounds concurrent scenarios.
+//!
+//! Its own test binary: it installs the process-wide tracing subscriber that records the 403s
+//! (in a shared binary it would see every other test's requests, and the first global
+//! subscriber wins), and its concurrent scenarios load the machine.
 
-mod harness;
-mod support;
+#[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared harness
+mod common;
+use common::{harness, support};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -17,7 +17,8 @@
 //! Direct and gateway measurements are interleaved in rounds so that load from other
 //! processes affects both alike.
 
-#[path = "../../../tests/fakes/mod.rs"]
+#[path = "../../../tests/it/fakes/mod.rs"]
+#[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod fakes;
 
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 //! wired to the operator's flags, the real kube-apiserver accepts it, and it installs, upgrades
 //! and uninstalls (keeping the CRDs).
 
-mod harness;
-mod support;
+use crate::harness;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -126,6 +126,16 @@ async fn must(name: &str, args: &[&str], stdin: Option<&str>, kube: bool) -> Str
         o.stderr
     );
     o.stdout
+}
+
+/// A helm release command (`command` such as `install NAME CHART`) in `ns` with `extra`
+/// arguments, waiting up to 180 s for its objects.
+async fn helm_release(command: &[&str], ns: &str, extra: &[&str]) -> String {
+    let mut args = command.to_vec();
+    args.extend(["--namespace", ns]);
+    args.extend(extra);
+    args.extend(["--wait", "--timeout", "180s"]);
+    must("helm", &args, None, true).await
 }
 
 /// `helm template` with `--set` values; the rendered documents as JSON.
@@ -509,7 +519,7 @@ async fn crds_are_rendered_with_keep_and_can_be_left_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_chart_is_accepted_by_the_api_server() {
     let client = support::kube_client().await;
-    let ns = support::test_namespace(&client, "helm-dry").await;
+    let ns = support::TestNamespace::new(&client, "helm-dry").await;
     let watch = format!("rbac.namespaces={{{ns}}}");
     let variants: [Vec<&str>; 4] = [
         vec![],
@@ -549,7 +559,6 @@ async fn rendered_chart_is_accepted_by_the_api_server() {
         }
         assert!(out.contains("(server dry run)"), "{out}");
     }
-    support::delete_namespace(&client, &ns).await;
 }
 
 /// Hands the CRDs (already on the shared test bed, applied by the test harness) to `release`, the
@@ -571,27 +580,15 @@ async fn adopt_crds(client: &kube::Client, release: &str, ns: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_upgrade_uninstall_keeps_the_crds() {
     let client = support::kube_client().await;
-    let ns = support::test_namespace(&client, "helm-install").await;
+    let ns = support::TestNamespace::new(&client, "helm-install").await;
     let release = support::unique_name("mko");
     let full = format!("{release}-mcp-keycloak-operator");
     adopt_crds(&client, &release, &ns).await;
 
-    let out = must(
-        "helm",
-        &[
-            "install",
-            &release,
-            CHART,
-            "--namespace",
-            &ns,
-            "--set",
-            "crds.keep=true",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-        None,
-        true,
+    let out = helm_release(
+        &["install", &release, CHART],
+        &ns,
+        &["--set", "crds.keep=true"],
     )
     .await;
     assert!(out.contains("STATUS: deployed"), "{out}");
@@ -637,25 +634,8 @@ async fn install_upgrade_uninstall_keeps_the_crds() {
         );
     }
 
-    let out = must(
-        "helm",
-        &[
-            "upgrade",
-            &release,
-            CHART,
-            "--namespace",
-            &ns,
-            "--reuse-values",
-            "--set",
-            "replicaCount=2",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-        None,
-        true,
-    )
-    .await;
+    let upgrade = ["--reuse-values", "--set", "replicaCount=2"];
+    let out = helm_release(&["upgrade", &release, CHART], &ns, &upgrade).await;
     assert!(out.contains("STATUS: deployed"), "{out}");
     let d = deployments.get(&full).await.unwrap();
     assert_eq!(d.spec.replicas, Some(2));
@@ -668,21 +648,7 @@ async fn install_upgrade_uninstall_keeps_the_crds() {
     .await;
     assert!(status.contains("REVISION: 2"), "{status}");
 
-    let out = must(
-        "helm",
-        &[
-            "uninstall",
-            &release,
-            "--namespace",
-            &ns,
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-        None,
-        true,
-    )
-    .await;
+    let out = helm_release(&["uninstall", &release], &ns, &[]).await;
     assert!(out.contains("uninstalled"), "{out}");
     support::wait_for("release objects deleted", Duration::from_secs(60), || {
         let (client, ns, full) = (client.clone(), ns.clone(), full.clone());
@@ -714,7 +680,6 @@ async fn install_upgrade_uninstall_keeps_the_crds() {
             "CRD {name} was deleted by helm uninstall despite crds.keep"
         );
     }
-    support::delete_namespace(&client, &ns).await;
 }
 
 async fn deployments_gone(client: &kube::Client, ns: &str, name: &str) -> bool {

@@ -465,3 +465,84 @@ pub fn jwt_payload(token: &str) -> Value {
     }
     serde_json::from_slice(&out).unwrap_or(Value::Null)
 }
+
+/// Whether `id` looks like Keycloak's DCR client ids (random UUIDs).
+pub fn is_generated_id(id: &str) -> bool {
+    id.len() == 36
+        && id.chars().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// The client a VS Code-like registration left in `realm`, checked through the Admin REST API:
+/// generated id, VS Code's metadata, public, consent required, exactly VS Code's redirect URIs.
+pub async fn assert_vscode_client_registered(
+    realm: &crate::harness::Realm,
+    client_id: &str,
+) -> Value {
+    assert!(is_generated_id(client_id), "client id {client_id:?}");
+    let kc = realm
+        .client(client_id)
+        .await
+        .unwrap_or_else(|| panic!("DCR client {client_id} not in the realm"));
+    assert_eq!(kc["name"], VSCODE_CLIENT_NAME);
+    assert_eq!(kc["baseUrl"], VSCODE_CLIENT_URI);
+    assert_eq!(kc["publicClient"], true);
+    assert_eq!(kc["consentRequired"], true);
+    let mut redirects: Vec<String> =
+        serde_json::from_value(kc["redirectUris"].clone()).unwrap_or_default();
+    redirects.sort();
+    let mut expected: Vec<String> = VSCODE_REDIRECT_URIS.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(redirects, expected, "registered redirect URIs");
+    kc
+}
+
+/// `http://host:port/.well-known/oauth-protected-resource/<path>` for an MCP URL.
+pub fn path_metadata_url(mcp_url: &str) -> String {
+    let u = url::Url::parse(mcp_url).unwrap();
+    format!(
+        "{}/.well-known/oauth-protected-resource{}",
+        u.origin().ascii_serialization(),
+        u.path()
+    )
+}
+
+/// How a VS Code-like client got authorized for `url`: discovery through the challenge's
+/// metadata URL to the realm's exact `issuer`; an authorization request with code + PKCE S256,
+/// resource = `url` (RFC 8707) and the challenge's scopes (`mcp:tools`, `audience_scope`); and
+/// Keycloak's consent page for "Use MCP tools", accepted.
+pub fn assert_authorized_like_vscode(
+    conn: &ConnectedClient,
+    url: &str,
+    issuer: &str,
+    audience_scope: &str,
+) {
+    assert_eq!(
+        conn.challenge.resource_metadata.as_deref(),
+        Some(path_metadata_url(url).as_str())
+    );
+    assert_eq!(conn.issuer.as_deref(), Some(issuer));
+    let p = &conn.authorization_params;
+    assert_eq!(p.get("response_type").map(String::as_str), Some("code"));
+    assert_eq!(
+        p.get("code_challenge_method").map(String::as_str),
+        Some("S256")
+    );
+    assert_eq!(p.get("resource").map(String::as_str), Some(url), "RFC 8707");
+    let requested: Vec<&str> = p["scope"].split(' ').collect();
+    assert!(
+        requested.contains(&"mcp:tools") && requested.contains(&audience_scope),
+        "requested scopes {requested:?}"
+    );
+    assert!(conn.login.consent_shown, "no consent page was shown");
+    assert!(
+        conn.login
+            .consent_items
+            .iter()
+            .any(|i| i == "Use MCP tools"),
+        "consent page listed {:?}",
+        conn.login.consent_items
+    );
+}

@@ -1,6 +1,5 @@
 //! Operator-level helpers for integration tests: CRDs installed on the test bed, an in-process
 //! operator per test namespace, the seed's resources, and Keycloak token helpers.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +16,22 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use crate::support::{self, wait_for};
+
+mod scenario;
+pub use scenario::*;
+
+/// `Deref` from a test's world `$ty` to the [`Scenario`] in its field `$field`.
+macro_rules! deref_scenario {
+    ($ty:ty, $field:ident) => {
+        impl std::ops::Deref for $ty {
+            type Target = crate::harness::Scenario;
+            fn deref(&self) -> &Self::Target {
+                &self.$field
+            }
+        }
+    };
+}
+pub(crate) use deref_scenario;
 
 pub const WAIT: Duration = Duration::from_secs(90);
 
@@ -36,20 +51,7 @@ pub async fn install_crds(client: &Client) {
             )
             .await
             .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-            wait_for(&format!("CRD {name} established"), WAIT, || {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    let c = api.get(&name).await.ok()?;
-                    let established = c
-                        .status?
-                        .conditions?
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True");
-                    established.then_some(())
-                }
-            })
-            .await;
+            support::wait_crd_established(client, &name, WAIT).await;
         }
     })
     .await;
@@ -95,9 +97,15 @@ impl Drop for Operator {
 /// The admin credentials Secret for the test bed's Keycloak.
 pub async fn admin_secret(client: &Client, ns: &str, name: &str) {
     let tb = support::testbed().await;
+    let login = support::KeycloakLogin::of(tb);
+    admin_secret_for(client, ns, name, &login).await
+}
+
+/// The admin credentials Secret for any Keycloak.
+pub async fn admin_secret_for(client: &Client, ns: &str, name: &str, kc: &support::KeycloakLogin) {
     let s: Secret = serde_json::from_value(json!({
         "metadata": {"name": name},
-        "stringData": {"username": tb.admin_user, "password": tb.admin_password, "url": tb.keycloak_url}
+        "stringData": {"username": kc.user, "password": kc.password, "url": kc.url}
     }))
     .unwrap();
     Api::<Secret>::namespaced(client.clone(), ns)
@@ -106,13 +114,18 @@ pub async fn admin_secret(client: &Client, ns: &str, name: &str) {
         .expect("create admin secret");
 }
 
+/// A custom resource of kind `K` called `name` with `spec`.
+pub fn resource<K: Kind>(name: &str, spec: Value) -> K {
+    let doc = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()),
+                     "metadata": {"name": name}, "spec": spec});
+    serde_json::from_value(doc).unwrap_or_else(|e| panic!("{} {name}: {e}", K::kind(&())))
+}
+
 /// The seed's policy: realm, `mcp:tools` as realm default, VS Code-ready anonymous DCR.
 pub fn seed_policy(name: &str, realm: &str, kc: &str) -> McpAuthPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "mcpauth.dev/v1alpha1",
-        "kind": "McpAuthPolicy",
-        "metadata": {"name": name},
-        "spec": {
+    resource(
+        name,
+        json!({
             "keycloak": {
                 "url": kc,
                 "realm": realm,
@@ -125,37 +138,62 @@ pub fn seed_policy(name: &str, realm: &str, kc: &str) -> McpAuthPolicy {
                 "trustedClients": ["VSCode"],
                 "maxClients": 100
             }
-        }
-    }))
-    .unwrap()
+        }),
+    )
 }
 
 pub fn server(name: &str, policy: &str, url: &str) -> McpServer {
-    serde_json::from_value(json!({
-        "apiVersion": "mcpauth.dev/v1alpha1",
-        "kind": "McpServer",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "ghcr.io/example/mcp-server:1",
-            "policyRef": {"name": policy},
-            "url": url
-        }
-    }))
-    .unwrap()
+    let spec =
+        json!({"image": "ghcr.io/example/mcp-server:1", "policyRef": {"name": policy}, "url": url});
+    resource(name, spec)
 }
 
-pub async fn create<K>(client: &Client, ns: &str, obj: &K) -> K
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+pub async fn create<K: Kind>(client: &Client, ns: &str, obj: &K) -> K {
     Api::<K>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), obj)
         .await
         .unwrap_or_else(|e| panic!("create {}: {e}", K::kind(&())))
+}
+
+/// Waits until `f` holds, for up to [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    support::wait_until(what, WAIT, f).await
+}
+
+/// Deletes a namespaced object and waits until it is gone (its finalizers have run).
+pub async fn delete_and_wait<K: Kind>(client: &Client, ns: &str, name: &str) {
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.delete(name, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete {} {ns}/{name}: {e}", K::kind(&())));
+    let what = format!("{} {ns}/{name} gone", K::kind(&()));
+    wait_for(&what, WAIT, || async {
+        api.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await
+}
+
+/// A namespaced custom resource or built-in kind the helpers below can read.
+pub trait Kind:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Kind for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + DeserializeOwned
+        + std::fmt::Debug
+{
 }
 
 fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
@@ -172,76 +210,59 @@ fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
         })
 }
 
+/// Polls `ns/name` until `done` accepts condition `type_` as (status, reason, message); the
+/// timeout message shows the last status seen.
+async fn wait_on_condition<K: Kind, T>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    what: &str,
+    done: impl Fn(String, String, String) -> Option<T>,
+) -> T {
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let what = format!("{} {ns}/{name} {what}", K::kind(&()));
+    support::poll(&what, WAIT, || async {
+        let obj = api
+            .get(name)
+            .await
+            .map_err(|e| Value::String(e.to_string()))?;
+        let status = serde_json::to_value(&obj).unwrap()["status"].clone();
+        condition(&status, type_)
+            .and_then(|(s, r, m)| done(s, r, m))
+            .ok_or(status)
+    })
+    .await
+}
+
 /// Waits until condition `type_` has `status`; returns (reason, message).
-pub async fn wait_condition<K>(
+pub async fn wait_condition<K: Kind>(
     client: &Client,
     ns: &str,
     name: &str,
     type_: &str,
     status: &str,
-) -> (String, String)
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let mut last = Value::Null;
-    let what = format!("{} {ns}/{name} condition {type_}={status}", K::kind(&()));
-    let r = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Ok(obj) = api.get(name).await {
-                let v = serde_json::to_value(&obj).unwrap();
-                last = v["status"].clone();
-                if let Some((s, reason, message)) = condition(&last, type_) {
-                    if s == status {
-                        return (reason, message);
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+) -> (String, String) {
+    let what = format!("condition {type_}={status}");
+    wait_on_condition::<K, _>(client, ns, name, type_, &what, |s, r, m| {
+        (s == status).then_some((r, m))
     })
-    .await;
-    r.unwrap_or_else(|_| panic!("timed out waiting for {what}; last status: {last}"))
+    .await
 }
 
 /// Waits for condition `type_` = False with exactly `reason`; returns the message.
-pub async fn wait_reason<K>(
+pub async fn wait_reason<K: Kind>(
     client: &Client,
     ns: &str,
     name: &str,
     type_: &str,
     reason: &str,
-) -> String
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let mut last = Value::Null;
-    let r = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Ok(obj) = api.get(name).await {
-                last = serde_json::to_value(&obj).unwrap()["status"].clone();
-                if let Some((s, r, m)) = condition(&last, type_) {
-                    if s == "False" && r == reason {
-                        return m;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+) -> String {
+    let what = format!("condition {type_} reason {reason}");
+    wait_on_condition::<K, _>(client, ns, name, type_, &what, |s, r, m| {
+        (s == "False" && r == reason).then_some(m)
     })
-    .await;
-    r.unwrap_or_else(|_| {
-        panic!("timed out waiting for {type_} reason {reason} on {ns}/{name}; last status: {last}")
-    })
+    .await
 }
 
 /// Keycloak's view of one realm, through the test's own admin client (not the operator's).
@@ -253,8 +274,12 @@ pub struct Realm {
 impl Realm {
     pub async fn new(name: &str) -> Realm {
         let tb = support::testbed().await;
+        Self::on(&support::KeycloakLogin::of(tb), name)
+    }
+
+    pub fn on(kc: &support::KeycloakLogin, name: &str) -> Realm {
         Realm {
-            kc: support::keycloak_admin(tb).await,
+            kc: kc.admin(),
             name: name.to_string(),
         }
     }
@@ -316,19 +341,13 @@ impl Realm {
             s.is_success() || s.as_u16() == 409,
             "create test client: {s} {v}"
         );
-        let user = "alice".to_string();
-        let password = "alice-password-1".to_string();
+        let (user, password) = ("alice", "alice-password-1");
         let (s, v) = self
             .kc
-            .post(
-                &self.path("/users"),
-                &json!({"username": user, "enabled": true, "email": "alice@example.com", "emailVerified": true,
-                        "firstName": "Alice", "lastName": "Example",
-                        "credentials": [{"type": "password", "value": password, "temporary": false}]}),
-            )
+            .post(&self.path("/users"), &user_rep(user, password))
             .await;
         assert!(s.is_success() || s.as_u16() == 409, "create user: {s} {v}");
-        (client_id, user, password)
+        (client_id, user.to_string(), password.to_string())
     }
 
     /// A token for the minter client with the given scope string, by the authorization-code
@@ -340,21 +359,13 @@ impl Realm {
             self.kc.base_url, self.name
         );
         let code = login_for_code(&base, &client_id, &user, &password, scope).await;
-        let resp = reqwest::Client::new()
-            .post(format!("{base}/token"))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("client_id", client_id.as_str()),
-                ("code", code.as_str()),
-                ("redirect_uri", MINTER_REDIRECT),
-            ])
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap();
-        assert!(status.is_success(), "token request: {status} {v}");
-        v
+        let req = reqwest::Client::new().post(format!("{base}/token")).form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", client_id.as_str()),
+            ("code", code.as_str()),
+            ("redirect_uri", MINTER_REDIRECT),
+        ]);
+        support::ok_json(req, "token request").await
     }
 
     /// RFC 7662 introspection with a confidential client's credentials.
@@ -374,12 +385,56 @@ impl Realm {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// A user with everything Keycloak's default "update profile" required action would ask
+    /// for, so a browser login goes straight to consent; returns the user's id.
+    pub async fn create_user(&self, user: &str, password: &str) -> String {
+        let (s, v) = self
+            .kc
+            .post(&self.path("/users"), &user_rep(user, password))
+            .await;
+        assert!(s.is_success(), "create user: {s} {v}");
+        let users = self
+            .get(&format!("/users?username={user}&exact=true"))
+            .await;
+        users[0]["id"].as_str().expect("user id").to_string()
+    }
+
+    /// Replaces the client with Keycloak id `rep.id` by `rep`.
+    pub async fn update_client(&self, rep: &Value) {
+        let id = rep["id"].as_str().expect("client id");
+        let (s, v) = self
+            .kc
+            .put(&self.path(&format!("/clients/{id}")), rep)
+            .await;
+        assert!(s.is_success(), "update client {id}: {s} {v}");
+    }
+
+    /// Ends every session of `username` (Keycloak's admin "log out" of a user).
+    pub async fn logout_user(&self, username: &str) {
+        let users = self.get(&format!("/users?username={username}")).await;
+        let uid = users[0]["id"].as_str().expect("user id");
+        let (st, v) = self
+            .kc
+            .post(&self.path(&format!("/users/{uid}/logout")), &json!({}))
+            .await;
+        assert!(st.is_success(), "logout {username}: {st} {v}");
+    }
+
     pub async fn delete(&self) {
         let _ = self
             .kc
             .delete(&format!("/admin/realms/{}", self.name))
             .await;
     }
+}
+
+/// `user`@example.com, first name `User`, last name Example, a permanent password.
+fn user_rep(user: &str, password: &str) -> Value {
+    let mut first = user.to_string();
+    first[..1].make_ascii_uppercase();
+    json!({"username": user, "enabled": true, "emailVerified": true,
+           "email": format!("{user}@example.com"), "firstName": first, "lastName": "Example",
+           "credentials": [{"type": "password", "value": password, "temporary": false}]})
 }
 
 /// Redirect URI of the minter client; nothing listens there (the code is read off the redirect).
@@ -496,20 +551,53 @@ pub async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> O
 /// Deletes the namespace while the operator still runs, and waits until its finalizers have
 /// let every McpServer and McpAuthPolicy go (so no namespace is left stuck terminating).
 pub async fn teardown(client: &Client, ns: &str, op: Operator) {
+    delete_namespace_and_wait_finalized(client, ns, WAIT).await;
+    drop(op);
+}
+
+/// Deletes namespace `ns` and waits (up to `timeout`) until its McpServers and McpAuthPolicies
+/// are gone, i.e. the operator's Keycloak cleanup has run for all of them.
+pub async fn delete_namespace_and_wait_finalized(client: &Client, ns: &str, timeout: Duration) {
     support::delete_namespace(client, ns).await;
     let servers: Api<McpServer> = Api::namespaced(client.clone(), ns);
     let policies: Api<McpAuthPolicy> = Api::namespaced(client.clone(), ns);
-    support::wait_for(
-        &format!("custom resources of {ns} finalized"),
-        WAIT,
-        || async {
-            let s = servers.list(&Default::default()).await.ok()?.items.len();
-            let p = policies.list(&Default::default()).await.ok()?.items.len();
-            (s + p == 0).then_some(())
-        },
-    )
+    let what = format!("custom resources of {ns} finalized");
+    support::poll(&what, timeout, || async {
+        let s = servers
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let p = policies
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        match s.items.len() + p.items.len() {
+            0 => Ok(()),
+            left => Err(format!("{left} left")),
+        }
+    })
     .await;
-    drop(op);
+}
+
+/// The gateway serving on `listener` in this process, until [`ServedGateway::stop`].
+pub struct ServedGateway {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), mcp_auth_gateway::GatewayError>>,
+}
+
+impl ServedGateway {
+    pub fn start(cfg: mcp_auth_gateway::GatewayConfig, listener: tokio::net::TcpListener) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(mcp_auth_gateway::serve(cfg, listener, async move {
+            let _ = stopped.await;
+        }));
+        ServedGateway { stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// The gateway's config exactly as the `gateway` container of the reconciled Deployment would

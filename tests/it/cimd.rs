@@ -8,9 +8,9 @@
 //!
 //! Needs the test bed (`eval "$(./hack/testbed up)"`) and Debian's `chromium` + `chromium-driver`.
 
-mod browser;
-mod harness;
-mod support;
+use crate::browser;
+use crate::harness;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -22,9 +22,8 @@ use browser::client::{vscode_registration_request, VSCODE_CLIENT_NAME};
 use browser::stand_in::PlainMcpServer;
 use browser::{Browser, LoopbackCallback};
 use harness::*;
-use k8s_openapi::api::core::v1::{Event, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::Client;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
 use rmcp::transport::auth::{
@@ -149,23 +148,13 @@ fn without_grant_refusal(list: &Value) -> Vec<Value> {
     all.into_iter().filter(|e| e["name"] != grants).collect()
 }
 
+/// The seed policy with CIMD settings `cimd` instead of anonymous DCR.
 fn cimd_policy(name: &str, realm: &str, kc: &str, cimd: Value) -> McpAuthPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "mcpauth.dev/v1alpha1",
-        "kind": "McpAuthPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "keycloak": {
-                "url": kc,
-                "realm": realm,
-                "createRealm": true,
-                "adminCredentialsSecretRef": {"name": "keycloak-admin"}
-            },
-            "scopes": [{"name": "mcp:tools", "consentText": "Use MCP tools", "type": "Default"}],
-            "clientIdMetadataDocuments": cimd
-        }
-    }))
-    .unwrap()
+    let mut p = serde_json::to_value(seed_policy(name, realm, kc)).unwrap();
+    let spec = p["spec"].as_object_mut().unwrap();
+    spec.remove("dynamicClientRegistration");
+    spec.insert("clientIdMetadataDocuments".into(), cimd);
+    serde_json::from_value(p).unwrap()
 }
 
 /// Loopback-only CIMD settings used by most tests: `client_id` on 127.0.0.1, redirects there too.
@@ -173,47 +162,8 @@ fn loopback_cimd() -> Value {
     json!({"trustedDomains": ["127.0.0.1"], "allowHttp": true})
 }
 
-struct Bed {
-    client: Client,
-    ns: String,
-    realm: Realm,
-    op: Operator,
-}
-
-async fn bed(prefix: &str) -> Bed {
-    let client = support::kube_client().await;
-    let ns = support::test_namespace(&client, prefix).await;
-    let realm = Realm::new(&support::unique_name(prefix)).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    let op = Operator::start(&client, &ns).await;
-    Bed {
-        client,
-        ns,
-        realm,
-        op,
-    }
-}
-
-impl Bed {
-    fn policies(&self) -> Api<McpAuthPolicy> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    async fn policy(&self, name: &str) -> McpAuthPolicy {
-        self.policies().get(name).await.expect("policy")
-    }
-
-    async fn patch_policy(&self, name: &str, spec: Value) {
-        self.policies()
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": spec })),
-            )
-            .await
-            .expect("patch policy");
-    }
-
+/// CIMD's view of a scenario's realm.
+impl Scenario {
     /// The realm's client profiles but the operator's grant refusal (tests/security.rs).
     async fn profiles(&self) -> Vec<Value> {
         let v = self.realm.get("/client-policies/profiles").await;
@@ -243,45 +193,22 @@ impl Bed {
         )
         .ok()
     }
-
-    async fn create_user(&self) -> String {
-        let (s, v) = self
-            .realm
-            .kc
-            .post(
-                &self.realm.path("/users"),
-                &json!({
-                    "username": USER, "enabled": true, "emailVerified": true,
-                    "email": "alice@example.com", "firstName": "Alice", "lastName": "Example",
-                    "credentials": [{"type": "password", "value": PASSWORD, "temporary": false}]
-                }),
-            )
-            .await;
-        assert!(s.is_success(), "create user: {s} {v}");
-        let users = self
-            .realm
-            .get(&format!("/users?username={USER}&exact=true"))
-            .await;
-        users[0]["id"].as_str().expect("user id").to_string()
-    }
-
-    async fn finish(self) {
-        teardown(&self.client, &self.ns, self.op).await;
-        self.realm.delete().await;
-    }
 }
 
-/// Waits until `f` holds, polling the admin API; panics with `what` after [`WAIT`].
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    support::wait_for(what, WAIT, || {
-        let fut = f();
-        async move { fut.await.then_some(()) }
-    })
-    .await
+/// The token is for `url` and the introspection client of `ns/server`, and names no `other`.
+fn assert_audiences(claims: &Value, url: &str, ns: &str, server: &str, other: &str) {
+    let aud = audiences(claims);
+    let client = format!("mcp.{ns}.{server}");
+    let client = client.as_str();
+    assert!(aud.iter().any(|a| a == url), "aud {aud:?} lacks {url}");
+    assert!(
+        aud.iter().any(|a| a == client),
+        "aud {aud:?} lacks {client}"
+    );
+    assert!(
+        !aud.iter().any(|x| x.contains(other)),
+        "aud {aud:?} names {other}"
+    );
 }
 
 fn pkce() -> (String, String) {
@@ -444,14 +371,8 @@ async fn authorize(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_document_client_authorizes_and_calls_the_server_through_the_gateway() {
     let tb = support::testbed().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("gateway listener");
-    let url = format!(
-        "http://127.0.0.1:{}/mcp",
-        listener.local_addr().unwrap().port()
-    );
-    let b = bed("cimd-e2e").await;
+    let (listener, url) = support::mcp_listener().await;
+    let b = Scenario::new("cimd-e2e").await;
     create(
         &b.client,
         &b.ns,
@@ -459,12 +380,14 @@ async fn metadata_document_client_authorizes_and_calls_the_server_through_the_ga
     )
     .await;
     create(&b.client, &b.ns, &server("calc", "acme", &url)).await;
-    wait_condition::<McpAuthPolicy>(&b.client, &b.ns, "acme", "Ready", "True").await;
-    wait_condition::<McpServer>(&b.client, &b.ns, "calc", "Ready", "True").await;
-    let (reason, message) =
-        wait_condition::<McpAuthPolicy>(&b.client, &b.ns, "acme", CIMD_APPLIED, "True").await;
+    b.wait_condition::<McpAuthPolicy>("acme", "Ready", "True")
+        .await;
+    b.wait_condition::<McpServer>("calc", "Ready", "True").await;
+    let (reason, message) = b
+        .wait_condition::<McpAuthPolicy>("acme", CIMD_APPLIED, "True")
+        .await;
     assert_eq!(reason, "Applied", "{message}");
-    let policy = b.policy("acme").await;
+    let policy = b.get::<McpAuthPolicy>("acme").await;
     let issuer = policy.issuer();
     let audience_scope = format!("mcp:server:{}:calc", b.ns);
 
@@ -497,11 +420,8 @@ async fn metadata_document_client_authorizes_and_calls_the_server_through_the_ga
     // The gateway, from the Deployment, in front of an unprotected MCP server.
     let upstream = PlainMcpServer::start().await.expect("upstream MCP server");
     let cfg = gateway_config_from_deployment(&b.client, &b.ns, "calc", &upstream.base_url).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tokio::spawn(mcp_auth_gateway::serve(cfg, listener, async move {
-        let _ = stopped.await;
-    }));
-    let user_id = b.create_user().await;
+    let gateway = ServedGateway::start(cfg, listener);
+    let user_id = b.realm.create_user(USER, PASSWORD).await;
 
     // The client's metadata document, on loopback.
     let docs = DocServer::start().await;
@@ -689,9 +609,7 @@ async fn metadata_document_client_authorizes_and_calls_the_server_through_the_ga
     assert!(b.realm.client(&evil).await.is_none());
 
     browser.close().await;
-    let _ = stop.send(());
-    let _ = gateway.await;
-    b.finish().await;
+    gateway.stop().await;
 }
 
 /// Audience for metadata-document clients. Keycloak attaches the realm's default and optional
@@ -702,7 +620,7 @@ async fn metadata_document_client_authorizes_and_calls_the_server_through_the_ga
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_document_clients_get_audience_scopes_of_servers_added_later() {
     let tb = support::testbed().await;
-    let b = bed("cimd-aud").await;
+    let b = Scenario::new("cimd-aud").await;
     let (alpha_url, beta_url) = (
         "http://alpha.example.com/mcp",
         "http://beta.example.com/mcp",
@@ -714,10 +632,12 @@ async fn metadata_document_clients_get_audience_scopes_of_servers_added_later() 
     )
     .await;
     create(&b.client, &b.ns, &server("alpha", "acme", alpha_url)).await;
-    wait_condition::<McpAuthPolicy>(&b.client, &b.ns, "acme", "Ready", "True").await;
-    wait_condition::<McpServer>(&b.client, &b.ns, "alpha", "Ready", "True").await;
-    let issuer = b.policy("acme").await.issuer();
-    b.create_user().await;
+    b.wait_condition::<McpAuthPolicy>("acme", "Ready", "True")
+        .await;
+    b.wait_condition::<McpServer>("alpha", "Ready", "True")
+        .await;
+    let issuer = b.get::<McpAuthPolicy>("acme").await.issuer();
+    b.realm.create_user(USER, PASSWORD).await;
     let docs = DocServer::start().await;
     let client_id = docs.url("127.0.0.1", "/aud-client.json");
     docs.publish("/aud-client.json", &client_id, &["http://127.0.0.1/"]);
@@ -737,10 +657,7 @@ async fn metadata_document_clients_get_audience_scopes_of_servers_added_later() 
     )
     .await
     .unwrap_or_else(|e| panic!("alpha authorization: {e}"));
-    let aud = audiences(&a.claims);
-    assert!(aud.contains(&alpha_url.to_string()), "aud {aud:?}");
-    assert!(aud.contains(&format!("mcp.{}.alpha", b.ns)), "aud {aud:?}");
-    assert!(!aud.iter().any(|x| x.contains("beta")), "aud {aud:?}");
+    assert_audiences(&a.claims, alpha_url, &b.ns, "alpha", "beta");
     assert_eq!(a.claims["azp"], client_id.as_str());
 
     // Keycloak's own behaviour: a realm optional scope made after the client exists cannot be
@@ -784,7 +701,7 @@ async fn metadata_document_clients_get_audience_scopes_of_servers_added_later() 
 
     // A server added later: the operator links its audience scope to the known client.
     create(&b.client, &b.ns, &server("beta", "acme", beta_url)).await;
-    wait_condition::<McpServer>(&b.client, &b.ns, "beta", "Ready", "True").await;
+    b.wait_condition::<McpServer>("beta", "Ready", "True").await;
     eventually(
         "beta's audience scope linked to the CIMD client",
         || async {
@@ -814,13 +731,7 @@ async fn metadata_document_clients_get_audience_scopes_of_servers_added_later() 
     )
     .await
     .unwrap_or_else(|e| panic!("beta authorization: {e}"));
-    let aud = audiences(&bt.claims);
-    assert!(aud.contains(&beta_url.to_string()), "aud {aud:?}");
-    assert!(aud.contains(&format!("mcp.{}.beta", b.ns)), "aud {aud:?}");
-    assert!(
-        !aud.iter().any(|x| x.contains("alpha")),
-        "a beta token names alpha: {aud:?}"
-    );
+    assert_audiences(&bt.claims, beta_url, &b.ns, "beta", "alpha");
     assert!(
         bt.consent_items
             .iter()
@@ -874,16 +785,7 @@ async fn metadata_document_clients_get_audience_scopes_of_servers_added_later() 
     ] {
         rep.as_object_mut().unwrap().remove(k);
     }
-    let (s, v) = b
-        .realm
-        .kc
-        .put(
-            &b.realm
-                .path(&format!("/clients/{}", c["id"].as_str().unwrap())),
-            &rep,
-        )
-        .await;
-    assert!(s.is_success(), "{s} {v}");
+    b.realm.update_client(&rep).await;
     let hits = docs.hits("/scoped-client.json");
     let after_refresh = authorize(&browser, &issuer, &scoped_id, &alpha_request, alpha_url)
         .await
@@ -901,36 +803,12 @@ async fn metadata_document_clients_get_audience_scopes_of_servers_added_later() 
 
     // Isolation where it is enforced: alpha's introspection client gets `active: false` for the
     // beta token, beta's gets `active: true`.
-    let secret = |name: &str| {
-        let (client, ns) = (b.client.clone(), b.ns.clone());
-        let name = name.to_string();
-        async move {
-            secret_value(&client, &ns, &format!("{name}-oauth"), "client-secret")
-                .await
-                .expect("introspection secret")
-        }
-    };
-    let (_, beta_view) = b
-        .realm
-        .introspect(
-            &format!("mcp.{}.beta", b.ns),
-            &secret("beta").await,
-            &bt.token,
-        )
-        .await;
+    let (_, beta_view) = b.introspect_as("beta", &bt.token).await;
     assert_eq!(beta_view["active"], true, "{beta_view}");
-    let (_, alpha_view) = b
-        .realm
-        .introspect(
-            &format!("mcp.{}.alpha", b.ns),
-            &secret("alpha").await,
-            &bt.token,
-        )
-        .await;
+    let (_, alpha_view) = b.introspect_as("alpha", &bt.token).await;
     assert_eq!(alpha_view["active"], false, "{alpha_view}");
 
     browser.close().await;
-    b.finish().await;
 }
 
 /// Policy edits converge in Keycloak; the realm's other client profiles and policies (made by
@@ -940,7 +818,7 @@ async fn metadata_document_clients_get_audience_scopes_of_servers_added_later() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domain_edits_converge_and_only_the_operators_entries_change() {
     let tb = support::testbed().await;
-    let b = bed("cimd-edit").await;
+    let b = Scenario::new("cimd-edit").await;
     // The realm exists first, with someone else's profile and policy.
     let (s, v) = b
         .realm
@@ -999,9 +877,10 @@ async fn domain_edits_converge_and_only_the_operators_entries_change() {
         &cimd_policy("acme", &b.realm.name, &tb.keycloak_url, cimd),
     )
     .await;
-    wait_condition::<McpAuthPolicy>(&b.client, &b.ns, "acme", CIMD_APPLIED, "True").await;
+    b.wait_condition::<McpAuthPolicy>("acme", CIMD_APPLIED, "True")
+        .await;
     let name = b.owned_name("acme");
-    let issuer = b.policy("acme").await.issuer();
+    let issuer = b.get::<McpAuthPolicy>("acme").await.issuer();
     let check_foreign = |profiles: &[Value], policies: &[Value]| {
         assert_eq!(
             profiles[0], foreign_profile,
@@ -1018,14 +897,18 @@ async fn domain_edits_converge_and_only_the_operators_entries_change() {
 
     // Steady state: no write to Keycloak over several resyncs.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let writes = b.op.keycloak_writes();
-    let reads = b.op.ctx.metrics.keycloak_reads();
+    let writes = b.op().keycloak_writes();
+    let reads = b.op().ctx.metrics.keycloak_reads();
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(
-        b.op.ctx.metrics.keycloak_reads() > reads,
+        b.op().ctx.metrics.keycloak_reads() > reads,
         "no resync happened"
     );
-    assert_eq!(b.op.keycloak_writes(), writes, "a resync wrote to Keycloak");
+    assert_eq!(
+        b.op().keycloak_writes(),
+        writes,
+        "a resync wrote to Keycloak"
+    );
 
     // Two documents: on 127.0.0.1 (trusted) and on localhost (not yet).
     let on_ip = docs.url("127.0.0.1", "/ip.json");
@@ -1044,7 +927,7 @@ async fn domain_edits_converge_and_only_the_operators_entries_change() {
     assert!(b.realm.client(&on_ip).await.is_some());
 
     // Domain added: Keycloak's policy follows; the localhost document is admitted.
-    b.patch_policy(
+    b.patch_spec::<McpAuthPolicy>(
         "acme",
         json!({"clientIdMetadataDocuments": {"trustedDomains": ["127.0.0.1", "localhost"]}}),
     )
@@ -1071,7 +954,7 @@ async fn domain_edits_converge_and_only_the_operators_entries_change() {
 
     // Domain removed: the policy follows, and the client it had admitted is revoked (Keycloak
     // would otherwise keep it as an ordinary client that still logs users in).
-    b.patch_policy(
+    b.patch_spec::<McpAuthPolicy>(
         "acme",
         json!({"clientIdMetadataDocuments": {"trustedDomains": ["localhost"]}}),
     )
@@ -1107,14 +990,7 @@ async fn domain_edits_converge_and_only_the_operators_entries_change() {
     assert!(b.realm.client(&foreign_client).await.is_some());
 
     // Deleting the policy removes its profile, policy and clients, nothing else.
-    b.policies()
-        .delete("acme", &DeleteParams::default())
-        .await
-        .expect("delete policy");
-    eventually("the policy is finalized", || async {
-        b.policies().get_opt("acme").await.ok().flatten().is_none()
-    })
-    .await;
+    b.delete::<McpAuthPolicy>("acme").await;
     let (profiles, policies) = (b.profiles().await, b.client_policies().await);
     assert_eq!(profiles, vec![foreign_profile.clone()]);
     assert_eq!(policies, vec![foreign_policy.clone()]);
@@ -1126,7 +1002,6 @@ async fn domain_edits_converge_and_only_the_operators_entries_change() {
         b.realm.client(&foreign_client).await.is_some(),
         "another policy's client was deleted"
     );
-    b.finish().await;
 }
 
 /// A Keycloak without the `cimd` feature: a specific condition that says how to enable it, and
@@ -1134,19 +1009,9 @@ async fn domain_edits_converge_and_only_the_operators_entries_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keycloak_without_the_cimd_feature_yields_cimd_feature_disabled() {
     let plain = support::keycloak_instance("plain", "").await;
-    let client = support::kube_client().await;
-    let ns = support::test_namespace(&client, "cimd-plain").await;
-    let realm = support::unique_name("cimd-plain");
-    let s: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "keycloak-admin"},
-        "stringData": {"username": plain.admin_user, "password": plain.admin_password, "url": plain.url}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &s)
-        .await
-        .unwrap();
-    let op = Operator::start(&client, &ns).await;
+    let mut b = Scenario::on("cimd-plain", plain.login()).await;
+    b.start_operator().await;
+    let (client, ns, realm) = (b.client.clone(), b.ns.clone(), b.realm.name.clone());
     create(
         &client,
         &ns,
@@ -1164,7 +1029,7 @@ async fn keycloak_without_the_cimd_feature_yields_cimd_feature_disabled() {
         wait_reason::<McpAuthPolicy>(&client, &ns, "acme", "Ready", "CimdFeatureDisabled").await;
     assert_eq!(ready, message);
     wait_condition::<McpAuthPolicy>(&client, &ns, "acme", "RealmConfigured", "True").await;
-    let kc = support::KcAdmin::new(&plain.url, &plain.admin_user, &plain.admin_password);
+    let kc = &b.realm.kc;
     let (_, profiles) = kc
         .get(&format!("/admin/realms/{realm}/client-policies/profiles"))
         .await;
@@ -1195,8 +1060,6 @@ async fn keycloak_without_the_cimd_feature_yields_cimd_feature_disabled() {
         wait_condition::<McpAuthPolicy>(&client, &ns, "acme", CIMD_APPLIED, "True").await;
     assert_eq!(reason, "Disabled");
     wait_condition::<McpAuthPolicy>(&client, &ns, "acme", "Ready", "True").await;
-    teardown(&client, &ns, op).await;
-    let _ = kc.delete(&format!("/admin/realms/{realm}")).await;
 }
 
 /// DCR guard rail: `status.realmClients` is the realm's client count (what Keycloak's Max
@@ -1205,14 +1068,15 @@ async fn keycloak_without_the_cimd_feature_yields_cimd_feature_disabled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realm_client_count_and_limit_pressure_are_reported() {
     let tb = support::testbed().await;
-    let b = bed("cimd-cap").await;
+    let b = Scenario::new("cimd-cap").await;
     create(
         &b.client,
         &b.ns,
         &seed_policy("acme", &b.realm.name, &tb.keycloak_url),
     )
     .await;
-    wait_condition::<McpAuthPolicy>(&b.client, &b.ns, "acme", "Ready", "True").await;
+    b.wait_condition::<McpAuthPolicy>("acme", "Ready", "True")
+        .await;
     let actual = || async {
         b.realm
             .get("/clients?first=0&max=1000")
@@ -1221,25 +1085,31 @@ async fn realm_client_count_and_limit_pressure_are_reported() {
             .unwrap()
             .len() as i64
     };
-    let status_count = || async { b.policy("acme").await.status.and_then(|s| s.realm_clients) };
+    let status_count = || async {
+        b.get::<McpAuthPolicy>("acme")
+            .await
+            .status
+            .and_then(|s| s.realm_clients)
+    };
     let base = actual().await;
     assert_eq!(status_count().await, Some(base));
     assert!(
         base >= 6,
         "a new realm has Keycloak's built-in clients, got {base}"
     );
-    let (pressure, _) =
-        wait_condition::<McpAuthPolicy>(&b.client, &b.ns, "acme", PRESSURE, "False").await;
+    let (pressure, _) = b
+        .wait_condition::<McpAuthPolicy>("acme", PRESSURE, "False")
+        .await;
     assert_eq!(pressure, "BelowThreshold");
 
     // Limit = base + 4: three registrations bring it to >= 90%.
     let max = base + 4;
-    b.patch_policy(
+    b.patch_spec::<McpAuthPolicy>(
         "acme",
         json!({"dynamicClientRegistration": {"maxClients": max}}),
     )
     .await;
-    let endpoint = b.policy("acme").await.registration_endpoint();
+    let endpoint = b.get::<McpAuthPolicy>("acme").await.registration_endpoint();
     let mut body = vscode_registration_request(None, Some("mcp:tools"));
     body["client_name"] = json!(VSCODE_CLIENT_NAME);
     let mut registered = vec![];
@@ -1249,8 +1119,9 @@ async fn realm_client_count_and_limit_pressure_are_reported() {
             .unwrap_or_else(|e| panic!("registration: {e}"));
         registered.push(r.client_id);
     }
-    let (reason, message) =
-        wait_condition::<McpAuthPolicy>(&b.client, &b.ns, "acme", PRESSURE, "True").await;
+    let (reason, message) = b
+        .wait_condition::<McpAuthPolicy>("acme", PRESSURE, "True")
+        .await;
     assert_eq!(reason, "NearLimit", "{message}");
     assert_eq!(
         message,
@@ -1277,12 +1148,15 @@ async fn realm_client_count_and_limit_pressure_are_reported() {
         .unwrap_or_else(|e| panic!("registration up to the limit: {e}"));
     registered.push(r.client_id);
     eventually("LimitReached", || async {
-        b.policy("acme").await.status.is_some_and(|s| {
-            s.realm_clients == Some(max)
-                && s.conditions.iter().any(|c| {
-                    c.type_ == PRESSURE && c.reason == "LimitReached" && c.status == "True"
-                })
-        })
+        b.get::<McpAuthPolicy>("acme")
+            .await
+            .status
+            .is_some_and(|s| {
+                s.realm_clients == Some(max)
+                    && s.conditions.iter().any(|c| {
+                        c.type_ == PRESSURE && c.reason == "LimitReached" && c.status == "True"
+                    })
+            })
     })
     .await;
     let refused = register_anonymously(&endpoint, &body)
@@ -1308,15 +1182,15 @@ async fn realm_client_count_and_limit_pressure_are_reported() {
             .await;
         assert!(s.is_success());
     }
-    let (reason, _) =
-        wait_condition::<McpAuthPolicy>(&b.client, &b.ns, "acme", PRESSURE, "False").await;
+    let (reason, _) = b
+        .wait_condition::<McpAuthPolicy>("acme", PRESSURE, "False")
+        .await;
     assert_eq!(reason, "BelowThreshold");
     eventually("realmClients back to the base count", || async {
         status_count().await == Some(base)
     })
     .await;
     assert_eq!(actual().await, base);
-    b.finish().await;
 }
 
 /// Admission: `allowHttp` only with loopback domains and no presets; domain syntax; at least one
@@ -1324,7 +1198,7 @@ async fn realm_client_count_and_limit_pressure_are_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_rejects_http_beyond_loopback_and_bad_domains() {
     let client = support::kube_client().await;
-    let ns = support::test_namespace(&client, "cimd-adm").await;
+    let ns = support::TestNamespace::new(&client, "cimd-adm").await;
     install_crds(&client).await;
     let api: Api<McpAuthPolicy> = Api::namespaced(client.clone(), &ns);
     let try_create = |cimd: Value| {
@@ -1383,5 +1257,4 @@ async fn admission_rejects_http_beyond_loopback_and_bad_domains() {
     ] {
         assert_eq!(try_create(good.clone()).await, None, "{good} refused");
     }
-    support::delete_namespace(&client, &ns).await;
 }

@@ -2,61 +2,17 @@
 //! create McpAuthPolicies and McpServers in their own namespace, or a pod could try on the
 //! Keycloak side. Each fails when the property it names breaks; see docs/security.md.
 
-mod harness;
-mod support;
+use crate::harness;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::*;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::Client;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
-
-struct Scenario {
-    client: Client,
-    ns: String,
-    realm: Realm,
-    op: Operator,
-}
-
-async fn scenario(prefix: &str) -> Scenario {
-    let client = support::kube_client().await;
-    let ns = support::test_namespace(&client, prefix).await;
-    let realm = Realm::new(&support::unique_name(prefix)).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    let op = Operator::start(&client, &ns).await;
-    Scenario {
-        client,
-        ns,
-        realm,
-        op,
-    }
-}
-
-impl Scenario {
-    /// The seed policy `acme` and one server `weather`, both Ready.
-    async fn seed(&self) {
-        let tb = support::testbed().await;
-        let policy = seed_policy("acme", &self.realm.name, &tb.keycloak_url);
-        create(&self.client, &self.ns, &policy).await;
-        let srv = server("weather", "acme", "http://localhost:3000/mcp");
-        create(&self.client, &self.ns, &srv).await;
-        wait_condition::<McpAuthPolicy>(&self.client, &self.ns, "acme", "Ready", "True").await;
-        wait_condition::<McpServer>(&self.client, &self.ns, "weather", "Ready", "True").await;
-    }
-
-    fn realm_url(&self) -> String {
-        format!("{}/realms/{}", self.realm.kc.base_url, self.realm.name)
-    }
-
-    async fn finish(self) {
-        teardown(&self.client, &self.ns, self.op).await;
-        self.realm.delete().await;
-    }
-}
 
 async fn post_json(url: &str, body: &Value) -> (u16, Value) {
     let resp = reqwest::Client::new()
@@ -117,8 +73,8 @@ async fn register_machine_clients(realm_url: &str) -> Vec<(String, String)> {
 /// opens one explicitly (then the test shows it really is open).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_registration_gets_no_token_without_a_user() {
-    let s = scenario("nouser").await;
-    s.seed().await;
+    let s = Scenario::new("nouser").await;
+    s.seed(&[("weather", "http://localhost:3000/mcp")]).await;
     let realm_url = s.realm_url();
     let scope = format!("mcp:tools mcp:server:{}:weather", s.ns);
     let clients = register_machine_clients(&realm_url).await;
@@ -163,10 +119,10 @@ async fn anonymous_registration_gets_no_token_without_a_user() {
     // Flows with a user still work: the authorization code flow of an admin-made client.
     let token = s.realm.mint_token(&scope).await;
     assert!(token["access_token"].is_string());
-    let msg =
-        wait_condition::<McpAuthPolicy>(&s.client, &s.ns, "acme", "MachineGrantsRefused", "True")
-            .await
-            .1;
+    let msg = s
+        .wait_condition::<McpAuthPolicy>("acme", "MachineGrantsRefused", "True")
+        .await
+        .1;
     assert!(msg.contains("client_credentials"), "{msg}");
 
     // Opened explicitly, visible in status, and then really open (so the 400s above were the
@@ -176,14 +132,9 @@ async fn anonymous_registration_gets_no_token_without_a_user() {
         .patch("acme", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let reason = wait_reason::<McpAuthPolicy>(
-        &s.client,
-        &s.ns,
-        "acme",
-        "MachineGrantsRefused",
-        "MachineGrantsAllowed",
-    )
-    .await;
+    let reason = s
+        .wait_reason::<McpAuthPolicy>("acme", "MachineGrantsRefused", "MachineGrantsAllowed")
+        .await;
     assert!(reason.contains("open: client_credentials"), "{reason}");
     let (id, secret) = &clients[0];
     let (st, v) = token_request(
@@ -196,7 +147,6 @@ async fn anonymous_registration_gets_no_token_without_a_user() {
     )
     .await;
     assert_eq!(st, 200, "client credentials once allowed: {v}");
-    s.finish().await;
 }
 
 /// A TCP listener on loopback that records every byte it is sent.
@@ -244,8 +194,8 @@ impl Drop for Recorder {
 /// `keycloak.url` (or `authRealm`) somewhere else: the admin password never arrives there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_credentials_are_never_sent_to_another_url() {
-    let s = scenario("exfil").await;
-    s.seed().await;
+    let s = Scenario::new("exfil").await;
+    s.seed(&[("weather", "http://localhost:3000/mcp")]).await;
     let tb = support::testbed().await;
     let trap = Recorder::start().await;
     let policies = Api::<McpAuthPolicy>::namespaced(s.client.clone(), &s.ns);
@@ -276,17 +226,12 @@ async fn admin_credentials_are_never_sent_to_another_url() {
         got.len()
     );
     for name in ["stolen", "acme"] {
-        wait_reason::<McpAuthPolicy>(&s.client, &s.ns, name, "Ready", "AdminSecretUrlMismatch")
+        s.wait_reason::<McpAuthPolicy>(name, "Ready", "AdminSecretUrlMismatch")
             .await;
     }
-    let msg = wait_reason::<McpAuthPolicy>(
-        &s.client,
-        &s.ns,
-        "other-realm",
-        "Ready",
-        "AdminSecretUrlMismatch",
-    )
-    .await;
+    let msg = s
+        .wait_reason::<McpAuthPolicy>("other-realm", "Ready", "AdminSecretUrlMismatch")
+        .await;
     assert!(msg.contains("authRealm"), "{msg}");
     for name in ["stolen", "other-realm"] {
         policies
@@ -299,7 +244,6 @@ async fn admin_credentials_are_never_sent_to_another_url() {
         .patch("acme", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    s.finish().await;
 }
 
 /// Everything of a realm a policy can touch, as Keycloak reports it.
@@ -326,8 +270,8 @@ async fn realm_snapshot(realm: &Realm) -> Value {
 /// nothing to the realm, and its deletion touches nothing either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claimed_realm_is_left_alone_by_another_namespace() {
-    let s = scenario("owner").await;
-    s.seed().await;
+    let s = Scenario::new("owner").await;
+    s.seed(&[("weather", "http://localhost:3000/mcp")]).await;
     let tb = support::testbed().await;
     // Let the owner settle, then snapshot.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -337,9 +281,9 @@ async fn a_claimed_realm_is_left_alone_by_another_namespace() {
         json!(format!("McpAuthPolicy/{}/acme", s.ns))
     );
 
-    let ns_b = support::test_namespace(&s.client, "tenant-b").await;
-    admin_secret(&s.client, &ns_b, "keycloak-admin").await;
-    let op_b = Operator::start(&s.client, &ns_b).await;
+    // Tenant B: its own namespace and operator (its realm name stays unused).
+    let b = Scenario::new("tenant-b").await;
+    let ns_b = &b.ns;
     let mut intruder = seed_policy("intruder", &s.realm.name, &tb.keycloak_url);
     intruder.spec.scopes[0].name = "tenant-b:tools".into();
     intruder
@@ -348,9 +292,9 @@ async fn a_claimed_realm_is_left_alone_by_another_namespace() {
         .as_mut()
         .unwrap()
         .trusted_hosts = vec!["tenant-b.example".into()];
-    create(&s.client, &ns_b, &intruder).await;
+    create(&s.client, ns_b, &intruder).await;
     let msg =
-        wait_reason::<McpAuthPolicy>(&s.client, &ns_b, "intruder", "Ready", "RealmClaimed").await;
+        wait_reason::<McpAuthPolicy>(&s.client, ns_b, "intruder", "Ready", "RealmClaimed").await;
     assert!(
         msg.contains(&format!("McpAuthPolicy/{}/acme", s.ns)),
         "{msg}"
@@ -363,28 +307,19 @@ async fn a_claimed_realm_is_left_alone_by_another_namespace() {
         "the realm changed while another policy held it"
     );
 
-    Api::<McpAuthPolicy>::namespaced(s.client.clone(), &ns_b)
-        .delete("intruder", &DeleteParams::default())
-        .await
-        .unwrap();
-    support::wait_for("intruder deleted", WAIT, || async {
-        let api = Api::<McpAuthPolicy>::namespaced(s.client.clone(), &ns_b);
-        api.get_opt("intruder").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    b.delete::<McpAuthPolicy>("intruder").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after = realm_snapshot(&s.realm).await;
     assert_eq!(before, after, "deleting the other policy changed the realm");
-    wait_condition::<McpAuthPolicy>(&s.client, &s.ns, "acme", "Ready", "True").await;
-    teardown(&s.client, &ns_b, op_b).await;
-    s.finish().await;
+    s.wait_condition::<McpAuthPolicy>("acme", "Ready", "True")
+        .await;
 }
 
 /// An anonymous registration policy someone else added (it can only narrow registration) is
 /// neither deleted nor rewritten, and the status says it applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_anonymous_components_are_left_alone() {
-    let s = scenario("foreign").await;
+    let s = Scenario::new("foreign").await;
     let kc = &s.realm.kc;
     let (st, v) = kc
         .post(
@@ -410,16 +345,11 @@ async fn foreign_anonymous_components_are_left_alone() {
         .find(|c| c["name"] == "Extra Trusted Hosts")
         .cloned();
     assert!(extra_before.is_some());
-    s.seed().await;
-    let msg = wait_condition::<McpAuthPolicy>(
-        &s.client,
-        &s.ns,
-        "acme",
-        "RegistrationPolicyApplied",
-        "True",
-    )
-    .await
-    .1;
+    s.seed(&[("weather", "http://localhost:3000/mcp")]).await;
+    let msg = s
+        .wait_condition::<McpAuthPolicy>("acme", "RegistrationPolicyApplied", "True")
+        .await
+        .1;
     assert!(msg.contains("Extra Trusted Hosts"), "{msg}");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after = s.realm.anonymous_components("trusted-hosts").await;
@@ -432,18 +362,19 @@ async fn foreign_anonymous_components_are_left_alone() {
         "the foreign component was deleted or rewritten"
     );
     assert_eq!(after.len(), 2, "{after:?}");
-    s.finish().await;
 }
 
 /// Two McpServers of one realm claiming the same url: the second is refused before it writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_url_is_refused() {
-    let s = scenario("dupurl").await;
-    s.seed().await;
+    let s = Scenario::new("dupurl").await;
+    s.seed(&[("weather", "http://localhost:3000/mcp")]).await;
     let mut twin = server("twin", "acme", "http://localhost:3000/mcp");
     twin.spec.introspection_client.client_id = None;
     create(&s.client, &s.ns, &twin).await;
-    let msg = wait_reason::<McpServer>(&s.client, &s.ns, "twin", "Ready", "UrlConflict").await;
+    let msg = s
+        .wait_reason::<McpServer>("twin", "Ready", "UrlConflict")
+        .await;
     assert!(msg.contains("weather"), "{msg}");
     assert!(
         s.realm
@@ -457,14 +388,13 @@ async fn a_duplicate_url_is_refused() {
         .scope(&format!("mcp:server:{}:twin", s.ns))
         .await
         .is_none());
-    s.finish().await;
 }
 
 /// A policy that never wrote anything to Keycloak goes at once when deleted, even though its
 /// Keycloak is unreachable (it used to keep its finalizer forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_that_never_wrote_is_released_at_once() {
-    let s = scenario("deadkc").await;
+    let s = Scenario::new("deadkc").await;
     let tb = support::testbed().await;
     let dead = "http://127.0.0.1:1";
     let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
@@ -479,12 +409,12 @@ async fn a_policy_that_never_wrote_is_released_at_once() {
     let mut p = seed_policy("dead", &s.realm.name, dead);
     p.spec.keycloak.admin_credentials_secret_ref.name = "dead-admin".into();
     create(&s.client, &s.ns, &p).await;
-    wait_reason::<McpAuthPolicy>(&s.client, &s.ns, "dead", "Ready", "KeycloakUnreachable").await;
+    s.wait_reason::<McpAuthPolicy>("dead", "Ready", "KeycloakUnreachable")
+        .await;
     let api = Api::<McpAuthPolicy>::namespaced(s.client.clone(), &s.ns);
     api.delete("dead", &DeleteParams::default()).await.unwrap();
     support::wait_for("policy gone", Duration::from_secs(15), || async {
         api.get_opt("dead").await.ok()?.is_none().then_some(())
     })
     .await;
-    s.finish().await;
 }

@@ -2,7 +2,6 @@
 //! that kill it, measure it or read its logs: spawned with the test bed's kubeconfig, its admin
 //! endpoints on a free loopback port, stdout and stderr appended to one log file. Only the child
 //! this value spawned is ever signalled (by its own handle), and it is killed when dropped.
-#![allow(dead_code)]
 
 use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpListener};
@@ -269,60 +268,39 @@ pub async fn not_ready(client: &kube::Client, ns: &str, names: &BTreeSet<String>
     out
 }
 
-/// A fresh namespace with the admin Secret and the seed policy `acme` (on a realm of its own),
-/// and the options to run the operator as a child process on it (log `{ns}.log` in cargo's
-/// target tmp dir).
+/// A [`Scenario`](crate::harness::Scenario) without an in-process operator, with the seed policy
+/// `acme`, and the options to run the operator as a child process on it (log `{ns}.log` in
+/// cargo's target tmp dir).
 pub struct SeededNamespace {
-    pub client: kube::Client,
+    pub scenario: crate::harness::Scenario,
     pub tb: &'static crate::support::TestBed,
-    pub ns: String,
-    pub realm: crate::harness::Realm,
     pub opts: OperatorOpts,
+}
+
+crate::harness::deref_scenario!(SeededNamespace, scenario);
+
+impl SeededNamespace {
+    /// The client, namespace, realm and operator options, as most of these tests use them.
+    pub fn parts(&self) -> (kube::Client, String, &crate::harness::Realm, OperatorOpts) {
+        let s = &self.scenario;
+        (s.client.clone(), s.ns.clone(), &s.realm, self.opts.clone())
+    }
 }
 
 pub async fn seeded_namespace(prefix: &str) -> SeededNamespace {
     use crate::{harness, support};
-    let client = support::kube_client().await;
     let tb = support::testbed().await;
-    harness::install_crds(&client).await;
-    let ns = support::test_namespace(&client, prefix).await;
-    let realm = harness::Realm::new(&support::unique_name(prefix)).await;
-    harness::admin_secret(&client, &ns, "keycloak-admin").await;
-    let policy = harness::seed_policy("acme", &realm.name, &tb.keycloak_url);
-    harness::create(&client, &ns, &policy).await;
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.log"));
+    harness::install_crds(&support::kube_client().await).await;
+    let scenario = harness::Scenario::without_operator(prefix).await;
+    scenario.create(&scenario.seed_policy().await).await;
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", scenario.ns));
     let opts = OperatorOpts::new(
         env!("CARGO_BIN_EXE_mcp-keycloak-operator"),
         &tb.kubeconfig,
-        &ns,
+        &scenario.ns,
         log,
     );
-    SeededNamespace {
-        client,
-        tb,
-        ns,
-        realm,
-        opts,
-    }
-}
-
-/// Deletes namespace `ns` and waits (up to `timeout`) until its McpServers and McpAuthPolicies
-/// are gone, i.e. the operator's Keycloak cleanup has run for all of them.
-pub async fn delete_namespace_and_wait_finalized(
-    client: &kube::Client,
-    ns: &str,
-    timeout: Duration,
-) {
-    crate::support::delete_namespace(client, ns).await;
-    let servers: Api<McpServer> = Api::namespaced(client.clone(), ns);
-    let policies: Api<mcp_keycloak_operator::api::McpAuthPolicy> =
-        Api::namespaced(client.clone(), ns);
-    crate::support::wait_for("custom resources finalized", timeout, || async {
-        let s = servers.list(&Default::default()).await.ok()?.items.len();
-        let p = policies.list(&Default::default()).await.ok()?.items.len();
-        (s + p == 0).then_some(())
-    })
-    .await;
+    SeededNamespace { scenario, tb, opts }
 }
 
 /// Names in `names` that still exist as McpServers.

@@ -13,7 +13,6 @@
 //! [`PlainMcpServer`] is that MCP server alone, with no authorization, as the upstream behind the
 //! operator's real auth gateway.
 
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
@@ -29,9 +28,8 @@ use rmcp::transport::streamable_http_server::{
 };
 use rmcp::{tool, tool_handler, tool_router, ServerHandler};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
-use super::{Error, Result};
+use super::{bind_loopback, Error, Result, Served};
 
 /// Path of the MCP endpoint on the stand-in.
 pub const MCP_PATH: &str = "/mcp";
@@ -112,23 +110,20 @@ pub struct ProtectedMcpServer {
     url: String,
     origin: String,
     listener: Option<tokio::net::TcpListener>,
-    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<Served>,
     accepted: Arc<Mutex<Vec<AcceptedToken>>>,
     rejected: Arc<Mutex<Vec<String>>>,
 }
 
 impl ProtectedMcpServer {
     pub async fn bind() -> Result<ProtectedMcpServer> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .map_err(|e| Error::new("stand-in", format!("bind: {e}")))?;
-        let port = listener.local_addr().expect("local addr").port();
+        let (listener, port) = bind_loopback("stand-in").await?;
         let origin = format!("http://127.0.0.1:{port}");
         Ok(ProtectedMcpServer {
             url: format!("{origin}{MCP_PATH}"),
             origin,
             listener: Some(listener),
-            shutdown: None,
+            server: None,
             accepted: Default::default(),
             rejected: Default::default(),
         })
@@ -174,15 +169,7 @@ impl ProtectedMcpServer {
             .with_state(inner);
         let app = protected.merge(prm);
 
-        let (tx, rx) = oneshot::channel::<()>();
-        self.shutdown = Some(tx);
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        self.server = Some(Served::start(listener, app));
         Ok(())
     }
 
@@ -194,14 +181,6 @@ impl ProtectedMcpServer {
     /// Why tokens were turned away so far (no token values).
     pub fn rejected(&self) -> Vec<String> {
         self.rejected.lock().unwrap().clone()
-    }
-}
-
-impl Drop for ProtectedMcpServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -230,15 +209,12 @@ pub struct PlainMcpServer {
     /// `http://127.0.0.1:<port>` (the gateway keeps the request path).
     pub base_url: String,
     seen: Arc<Mutex<Vec<UpstreamRequest>>>,
-    shutdown: Option<oneshot::Sender<()>>,
+    _server: Served,
 }
 
 impl PlainMcpServer {
     pub async fn start() -> Result<PlainMcpServer> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .map_err(|e| Error::new("upstream", format!("bind: {e}")))?;
-        let port = listener.local_addr().expect("local addr").port();
+        let (listener, port) = bind_loopback("upstream").await?;
         let seen: Arc<Mutex<Vec<UpstreamRequest>>> = Default::default();
         let record = {
             let seen = seen.clone();
@@ -267,32 +243,16 @@ impl PlainMcpServer {
         let app = Router::new()
             .nest_service(MCP_PATH, calculator_service())
             .layer(middleware::from_fn(record));
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await;
-        });
         Ok(PlainMcpServer {
             base_url: format!("http://127.0.0.1:{port}"),
             seen,
-            shutdown: Some(tx),
+            _server: Served::start(listener, app),
         })
     }
 
     /// Requests that reached the upstream so far.
     pub fn seen(&self) -> Vec<UpstreamRequest> {
         self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for PlainMcpServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -361,14 +321,7 @@ async fn require_token(State(s): State<Arc<Inner>>, req: Request, next: Next) ->
             return (StatusCode::SERVICE_UNAVAILABLE, "introspection failed").into_response();
         }
     };
-    let aud: Vec<String> = match &answer["aud"] {
-        Value::String(a) => vec![a.clone()],
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => vec![],
-    };
+    let aud = crate::harness::audiences(&answer);
     if answer["active"] != true {
         s.rejected.lock().unwrap().push("inactive".into());
         return challenge(&s, Some("invalid_token"));

@@ -2,8 +2,8 @@
 //! API server, or reported at runtime as a condition with a specific reason, with nothing
 //! half-applied.
 
-mod harness;
-mod support;
+use crate::harness;
+use crate::support;
 
 use harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -70,7 +70,7 @@ async fn rejected(client: &Client, ns: &str, obj: Value) -> String {
 async fn admission_rejects_bad_specs_with_specific_messages() {
     let client = support::kube_client().await;
     install_crds(&client).await;
-    let ns = support::test_namespace(&client, "admission").await;
+    let ns = support::TestNamespace::new(&client, "admission").await;
     let hosts = "trustedHosts entries must be a lowercase host name";
     let kc_url = "must be an absolute http(s) URL without trailing slash, query or fragment";
     let srv_url = "url must be an absolute http(s) URL without trailing slash, query or fragment";
@@ -568,14 +568,13 @@ async fn admission_rejects_bad_specs_with_specific_messages() {
             .items
             .len();
     assert_eq!(left, 0);
-    support::delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn immutable_fields_cannot_change() {
     let client = support::kube_client().await;
     install_crds(&client).await;
-    let ns = support::test_namespace(&client, "immutable").await;
+    let ns = support::TestNamespace::new(&client, "immutable").await;
     let pol = dynamic_api(&client, &ns, "McpAuthPolicy");
     let srv = dynamic_api(&client, &ns, "McpServer");
     pol.create(
@@ -623,7 +622,6 @@ async fn immutable_fields_cannot_change() {
         )
         .await);
     assert!(m.contains("clientId is immutable"), "{m}");
-    support::delete_namespace(&client, &ns).await;
 }
 
 /// A Secret with `data`, bound to the test bed's Keycloak unless `data` names another `url`.
@@ -648,9 +646,8 @@ async fn create_policy(client: &Client, ns: &str, obj: Value) {
 async fn runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
     let client = support::kube_client().await;
     let tb = support::testbed().await;
-    let ns = support::test_namespace(&client, "runtime").await;
-    let op = Operator::start(&client, &ns).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
+    let s = Scenario::new("runtime").await;
+    let (ns, realm) = (s.ns.clone(), &s.realm);
     secret(&client, &ns, "no-keys", json!({"user": "x"})).await;
     secret(
         &client,
@@ -661,7 +658,6 @@ async fn runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
     .await;
     let kc = tb.keycloak_url.as_str();
     let missing_realm = support::unique_name("missing");
-    let realm = Realm::new(&support::unique_name("rt")).await;
     let kcref = |secret: &str, realm: &str, url: &str| json!({"keycloak": {"url": url, "realm": realm, "adminCredentialsSecretRef": {"name": secret}}});
 
     create_policy(
@@ -849,9 +845,6 @@ async fn runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
         sq.metadata.owner_references.is_none(),
         "foreign Deployment was taken over"
     );
-
-    teardown(&client, &ns, op).await;
-    realm.delete().await;
 }
 
 /// A master-realm user without any admin role, for the "admin account lacks permissions" case.
@@ -896,14 +889,11 @@ async fn owned_secret_absent(client: &Client, ns: &str, name: &str) -> bool {
 async fn more_runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
     let client = support::kube_client().await;
     let tb = support::testbed().await;
-    let ns = support::test_namespace(&client, "runtime2").await;
-    let ns2 = support::test_namespace(&client, "runtime2b").await;
-    let op = Operator::start(&client, &ns).await;
-    let op2 = Operator::start(&client, &ns2).await;
-    let realm = Realm::new(&support::unique_name("rt2")).await;
+    let s = Scenario::new("runtime2").await;
+    // A second namespace with its own operator (its realm name stays unused).
+    let s2 = Scenario::new("runtime2b").await;
+    let (ns, ns2, realm) = (s.ns.clone(), s2.ns.clone(), &s.realm);
     let kc = tb.keycloak_url.as_str();
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    admin_secret(&client, &ns2, "keycloak-admin").await;
     let (noperm_user, noperm_password, noperm_id) = unprivileged_master_user(&realm.kc).await;
     secret(
         &client,
@@ -1313,11 +1303,8 @@ async fn more_runtime_errors_have_specific_reasons_and_nothing_is_half_applied()
     );
     wait_condition::<McpServer>(&client, &ns, "first", "Ready", "True").await;
 
-    teardown(&client, &ns2, op2).await;
-    teardown(&client, &ns, op).await;
     realm
         .kc
         .delete(&format!("/admin/realms/master/users/{noperm_id}"))
         .await;
-    realm.delete().await;
 }

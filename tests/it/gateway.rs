@@ -1,11 +1,12 @@
 //! HTTP behaviour of the auth gateway against an in-process fake upstream and a fake
 //! introspection endpoint (all on 127.0.0.1).
 
-mod fakes;
+use crate::fakes;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{self, send};
 use fakes::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,13 +30,8 @@ fn invalid_token_challenge() -> String {
     )
 }
 
-async fn get_with_token(bed: &TestBed, path: &str, token: &str) -> reqwest::Response {
-    bed.http
-        .get(bed.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
+async fn get_with_token(bed: &GatewayBed, path: &str, token: &str) -> reqwest::Response {
+    send(bed.http.get(bed.url(path)).bearer_auth(token)).await
 }
 
 fn metric(text: &str, line_prefix: &str) -> Option<f64> {
@@ -46,7 +42,7 @@ fn metric(text: &str, line_prefix: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metadata_is_served_at_path_suffixed_and_root_locations() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     let expected = json!({
         "resource": RESOURCE,
         "authorization_servers": [ISSUER],
@@ -65,18 +61,17 @@ async fn metadata_is_served_at_path_suffixed_and_root_locations() {
         assert_eq!(body, expected, "{path}");
     }
     // CORS preflight for the metadata document is answered by the gateway.
-    let resp = bed
-        .http
-        .request(
-            reqwest::Method::OPTIONS,
-            bed.url("/.well-known/oauth-protected-resource/mcp"),
-        )
-        .header("origin", "http://localhost:6274")
-        .header("access-control-request-method", "GET")
-        .header("access-control-request-headers", "mcp-protocol-version")
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        bed.http
+            .request(
+                reqwest::Method::OPTIONS,
+                bed.url("/.well-known/oauth-protected-resource/mcp"),
+            )
+            .header("origin", "http://localhost:6274")
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "mcp-protocol-version"),
+    )
+    .await;
     assert_eq!(resp.status(), 204);
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     assert_eq!(
@@ -89,13 +84,12 @@ async fn metadata_is_served_at_path_suffixed_and_root_locations() {
 
 #[tokio::test]
 async fn root_resource_serves_only_root_metadata_and_keeps_resource_verbatim() {
-    let bed = TestBed::start_with(|c| c.resource_url = "https://mcp.example.com".into()).await;
-    let resp = bed
-        .http
-        .get(bed.url("/.well-known/oauth-protected-resource"))
-        .send()
-        .await
-        .unwrap();
+    let bed = GatewayBed::start_with(|c| c.resource_url = "https://mcp.example.com".into()).await;
+    let resp = send(
+        bed.http
+            .get(bed.url("/.well-known/oauth-protected-resource")),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -113,15 +107,9 @@ async fn root_resource_serves_only_root_metadata_and_keeps_resource_verbatim() {
 
 #[tokio::test]
 async fn missing_or_non_bearer_credentials_get_401_with_exact_challenge() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     let expected = format!("Bearer resource_metadata=\"{METADATA_URL}\", scope=\"mcp:tools\"");
-    let resp = bed
-        .http
-        .post(bed.url("/mcp"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = send(bed.http.post(bed.url("/mcp")).body("{}")).await;
     assert_eq!(resp.status(), 401);
     assert_eq!(www_auth(&resp), expected);
     assert_eq!(
@@ -129,23 +117,17 @@ async fn missing_or_non_bearer_credentials_get_401_with_exact_challenge() {
         "WWW-Authenticate"
     );
 
-    let resp = bed
-        .http
-        .get(bed.url("/mcp"))
-        .header("authorization", "Basic dXNlcjpwYXNz")
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        bed.http
+            .get(bed.url("/mcp"))
+            .header("authorization", "Basic dXNlcjpwYXNz"),
+    )
+    .await;
     assert_eq!(resp.status(), 401);
     assert_eq!(www_auth(&resp), expected);
 
     // A token in the query string is never accepted.
-    let resp = bed
-        .http
-        .get(bed.url(&format!("/mcp?access_token={GOOD}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = send(bed.http.get(bed.url(&format!("/mcp?access_token={GOOD}")))).await;
     assert_eq!(resp.status(), 401);
     assert_eq!(www_auth(&resp), expected);
 
@@ -155,15 +137,14 @@ async fn missing_or_non_bearer_credentials_get_401_with_exact_challenge() {
 
 #[tokio::test]
 async fn malformed_bearer_gets_401_invalid_token_without_introspection() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     for header in ["Bearer", "Bearer a b", "Bearer tok\"en"] {
-        let resp = bed
-            .http
-            .get(bed.url("/mcp"))
-            .header("authorization", header)
-            .send()
-            .await
-            .unwrap();
+        let resp = send(
+            bed.http
+                .get(bed.url("/mcp"))
+                .header("authorization", header),
+        )
+        .await;
         assert_eq!(resp.status(), 401, "{header}");
         assert_eq!(www_auth(&resp), invalid_token_challenge());
     }
@@ -173,7 +154,7 @@ async fn malformed_bearer_gets_401_invalid_token_without_introspection() {
 
 #[tokio::test]
 async fn inactive_token_gets_401_invalid_token() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     bed.introspection
         .set_token("revoked", json!({"active": false}));
     let resp = get_with_token(&bed, "/mcp", "revoked").await;
@@ -188,7 +169,7 @@ async fn inactive_token_gets_401_invalid_token() {
 
 #[tokio::test]
 async fn wrong_audience_gets_401_invalid_token() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     let mut claims = active_claims("openid mcp:tools");
     claims["aud"] = json!(["account", "https://other.example.com/mcp"]);
     bed.introspection.set_token("other-aud", claims);
@@ -205,7 +186,7 @@ async fn wrong_audience_gets_401_invalid_token() {
 
 #[tokio::test]
 async fn missing_scope_gets_403_insufficient_scope() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     bed.introspection
         .set_token("no-scope", active_claims("openid profile"));
     let resp = get_with_token(&bed, "/mcp", "no-scope").await;
@@ -221,28 +202,27 @@ async fn missing_scope_gets_403_insufficient_scope() {
 
 #[tokio::test]
 async fn allowed_request_is_forwarded_without_token_and_with_verified_identity() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     bed.introspection
         .set_token(GOOD, active_claims("openid mcp:tools"));
-    let resp = bed
-        .http
-        .post(bed.url("/mcp?x=1"))
-        .bearer_auth(GOOD)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", "sess-42")
-        .header("mcp-protocol-version", "2025-06-18")
-        .header("last-event-id", "7")
-        .header("x-mcp-auth-subject", "admin")
-        .header("X-MCP-Auth-Scopes", "mcp:everything")
-        .header("x-mcp-auth-client-id", "spoofed")
-        .header("x-mcp-auth-extra", "spoofed")
-        .header("connection", "x-drop-me")
-        .header("x-drop-me", "1")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        bed.http
+            .post(bed.url("/mcp?x=1"))
+            .bearer_auth(GOOD)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", "sess-42")
+            .header("mcp-protocol-version", "2025-06-18")
+            .header("last-event-id", "7")
+            .header("x-mcp-auth-subject", "admin")
+            .header("X-MCP-Auth-Scopes", "mcp:everything")
+            .header("x-mcp-auth-client-id", "spoofed")
+            .header("x-mcp-auth-extra", "spoofed")
+            .header("connection", "x-drop-me")
+            .header("x-drop-me", "1")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()["mcp-session-id"],
@@ -284,27 +264,27 @@ async fn allowed_request_is_forwarded_without_token_and_with_verified_identity()
 
 #[tokio::test]
 async fn sse_response_streams_first_event_before_stream_ends() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     bed.introspection
         .set_token(GOOD, active_claims("mcp:tools"));
     let started = Instant::now();
-    let mut resp = bed
-        .http
-        .get(bed.url("/sse?delay_ms=3000"))
-        .bearer_auth(GOOD)
-        .header("accept", "text/event-stream")
-        .header("last-event-id", "0")
-        .send()
-        .await
-        .unwrap();
+    let mut resp = send(
+        bed.http
+            .get(bed.url("/sse?delay_ms=3000"))
+            .bearer_auth(GOOD)
+            .header("accept", "text/event-stream")
+            .header("last-event-id", "0"),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert_eq!(resp.headers()["mcp-session-id"], "sess-sse");
-    let first = tokio::time::timeout(Duration::from_millis(1500), resp.chunk())
-        .await
-        .expect("first SSE event must arrive while the upstream is still streaming")
-        .unwrap()
-        .expect("a chunk");
+    let first = support::first_chunk(
+        &mut resp,
+        Duration::from_millis(1500),
+        "first SSE event must arrive while the upstream is still streaming",
+    )
+    .await;
     let first_at = started.elapsed();
     let first = String::from_utf8(first.to_vec()).unwrap();
     assert!(first.contains("data: first"), "{first}");
@@ -355,44 +335,36 @@ async fn raw_chunked_post(addr: std::net::SocketAddr, token: &str, total: usize)
 
 #[tokio::test]
 async fn oversized_bodies_get_413_and_are_not_forwarded() {
-    let bed = TestBed::start_with(|c| c.max_body_bytes = 1024).await;
+    let bed = GatewayBed::start_with(|c| c.max_body_bytes = 1024).await;
     bed.introspection
         .set_token(GOOD, active_claims("mcp:tools"));
     // Declared length over the limit.
-    let resp = bed
-        .http
-        .post(bed.url("/mcp"))
-        .bearer_auth(GOOD)
-        .body(vec![b'a'; 1025])
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        bed.http
+            .post(bed.url("/mcp"))
+            .bearer_auth(GOOD)
+            .body(vec![b'a'; 1025]),
+    )
+    .await;
     assert_eq!(resp.status(), 413);
     // Chunked body that turns out too long.
     let raw = raw_chunked_post(bed.gateway.addr, GOOD, 4096).await;
     assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
     assert_eq!(bed.upstream.hits(), 0);
     // Exactly at the limit passes, chunked or not.
-    let resp = bed
-        .http
-        .post(bed.url("/mcp"))
-        .bearer_auth(GOOD)
-        .body(vec![b'a'; 1024])
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        bed.http
+            .post(bed.url("/mcp"))
+            .bearer_auth(GOOD)
+            .body(vec![b'a'; 1024]),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let raw = raw_chunked_post(bed.gateway.addr, GOOD, 1024).await;
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert!(raw.contains("\"body_len\":1024"), "{raw}");
     // Unauthenticated big bodies get 401 (authorization first).
-    let resp = bed
-        .http
-        .post(bed.url("/mcp"))
-        .body(vec![b'a'; 4096])
-        .send()
-        .await
-        .unwrap();
+    let resp = send(bed.http.post(bed.url("/mcp")).body(vec![b'a'; 4096])).await;
     assert_eq!(resp.status(), 401);
     let m = bed.metrics().await;
     assert_eq!(
@@ -406,7 +378,7 @@ async fn oversized_bodies_get_413_and_are_not_forwarded() {
 
 #[tokio::test]
 async fn fails_closed_with_503_when_introspection_fails() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     bed.introspection
         .set_token(GOOD, active_claims("mcp:tools"));
     for status in [500u16, 502, 404, 401] {
@@ -448,13 +420,7 @@ async fn fails_closed_with_503_when_introspection_fails() {
         &format!("http://{}/introspect", closed_port()),
     ))
     .await;
-    let resp = bed
-        .http
-        .get(format!("{}/mcp", gw.url()))
-        .bearer_auth(GOOD)
-        .send()
-        .await
-        .unwrap();
+    let resp = send(bed.http.get(format!("{}/mcp", gw.url())).bearer_auth(GOOD)).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(bed.upstream.hits(), 1);
 }
@@ -466,7 +432,7 @@ fn closed_port() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn fails_closed_on_slow_introspection_and_wrong_client_secret() {
-    let bed = TestBed::start_with(|c| c.introspection_timeout_ms = 300).await;
+    let bed = GatewayBed::start_with(|c| c.introspection_timeout_ms = 300).await;
     bed.introspection
         .set_token(GOOD, active_claims("mcp:tools"));
     bed.introspection.set_delay(Duration::from_millis(4000));
@@ -482,13 +448,7 @@ async fn fails_closed_on_slow_introspection_and_wrong_client_secret() {
     let introspection = FakeIntrospection::start(CLIENT_ID, "the-real-secret").await;
     introspection.set_token(GOOD, active_claims("mcp:tools"));
     let gw = spawn_gateway(config(&upstream.url(), &introspection.endpoint())).await;
-    let resp = bed
-        .http
-        .get(format!("{}/mcp", gw.url()))
-        .bearer_auth(GOOD)
-        .send()
-        .await
-        .unwrap();
+    let resp = send(bed.http.get(format!("{}/mcp", gw.url())).bearer_auth(GOOD)).await;
     assert_eq!(
         resp.status(),
         503,
@@ -499,7 +459,7 @@ async fn fails_closed_on_slow_introspection_and_wrong_client_secret() {
 
 #[tokio::test]
 async fn cache_hit_avoids_second_introspection() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     bed.introspection
         .set_token(GOOD, active_claims("mcp:tools"));
     bed.introspection
@@ -528,7 +488,7 @@ async fn cache_hit_avoids_second_introspection() {
 
 #[tokio::test]
 async fn concurrent_requests_share_one_introspection() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     bed.introspection
         .set_token(GOOD, active_claims("mcp:tools"));
     bed.introspection.set_delay(Duration::from_millis(300));
@@ -540,7 +500,7 @@ async fn concurrent_requests_share_one_introspection() {
 
 #[tokio::test]
 async fn revoked_token_is_refused_once_the_cache_ttl_lapses() {
-    let bed = TestBed::start_with(|c| c.cache_ttl_seconds = 1).await;
+    let bed = GatewayBed::start_with(|c| c.cache_ttl_seconds = 1).await;
     bed.introspection
         .set_token(GOOD, active_claims("mcp:tools"));
     assert_eq!(get_with_token(&bed, "/mcp", GOOD).await.status(), 200);
@@ -561,7 +521,7 @@ async fn revoked_token_is_refused_once_the_cache_ttl_lapses() {
 
 #[tokio::test]
 async fn cache_entry_never_outlives_token_exp() {
-    let bed = TestBed::start_with(|c| c.cache_ttl_seconds = 60).await;
+    let bed = GatewayBed::start_with(|c| c.cache_ttl_seconds = 60).await;
     let mut claims = active_claims("mcp:tools");
     claims["exp"] = json!(unix_now() + 2);
     bed.introspection.set_token(GOOD, claims);
@@ -587,12 +547,7 @@ async fn upstream_unreachable_gives_502() {
     ))
     .await;
     let http = reqwest::Client::new();
-    let resp = http
-        .get(format!("{}/mcp", gw.url()))
-        .bearer_auth(GOOD)
-        .send()
-        .await
-        .unwrap();
+    let resp = send(http.get(format!("{}/mcp", gw.url())).bearer_auth(GOOD)).await;
     assert_eq!(resp.status(), 502);
     let m = http
         .get(format!("{}/metrics", gw.admin_url()))
@@ -611,23 +566,22 @@ async fn upstream_unreachable_gives_502() {
 
 #[tokio::test]
 async fn cors_preflight_is_answered_by_the_gateway_and_never_forwarded() {
-    let bed = TestBed::start_with(|c| c.allowed_origins = "http://localhost:6274".into()).await;
+    let bed = GatewayBed::start_with(|c| c.allowed_origins = "http://localhost:6274".into()).await;
     for origin in ["https://mcp.example.com", "http://localhost:6274"] {
-        let resp = bed
-            .http
-            .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
-            .header("origin", origin)
-            .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "authorization, mcp-session-id",
-            )
-            .header("content-type", "application/json")
-            // A body that would be a tool call if a server ignored the method.
-            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#)
-            .send()
-            .await
-            .unwrap();
+        let resp = send(
+            bed.http
+                .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization, mcp-session-id",
+                )
+                .header("content-type", "application/json")
+                // A body that would be a tool call if a server ignored the method.
+                .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#),
+        )
+        .await;
         assert_eq!(resp.status(), 204, "{origin}");
         let h = resp.headers();
         assert_eq!(h["access-control-allow-origin"], origin);
@@ -646,43 +600,36 @@ async fn cors_preflight_is_answered_by_the_gateway_and_never_forwarded() {
         );
     }
     // With a token too: still answered here.
-    let resp = bed
-        .http
-        .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
-        .bearer_auth(GOOD)
-        .header("origin", "http://localhost:6274")
-        .header("access-control-request-method", "DELETE")
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        bed.http
+            .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
+            .bearer_auth(GOOD)
+            .header("origin", "http://localhost:6274")
+            .header("access-control-request-method", "DELETE"),
+    )
+    .await;
     assert_eq!(resp.status(), 204);
     // A foreign origin's preflight: 403, nothing allowed.
-    let resp = bed
-        .http
-        .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
-        .header("origin", "https://evil.example")
-        .header("access-control-request-method", "POST")
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        bed.http
+            .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "POST"),
+    )
+    .await;
     assert_eq!(resp.status(), 403);
     assert!(resp.headers().get("access-control-allow-origin").is_none());
     assert_eq!(bed.upstream.hits(), 0, "a preflight reached the upstream");
     assert_eq!(bed.introspection.calls(), 0);
     // OPTIONS without the preflight headers is an ordinary, protected request.
-    let resp = bed
-        .http
-        .request(reqwest::Method::OPTIONS, bed.url("/mcp"))
-        .send()
-        .await
-        .unwrap();
+    let resp = send(bed.http.request(reqwest::Method::OPTIONS, bed.url("/mcp"))).await;
     assert_eq!(resp.status(), 401);
     assert_eq!(bed.upstream.hits(), 0);
 }
 
 #[tokio::test]
 async fn foreign_origin_gets_403_before_any_token_work_own_and_none_pass() {
-    let bed = TestBed::start_with(|c| c.allowed_origins = "http://localhost:6274".into()).await;
+    let bed = GatewayBed::start_with(|c| c.allowed_origins = "http://localhost:6274".into()).await;
     bed.introspection
         .set_token(GOOD, active_claims("openid mcp:tools"));
     for origin in [
@@ -692,15 +639,14 @@ async fn foreign_origin_gets_403_before_any_token_work_own_and_none_pass() {
         "null",
         "https://mcp.example.com.evil.example",
     ] {
-        let resp = bed
-            .http
-            .post(bed.url("/mcp"))
-            .bearer_auth(GOOD)
-            .header("origin", origin)
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let resp = send(
+            bed.http
+                .post(bed.url("/mcp"))
+                .bearer_auth(GOOD)
+                .header("origin", origin)
+                .body("{}"),
+        )
+        .await;
         assert_eq!(resp.status(), 403, "{origin}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"], "forbidden_origin");
@@ -738,13 +684,12 @@ async fn foreign_origin_gets_403_before_any_token_work_own_and_none_pass() {
     }
     assert_eq!(bed.upstream.hits(), 4);
     // Metadata stays open to every origin.
-    let resp = bed
-        .http
-        .get(bed.url("/.well-known/oauth-protected-resource/mcp"))
-        .header("origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        bed.http
+            .get(bed.url("/.well-known/oauth-protected-resource/mcp"))
+            .header("origin", "https://evil.example"),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     let m = bed.metrics().await;
@@ -759,23 +704,22 @@ async fn foreign_origin_gets_403_before_any_token_work_own_and_none_pass() {
 
 #[tokio::test]
 async fn client_sent_forwarding_headers_are_replaced() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     bed.introspection
         .set_token(GOOD, active_claims("openid mcp:tools"));
-    let resp = bed
-        .http
-        .post(bed.url("/mcp"))
-        .bearer_auth(GOOD)
-        .header("forwarded", "for=203.0.113.9;host=evil.example;proto=https")
-        .header("x-forwarded-for", "203.0.113.9")
-        .header("x-forwarded-host", "evil.example")
-        .header("x-forwarded-proto", "http")
-        .header("x-forwarded-prefix", "/admin")
-        .header("x-forwarded-port", "1")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        bed.http
+            .post(bed.url("/mcp"))
+            .bearer_auth(GOOD)
+            .header("forwarded", "for=203.0.113.9;host=evil.example;proto=https")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "http")
+            .header("x-forwarded-prefix", "/admin")
+            .header("x-forwarded-port", "1")
+            .body("{}"),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let echo: Value = resp.json().await.unwrap();
     let h = &echo["headers"];
@@ -790,7 +734,7 @@ async fn client_sent_forwarding_headers_are_replaced() {
 
 #[tokio::test]
 async fn every_refused_token_gets_the_same_answer() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     let mut wrong_aud = active_claims("openid mcp:tools");
     wrong_aud["aud"] = json!("https://other.example.com/mcp");
     let mut expired = active_claims("openid mcp:tools");
@@ -802,13 +746,12 @@ async fn every_refused_token_gets_the_same_answer() {
     bed.introspection.set_token("no-user", no_user);
     let mut answers = Vec::new();
     for token in ["inactive", "wrong-aud", "expired", "no-user", "a\"b"] {
-        let resp = bed
-            .http
-            .get(bed.url("/mcp"))
-            .header("authorization", format!("Bearer {token}"))
-            .send()
-            .await
-            .unwrap();
+        let resp = send(
+            bed.http
+                .get(bed.url("/mcp"))
+                .header("authorization", format!("Bearer {token}")),
+        )
+        .await;
         assert_eq!(resp.status(), 401, "{token}");
         let challenge = www_auth(&resp);
         let body = resp.text().await.unwrap();
@@ -841,13 +784,8 @@ async fn every_refused_token_gets_the_same_answer() {
 
 #[tokio::test]
 async fn admin_listener_serves_health_and_metrics_only() {
-    let bed = TestBed::start().await;
-    let resp = bed
-        .http
-        .get(format!("{}/healthz", bed.gateway.admin_url()))
-        .send()
-        .await
-        .unwrap();
+    let bed = GatewayBed::start().await;
+    let resp = send(bed.http.get(format!("{}/healthz", bed.gateway.admin_url()))).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "ok\n");
     // /healthz on the MCP port belongs to the MCP server (protected, not shadowed).
@@ -907,7 +845,7 @@ async fn logs_never_contain_tokens_or_the_secret() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let secret_token = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl";
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     bed.introspection
         .set_token(secret_token, active_claims("mcp:tools"));
     assert_eq!(
@@ -936,13 +874,12 @@ async fn logs_never_contain_tokens_or_the_secret() {
         &format!("http://{}/introspect", closed_port()),
     ))
     .await;
-    let resp = bed
-        .http
-        .get(format!("{}/mcp", gw.url()))
-        .bearer_auth("eyJ.unreachable.sig")
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        bed.http
+            .get(format!("{}/mcp", gw.url()))
+            .bearer_auth("eyJ.unreachable.sig"),
+    )
+    .await;
     assert_eq!(resp.status(), 503);
 
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
@@ -964,9 +901,9 @@ async fn logs_never_contain_tokens_or_the_secret() {
 
 #[tokio::test]
 async fn graceful_shutdown_stops_listening() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     let addr = bed.gateway.addr;
-    let TestBed { gateway, .. } = bed;
+    let GatewayBed { gateway, .. } = bed;
     gateway.shutdown().await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
@@ -1065,12 +1002,7 @@ async fn https_introspection_trusts_the_ca_bundle_and_fails_closed_without_it() 
     let mut cfg = config(&upstream.url(), &endpoint);
     cfg.ca_bundle = Some(ca_file.clone());
     let gw = spawn_gateway(cfg).await;
-    let resp = http
-        .get(format!("{}/mcp", gw.url()))
-        .bearer_auth(GOOD)
-        .send()
-        .await
-        .unwrap();
+    let resp = send(http.get(format!("{}/mcp", gw.url())).bearer_auth(GOOD)).await;
     assert_eq!(
         resp.status(),
         200,
@@ -1079,12 +1011,7 @@ async fn https_introspection_trusts_the_ca_bundle_and_fails_closed_without_it() 
 
     // Without the bundle the test CA is untrusted: TLS fails, the gateway refuses (503).
     let gw = spawn_gateway(config(&upstream.url(), &endpoint)).await;
-    let resp = http
-        .get(format!("{}/mcp", gw.url()))
-        .bearer_auth(GOOD)
-        .send()
-        .await
-        .unwrap();
+    let resp = send(http.get(format!("{}/mcp", gw.url())).bearer_auth(GOOD)).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(upstream.hits(), 1);
 
@@ -1100,39 +1027,35 @@ async fn https_introspection_trusts_the_ca_bundle_and_fails_closed_without_it() 
 
 #[tokio::test]
 async fn streamable_http_post_answered_with_sse_streams_through() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     bed.introspection
         .set_token(GOOD, active_claims("mcp:tools"));
-    let mut resp = bed
-        .http
-        .post(bed.url("/sse?delay_ms=2500"))
-        .bearer_auth(GOOD)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call"}"#)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = send(
+        bed.http
+            .post(bed.url("/sse?delay_ms=2500"))
+            .bearer_auth(GOOD)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call"}"#),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
-    let first = tokio::time::timeout(Duration::from_millis(1500), resp.chunk())
-        .await
-        .expect("first event before the stream ends")
-        .unwrap()
-        .unwrap();
+    let first = support::first_chunk(
+        &mut resp,
+        Duration::from_millis(1500),
+        "first event before the stream ends",
+    )
+    .await;
     assert!(std::str::from_utf8(&first).unwrap().contains("data: first"));
 }
 
 #[tokio::test]
 async fn client_abandoning_a_stream_closes_the_upstream_stream() {
-    let bed = TestBed::start().await;
+    let bed = GatewayBed::start().await;
     bed.introspection
         .set_token(GOOD, active_claims("mcp:tools"));
     let mut resp = get_with_token(&bed, "/sse?delay_ms=30000", GOOD).await;
-    let first = tokio::time::timeout(Duration::from_secs(2), resp.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = support::first_chunk(&mut resp, Duration::from_secs(2), "first event").await;
     assert!(std::str::from_utf8(&first).unwrap().contains("data: first"));
     assert_eq!(bed.upstream.streams_closed(), 0);
     drop(resp);
@@ -1153,7 +1076,7 @@ fn garbage_jwt(i: usize) -> String {
 
 #[tokio::test]
 async fn non_jwt_tokens_are_refused_without_introspection_when_jwts_are_required() {
-    let bed = TestBed::start_with(|c| c.require_jwt = true).await;
+    let bed = GatewayBed::start_with(|c| c.require_jwt = true).await;
     bed.introspection
         .set_token(GOOD, active_claims("openid mcp:tools"));
     let resp = get_with_token(&bed, "/mcp", GOOD).await;
@@ -1174,7 +1097,7 @@ async fn non_jwt_tokens_are_refused_without_introspection_when_jwts_are_required
 async fn garbage_token_flood_costs_bounded_introspections_and_cached_tokens_stay_fast() {
     const BURST: u32 = 10;
     const RATE: f64 = 5.0;
-    let bed = TestBed::start_with(|c| {
+    let bed = GatewayBed::start_with(|c| {
         c.introspection_burst_per_client = BURST;
         c.introspection_rate_per_client = RATE;
         c.introspection_burst = 1000;
@@ -1196,12 +1119,7 @@ async fn garbage_token_flood_costs_bounded_introspections_and_cached_tokens_stay
                     let http = http.clone();
                     let url = url.clone();
                     async move {
-                        let r = http
-                            .get(&url)
-                            .bearer_auth(garbage_jwt(i))
-                            .send()
-                            .await
-                            .unwrap();
+                        let r = send(http.get(&url).bearer_auth(garbage_jwt(i))).await;
                         (r.status().as_u16(), r.headers().get("retry-after").cloned())
                     }
                 })
@@ -1257,7 +1175,7 @@ async fn answered(addr: std::net::SocketAddr, stream: &mut tokio::net::TcpStream
 
 #[tokio::test]
 async fn connection_cap_holds_and_frees_up() {
-    let bed = TestBed::start_with(|c| c.max_connections = 4).await;
+    let bed = GatewayBed::start_with(|c| c.max_connections = 4).await;
     let addr = bed.gateway.addr;
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -1289,7 +1207,7 @@ async fn connection_cap_holds_and_frees_up() {
 
 #[tokio::test]
 async fn slow_headers_and_bodies_are_cut_off() {
-    let bed = TestBed::start_with(|c| {
+    let bed = GatewayBed::start_with(|c| {
         c.header_timeout_ms = 300;
         c.body_timeout_ms = 300;
     })
@@ -1331,7 +1249,7 @@ async fn slow_headers_and_bodies_are_cut_off() {
 
 #[tokio::test]
 async fn in_flight_cap_answers_503_and_frees_up() {
-    let bed = TestBed::start_with(|c| c.max_inflight = 2).await;
+    let bed = GatewayBed::start_with(|c| c.max_inflight = 2).await;
     bed.introspection
         .set_token(GOOD, active_claims("openid mcp:tools"));
     let mut streams = Vec::new();
@@ -1353,7 +1271,7 @@ async fn in_flight_cap_answers_503_and_frees_up() {
 
 #[tokio::test]
 async fn stream_is_cut_when_its_token_expires_or_is_revoked() {
-    let bed = TestBed::start_with(|c| c.cache_ttl_seconds = 1).await;
+    let bed = GatewayBed::start_with(|c| c.cache_ttl_seconds = 1).await;
     // exp two seconds ahead: the stream (second event after 10 s) ends at exp.
     let mut claims = active_claims("openid mcp:tools");
     claims["exp"] = json!(unix_now() + 2);
@@ -1406,7 +1324,7 @@ async fn stream_is_cut_when_its_token_expires_or_is_revoked() {
 
 #[tokio::test]
 async fn known_good_tokens_are_rechecked_outside_the_budget_for_unknown_ones() {
-    let bed = TestBed::start_with(|c| {
+    let bed = GatewayBed::start_with(|c| {
         c.cache_ttl_seconds = 1;
         c.introspection_burst_per_client = 2;
         c.introspection_rate_per_client = 0.001;

@@ -7,9 +7,9 @@
 //! message is scanned for each of those values, and for anything shaped like a JWT (which also
 //! covers the operator's own admin tokens, which the test never sees). One match fails the test.
 
-mod harness;
-mod stress;
-mod support;
+use crate::harness;
+use crate::stress;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,7 +19,7 @@ use std::time::Duration;
 use harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Secret};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::Client;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use mcp_keycloak_operator::keycloak::generate_secret;
@@ -123,16 +123,13 @@ fn find_jwt(line: &str) -> Option<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_logs_events_and_status_never_show_a_secret_or_token() {
-    let client = support::kube_client().await;
+    let s = Scenario::without_operator("loghygiene").await;
+    let (client, ns, realm) = (s.client.clone(), s.ns.clone(), &s.realm);
     let tb = support::testbed().await;
-    install_crds(&client).await;
-    let ns = support::test_namespace(&client, "loghygiene").await;
-    let realm = Realm::new(&support::unique_name("loghygiene")).await;
     let mut secrets: Vec<(String, String)> = vec![];
     add_secret(&mut secrets, "Keycloak admin password", &tb.admin_password);
 
-    // Admin credentials: the real ones, a wrong password, a wrong client secret.
-    admin_secret(&client, &ns, "keycloak-admin").await;
+    // Admin credentials: the real ones (the scenario's), a wrong password, a wrong client secret.
     let wrong_password = format!("wrong-{}", generate_secret());
     let wrong_client_secret = format!("wrongcs-{}", generate_secret());
     add_secret(&mut secrets, "wrong admin password", &wrong_password);
@@ -188,21 +185,13 @@ async fn debug_logs_events_and_status_never_show_a_secret_or_token() {
         p.spec.dynamic_client_registration = None;
         create(&client, &ns, &p).await;
     }
-    create(
-        &client,
-        &ns,
-        &server("alpha", "acme", "http://127.0.0.1:1/alpha"),
-    )
-    .await;
+    s.create(&server("alpha", "acme", "http://127.0.0.1:1/alpha"))
+        .await;
     let mut beta = server("beta", "acme", "http://127.0.0.1:1/beta");
     beta.spec.auth.mode = mcp_keycloak_operator::api::AuthMode::Native;
     create(&client, &ns, &beta).await;
-    create(
-        &client,
-        &ns,
-        &server("waits", "bad-password", "http://127.0.0.1:1/waits"),
-    )
-    .await;
+    s.create(&server("waits", "bad-password", "http://127.0.0.1:1/waits"))
+        .await;
     for name in ["alpha", "beta"] {
         wait_condition::<McpServer>(&client, &ns, name, "Ready", "True").await;
     }
@@ -314,19 +303,7 @@ async fn debug_logs_events_and_status_never_show_a_secret_or_token() {
     assert_eq!(call(garbage).await, 401);
 
     // Deletion with cleanup, then let a few resyncs (and the failing policies' retries) log.
-    Api::<McpServer>::namespaced(client.clone(), &ns)
-        .delete("beta", &DeleteParams::default())
-        .await
-        .unwrap();
-    support::wait_for("beta deleted", WAIT, || async {
-        Api::<McpServer>::namespaced(client.clone(), &ns)
-            .get_opt("beta")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    s.delete::<McpServer>("beta").await;
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert!(op.alive(), "operator exited");
     drop(gw);
@@ -408,7 +385,6 @@ async fn debug_logs_events_and_status_never_show_a_secret_or_token() {
     assert!(!events.is_empty(), "no events to scan");
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
 
-    delete_namespace_and_wait_finalized(&client, &ns, WAIT).await;
+    // The scenario's clean-up runs an operator of its own.
     op.sigkill();
-    realm.delete().await;
 }

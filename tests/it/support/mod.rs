@@ -10,7 +10,6 @@
 //! `eval "$(./hack/testbed up)"`, or inside `./hack/test`), those are used;
 //! otherwise the first call runs `./hack/testbed up` (which builds/downloads on
 //! first use, then takes seconds) and parses its `export` lines.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -195,6 +194,28 @@ pub async fn testbed_ctl(args: &[&str]) -> String {
     run_testbed(args, Some(&tb.dir)).await
 }
 
+/// Where a Keycloak is and how its admin logs in.
+#[derive(Debug, Clone)]
+pub struct KeycloakLogin {
+    pub url: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl KeycloakLogin {
+    pub fn of(tb: &TestBed) -> Self {
+        KeycloakLogin {
+            url: tb.keycloak_url.clone(),
+            user: tb.admin_user.clone(),
+            password: tb.admin_password.clone(),
+        }
+    }
+
+    pub fn admin(&self) -> KcAdmin {
+        KcAdmin::new(&self.url, &self.user, &self.password)
+    }
+}
+
 /// A further Keycloak instance of the test bed (its own port and data).
 #[derive(Debug, Clone)]
 pub struct KeycloakInstance {
@@ -203,6 +224,16 @@ pub struct KeycloakInstance {
     pub management_url: String,
     pub admin_user: String,
     pub admin_password: String,
+}
+
+impl KeycloakInstance {
+    pub fn login(&self) -> KeycloakLogin {
+        KeycloakLogin {
+            url: self.url.clone(),
+            user: self.admin_user.clone(),
+            password: self.admin_password.clone(),
+        }
+    }
 }
 
 /// Start (creating on first use) a named Keycloak instance with the given
@@ -324,6 +355,78 @@ pub async fn test_namespace(client: &Client, prefix: &str) -> String {
     name
 }
 
+/// A namespace from [`test_namespace`] that is deleted (without waiting) when dropped, also
+/// when the test panics. For namespaces without operator-managed objects; see `Scenario`.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        TestNamespace {
+            name: test_namespace(client, prefix).await,
+        }
+    }
+}
+
+impl std::ops::Deref for TestNamespace {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's runtime may be the current-thread one this blocks.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async { delete_namespace(&kube_client().await, &name).await })
+        })
+        .join();
+    }
+}
+
+/// Waits (up to `timeout`) until CustomResourceDefinition `name` is Established.
+pub async fn wait_crd_established(client: &Client, name: &str, timeout: Duration) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    wait_for(&format!("CRD {name} established"), timeout, || async {
+        let crd = api.get(name).await.ok()?;
+        let conditions = crd.status?.conditions?;
+        let established = conditions
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await
+}
+
+/// Binds Role `role` in `ns` to ServiceAccount `ns/service_account` (a RoleBinding named `role`).
+pub async fn bind_role(client: &Client, ns: &str, role: &str, service_account: &str) {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": ns}]
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap_or_else(|e| panic!("create RoleBinding {ns}/{role}: {e}"));
+}
+
 /// Delete a namespace (without waiting for its finalization).
 pub async fn delete_namespace(client: &Client, name: &str) {
     let _ = Api::<Namespace>::all(client.clone())
@@ -331,23 +434,110 @@ pub async fn delete_namespace(client: &Client, name: &str) {
         .await;
 }
 
-/// Poll `f` every 250 ms until it returns `Some(T)`; panic after `timeout`
-/// with "timed out after ..s waiting for {what}".
+/// Polls `f` every 250 ms until it returns `Ok(T)`; panics after `timeout` with `what` and the
+/// last `Err` it returned (what was seen instead), so a timeout says how far things got.
+pub async fn poll<F, Fut, T, S>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, S>>,
+    S: std::fmt::Debug,
+{
+    let start = Instant::now();
+    loop {
+        let last = match f().await {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// [`poll`] for a check that has nothing to report while it waits.
 pub async fn wait_for<F, Fut, T>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if start.elapsed() >= timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    poll(what, timeout, || {
+        let fut = f();
+        async move { fut.await.ok_or("not yet") }
+    })
+    .await
+}
+
+/// [`wait_for`] for a yes/no check.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for(what, timeout, || {
+        let fut = f();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// A listener on a free loopback port, for a server that is started later, and its MCP URL
+/// (`http://127.0.0.1:<port>/mcp`).
+pub async fn mcp_listener() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("loopback listener");
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+/// Sends `req`, panicking if it gets no response at all.
+pub async fn send(req: reqwest::RequestBuilder) -> reqwest::Response {
+    req.send().await.expect("a response")
+}
+
+/// A request whose answer is read as JSON.
+pub trait Fetch {
+    async fn fetch_json<T: serde::de::DeserializeOwned>(self) -> T;
+}
+
+impl Fetch for reqwest::RequestBuilder {
+    async fn fetch_json<T: serde::de::DeserializeOwned>(self) -> T {
+        let resp = send(self).await;
+        resp.json().await.expect("a JSON answer")
     }
+}
+
+/// The first chunk of a streamed answer within `within`; panics with `what` if none came.
+pub async fn first_chunk(
+    resp: &mut reqwest::Response,
+    within: Duration,
+    what: &str,
+) -> bytes::Bytes {
+    tokio::time::timeout(within, resp.chunk())
+        .await
+        .unwrap_or_else(|_| panic!("{what} within {within:?}"))
+        .expect("reading the stream")
+        .expect("a chunk")
+}
+
+/// Sends `req` and reads its JSON answer, which must have a success status (`what` names it).
+pub async fn ok_json(req: reqwest::RequestBuilder, what: &str) -> Value {
+    let resp = send(req).await;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{what}: {status} {v}");
+    v
+}
+
+/// POSTs `{}` to `{base}/mcp` with a bearer `token`.
+pub async fn post_mcp(http: &reqwest::Client, base: &str, token: &str) -> reqwest::Response {
+    send(
+        http.post(format!("{base}/mcp"))
+            .bearer_auth(token)
+            .body("{}"),
+    )
+    .await
 }
 
 fn http_client() -> reqwest::Client {

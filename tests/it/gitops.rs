@@ -4,19 +4,18 @@
 //! manager, and statuses written by the operator itself. Also: examples/gitops parse, the example
 //! objects pass the API server's validation, and the shipped copies of the health check agree.
 
-mod harness;
-mod support;
+use crate::harness;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use harness::{Operator, WAIT};
+use harness::{Kind, Scenario, WAIT};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, Resource};
+use kube::Client;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use mlua::LuaSerdeExt;
-use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -91,14 +90,7 @@ fn argo_health(script: &str, obj: &Value) -> (String, String) {
 // ---------------------------------------------------------------------------------------------
 // Objects on the API server
 
-async fn live<K>(client: &Client, ns: &str, name: &str) -> Value
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+async fn live<K: Kind>(client: &Client, ns: &str, name: &str) -> Value {
     let obj = Api::<K>::namespaced(client.clone(), ns)
         .get(name)
         .await
@@ -111,52 +103,31 @@ where
 }
 
 /// Both computations for one live object: ((kstatus status, message), (Argo CD status, message)).
-async fn health<K>(client: &Client, ns: &str, name: &str) -> ((String, String), (String, String))
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+async fn health<K: Kind>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> ((String, String), (String, String)) {
     let obj = live::<K>(client, ns, name).await;
     (kstatus(&obj).await, argo_health(&health_script(), &obj))
 }
 
 /// Waits until kstatus and Argo CD report `want` = (kstatus, Argo CD) for a live object.
-async fn wait_health<K>(client: &Client, ns: &str, name: &str, want: (&str, &str))
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+async fn wait_health<K: Kind>(client: &Client, ns: &str, name: &str, want: (&str, &str)) {
     let what = format!("{} {ns}/{name} health {want:?}", K::kind(&()));
-    let mut last = None;
-    let r = tokio::time::timeout(WAIT, async {
-        loop {
-            let (k, a) = health::<K>(client, ns, name).await;
-            if (k.0.as_str(), a.0.as_str()) == want {
-                return;
-            }
-            last = Some((k, a));
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    support::poll(&what, WAIT, || async {
+        let (k, a) = health::<K>(client, ns, name).await;
+        if (k.0.as_str(), a.0.as_str()) == want {
+            Ok(())
+        } else {
+            Err((k, a))
         }
     })
-    .await;
-    r.unwrap_or_else(|_| panic!("timed out waiting for {what}; last: {last:?}"));
+    .await
 }
 
 /// Writes `status` as the test's field manager (as the operator would, with server-side apply).
-async fn set_status<K>(client: &Client, ns: &str, name: &str, status: Value)
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+async fn set_status<K: Kind>(client: &Client, ns: &str, name: &str, status: Value) {
     let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
     Api::<K>::namespaced(client.clone(), ns)
         .patch_status(
@@ -233,14 +204,7 @@ const CASES: &[Case] = &[
 ];
 
 /// Runs every case on one live object (generation 2); returns (case, object) for each.
-async fn run_cases<K>(client: &Client, ns: &str, name: &str) -> Vec<(&'static str, Value)>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+async fn run_cases<K: Kind>(client: &Client, ns: &str, name: &str) -> Vec<(&'static str, Value)> {
     let kind = K::kind(&()).to_string();
     let mut seen = vec![];
     for case in CASES {
@@ -302,7 +266,7 @@ fn assert_cases_catch_broken_checks(seen: &[(&'static str, Value)]) {
 async fn exact_statuses_read_as_kstatus_and_argo_cd_health() {
     let client = support::kube_client().await;
     harness::install_crds(&client).await;
-    let ns = support::test_namespace(&client, "gitops-exact").await;
+    let ns = support::TestNamespace::new(&client, "gitops-exact").await;
     harness::create(
         &client,
         &ns,
@@ -326,7 +290,6 @@ async fn exact_statuses_read_as_kstatus_and_argo_cd_health() {
     let mut seen = run_cases::<McpServer>(&client, &ns, "s").await;
     seen.extend(run_cases::<McpAuthPolicy>(&client, &ns, "p").await);
     assert_cases_catch_broken_checks(&seen);
-    support::delete_namespace(&client, &ns).await;
 }
 
 /// An admin Secret for the test bed's Keycloak with `password`.
@@ -347,14 +310,7 @@ async fn admin_secret_with(client: &Client, ns: &str, name: &str, password: &str
     .expect("admin secret");
 }
 
-async fn merge<K>(client: &Client, ns: &str, name: &str, patch: Value)
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+async fn merge<K: Kind>(client: &Client, ns: &str, name: &str, patch: Value) {
     Api::<K>::namespaced(client.clone(), ns)
         .patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
@@ -367,14 +323,12 @@ where
 async fn operator_statuses_read_as_current_then_in_progress_until_reconciled() {
     let client = support::kube_client().await;
     let tb = support::testbed().await;
-    let ns = support::test_namespace(&client, "gitops-op").await;
-    let realm = support::unique_name("gitops");
-    harness::admin_secret(&client, &ns, "keycloak-admin").await;
-    let op = Operator::start(&client, &ns).await;
+    let mut scenario = Scenario::new("gitops-op").await;
+    let ns = scenario.ns.clone();
     harness::create(
         &client,
         &ns,
-        &harness::seed_policy("p", &realm, &tb.keycloak_url),
+        &harness::seed_policy("p", &scenario.realm.name, &tb.keycloak_url),
     )
     .await;
     harness::create(&client, &ns, &harness::server("s", "p", "http://s.example")).await;
@@ -382,7 +336,7 @@ async fn operator_statuses_read_as_current_then_in_progress_until_reconciled() {
     wait_health::<McpServer>(&client, &ns, "s", ("Current", "Healthy")).await;
 
     // A spec change no operator has seen yet: Ready is still True, but for generation 1.
-    drop(op);
+    scenario.stop_operator();
     merge::<McpServer>(&client, &ns, "s", json!({"spec": {"replicas": 2}})).await;
     let ((k, km), (a, _)) = health::<McpServer>(&client, &ns, "s").await;
     assert_eq!(
@@ -390,14 +344,13 @@ async fn operator_statuses_read_as_current_then_in_progress_until_reconciled() {
         ("InProgress", "Progressing"),
         "{km}"
     );
-    let op = Operator::start(&client, &ns).await;
+    scenario.start_operator().await;
     wait_health::<McpServer>(&client, &ns, "s", ("Current", "Healthy")).await;
     let s = live::<McpServer>(&client, &ns, "s").await;
     assert_eq!(
         s["status"]["observedGeneration"],
         s["metadata"]["generation"]
     );
-    harness::teardown(&client, &ns, op).await;
 }
 
 /// Rejected admin credentials, which only a person can fix: the policy Failed/Degraded, its
@@ -407,11 +360,10 @@ async fn operator_statuses_read_as_current_then_in_progress_until_reconciled() {
 async fn rejected_admin_credentials_read_as_failed_until_fixed() {
     let client = support::kube_client().await;
     let tb = support::testbed().await;
-    let ns = support::test_namespace(&client, "gitops-bad").await;
+    let scenario = Scenario::new("gitops-bad").await;
+    let ns = scenario.ns.clone();
     admin_secret_with(&client, &ns, "bad-admin", "not-the-password").await;
-    let op = Operator::start(&client, &ns).await;
-    let mut bad =
-        harness::seed_policy("bad", &support::unique_name("gitops-bad"), &tb.keycloak_url);
+    let mut bad = harness::seed_policy("bad", &scenario.realm.name, &tb.keycloak_url);
     bad.spec.keycloak.admin_credentials_secret_ref.name = "bad-admin".into();
     harness::create(&client, &ns, &bad).await;
     harness::create(
@@ -434,7 +386,6 @@ async fn rejected_admin_credentials_read_as_failed_until_fixed() {
     merge::<McpAuthPolicy>(&client, &ns, "bad", retry).await;
     wait_health::<McpAuthPolicy>(&client, &ns, "bad", ("Current", "Healthy")).await;
     wait_health::<McpServer>(&client, &ns, "t", ("Current", "Healthy")).await;
-    harness::teardown(&client, &ns, op).await;
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -530,29 +481,25 @@ fn gitops_examples_parse_and_ship_the_tested_health_check() {
 async fn gitops_example_objects_pass_api_server_validation() {
     let client = support::kube_client().await;
     harness::install_crds(&client).await;
-    let ns = support::test_namespace(&client, "gitops-ex").await;
+    let ns = support::TestNamespace::new(&client, "gitops-ex").await;
+    for (file, d) in example_documents() {
+        match d["kind"].as_str().unwrap() {
+            "McpAuthPolicy" => dry_run_create::<McpAuthPolicy>(&client, &ns, &file, d).await,
+            "McpServer" => dry_run_create::<McpServer>(&client, &ns, &file, d).await,
+            _ => {}
+        }
+    }
+}
+
+/// Creates `doc` as a `K` with a server-side dry run; panics naming `file` if it is refused.
+async fn dry_run_create<K: Kind>(client: &Client, ns: &str, file: &str, doc: Value) {
+    let obj: K = serde_json::from_value(doc).unwrap_or_else(|e| panic!("{file}: {e}"));
     let dry = PostParams {
         dry_run: true,
         ..Default::default()
     };
-    for (file, d) in example_documents() {
-        match d["kind"].as_str().unwrap() {
-            "McpAuthPolicy" => {
-                let p: McpAuthPolicy = serde_json::from_value(d).unwrap();
-                let api = Api::<McpAuthPolicy>::namespaced(client.clone(), &ns);
-                api.create(&dry, &p)
-                    .await
-                    .unwrap_or_else(|e| panic!("{file}: {e}"));
-            }
-            "McpServer" => {
-                let s: McpServer = serde_json::from_value(d).unwrap();
-                let api = Api::<McpServer>::namespaced(client.clone(), &ns);
-                api.create(&dry, &s)
-                    .await
-                    .unwrap_or_else(|e| panic!("{file}: {e}"));
-            }
-            _ => {}
-        }
-    }
-    support::delete_namespace(&client, &ns).await;
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&dry, &obj)
+        .await
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
 }

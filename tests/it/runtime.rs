@@ -1,8 +1,8 @@
 //! The operator binary as it runs in a cluster: `/readyz` only after its caches synced,
 //! `/metrics` counters, `kubectl wait`, and leader election between two replicas.
 
-mod harness;
-mod support;
+use crate::harness;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, PostParams};
 use mcp_keycloak_operator::api::McpServer;
 use serde_json::json;
@@ -98,12 +98,9 @@ fn impersonating_kubeconfig(base: &std::path::Path, ns: &str, sa: &str) -> PathB
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_waits_for_synced_caches_and_metrics_count_keycloak_requests() {
-    let client = support::kube_client().await;
+    let s = Scenario::without_operator("runtime").await;
+    let (client, ns) = (s.client.clone(), s.ns.clone());
     let tb = support::testbed().await;
-    install_crds(&client).await;
-    let ns = support::test_namespace(&client, "runtime").await;
-    let realm = Realm::new(&support::unique_name("runtime")).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
 
     // The operator runs as a ServiceAccount that may do nothing yet: watches are refused.
     let kubeconfig = impersonating_kubeconfig(&tb.kubeconfig, &ns, "operator");
@@ -132,16 +129,7 @@ async fn readyz_waits_for_synced_caches_and_metrics_count_keycloak_requests() {
         .create(&PostParams::default(), &role)
         .await
         .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "operator"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator"},
-        "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    support::bind_role(&client, &ns, "operator", "operator").await;
     support::wait_for("readyz after RBAC granted", WAIT, || async {
         (op.get("/readyz").await?.0 == 200).then_some(())
     })
@@ -149,18 +137,9 @@ async fn readyz_waits_for_synced_caches_and_metrics_count_keycloak_requests() {
 
     // Keycloak request counters move while the seed scenario is created...
     let before = writes(&op).await;
-    create(
-        &client,
-        &ns,
-        &seed_policy("acme", &realm.name, &tb.keycloak_url),
-    )
-    .await;
-    create(
-        &client,
-        &ns,
-        &server("weather", "acme", "http://localhost:3000"),
-    )
-    .await;
+    s.create(&s.seed_policy().await).await;
+    s.create(&server("weather", "acme", "http://localhost:3000"))
+        .await;
 
     // `kubectl wait` (kstatus-style Ready with observedGeneration) returns for the server.
     let kubectl = tb.dir.join("bin/kubectl");
@@ -232,11 +211,8 @@ async fn readyz_waits_for_synced_caches_and_metrics_count_keycloak_requests() {
         srv.metadata.generation
     );
 
-    // Clean up with a cluster-admin operator (this one may not read Namespaces).
+    // The scenario cleans up with a cluster-admin operator (this one may not read Namespaces).
     op.kill().await;
-    let op = Operator::start(&client, &ns).await;
-    teardown(&client, &ns, op).await;
-    realm.delete().await;
 }
 
 async fn writes(op: &OperatorProcess) -> f64 {
@@ -263,12 +239,9 @@ async fn lease_holder(client: &kube::Client, ns: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_reconciles_and_a_standby_takes_over() {
-    let client = support::kube_client().await;
+    let s = Scenario::without_operator("leader").await;
+    let (client, ns) = (s.client.clone(), s.ns.clone());
     let tb = support::testbed().await;
-    install_crds(&client).await;
-    let ns = support::test_namespace(&client, "leader").await;
-    let realm = Realm::new(&support::unique_name("leader")).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
     let args = ["--leader-election", "--lease-seconds", "6"];
     let a = OperatorProcess::start(&tb.kubeconfig, &ns, "op-a", &args).await;
     let b = OperatorProcess::start(&tb.kubeconfig, &ns, "op-b", &args).await;
@@ -282,18 +255,9 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
         .await;
     }
 
-    create(
-        &client,
-        &ns,
-        &seed_policy("acme", &realm.name, &tb.keycloak_url),
-    )
-    .await;
-    create(
-        &client,
-        &ns,
-        &server("one", "acme", "http://one.example.com"),
-    )
-    .await;
+    s.create(&s.seed_policy().await).await;
+    s.create(&server("one", "acme", "http://one.example.com"))
+        .await;
     wait_condition::<McpServer>(&client, &ns, "one", "Ready", "True").await;
     assert!(leader.counter("mcp_operator_reconciles_total", "").await > 0.0);
     assert_eq!(
@@ -327,19 +291,12 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
         handover < Duration::from_secs(20),
         "handover took {handover:?}"
     );
-    create(
-        &client,
-        &ns,
-        &server("two", "acme", "http://two.example.com"),
-    )
-    .await;
+    s.create(&server("two", "acme", "http://two.example.com"))
+        .await;
     wait_condition::<McpServer>(&client, &ns, "two", "Ready", "True").await;
     assert!(standby.counter("mcp_operator_reconciles_total", "").await > 0.0);
 
     let log = std::fs::read_to_string(&standby.log).unwrap_or_default();
     assert!(log.contains("acquired leadership"), "{log}");
     drop(standby);
-    let op = Operator::start(&client, &ns).await;
-    teardown(&client, &ns, op).await;
-    realm.delete().await;
 }

@@ -9,22 +9,19 @@
 //!
 //! Needs the test bed (`eval "$(./hack/testbed up)"`) and Debian's `chromium` + `chromium-driver`.
 
-mod browser;
-mod harness;
-mod support;
+use crate::browser;
+use crate::harness;
+use crate::support;
 
 use std::time::Instant;
 
 use browser::client::{
     self, connect_like_vscode, probe_unauthenticated, probe_with_token, register_anonymously,
-    result_text, vscode_registration_request, ConnectedClient, VSCODE_CLIENT_URI,
-    VSCODE_REDIRECT_URIS,
+    result_text, vscode_registration_request, ConnectedClient, VSCODE_REDIRECT_URIS,
 };
 use browser::stand_in::{PlainMcpServer, ProtectedMcpServer, StandInConfig};
 use browser::Browser;
 use harness::*;
-use kube::api::Api;
-use kube::Client;
 use mcp_auth_gateway::GatewayConfig;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use serde_json::{json, Value};
@@ -33,46 +30,22 @@ const USER: &str = "alice";
 const PASSWORD: &str = "alice-e2e-password-1";
 
 /// Operator + seed policy + one Ready McpServer `calc` whose canonical URL is `url`.
+/// A scenario with the seed policy `acme` and the server `calc`, both Ready.
 struct Base {
-    client: Client,
-    ns: String,
-    realm: Realm,
-    op: Operator,
+    s: Scenario,
     policy: McpAuthPolicy,
     server: McpServer,
 }
 
+harness::deref_scenario!(Base, s);
+
 async fn base(prefix: &str, url: &str) -> Base {
-    let tb = support::testbed().await;
-    let client = support::kube_client().await;
-    let ns = support::test_namespace(&client, prefix).await;
-    let realm = Realm::new(&support::unique_name(prefix)).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    let op = Operator::start(&client, &ns).await;
-    create(
-        &client,
-        &ns,
-        &seed_policy("acme", &realm.name, &tb.keycloak_url),
-    )
-    .await;
-    create(&client, &ns, &server("calc", "acme", url)).await;
-    wait_condition::<McpAuthPolicy>(&client, &ns, "acme", "Ready", "True").await;
-    wait_condition::<McpServer>(&client, &ns, "calc", "Ready", "True").await;
-    let policy = Api::<McpAuthPolicy>::namespaced(client.clone(), &ns)
-        .get("acme")
-        .await
-        .expect("policy");
-    let server = Api::<McpServer>::namespaced(client.clone(), &ns)
-        .get("calc")
-        .await
-        .expect("server");
+    let s = Scenario::new(prefix).await;
+    s.seed(&[("calc", url)]).await;
     Base {
-        client,
-        ns,
-        realm,
-        op,
-        policy,
-        server,
+        policy: s.get("acme").await,
+        server: s.get("calc").await,
+        s,
     }
 }
 
@@ -108,52 +81,34 @@ impl Base {
     async fn gateway_config(&self, upstream: &str) -> GatewayConfig {
         gateway_config_from_deployment(&self.client, &self.ns, "calc", upstream).await
     }
-
-    /// alice, with everything Keycloak's default "update profile" required action would ask for.
-    async fn create_user(&self) -> String {
-        let (s, v) = self
-            .realm
-            .kc
-            .post(
-                &self.realm.path("/users"),
-                &json!({
-                    "username": USER, "enabled": true, "emailVerified": true,
-                    "email": "alice@example.com", "firstName": "Alice", "lastName": "Example",
-                    "credentials": [{"type": "password", "value": PASSWORD, "temporary": false}]
-                }),
-            )
-            .await;
-        assert!(s.is_success(), "create user: {s} {v}");
-        let users = self
-            .realm
-            .get(&format!("/users?username={USER}&exact=true"))
-            .await;
-        users[0]["id"].as_str().expect("user id").to_string()
-    }
-
-    async fn finish(self) {
-        teardown(&self.client, &self.ns, self.op).await;
-        self.realm.delete().await;
-    }
 }
 
-fn is_generated_id(id: &str) -> bool {
-    // Keycloak's DCR client ids are random UUIDs.
-    id.len() == 36
-        && id.chars().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_hexdigit(),
-        })
+/// The base scenario for a server that the stand-in protects (its URL, started with the
+/// credentials the operator made).
+async fn behind_stand_in(prefix: &str) -> (ProtectedMcpServer, String, Base) {
+    let mut stand_in = ProtectedMcpServer::bind().await.expect("stand-in bind");
+    let url = stand_in.url().to_string();
+    let b = base(prefix, &url).await;
+    stand_in
+        .start(b.stand_in_config().await)
+        .expect("stand-in start");
+    (stand_in, url, b)
 }
 
-/// `http://host:port/.well-known/oauth-protected-resource/<path>` for an MCP URL.
-fn path_metadata_url(mcp_url: &str) -> String {
-    let u = url::Url::parse(mcp_url).unwrap();
-    format!(
-        "{}/.well-known/oauth-protected-resource{}",
-        u.origin().ascii_serialization(),
-        u.path()
-    )
+/// A headless browser, the VS Code-like client connected to `url` through it, and every check
+/// of [`check_walkthrough`]; `what` names the connection in a failure.
+async fn walk_through(
+    b: &Base,
+    url: &str,
+    user_id: &str,
+    what: &str,
+) -> (Browser, ConnectedClient) {
+    let browser = Browser::start().await.expect("headless Chromium");
+    let conn = connect_like_vscode(url, &browser, (USER, PASSWORD))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    check_walkthrough(b, &conn, url, user_id).await;
+    (browser, conn)
 }
 
 /// Everything the walkthrough must have produced, whatever protects the server.
@@ -170,42 +125,15 @@ async fn check_walkthrough(b: &Base, conn: &ConnectedClient, url: &str, user_id:
     assert_ne!(result.is_error, Some(true), "add failed: {result:?}");
     assert_eq!(result_text(&result), "42");
 
-    // Discovery went through the challenge and the PRM to the realm's exact issuer.
-    assert_eq!(
-        conn.challenge.resource_metadata.as_deref(),
-        Some(path_metadata_url(url).as_str())
-    );
-    assert_eq!(conn.issuer.as_deref(), Some(b.policy.issuer().as_str()));
-
-    // The authorization request: code + PKCE S256, resource = the server URL, challenge scopes.
+    // Discovery, the authorization request (code + PKCE S256, RFC 8707 resource, the challenge's
+    // scopes) and the consent page for "Use MCP tools".
+    client::assert_authorized_like_vscode(conn, url, &b.policy.issuer(), &audience_scope);
     let p = &conn.authorization_params;
-    assert_eq!(p.get("response_type").map(String::as_str), Some("code"));
-    assert_eq!(
-        p.get("code_challenge_method").map(String::as_str),
-        Some("S256")
-    );
-    assert_eq!(p.get("resource").map(String::as_str), Some(url), "RFC 8707");
     assert_eq!(p.get("client_id"), Some(&conn.client_id));
-    let requested: Vec<&str> = p["scope"].split(' ').collect();
-    assert!(
-        requested.contains(&"mcp:tools") && requested.contains(&audience_scope.as_str()),
-        "requested scopes {requested:?}"
-    );
     assert!(
         conn.redirect_uri.starts_with("http://127.0.0.1:") && conn.redirect_uri.ends_with('/'),
         "loopback redirect {}",
         conn.redirect_uri
-    );
-
-    // The person saw Keycloak's consent page for "Use MCP tools" and said yes.
-    assert!(conn.login.consent_shown, "no consent page was shown");
-    assert!(
-        conn.login
-            .consent_items
-            .iter()
-            .any(|i| i == "Use MCP tools"),
-        "consent page listed {:?}",
-        conn.login.consent_items
     );
 
     // The token: for this server and its introspection client, issued to the DCR client for alice.
@@ -234,26 +162,7 @@ async fn check_walkthrough(b: &Base, conn: &ConnectedClient, url: &str, user_id:
 
     // The registered client, through the Admin REST API: generated id, VS Code's metadata,
     // public, consent required (anonymous DCR policy).
-    assert!(
-        is_generated_id(&conn.client_id),
-        "client id {:?}",
-        conn.client_id
-    );
-    let kc_client = b
-        .realm
-        .client(&conn.client_id)
-        .await
-        .unwrap_or_else(|| panic!("DCR client {} not in the realm", conn.client_id));
-    assert_eq!(kc_client["name"], client::VSCODE_CLIENT_NAME);
-    assert_eq!(kc_client["baseUrl"], VSCODE_CLIENT_URI);
-    assert_eq!(kc_client["publicClient"], true);
-    assert_eq!(kc_client["consentRequired"], true);
-    let mut redirects: Vec<String> =
-        serde_json::from_value(kc_client["redirectUris"].clone()).unwrap_or_default();
-    redirects.sort();
-    let mut expected: Vec<String> = VSCODE_REDIRECT_URIS.iter().map(|s| s.to_string()).collect();
-    expected.sort();
-    assert_eq!(redirects, expected, "registered redirect URIs");
+    client::assert_vscode_client_registered(&b.realm, &conn.client_id).await;
 
     // Keycloak recorded alice's consent for that client, covering mcp:tools.
     let consents = b.realm.get(&format!("/users/{user_id}/consents")).await;
@@ -297,20 +206,11 @@ fn report(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vscode_like_client_registers_logs_in_consents_and_calls_a_tool() {
     let t_test = Instant::now();
-    let mut stand_in = ProtectedMcpServer::bind().await.expect("stand-in bind");
-    let url = stand_in.url().to_string();
-    let b = base("e2e", &url).await;
-    stand_in
-        .start(b.stand_in_config().await)
-        .expect("stand-in start");
+    let (stand_in, url, b) = behind_stand_in("e2e").await;
     let t_setup = t_test.elapsed();
-    let user_id = b.create_user().await;
+    let user_id = b.realm.create_user(USER, PASSWORD).await;
 
-    let browser = Browser::start().await.expect("headless Chromium");
-    let conn = connect_like_vscode(&url, &browser, (USER, PASSWORD))
-        .await
-        .unwrap_or_else(|e| panic!("connect_like_vscode: {e}"));
-    check_walkthrough(&b, &conn, &url, &user_id).await;
+    let (browser, conn) = walk_through(&b, &url, &user_id, "connect_like_vscode").await;
 
     // The stand-in let the token in after introspection, and only that client's, for alice.
     let accepted = stand_in.accepted();
@@ -329,7 +229,6 @@ async fn vscode_like_client_registers_logs_in_consents_and_calls_a_tool() {
     conn.close().await;
     browser.close().await;
     drop(stand_in);
-    b.finish().await;
     eprintln!(
         "e2e [stand-in] whole test incl. teardown: {:?}",
         t_test.elapsed()
@@ -341,13 +240,7 @@ async fn vscode_like_client_through_the_operators_gateway() {
     let t_test = Instant::now();
     // The gateway's listener first: its address is the canonical URL the McpServer declares,
     // so the PRM `resource` and the token audience are the URL the client connects to.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("gateway listener");
-    let url = format!(
-        "http://127.0.0.1:{}/mcp",
-        listener.local_addr().unwrap().port()
-    );
+    let (listener, url) = support::mcp_listener().await;
     let b = base("e2e-gw", &url).await;
     let upstream = PlainMcpServer::start().await.expect("upstream MCP server");
     let cfg = b.gateway_config(&upstream.base_url).await;
@@ -355,18 +248,17 @@ async fn vscode_like_client_through_the_operators_gateway() {
         cfg.resource_url, url,
         "MCP_SERVER_URL of the gateway container"
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tokio::spawn(mcp_auth_gateway::serve(cfg, listener, async move {
-        let _ = stopped.await;
-    }));
+    let gateway = ServedGateway::start(cfg, listener);
     let t_setup = t_test.elapsed();
-    let user_id = b.create_user().await;
+    let user_id = b.realm.create_user(USER, PASSWORD).await;
 
-    let browser = Browser::start().await.expect("headless Chromium");
-    let conn = connect_like_vscode(&url, &browser, (USER, PASSWORD))
-        .await
-        .unwrap_or_else(|e| panic!("connect_like_vscode through the gateway: {e}"));
-    check_walkthrough(&b, &conn, &url, &user_id).await;
+    let (browser, conn) = walk_through(
+        &b,
+        &url,
+        &user_id,
+        "connect_like_vscode through the gateway",
+    )
+    .await;
 
     // The upstream saw no token, only the identity the gateway verified.
     let seen = upstream.seen();
@@ -389,9 +281,7 @@ async fn vscode_like_client_through_the_operators_gateway() {
     report("gateway", &browser.version().await, &conn, t_setup, t_test);
     conn.close().await;
     browser.close().await;
-    let _ = stop.send(());
-    let _ = gateway.await;
-    b.finish().await;
+    gateway.stop().await;
     eprintln!(
         "e2e [gateway] whole test incl. teardown: {:?}",
         t_test.elapsed()
@@ -400,12 +290,7 @@ async fn vscode_like_client_through_the_operators_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_is_challenged_and_untrusted_redirect_hosts_cannot_register() {
-    let mut stand_in = ProtectedMcpServer::bind().await.expect("stand-in bind");
-    let url = stand_in.url().to_string();
-    let b = base("e2e-neg", &url).await;
-    stand_in
-        .start(b.stand_in_config().await)
-        .expect("stand-in start");
+    let (stand_in, url, b) = behind_stand_in("e2e-neg").await;
     let audience_scope = b.audience_scope();
 
     // No token: 401 with a Bearer challenge naming the metadata and the scopes.
@@ -420,7 +305,7 @@ async fn no_token_is_challenged_and_untrusted_redirect_hosts_cannot_register() {
         .resource_metadata
         .clone()
         .expect("resource_metadata in the challenge");
-    assert_eq!(prm_url, path_metadata_url(&url));
+    assert_eq!(prm_url, client::path_metadata_url(&url));
     let scopes: Vec<&str> = ch.scope.as_deref().unwrap_or("").split(' ').collect();
     assert_eq!(scopes, vec!["mcp:tools", audience_scope.as_str()]);
 
@@ -464,12 +349,11 @@ async fn no_token_is_challenged_and_untrusted_redirect_hosts_cannot_register() {
         .await
         .unwrap_or_else(|e| panic!("VS Code's redirect URIs must register: {e}"));
     assert!(
-        is_generated_id(&ok.client_id),
+        client::is_generated_id(&ok.client_id),
         "client id {:?}",
         ok.client_id
     );
     assert!(b.realm.client(&ok.client_id).await.is_some());
 
     drop(stand_in);
-    b.finish().await;
 }

@@ -4,8 +4,8 @@
 //! left out (it needs a container engine and a registry). kwok does not run the chart's operator
 //! pods, so the operator runs in this process with the chart's ServiceAccount identity instead.
 
-mod harness;
-mod support;
+use crate::harness;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -181,6 +181,9 @@ async fn readme_install_on_a_cluster_runs_as_written() {
         );
     };
     let sh = shell(vars).await;
+    // The README's blocks create these; they go when the test ends, also on a panic.
+    let _namespaces = [&sh.env["APP_NS"], &sh.env["OPERATOR_NS"]]
+        .map(|name| support::TestNamespace { name: name.clone() });
     // A failed earlier run against a kept test bed may have left the release's cluster objects.
     sh.run("kubectl delete clusterrole,clusterrolebinding -l app.kubernetes.io/instance=mcp-keycloak-operator")
         .await;
@@ -214,9 +217,6 @@ async fn readme_install_on_a_cluster_runs_as_written() {
         "{client_id} after step 6"
     );
     drop(op);
-    for ns in [&sh.env["APP_NS"], &sh.env["OPERATOR_NS"]] {
-        support::delete_namespace(&admin, ns).await;
-    }
     realm.delete().await;
     let _ = std::fs::remove_dir_all(&sh.env["HOME"]);
 }

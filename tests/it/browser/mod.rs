@@ -14,7 +14,6 @@
 //! Binaries: `CHROMEDRIVER` (default `chromedriver` on PATH) and `CHROMIUM_BIN` (default the
 //! first of `/usr/lib/chromium/chromium`, `/usr/bin/chromium`, ...; Debian packages `chromium`
 //! and `chromium-driver`).
-#![allow(dead_code)]
 
 pub mod client;
 pub mod stand_in;
@@ -522,17 +521,13 @@ pub struct LoopbackCallback {
     pub redirect_uri: String,
     pub port: u16,
     rx: Option<oneshot::Receiver<String>>,
-    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<Served>,
 }
 
 impl LoopbackCallback {
     pub async fn bind() -> Result<LoopbackCallback> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .map_err(|e| Error::new("callback", format!("bind: {e}")))?;
-        let port = listener.local_addr().expect("local addr").port();
+        let (listener, port) = bind_loopback("callback").await?;
         let (tx, rx) = oneshot::channel::<String>();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let tx = Arc::new(Mutex::new(Some(tx)));
         let handler = move |uri: axum::http::Uri| {
             let tx = tx.clone();
@@ -555,18 +550,11 @@ impl LoopbackCallback {
             }
         };
         let app = axum::Router::new().fallback(handler);
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.await;
-                })
-                .await;
-        });
         Ok(LoopbackCallback {
             redirect_uri: format!("http://127.0.0.1:{port}/"),
             port,
             rx: Some(rx),
-            shutdown: Some(stop_tx),
+            server: Some(Served::start(listener, app)),
         })
     }
 
@@ -580,16 +568,40 @@ impl LoopbackCallback {
             .await
             .map_err(|_| Error::new("callback", format!("no redirect within {timeout:?}")))?
             .map_err(|_| Error::new("callback", "listener stopped"))?;
-        if let Some(stop) = self.shutdown.take() {
-            let _ = stop.send(());
-        }
+        self.server = None;
         Ok(url)
     }
 }
 
-impl Drop for LoopbackCallback {
+/// A listener on a free loopback port, and the port; `stage` names a failure.
+pub async fn bind_loopback(stage: &'static str) -> Result<(tokio::net::TcpListener, u16)> {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .map_err(|e| Error::new(stage, format!("bind: {e}")))?;
+    let port = listener.local_addr().expect("local addr").port();
+    Ok((listener, port))
+}
+
+/// An axum app served on a listener until this is dropped.
+pub struct Served(Option<oneshot::Sender<()>>);
+
+impl Served {
+    pub fn start(listener: tokio::net::TcpListener, app: axum::Router) -> Served {
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Served(Some(stop))
+    }
+}
+
+impl Drop for Served {
     fn drop(&mut self) {
-        if let Some(stop) = self.shutdown.take() {
+        if let Some(stop) = self.0.take() {
             let _ = stop.send(());
         }
     }

@@ -3,8 +3,8 @@
 //! fields included, Kubernetes' own types (EnvVar, ResourceRequirements, Condition) too; and
 //! `kubectl explain` on the test bed shows them.
 
-mod harness;
-mod support;
+use crate::harness;
+use crate::support;
 
 use serde_json::{json, Value};
 

@@ -2,9 +2,8 @@
 //! shape (Proxy, Native, opt-out), its pruning and repair, no writes at steady state, and the
 //! MCP container's hardening.
 
-mod fakes;
-mod harness;
-mod support;
+use crate::harness;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,11 +64,9 @@ async fn set_network_policy(client: &Client, ns: &str, name: &str, enabled: bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_policies_pod_hardening_and_opt_out_on_the_real_api_server() {
-    let client = support::kube_client().await;
+    let s = Scenario::without_operator("isolation").await;
     let tb = support::testbed().await;
-    let ns = support::test_namespace(&client, "isolation").await;
-    let realm = Realm::new(&support::unique_name("isolation")).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
+    let (client, ns, realm) = (s.client.clone(), s.ns.clone(), &s.realm);
     install_crds(&client).await;
     let op = start_operator(&client, &ns);
     create(
@@ -194,19 +191,8 @@ async fn network_policies_pod_hardening_and_opt_out_on_the_real_api_server() {
     .await;
     wait_condition::<McpServer>(&client, &ns, "gw", "NetworkIsolated", "True").await;
 
-    support::delete_namespace(&client, &ns).await;
-    support::wait_for("servers finalized", Duration::from_secs(90), || async {
-        let left = Api::<McpServer>::namespaced(client.clone(), &ns)
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .len();
-        (left == 0).then_some(())
-    })
-    .await;
+    // The scenario's clean-up runs an operator of its own.
     op.abort();
-    realm.delete().await;
 }
 
 /// `spec.auth.serviceAccountClients` and `allowedOrigins` are checked at admission.
@@ -214,7 +200,7 @@ async fn network_policies_pod_hardening_and_opt_out_on_the_real_api_server() {
 async fn auth_lists_are_validated_at_admission() {
     let client = support::kube_client().await;
     install_crds(&client).await;
-    let ns = support::test_namespace(&client, "admission").await;
+    let ns = support::TestNamespace::new(&client, "admission").await;
     let api: Api<McpServer> = Api::namespaced(client.clone(), &ns);
     let dry = kube::api::PostParams {
         dry_run: true,
@@ -280,5 +266,4 @@ async fn auth_lists_are_validated_at_admission() {
         .await
         .expect_err("env override");
     assert!(err.to_string().contains("contract variables"), "{err}");
-    support::delete_namespace(&client, &ns).await;
 }

@@ -1,7 +1,6 @@
 //! Reusable in-process fakes for gateway tests and the benchmark: an MCP-like upstream
 //! that echoes requests and streams SSE, and an RFC 7662 introspection endpoint.
 //! Everything listens on 127.0.0.1 ephemeral ports.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -355,15 +354,15 @@ pub async fn spawn_gateway(config: GatewayConfig) -> GatewayHandle {
     gateway::spawn(config).await.expect("gateway starts")
 }
 
-/// Everything a test needs: fakes plus a gateway in front of them.
-pub struct TestBed {
+/// A gateway in front of the fakes, all in this process (no cluster, no Keycloak).
+pub struct GatewayBed {
     pub upstream: FakeUpstream,
     pub introspection: FakeIntrospection,
     pub gateway: GatewayHandle,
     pub http: reqwest::Client,
 }
 
-impl TestBed {
+impl GatewayBed {
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }

@@ -1,9 +1,9 @@
 //! Gateway conformance against the real Keycloak of the test bed, configured from the very env
 //! the operator reconciled into the McpServer's Deployment (resolved by the local pod runner).
 
-mod fakes;
-mod harness;
-mod support;
+use crate::fakes;
+use crate::harness;
+use crate::support;
 
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use kube::Client;
 use mcp_auth_gateway::{spawn, GatewayHandle};
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use serde_json::{json, Value};
+use support::Fetch;
 
 /// Gateway config from the `gateway` container of the reconciled Deployment, listening on
 /// loopback ephemeral ports in front of `upstream`.
@@ -31,12 +32,11 @@ async fn gateway_from_deployment(
 }
 
 struct Bed {
-    client: Client,
-    ns: String,
-    realm: Realm,
-    op: Operator,
+    s: Scenario,
     issuer: String,
 }
+
+harness::deref_scenario!(Bed, s);
 
 /// Policy with `mcp:tools` as an *optional* scope (so a token can lack it), servers `alpha` and
 /// `beta` whose canonical URLs are the gateway's future loopback address (port reserved now).
@@ -46,41 +46,18 @@ async fn bed(prefix: &str, alpha_url: &str) -> Bed {
 
 /// [`bed`] with the policy adjusted before it is created.
 async fn bed_with(prefix: &str, alpha_url: &str, tweak: impl FnOnce(&mut McpAuthPolicy)) -> Bed {
-    let client = support::kube_client().await;
-    let tb = support::testbed().await;
-    let ns = support::test_namespace(&client, prefix).await;
-    let realm = Realm::new(&support::unique_name(prefix)).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    let op = Operator::start(&client, &ns).await;
-    let mut policy = seed_policy("acme", &realm.name, &tb.keycloak_url);
+    let s = Scenario::new(prefix).await;
+    let mut policy = s.seed_policy().await;
     policy.spec.scopes[0].r#type = mcp_keycloak_operator::api::ScopeType::Optional;
     tweak(&mut policy);
-    create(&client, &ns, &policy).await;
-    let mut alpha = server("alpha", "acme", alpha_url);
-    alpha.spec.image = "ghcr.io/example/mcp-server:1".into();
-    create(&client, &ns, &alpha).await;
-    create(
-        &client,
-        &ns,
-        &server("beta", "acme", "http://beta.example.com/mcp"),
-    )
-    .await;
-    wait_condition::<McpAuthPolicy>(&client, &ns, "acme", "Ready", "True").await;
-    for n in ["alpha", "beta"] {
-        wait_condition::<McpServer>(&client, &ns, n, "Ready", "True").await;
-    }
-    let p = Api::<McpAuthPolicy>::namespaced(client.clone(), &ns)
-        .get("acme")
-        .await
-        .unwrap();
+    let servers = [
+        server("alpha", "acme", alpha_url),
+        server("beta", "acme", "http://beta.example.com/mcp"),
+    ];
+    s.apply(&policy, &servers).await;
+    let p: McpAuthPolicy = s.get("acme").await;
     let issuer = p.status.unwrap().issuer.unwrap();
-    Bed {
-        client,
-        ns,
-        realm,
-        op,
-        issuer,
-    }
+    Bed { s, issuer }
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> String {
@@ -120,12 +97,8 @@ async fn gateway_enforces_the_mcp_authorization_spec_with_real_keycloak_tokens()
     }
     let discovery: Value = http
         .get(format!("{}/.well-known/openid-configuration", b.issuer))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(
         discovery["issuer"],
         b.issuer.as_str(),
@@ -133,12 +106,7 @@ async fn gateway_enforces_the_mcp_authorization_spec_with_real_keycloak_tokens()
     );
 
     // No token: 401 with the exact challenge (metadata URL is the canonical URL's).
-    let resp = http
-        .post(format!("{}/mcp", gw.url()))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = support::send(http.post(format!("{}/mcp", gw.url())).body("{}")).await;
     assert_eq!(resp.status(), 401);
     let canonical_metadata = url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp");
     assert_eq!(
@@ -154,14 +122,13 @@ async fn gateway_enforces_the_mcp_authorization_spec_with_real_keycloak_tokens()
         .mint_token(&format!("openid mcp:tools {aud_scope}"))
         .await;
     let access = tok["access_token"].as_str().unwrap().to_string();
-    let resp = http
-        .post(format!("{}/mcp", gw.url()))
-        .bearer_auth(&access)
-        .header("Mcp-Session-Id", "s-1")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = support::send(
+        http.post(format!("{}/mcp", gw.url()))
+            .bearer_auth(&access)
+            .header("Mcp-Session-Id", "s-1")
+            .body("{}"),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "mcp-session-id"), "s-1");
     let echo: Value = resp.json().await.unwrap();
@@ -182,13 +149,7 @@ async fn gateway_enforces_the_mcp_authorization_spec_with_real_keycloak_tokens()
 
     // Right audience but no mcp:tools: 403 insufficient_scope naming what is needed.
     let tok = b.realm.mint_token(&format!("openid {aud_scope}")).await;
-    let resp = http
-        .post(format!("{}/mcp", gw.url()))
-        .bearer_auth(tok["access_token"].as_str().unwrap())
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = support::post_mcp(&http, &gw.url(), tok["access_token"].as_str().unwrap()).await;
     assert_eq!(resp.status(), 403);
     let challenge = header(&resp, "www-authenticate");
     assert!(
@@ -205,49 +166,30 @@ async fn gateway_enforces_the_mcp_authorization_spec_with_real_keycloak_tokens()
         .realm
         .mint_token(&format!("openid mcp:tools mcp:server:{}:beta", b.ns))
         .await;
-    let resp = http
-        .post(format!("{}/mcp", gw.url()))
-        .bearer_auth(tok["access_token"].as_str().unwrap())
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = support::post_mcp(&http, &gw.url(), tok["access_token"].as_str().unwrap()).await;
     assert_eq!(resp.status(), 401);
     assert!(header(&resp, "www-authenticate").contains("error=\"invalid_token\""));
     // Garbage: 401, never 500.
-    let resp = http
-        .post(format!("{}/mcp", gw.url()))
-        .bearer_auth("not-a-token")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = support::post_mcp(&http, &gw.url(), "not-a-token").await;
     assert_eq!(resp.status(), 401);
 
     // SSE through the gateway: the first event arrives before the stream ends.
-    let mut resp = http
-        .get(format!("{}/sse?delay_ms=3000", gw.url()))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = support::send(
+        http.get(format!("{}/sse?delay_ms=3000", gw.url()))
+            .bearer_auth(&access),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
-    let first = tokio::time::timeout(Duration::from_millis(1500), resp.chunk())
-        .await
-        .expect("first SSE event was buffered")
-        .unwrap()
-        .unwrap();
+    let first = support::first_chunk(
+        &mut resp,
+        Duration::from_millis(1500),
+        "first SSE event was buffered",
+    )
+    .await;
     assert!(String::from_utf8_lossy(&first).contains("id: 1"));
 
     // Revocation: log the user out in Keycloak; within the cache TTL (2 s) the token is refused.
-    let users = b.realm.get("/users?username=alice").await;
-    let uid = users[0]["id"].as_str().unwrap();
-    let (st, _) = b
-        .realm
-        .kc
-        .post(&b.realm.path(&format!("/users/{uid}/logout")), &json!({}))
-        .await;
-    assert!(st.is_success());
+    b.realm.logout_user("alice").await;
     let refused = support::wait_for("revoked token refused", Duration::from_secs(10), || async {
         let r = http
             .post(format!("{}/mcp", gw.url()))
@@ -261,30 +203,15 @@ async fn gateway_enforces_the_mcp_authorization_spec_with_real_keycloak_tokens()
     refused.await;
 
     gw.shutdown().await.unwrap();
-    teardown(&b.client, &b.ns, b.op).await;
-    b.realm.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_is_the_default_and_none_mode_is_flagged() {
-    let client = support::kube_client().await;
-    let tb = support::testbed().await;
-    let ns = support::test_namespace(&client, "modes").await;
-    let realm = Realm::new(&support::unique_name("modes")).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    let op = Operator::start(&client, &ns).await;
-    create(
-        &client,
-        &ns,
-        &seed_policy("acme", &realm.name, &tb.keycloak_url),
-    )
-    .await;
-    create(
-        &client,
-        &ns,
-        &server("default", "acme", "http://default.example.com"),
-    )
-    .await;
+    let s = Scenario::new("modes").await;
+    let (client, ns) = (s.client.clone(), s.ns.clone());
+    s.create(&s.seed_policy().await).await;
+    s.create(&server("default", "acme", "http://default.example.com"))
+        .await;
     let mut open = server("open", "acme", "http://open.example.com");
     open.spec.auth.mode = mcp_keycloak_operator::api::AuthMode::None;
     open.spec.auth.allow_unauthenticated = Some(true);
@@ -310,8 +237,6 @@ async fn proxy_is_the_default_and_none_mode_is_flagged() {
         vec!["gateway", "mcp"]
     );
     assert_eq!(names(deployments.get("open").await.unwrap()), vec!["mcp"]);
-    teardown(&client, &ns, op).await;
-    realm.delete().await;
 }
 
 const UNIFORM_INVALID: &str =
@@ -341,34 +266,22 @@ async fn client_credentials_token(
     secret: &str,
     scope: &str,
 ) -> String {
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{}/realms/{}/protocol/openid-connect/token",
-            realm.kc.base_url, realm.name
-        ))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", client_id),
-            ("client_secret", secret),
-            ("scope", scope),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert!(status.is_success(), "client credentials: {status} {v}");
+    let url = format!(
+        "{}/realms/{}/protocol/openid-connect/token",
+        realm.kc.base_url, realm.name
+    );
+    let req = reqwest::Client::new().post(url).form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", secret),
+        ("scope", scope),
+    ]);
+    let v = support::ok_json(req, "client credentials").await;
     v["access_token"].as_str().unwrap().to_string()
 }
 
 async fn post_mcp(gw: &GatewayHandle, token: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}/mcp", gw.url()))
-        .bearer_auth(token)
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
+    support::post_mcp(&reqwest::Client::new(), &gw.url(), token).await
 }
 
 /// Sets (or with `null` removes) server alpha's `auth.serviceAccountClients` and waits until
@@ -459,9 +372,6 @@ async fn service_account_tokens_are_refused_unless_the_server_lists_the_client()
     let gw = gateway_from_deployment(&b.client, &b.ns, "alpha", &upstream.url(), 30).await;
     assert_eq!(post_mcp(&gw, &robot).await.status(), 401);
     gw.shutdown().await.unwrap();
-
-    teardown(&b.client, &b.ns, b.op).await;
-    b.realm.delete().await;
 }
 
 fn p99(mut samples: Vec<Duration>) -> Duration {
@@ -518,12 +428,7 @@ async fn origins_and_a_garbage_flood_against_real_keycloak() {
     let mut quiet = Vec::new();
     for _ in 0..50 {
         let t0 = std::time::Instant::now();
-        let r = good
-            .get(format!("{}/small", gw.url()))
-            .bearer_auth(&access)
-            .send()
-            .await
-            .unwrap();
+        let r = support::send(good.get(format!("{}/small", gw.url())).bearer_auth(&access)).await;
         assert_eq!(r.status(), 200);
         quiet.push(t0.elapsed());
     }
@@ -559,12 +464,7 @@ async fn origins_and_a_garbage_flood_against_real_keycloak() {
     let mut latencies = Vec::new();
     while !flood.is_finished() {
         let t0 = std::time::Instant::now();
-        let r = good
-            .get(format!("{}/small", gw.url()))
-            .bearer_auth(&access)
-            .send()
-            .await
-            .unwrap();
+        let r = support::send(good.get(format!("{}/small", gw.url())).bearer_auth(&access)).await;
         assert_eq!(
             r.status(),
             200,
@@ -595,8 +495,6 @@ async fn origins_and_a_garbage_flood_against_real_keycloak() {
         p99(quiet).as_secs_f64() * 1000.0
     ));
     gw.shutdown().await.unwrap();
-    teardown(&b.client, &b.ns, b.op).await;
-    b.realm.delete().await;
 }
 
 /// Reads the stream until it ends (cleanly or cut); the time that took.
@@ -627,14 +525,7 @@ async fn streams_end_with_a_revoked_session_and_at_exp_with_real_keycloak() {
     let mut stream = http.get(&sse).bearer_auth(&access).send().await.unwrap();
     assert_eq!(stream.status(), 200);
     assert!(stream.chunk().await.unwrap().is_some(), "first event");
-    let users = b.realm.get("/users?username=alice").await;
-    let uid = users[0]["id"].as_str().unwrap();
-    let (st, _) = b
-        .realm
-        .kc
-        .post(&b.realm.path(&format!("/users/{uid}/logout")), &json!({}))
-        .await;
-    assert!(st.is_success());
+    b.realm.logout_user("alice").await;
     let took = until_stream_ends(&mut stream, Duration::from_secs(20))
         .await
         .expect("the stream outlived its revoked session");
@@ -651,16 +542,7 @@ async fn streams_end_with_a_revoked_session_and_at_exp_with_real_keycloak() {
     let minter = b.realm.client("test-minter").await.unwrap();
     let mut updated = minter.clone();
     updated["attributes"]["access.token.lifespan"] = json!("5");
-    let (st, v) = b
-        .realm
-        .kc
-        .put(
-            &b.realm
-                .path(&format!("/clients/{}", minter["id"].as_str().unwrap())),
-            &updated,
-        )
-        .await;
-    assert!(st.is_success(), "{st} {v}");
+    b.realm.update_client(&updated).await;
     let tok = b.realm.mint_token(&scope).await;
     let access = tok["access_token"].as_str().unwrap().to_string();
     let exp = jwt_claims(&access)["exp"].as_u64().unwrap();
@@ -683,6 +565,4 @@ async fn streams_end_with_a_revoked_session_and_at_exp_with_real_keycloak() {
     );
 
     gw.shutdown().await.unwrap();
-    teardown(&b.client, &b.ns, b.op).await;
-    b.realm.delete().await;
 }

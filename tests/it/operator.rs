@@ -1,7 +1,7 @@
 //! The operator against the test bed's real kube-apiserver and Keycloak (issue 3 acceptance).
 
-mod harness;
-mod support;
+use crate::harness;
+use crate::support;
 
 use std::time::Duration;
 
@@ -13,60 +13,22 @@ use kube::Client;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use serde_json::{json, Value};
 
-struct Scenario {
-    client: Client,
-    ns: String,
-    realm: Realm,
-    op: Operator,
-}
-
-/// Namespace, realm name, admin Secret, operator: everything but the resources.
-async fn scenario(prefix: &str) -> Scenario {
-    let client = support::kube_client().await;
-    let ns = support::test_namespace(&client, prefix).await;
-    let realm = Realm::new(&support::unique_name(prefix)).await;
-    admin_secret(&client, &ns, "keycloak-admin").await;
-    let op = Operator::start(&client, &ns).await;
-    Scenario {
-        client,
-        ns,
-        realm,
-        op,
-    }
-}
-
-impl Scenario {
-    async fn apply_seed(&self, servers: &[(&str, &str)]) {
-        let tb = support::testbed().await;
-        create(
-            &self.client,
-            &self.ns,
-            &seed_policy("acme", &self.realm.name, &tb.keycloak_url),
-        )
-        .await;
-        for (name, url) in servers {
-            create(&self.client, &self.ns, &server(name, "acme", url)).await;
-        }
-        wait_condition::<McpAuthPolicy>(&self.client, &self.ns, "acme", "Ready", "True").await;
-        for (name, _) in servers {
-            wait_condition::<McpServer>(&self.client, &self.ns, name, "Ready", "True").await;
-        }
-    }
-
-    async fn finish(self) {
-        teardown(&self.client, &self.ns, self.op).await;
-        self.realm.delete().await;
-    }
-}
-
 fn rv<K: kube::Resource>(o: &K) -> String {
     o.meta().resource_version.clone().unwrap_or_default()
 }
 
+/// The resourceVersion of `ns/name`.
+async fn version<K: Kind>(client: &Client, ns: &str, name: &str) -> String {
+    rv(&Api::<K>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_scenario_converges_and_every_keycloak_object_is_right() {
-    let s = scenario("seed").await;
-    s.apply_seed(&[("weather", "http://localhost:3000")]).await;
+    let s = Scenario::new("seed").await;
+    s.seed(&[("weather", "http://localhost:3000")]).await;
     let r = &s.realm;
 
     // Policy: scope with its attributes, as realm default.
@@ -203,57 +165,42 @@ async fn seed_scenario_converges_and_every_keycloak_object_is_right() {
     assert_eq!(st.url.as_deref(), Some("http://localhost:3000"));
     assert_eq!(st.client_id.as_deref(), Some(client_id.as_str()));
     assert_eq!(st.observed_generation, srv.metadata.generation);
-    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_state_resync_writes_nothing_to_keycloak_or_kubernetes() {
-    let s = scenario("steady").await;
-    s.apply_seed(&[("weather", "http://localhost:3000")]).await;
+    let s = Scenario::new("steady").await;
+    s.seed(&[("weather", "http://localhost:3000")]).await;
     // Let the first resyncs after Ready settle (status writes, deployment status updates).
     tokio::time::sleep(Duration::from_secs(8)).await;
 
-    let kc_writes = s.op.keycloak_writes();
-    let kc_reads = s.op.ctx.metrics.keycloak_reads();
+    let kc_writes = s.op().keycloak_writes();
+    let kc_reads = s.op().ctx.metrics.keycloak_reads();
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.ns);
     let versions = |c: Client, ns: String| async move {
-        let d = Api::<Deployment>::namespaced(c.clone(), &ns)
-            .get("weather")
-            .await
-            .unwrap();
-        let sv = Api::<Service>::namespaced(c.clone(), &ns)
-            .get("weather")
-            .await
-            .unwrap();
-        let se = Api::<Secret>::namespaced(c.clone(), &ns)
-            .get("weather-oauth")
-            .await
-            .unwrap();
-        let m = Api::<McpServer>::namespaced(c.clone(), &ns)
-            .get("weather")
-            .await
-            .unwrap();
-        let p = Api::<McpAuthPolicy>::namespaced(c.clone(), &ns)
-            .get("acme")
-            .await
-            .unwrap();
-        vec![rv(&d), rv(&sv), rv(&se), rv(&m), rv(&p)]
+        vec![
+            version::<Deployment>(&c, &ns, "weather").await,
+            version::<Service>(&c, &ns, "weather").await,
+            version::<Secret>(&c, &ns, "weather-oauth").await,
+            version::<McpServer>(&c, &ns, "weather").await,
+            version::<McpAuthPolicy>(&c, &ns, "acme").await,
+        ]
     };
     let before = versions(s.client.clone(), s.ns.clone()).await;
     // Several resync periods (3 s each).
     tokio::time::sleep(Duration::from_secs(10)).await;
     let after = versions(s.client.clone(), s.ns.clone()).await;
-    let reads = s.op.ctx.metrics.keycloak_reads() - kc_reads;
+    let reads = s.op().ctx.metrics.keycloak_reads() - kc_reads;
     println!(
         "steady state over 10 s: keycloak writes {}, reads {reads}",
-        s.op.keycloak_writes() - kc_writes
+        s.op().keycloak_writes() - kc_writes
     );
     assert!(
         reads > 0,
         "no resync happened (no Keycloak reads), so the test proves nothing"
     );
     assert_eq!(
-        s.op.keycloak_writes(),
+        s.op().keycloak_writes(),
         kc_writes,
         "a resync of unchanged resources wrote to Keycloak"
     );
@@ -262,21 +209,20 @@ async fn steady_state_resync_writes_nothing_to_keycloak_or_kubernetes() {
         "a resync of unchanged resources wrote to Kubernetes (resourceVersions moved)"
     );
     // One admin login serves many requests (tokens live 60 s here; refreshed shortly before expiry).
-    let logins = s.op.ctx.metrics.admin_token_refreshes.get();
-    let total = s.op.ctx.metrics.keycloak_reads() + s.op.keycloak_writes();
+    let logins = s.op().ctx.metrics.admin_token_refreshes.get();
+    let total = s.op().ctx.metrics.keycloak_reads() + s.op().keycloak_writes();
     println!("admin logins {logins} for {total} admin requests");
     assert!(
         logins <= 3,
         "{logins} admin logins for {total} requests: the token is not reused"
     );
     let _ = deployments;
-    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_repaired_and_deleted_children_are_recreated_and_deletion_cleans_keycloak() {
-    let s = scenario("drift").await;
-    s.apply_seed(&[("weather", "http://localhost:3000")]).await;
+    let s = Scenario::new("drift").await;
+    s.seed(&[("weather", "http://localhost:3000")]).await;
     let r = &s.realm;
     let aud_scope_name = format!("mcp:server:{}:weather", s.ns);
 
@@ -393,19 +339,7 @@ async fn drift_is_repaired_and_deleted_children_are_recreated_and_deletion_clean
 
     // Deleting the McpServer removes its Keycloak client and audience scope.
     let client_id = format!("mcp.{}.weather", s.ns);
-    Api::<McpServer>::namespaced(s.client.clone(), &s.ns)
-        .delete("weather", &DeleteParams::default())
-        .await
-        .unwrap();
-    support::wait_for("McpServer gone", WAIT, || async {
-        Api::<McpServer>::namespaced(s.client.clone(), &s.ns)
-            .get_opt("weather")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    s.delete::<McpServer>("weather").await;
     assert!(
         r.client(&client_id).await.is_none(),
         "Keycloak client survived deletion"
@@ -416,19 +350,7 @@ async fn drift_is_repaired_and_deleted_children_are_recreated_and_deletion_clean
     );
 
     // Then the policy: its scope goes, registration is closed again.
-    Api::<McpAuthPolicy>::namespaced(s.client.clone(), &s.ns)
-        .delete("acme", &DeleteParams::default())
-        .await
-        .unwrap();
-    support::wait_for("McpAuthPolicy gone", WAIT, || async {
-        Api::<McpAuthPolicy>::namespaced(s.client.clone(), &s.ns)
-            .get_opt("acme")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    s.delete::<McpAuthPolicy>("acme").await;
     assert!(
         r.scope("mcp:tools").await.is_none(),
         "policy scope survived deletion"
@@ -441,13 +363,12 @@ async fn drift_is_repaired_and_deleted_children_are_recreated_and_deletion_clean
             .unwrap_or(0),
         0
     );
-    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_for_one_server_is_not_in_the_audience_of_another() {
-    let s = scenario("audience").await;
-    s.apply_seed(&[
+    let s = Scenario::new("audience").await;
+    s.seed(&[
         ("alpha", "http://alpha.example.com/mcp"),
         ("beta", "http://beta.example.com/mcp"),
     ])
@@ -469,25 +390,14 @@ async fn a_token_for_one_server_is_not_in_the_audience_of_another() {
 
     // Alpha's credentials introspect it; beta's get `active: false` (beta's introspection client
     // is not in the token's audience, and Keycloak refuses to describe it to beta).
-    let alpha_secret = secret_value(&s.client, &s.ns, "alpha-oauth", "client-secret")
-        .await
-        .unwrap();
-    let (_, intro) = r
-        .introspect(&format!("mcp.{}.alpha", s.ns), &alpha_secret, access)
-        .await;
+    let (_, intro) = s.introspect_as("alpha", access).await;
     assert_eq!(intro["active"], true, "{intro}");
-    let beta_secret = secret_value(&s.client, &s.ns, "beta-oauth", "client-secret")
-        .await
-        .unwrap();
-    let (status, intro) = r
-        .introspect(&format!("mcp.{}.beta", s.ns), &beta_secret, access)
-        .await;
+    let (status, intro) = s.introspect_as("beta", access).await;
     assert_eq!(status, 200);
     assert_eq!(
         intro["active"], false,
         "beta may introspect alpha's token: {intro}"
     );
-    s.finish().await;
 }
 
 /// VS Code's real DCR payload (microsoft/vscode src/vs/base/common/oauth.ts).
@@ -505,8 +415,8 @@ fn vscode_registration(redirects: &[&str]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vscode_registration_is_accepted_and_untrusted_redirects_are_refused() {
-    let s = scenario("dcr").await;
-    s.apply_seed(&[("weather", "http://localhost:3000")]).await;
+    let s = Scenario::new("dcr").await;
+    s.seed(&[("weather", "http://localhost:3000")]).await;
     let policy = Api::<McpAuthPolicy>::namespaced(s.client.clone(), &s.ns)
         .get("acme")
         .await
@@ -552,5 +462,4 @@ async fn vscode_registration_is_accepted_and_untrusted_redirects_are_refused() {
     let text = bad.text().await.unwrap();
     assert_eq!(status, 403, "untrusted redirect host accepted: {text}");
     assert!(text.contains("Trusted Hosts"), "{text}");
-    s.finish().await;
 }

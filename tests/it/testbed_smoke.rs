@@ -2,13 +2,13 @@
 //! or Keycloak does not behave like a real one in the ways the operator's
 //! tests rely on (CRDs, garbage collection, RBAC, Deployments, Keycloak admin API).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
@@ -54,25 +54,9 @@ async fn crd_can_be_installed_and_custom_resource_round_trips() {
         Err(e) if api_error_code(&e) == Some(409) => {}
         Err(e) => panic!("creating CRD: {e}"),
     }
-    wait_for(
-        "CRD widgets.smoke.test Established",
-        Duration::from_secs(30),
-        || {
-            let crds = crds.clone();
-            async move {
-                let c = crds.get("widgets.smoke.test").await.ok()?;
-                let est = c
-                    .status?
-                    .conditions?
-                    .into_iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                est.then_some(())
-            }
-        },
-    )
-    .await;
+    wait_crd_established(&client, "widgets.smoke.test", Duration::from_secs(30)).await;
 
-    let ns = test_namespace(&client, "smoke-crd").await;
+    let ns = TestNamespace::new(&client, "smoke-crd").await;
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("smoke.test", "v1", "Widget"),
         "widgets",
@@ -92,13 +76,12 @@ async fn crd_can_be_installed_and_custom_resource_round_trips() {
     assert_eq!(got.data["spec"]["size"], 3);
     assert_eq!(got.data["spec"]["color"], "blue");
     assert_eq!(got.types.as_ref().unwrap().kind, "Widget");
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
 async fn owner_reference_garbage_collection_works() {
     let client = kube_client().await;
-    let ns = test_namespace(&client, "smoke-gc").await;
+    let ns = TestNamespace::new(&client, "smoke-gc").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let parent: ConfigMap = serde_json::from_value(json!({
         "metadata": { "name": "parent" }, "data": { "role": "parent" }
@@ -140,13 +123,12 @@ async fn owner_reference_garbage_collection_works() {
         },
     )
     .await;
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
 async fn rbac_refuses_service_account_without_permissions() {
     let admin = kube_client().await;
-    let ns = test_namespace(&admin, "smoke-rbac").await;
+    let ns = TestNamespace::new(&admin, "smoke-rbac").await;
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
     let sa: ServiceAccount =
         serde_json::from_value(json!({ "metadata": { "name": "nobody" } })).unwrap();
@@ -180,16 +162,7 @@ async fn rbac_refuses_service_account_without_permissions() {
         .create(&PostParams::default(), &role)
         .await
         .expect("create Role");
-    let rb: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "cm-reader" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-reader" },
-        "subjects": [{ "kind": "ServiceAccount", "name": "nobody", "namespace": ns }]
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &rb)
-        .await
-        .expect("create RoleBinding");
+    bind_role(&admin, &ns, "cm-reader", "nobody").await;
     wait_for(
         "RoleBinding to take effect",
         Duration::from_secs(30),
@@ -199,13 +172,12 @@ async fn rbac_refuses_service_account_without_permissions() {
         },
     )
     .await;
-    delete_namespace(&admin, &ns).await;
 }
 
 #[tokio::test]
 async fn deployment_gets_replicaset_and_becomes_available() {
     let client = kube_client().await;
-    let ns = test_namespace(&client, "smoke-deploy").await;
+    let ns = TestNamespace::new(&client, "smoke-deploy").await;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let d: Deployment = serde_json::from_value(json!({
         "metadata": { "name": "web" },
@@ -277,7 +249,6 @@ async fn deployment_gets_replicaset_and_becomes_available() {
         "pod was not scheduled"
     );
     assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Running"));
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]

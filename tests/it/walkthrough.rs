@@ -22,22 +22,20 @@
 //! `native_server` example built (`cargo test` builds examples; with `--test walkthrough` alone
 //! run `cargo build --example native_server` first). Container logs: `target/debug/walkthrough-logs/`.
 
-mod browser;
-mod harness;
-mod support;
+use crate::browser;
+use crate::harness;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use browser::client::{
-    connect_like_vscode, probe_unauthenticated, probe_with_token, register_anonymously,
-    result_text, vscode_registration_request, ConnectedClient, VSCODE_CLIENT_NAME,
-    VSCODE_CLIENT_URI, VSCODE_REDIRECT_URIS,
+    assert_authorized_like_vscode, assert_vscode_client_registered, connect_like_vscode,
+    path_metadata_url, probe_unauthenticated, probe_with_token, register_anonymously, result_text,
+    vscode_registration_request, ConnectedClient,
 };
 use browser::{Browser, Error};
 use harness::*;
 use kube::api::Api;
-use kube::Client;
 use localpod::cluster::{start_server_pod, LocalServer, RunOptions};
 use localpod::images::{
     default_image_map, ensure_server_everything, native_example_image, npm_dir, operator_command,
@@ -143,14 +141,26 @@ async fn images() -> ImageMap {
     .with("mcp-keycloak-operator:test", operator_command(&operator))
 }
 
+/// The tests `$proxy` and `$native`: `$run(mode, "$prefix-<mode>")` in each mode.
+macro_rules! both_modes {
+    ($run:ident, $proxy:ident, $native:ident, $prefix:literal) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $proxy() {
+            $run(Mode::Proxy, concat!($prefix, "-proxy")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $native() {
+            $run(Mode::Native, concat!($prefix, "-native")).await;
+        }
+    };
+}
+
 /// One walkthrough's world: namespace, realm, operator, policy `acme`, server `calc` Ready,
 /// and the realm user.
 struct Walk {
     mode: Mode,
-    client: Client,
-    ns: String,
-    realm: Realm,
-    op: Operator,
+    s: Scenario,
     policy: McpAuthPolicy,
     server: McpServer,
     url: String,
@@ -162,18 +172,9 @@ impl Walk {
     /// `other`: a second McpServer in the same realm (no pod), for the cross-server token check.
     async fn setup(prefix: &str, mode: Mode, resync: Duration, other: bool) -> Walk {
         let t0 = Instant::now();
-        let tb = support::testbed().await;
-        let client = support::kube_client().await;
-        let ns = support::test_namespace(&client, prefix).await;
-        let realm = Realm::new(&support::unique_name(prefix)).await;
-        admin_secret(&client, &ns, "keycloak-admin").await;
-        let op = Operator::start_with(&client, &ns, resync).await;
-        create(
-            &client,
-            &ns,
-            &seed_policy("acme", &realm.name, &tb.keycloak_url),
-        )
-        .await;
+        let s = Scenario::with_resync(prefix, resync).await;
+        let (client, ns) = (s.client.clone(), s.ns.clone());
+        s.create(&s.seed_policy().await).await;
         // Proxy: the URL's port is forwarded to the gateway; the MCP container has its own port.
         // Native: the example server listens on the URL's port itself.
         let port = free_port();
@@ -205,13 +206,10 @@ impl Walk {
             .get(SERVER)
             .await
             .unwrap();
-        let user_id = create_user(&realm).await;
+        let user_id = s.realm.create_user(USER, PASSWORD).await;
         Walk {
             mode,
-            client,
-            ns,
-            realm,
-            op,
+            s,
             policy,
             server,
             url,
@@ -279,16 +277,19 @@ impl Walk {
             .to_string()
     }
 
+    /// Cleans up (the scenario), then reports the whole test's time.
     async fn finish(self) {
-        teardown(&self.client, &self.ns, self.op).await;
-        self.realm.delete().await;
+        let Walk { s, mode, t0, .. } = self;
+        drop(s);
         eprintln!(
             "walkthrough [{}]: whole test incl. teardown {:?}",
-            self.mode.name(),
-            self.t0.elapsed()
+            mode.name(),
+            t0.elapsed()
         );
     }
 }
+
+harness::deref_scenario!(Walk, s);
 
 struct Pod {
     server: Option<LocalServer>,
@@ -301,26 +302,6 @@ impl Pod {
             s.stop().await;
         }
     }
-}
-
-/// The realm user, with everything Keycloak's "update profile" action would ask for.
-async fn create_user(realm: &Realm) -> String {
-    let (s, v) = realm
-        .kc
-        .post(
-            &realm.path("/users"),
-            &json!({
-                "username": USER, "enabled": true, "emailVerified": true,
-                "email": "dana@example.com", "firstName": "Dana", "lastName": "Example",
-                "credentials": [{"type": "password", "value": PASSWORD, "temporary": false}]
-            }),
-        )
-        .await;
-    assert!(s.is_success(), "create user: {s} {v}");
-    let users = realm
-        .get(&format!("/users?username={USER}&exact=true"))
-        .await;
-    users[0]["id"].as_str().expect("user id").to_string()
 }
 
 /// What a successful walkthrough produced.
@@ -348,23 +329,6 @@ async fn walkthrough(w: &Walk, browser: &Browser) -> Result<Outcome, Error> {
         ));
     }
     Ok(Outcome { conn, tools, text })
-}
-
-fn path_metadata_url(mcp_url: &str) -> String {
-    let u = url::Url::parse(mcp_url).unwrap();
-    format!(
-        "{}/.well-known/oauth-protected-resource{}",
-        u.origin().ascii_serialization(),
-        u.path()
-    )
-}
-
-fn is_generated_id(id: &str) -> bool {
-    id.len() == 36
-        && id.chars().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_hexdigit(),
-        })
 }
 
 /// Everything a successful walkthrough must show, in either mode.
@@ -396,36 +360,9 @@ async fn check_success(w: &Walk, o: &Outcome) {
     let (_, _, expected) = w.mode.tool_call();
     assert_eq!(o.text, expected);
 
-    // Discovery: the challenge's metadata URL, the realm's exact issuer.
-    assert_eq!(
-        conn.challenge.resource_metadata.as_deref(),
-        Some(path_metadata_url(&w.url).as_str())
-    );
-    assert_eq!(conn.issuer.as_deref(), Some(w.policy.issuer().as_str()));
-    // The authorization request: code + PKCE S256, resource = URL, the challenge's scopes.
-    let p = &conn.authorization_params;
-    assert_eq!(p.get("response_type").map(String::as_str), Some("code"));
-    assert_eq!(
-        p.get("code_challenge_method").map(String::as_str),
-        Some("S256")
-    );
-    assert_eq!(p.get("resource"), Some(&w.url), "RFC 8707 resource");
-    let requested: Vec<&str> = p["scope"].split(' ').collect();
+    // Discovery, the authorization request and the consent page for "Use MCP tools".
     let audience_scope = w.audience_scope();
-    assert!(
-        requested.contains(&"mcp:tools") && requested.contains(&audience_scope.as_str()),
-        "requested scopes {requested:?}"
-    );
-    // The browser saw Keycloak's consent page for "Use MCP tools".
-    assert!(conn.login.consent_shown, "no consent page");
-    assert!(
-        conn.login
-            .consent_items
-            .iter()
-            .any(|i| i == "Use MCP tools"),
-        "consent page listed {:?}",
-        conn.login.consent_items
-    );
+    assert_authorized_like_vscode(conn, &w.url, &w.policy.issuer(), &audience_scope);
     // The token: for this URL, issued to the DCR client, for the user.
     let aud = audiences(&conn.token_claims);
     assert!(aud.contains(&w.url), "aud {aud:?}");
@@ -433,26 +370,7 @@ async fn check_success(w: &Walk, o: &Outcome) {
     assert_eq!(conn.token_claims["sub"], w.user_id.as_str());
 
     // The registered client through the Admin REST API: generated id, VS Code's metadata.
-    assert!(
-        is_generated_id(&conn.client_id),
-        "client id {:?}",
-        conn.client_id
-    );
-    let kc = w
-        .realm
-        .client(&conn.client_id)
-        .await
-        .unwrap_or_else(|| panic!("DCR client {} not in the realm", conn.client_id));
-    assert_eq!(kc["name"], VSCODE_CLIENT_NAME);
-    assert_eq!(kc["baseUrl"], VSCODE_CLIENT_URI);
-    assert_eq!(kc["publicClient"], true);
-    assert_eq!(kc["consentRequired"], true);
-    let mut redirects: Vec<String> =
-        serde_json::from_value(kc["redirectUris"].clone()).unwrap_or_default();
-    redirects.sort();
-    let mut expected: Vec<String> = VSCODE_REDIRECT_URIS.iter().map(|s| s.to_string()).collect();
-    expected.sort();
-    assert_eq!(redirects, expected);
+    assert_vscode_client_registered(&w.realm, &conn.client_id).await;
 }
 
 /// The negative paths against the running pod.
@@ -541,15 +459,7 @@ async fn full_walkthrough(mode: Mode, prefix: &str) {
     w.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_mode_walkthrough() {
-    full_walkthrough(Mode::Proxy, "walk-proxy").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn native_mode_walkthrough() {
-    full_walkthrough(Mode::Native, "walk-native").await;
-}
+both_modes! { full_walkthrough, proxy_mode_walkthrough, native_mode_walkthrough, "walk" }
 
 // ---------------------------------------------------------------------------------------------
 // Breakage: each test breaks one link and asserts where and how the walkthrough fails.
@@ -673,15 +583,7 @@ async fn audience_mapper_removed(mode: Mode, prefix: &str) {
     w.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breaks_when_the_audience_mapper_is_removed_proxy() {
-    audience_mapper_removed(Mode::Proxy, "walk-aud-proxy").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breaks_when_the_audience_mapper_is_removed_native() {
-    audience_mapper_removed(Mode::Native, "walk-aud-native").await;
-}
+both_modes! { audience_mapper_removed, breaks_when_the_audience_mapper_is_removed_proxy, breaks_when_the_audience_mapper_is_removed_native, "walk-aud" }
 
 async fn secret_wrong(mode: Mode, prefix: &str) {
     let w = Walk::setup(prefix, mode, NO_RESYNC, false).await;
@@ -739,12 +641,4 @@ async fn secret_wrong(mode: Mode, prefix: &str) {
     w.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breaks_when_the_client_secret_is_wrong_proxy() {
-    secret_wrong(Mode::Proxy, "walk-secret-proxy").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breaks_when_the_client_secret_is_wrong_native() {
-    secret_wrong(Mode::Native, "walk-secret-native").await;
-}
+both_modes! { secret_wrong, breaks_when_the_client_secret_is_wrong_proxy, breaks_when_the_client_secret_is_wrong_native, "walk-secret" }
