@@ -38,7 +38,7 @@ pub fn generate_secret() -> String {
 }
 
 /// Longest client `name` and client-scope `description` Keycloak stores: a `VARCHAR(255)`
-/// column, and a longer value makes it answer 500 forever (found by tests/bad_input.rs with a
+/// column, and a longer value makes it answer 500 forever (found by tests/it/bad_input.rs with a
 /// long but valid `spec.url`, which goes into both). Both are informational: cut, not refused.
 pub const MAX_KEYCLOAK_TEXT: usize = 255;
 

@@ -141,7 +141,7 @@ impl Drop for DocServer {
 
 /// A policy with `clientIdMetadataDocuments` = `cimd` (and no DCR section).
 /// A realm-wide list of client profiles or policies without the operator's `user-grants-only`
-/// entry (a separate feature, tested in tests/security.rs).
+/// entry (a separate feature, tested in tests/it/security.rs).
 fn without_grant_refusal(list: &Value) -> Vec<Value> {
     let grants = mcp_keycloak_operator::desired::keycloak::USER_GRANTS_ONLY;
     let all = list.as_array().cloned().unwrap_or_default();
@@ -164,13 +164,13 @@ fn loopback_cimd() -> Value {
 
 /// CIMD's view of a scenario's realm.
 impl Scenario {
-    /// The realm's client profiles but the operator's grant refusal (tests/security.rs).
+    /// The realm's client profiles but the operator's grant refusal (tests/it/security.rs).
     async fn profiles(&self) -> Vec<Value> {
         let v = self.realm.get("/client-policies/profiles").await;
         without_grant_refusal(&v["profiles"])
     }
 
-    /// The realm's client policies but the operator's grant refusal (tests/security.rs).
+    /// The realm's client policies but the operator's grant refusal (tests/it/security.rs).
     async fn client_policies(&self) -> Vec<Value> {
         let v = self.realm.get("/client-policies/policies").await;
         without_grant_refusal(&v["policies"])

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const SKIP_MARK: &str = "<!-- not run by tests/install.rs";
+const SKIP_MARK: &str = "<!-- not run by tests/it/install.rs";
 
 /// The ```sh blocks of the README's "Install on a cluster" section: (skipped, text).
 fn install_blocks() -> Vec<(bool, String)> {
