@@ -22,9 +22,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use crate::admin::{AdminCredentials, KeycloakAdminClient};
 use crate::api::{McpAuthPolicy, McpServer};
 use crate::desired::is_subset;
-use crate::keycloak::{AdminCredentials, KeycloakAdminClient};
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 
@@ -818,7 +818,7 @@ mod tests {
         assert_eq!(realm, "master");
         assert!(matches!(
             creds,
-            crate::keycloak::AdminCredentials::Password { .. }
+            crate::admin::AdminCredentials::Password { .. }
         ));
         let reason = |pairs: &[(&str, &str)], p: &McpAuthPolicy| {
             super::bound_admin_credentials(&secret_data(pairs), p, "team")

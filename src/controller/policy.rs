@@ -12,13 +12,13 @@ use kube::{Resource, ResourceExt};
 
 use super::conditions::{self, Draft, READY};
 use super::{patch_status_if_changed, Context};
+use crate::admin::{Adopt, KeycloakAdminClient};
 use crate::api::{
     DeletionPolicy, MachineGrant, McpAuthPolicy, McpAuthPolicyStatus, McpServer, FINALIZER,
     OWNER_ATTRIBUTE,
 };
 use crate::desired::cimd::{self, Admission, CimdClientPlan};
-use crate::desired::keycloak::{self as desired, RealmClaim};
-use crate::keycloak::{Adopt, KeycloakAdminClient};
+use crate::desired::realm::{self as desired, RealmClaim};
 use crate::{Error, Result};
 
 pub const KEYCLOAK_REACHABLE: &str = "KeycloakReachable";

@@ -14,12 +14,12 @@ use kube::{Resource, ResourceExt};
 
 use super::conditions::{self, READY};
 use super::{apply_if_changed, patch_status_if_changed, Context};
+use crate::admin::Adopt;
 use crate::api::{
     AuthMode, DeletionPolicy, McpAuthPolicy, McpServer, McpServerStatus, ScopeType, FINALIZER,
 };
-use crate::desired::keycloak as kdesired;
+use crate::desired::realm as kdesired;
 use crate::desired::workload::{self, WorkloadInputs, SECRET_KEY_CLIENT_SECRET};
-use crate::keycloak::Adopt;
 use crate::{Error, Result};
 
 pub const POLICY_RESOLVED: &str = "PolicyResolved";
@@ -285,7 +285,7 @@ async fn converge(
         };
         // A foreign scope of our name is refused before the client is created, so the conflict
         // leaves nothing half-applied in Keycloak (tests/bad_input.rs).
-        crate::keycloak::check_scope_owner(&scopes, &audience_scope, Adopt::Unmarked)?;
+        crate::admin::check_scope_owner(&scopes, &audience_scope, Adopt::Unmarked)?;
         // Client first: the audience scope's second mapper names it.
         let client = kc
             .ensure_introspection_client(

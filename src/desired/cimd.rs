@@ -22,13 +22,21 @@ use serde_json::{json, Value};
 
 use crate::api::{ClientIdMetadataDocuments, McpAuthPolicy, ScopeType, OWNER_ATTRIBUTE};
 
+/// Provider id of the profile's executor: fetches and checks the metadata document.
 pub const EXECUTOR: &str = "client-id-metadata-document";
+/// Provider id of the policy's condition: matches a URL `client_id`.
 pub const CONDITION: &str = "client-id-uri";
+/// Executor key (boolean): `http` documents are accepted too.
 pub const ALLOW_HTTP: &str = "cimd-allow-http-scheme";
+/// Executor key (string list): hosts any URI of the document may use.
 pub const PERMITTED_DOMAINS: &str = "cimd-allow-permitted-domains";
+/// Executor key (boolean): the document's URIs must share the `client_id`'s host.
 pub const RESTRICT_SAME_DOMAIN: &str = "cimd-restrict-same-domain";
+/// Executor key (string list): properties the document must have.
 pub const REQUIRED_PROPERTIES: &str = "cimd-required-properties";
+/// Condition key (string list): `client_id` URL schemes.
 pub const CONDITION_SCHEMES: &str = "client-id-uri-scheme";
+/// Condition key (string list): `client_id` hosts.
 pub const CONDITION_DOMAINS: &str = "client-id-uri-allow-permitted-domains";
 /// Client attribute Keycloak's persistent CIMD provider sets on every client it creates from a
 /// metadata document (the cache expiry, epoch seconds): what tells such a client apart.
@@ -386,7 +394,6 @@ pub fn client_pressure(count: i64, max: i64) -> (bool, &'static str, String) {
 mod tests {
     use super::*;
     use crate::api::*;
-    use kube::api::ObjectMeta;
 
     fn cimd() -> ClientIdMetadataDocuments {
         ClientIdMetadataDocuments {
@@ -401,19 +408,7 @@ mod tests {
     }
 
     fn policy(c: Option<ClientIdMetadataDocuments>) -> McpAuthPolicy {
-        let mut p: McpAuthPolicy = serde_json::from_value(serde_json::json!({
-            "apiVersion": "mcpauth.dev/v1alpha1",
-            "kind": "McpAuthPolicy",
-            "metadata": {"name": "acme.prod", "namespace": "team-a"},
-            "spec": {"keycloak": {"url": "http://kc:8080", "realm": "acme",
-                     "adminCredentialsSecretRef": {"name": "admin"}}}
-        }))
-        .unwrap();
-        p.metadata = ObjectMeta {
-            name: Some("acme.prod".into()),
-            namespace: Some("team-a".into()),
-            ..Default::default()
-        };
+        let mut p = crate::desired::test_policy("team-a", "acme.prod");
         p.spec.client_id_metadata_documents = c;
         p
     }

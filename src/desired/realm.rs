@@ -12,7 +12,10 @@ use serde_json::json;
 use crate::api::{
     DynamicClientRegistration, MachineGrant, McpAuthPolicy, McpServer, ScopeSpec, OWNER_ATTRIBUTE,
 };
-use crate::keycloak::REGISTRATION_POLICY_TYPE;
+
+/// `providerType` of client registration policy components.
+pub const REGISTRATION_POLICY_TYPE: &str =
+    "org.keycloak.services.clientregistration.policy.ClientRegistrationPolicy";
 
 /// Who holds a realm, from its `mcpauth.dev/owner` attribute and the asking policy's marker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -388,41 +391,21 @@ pub fn component_config_matches(
 mod tests {
     use super::*;
     use crate::api::*;
-    use kube::api::ObjectMeta;
 
     fn policy(dcr: Option<DynamicClientRegistration>) -> McpAuthPolicy {
-        McpAuthPolicy {
-            metadata: ObjectMeta {
-                name: Some("acme".into()),
-                namespace: Some("team".into()),
-                ..Default::default()
-            },
-            spec: McpAuthPolicySpec {
-                keycloak: KeycloakConnection {
-                    url: "http://kc:8080".into(),
-                    public_url: None,
-                    realm: "acme".into(),
-                    create_realm: false,
-                    admin_credentials_secret_ref: AdminCredentialsSecretRef {
-                        name: "admin".into(),
-                        auth_realm: None,
-                    },
-                    ca_bundle_secret_ref: None,
-                },
-                scopes: vec![ScopeSpec {
-                    name: "mcp:tools".into(),
-                    description: None,
-                    consent_text: Some("Use MCP tools".into()),
-                    include_in_token_scope: true,
-                    r#type: ScopeType::Default,
-                }],
-                dynamic_client_registration: dcr,
-                client_id_metadata_documents: None,
-                allowed_machine_grants: vec![],
-                deletion_policy: DeletionPolicy::Delete,
-            },
-            status: None,
-        }
+        let mut p = crate::desired::test_policy("team", "acme");
+        p.spec.scopes = vec![serde_json::from_value(
+            json!({"name": "mcp:tools", "consentText": "Use MCP tools"}),
+        )
+        .unwrap()];
+        p.spec.dynamic_client_registration = dcr;
+        p
+    }
+
+    /// The desired config of one provider's component.
+    fn config_of(rp: &RegistrationPolicies, provider: &str) -> Option<ComponentConfig> {
+        let found = rp.components.iter().find(|(p, _)| *p == provider);
+        found.expect("a managed provider").1.clone()
     }
 
     fn dcr() -> DynamicClientRegistration {
@@ -467,14 +450,7 @@ mod tests {
     #[test]
     fn registration_policies_exact() {
         let rp = registration_policies(&policy(Some(dcr()))).unwrap();
-        let get = |id: &str| {
-            rp.components
-                .iter()
-                .find(|(p, _)| *p == id)
-                .unwrap()
-                .1
-                .clone()
-        };
+        let get = |provider: &str| config_of(&rp, provider);
         let trusted = get("trusted-hosts").unwrap();
         assert_eq!(
             trusted["host-sending-registration-request-must-match"],
@@ -610,15 +586,7 @@ mod tests {
     #[test]
     fn registration_plan_touches_only_the_managed_components() {
         let rp = registration_policies(&policy(Some(dcr()))).unwrap();
-        let want = |p: &str| {
-            rp.components
-                .iter()
-                .find(|(id, _)| *id == p)
-                .unwrap()
-                .1
-                .clone()
-                .unwrap()
-        };
+        let want = |provider: &str| config_of(&rp, provider).unwrap();
         let live = vec![
             component("1", "trusted-hosts", "Trusted Hosts", want("trusted-hosts")),
             component("2", "trusted-hosts", "Extra Trusted Hosts", HashMap::new()),
