@@ -7,8 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 
 use keycloak::types::{
-    ClientPoliciesRepresentation, ClientPolicyRepresentation, ClientProfileRepresentation,
-    ClientProfilesRepresentation, ClientRepresentation,
+    ClientPolicyRepresentation, ClientProfileRepresentation, ClientRepresentation,
 };
 use serde::Deserialize;
 
@@ -132,21 +131,13 @@ impl KeycloakAdminClient {
     async fn put_client_policy_list(&self, realm: &str, write: &ClientPolicyWrite) -> Result<()> {
         let api = &self.api;
         match write {
-            ClientPolicyWrite::Profiles(p) => {
-                let body = ClientProfilesRepresentation {
-                    profiles: Some(p.clone()),
-                    global_profiles: None,
-                };
+            ClientPolicyWrite::Profiles(body) => {
                 self.send("PUT", "write client profiles", || {
                     api.realm_client_policies_profiles_put(realm, body.clone())
                 })
                 .await
             }
-            ClientPolicyWrite::Policies(p) => {
-                let body = ClientPoliciesRepresentation {
-                    policies: Some(p.clone()),
-                    global_policies: None,
-                };
+            ClientPolicyWrite::Policies(body) => {
                 self.send("PUT", "write client policies", || {
                     api.realm_client_policies_policies_put(realm, body.clone())
                 })

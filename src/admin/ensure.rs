@@ -10,10 +10,10 @@ use super::KeycloakAdminClient;
 use crate::api::ScopeType;
 use crate::desired::plan::{
     owned_scope_ids, owner_of, plan_introspection_client, plan_realm_scope_type,
-    plan_remove_realm_scope, plan_scope, Adopt, ClientWrite, RealmScopeAssignments,
-    RealmScopeWrite, ScopeWrite,
+    plan_remove_realm_scope, plan_scope, Adopt, RealmScopeAssignments, RealmScopeWrite, ScopeWrite,
+    Write,
 };
-use crate::desired::realm::{plan_registration_components, ComponentWrite, RegistrationPolicies};
+use crate::desired::realm::{plan_registration_components, RegistrationPolicies};
 use crate::{Error, Result};
 
 /// Generated client secrets: 32 random alphanumeric characters (~190 bits).
@@ -40,11 +40,23 @@ impl KeycloakAdminClient {
         let mut id = plan.id.unwrap_or_default();
         for write in &plan.writes {
             match write {
-                ScopeWrite::Create(s) => id = self.create_client_scope(realm, s).await?,
-                ScopeWrite::Update(sid, s) => self.update_client_scope(realm, sid, s).await?,
-                ScopeWrite::CreateMapper(m) => self.create_scope_mapper(realm, &id, m).await?,
-                ScopeWrite::UpdateMapper(mid, m) => {
+                ScopeWrite::Scope(Write::Create(s)) => {
+                    id = self.create_client_scope(realm, s).await?
+                }
+                ScopeWrite::Scope(Write::Update(sid, s)) => {
+                    self.update_client_scope(realm, sid, s).await?
+                }
+                ScopeWrite::Scope(Write::Delete(sid)) => {
+                    self.delete_client_scope(realm, sid).await?
+                }
+                ScopeWrite::Mapper(Write::Create(m)) => {
+                    self.create_scope_mapper(realm, &id, m).await?
+                }
+                ScopeWrite::Mapper(Write::Update(mid, m)) => {
                     self.update_scope_mapper(realm, &id, mid, m).await?
+                }
+                ScopeWrite::Mapper(Write::Delete(mid)) => {
+                    self.delete_scope_mapper(realm, &id, mid).await?
                 }
             }
         }
@@ -120,9 +132,9 @@ impl KeycloakAdminClient {
         let plan = plan_registration_components(&live, desired, realm_id);
         for write in &plan.writes {
             match write {
-                ComponentWrite::Create(c) => self.create_component(realm, c).await?,
-                ComponentWrite::Update(id, c) => self.update_component(realm, id, c).await?,
-                ComponentWrite::Delete(id) => self.delete_component(realm, id).await?,
+                Write::Create(c) => self.create_component(realm, c).await?,
+                Write::Update(id, c) => self.update_component(realm, id, c).await?,
+                Write::Delete(id) => self.delete_component(realm, id).await?,
             }
         }
         Ok(plan.foreign)
@@ -142,9 +154,13 @@ impl KeycloakAdminClient {
         let new_secret = || known_secret.map_or_else(generate_secret, str::to_string);
         let plan = plan_introspection_client(realm, live.as_ref(), desired, new_secret)?;
         let uuid = match plan.write {
-            Some(ClientWrite::Create(c)) => self.create_client(realm, &c).await?,
-            Some(ClientWrite::Update(id, c)) => {
+            Some(Write::Create(c)) => self.create_client(realm, &c).await?,
+            Some(Write::Update(id, c)) => {
                 self.update_client(realm, &id, &c).await?;
+                id
+            }
+            Some(Write::Delete(id)) => {
+                self.delete_client(realm, &id).await?;
                 id
             }
             None => plan.id.unwrap_or_default(),

@@ -590,6 +590,21 @@ impl KeycloakAdminClient {
         .await
     }
 
+    pub async fn delete_scope_mapper(
+        &self,
+        realm: &str,
+        scope_id: &str,
+        mapper_id: &str,
+    ) -> Result<()> {
+        self.delete("delete protocol mapper", || {
+            self.api
+                .realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_delete(
+                    realm, scope_id, mapper_id,
+                )
+        })
+        .await
+    }
+
     /// Ids of the realm's default and optional client scopes.
     pub async fn realm_scope_assignments(&self, realm: &str) -> Result<RealmScopeAssignments> {
         let defaults = self

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 
 use keycloak::types::{
-    ClientPolicyRepresentation, ClientProfileRepresentation, ClientRepresentation,
-    ClientScopeRepresentation, ProtocolMapperRepresentation,
+    ClientPoliciesRepresentation, ClientPolicyRepresentation, ClientProfileRepresentation,
+    ClientProfilesRepresentation, ClientRepresentation, ClientScopeRepresentation,
+    ProtocolMapperRepresentation,
 };
 use serde::Serialize;
 
@@ -95,13 +96,20 @@ pub fn check_scope_owner(
     }
 }
 
+/// One write to an object of an Admin API collection (clients, client scopes, a scope's
+/// mappers, components): the API creates by POST and addresses by id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write<T> {
+    Create(T),
+    Update(String, T),
+    Delete(String),
+}
+
 /// One write of [`plan_scope`]. Mapper writes go to the scope (created first when new).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScopeWrite {
-    Create(ClientScopeRepresentation),
-    Update(String, ClientScopeRepresentation),
-    CreateMapper(ProtocolMapperRepresentation),
-    UpdateMapper(String, ProtocolMapperRepresentation),
+    Scope(Write<ClientScopeRepresentation>),
+    Mapper(Write<ProtocolMapperRepresentation>),
 }
 
 /// The scope's id when it exists already (`None`: the first write creates it), and the writes.
@@ -124,8 +132,9 @@ pub fn plan_scope(
     fit(&mut want.description);
     let name = want.name.as_deref().unwrap_or_default();
     let Some(live) = existing.iter().find(|s| s.name.as_deref() == Some(name)) else {
-        let mut writes = vec![ScopeWrite::Create(want)];
-        writes.extend(mappers.iter().cloned().map(ScopeWrite::CreateMapper));
+        let mut writes = vec![ScopeWrite::Scope(Write::Create(want))];
+        let create_mapper = |m: &ProtocolMapperRepresentation| Write::Create(m.clone());
+        writes.extend(mappers.iter().map(create_mapper).map(ScopeWrite::Mapper));
         return Ok(ScopePlan { id: None, writes });
     };
     check_scope_owner(existing, &want, adopt)?;
@@ -148,7 +157,7 @@ pub fn plan_scope(
             protocol_mappers: None,
             ..want
         };
-        writes.push(ScopeWrite::Update(id.clone(), body));
+        writes.push(ScopeWrite::Scope(Write::Update(id.clone(), body)));
     }
     let live_mappers = live.protocol_mappers.as_deref().unwrap_or_default();
     writes.extend(plan_mappers(live_mappers, mappers)?);
@@ -166,14 +175,14 @@ fn plan_mappers(
     let mut writes = vec![];
     for m in desired {
         match live.iter().find(|l| l.name == m.name) {
-            None => writes.push(ScopeWrite::CreateMapper(m.clone())),
+            None => writes.push(ScopeWrite::Mapper(Write::Create(m.clone()))),
             Some(l) if drifted(m, l)? => {
                 let mapper_id = l.id.clone().unwrap_or_default();
                 let body = ProtocolMapperRepresentation {
                     id: Some(mapper_id.clone()),
                     ..m.clone()
                 };
-                writes.push(ScopeWrite::UpdateMapper(mapper_id, body));
+                writes.push(ScopeWrite::Mapper(Write::Update(mapper_id, body)));
             }
             Some(_) => {}
         }
@@ -252,18 +261,11 @@ pub fn owned_scope_ids(
         .collect()
 }
 
-/// One write to a client.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ClientWrite {
-    Create(ClientRepresentation),
-    Update(String, ClientRepresentation),
-}
-
 /// The client's uuid when it exists already (`None`: `write` creates it), and the write if any.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClientPlan {
     pub id: Option<String>,
-    pub write: Option<ClientWrite>,
+    pub write: Option<Write<ClientRepresentation>>,
 }
 
 /// The confidential introspection client. `live` is the client of the desired `clientId`, if
@@ -283,7 +285,7 @@ pub fn plan_introspection_client(
             secret: Some(new_secret()),
             ..want
         };
-        let write = Some(ClientWrite::Create(body));
+        let write = Some(Write::Create(body));
         return Ok(ClientPlan { id: None, write });
     };
     let live_owner = owner_of(live.attributes.as_ref());
@@ -308,7 +310,7 @@ pub fn plan_introspection_client(
             attributes: Some(merged(live.attributes.as_ref(), want.attributes.as_ref())),
             ..want
         };
-        ClientWrite::Update(id.clone(), body)
+        Write::Update(id.clone(), body)
     });
     Ok(ClientPlan {
         id: Some(id),
@@ -324,11 +326,29 @@ pub struct ClientPolicyLists {
     pub policies: Vec<ClientPolicyRepresentation>,
 }
 
-/// One PUT of a whole list.
+/// One PUT of a whole list: the body as sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientPolicyWrite {
-    Profiles(Vec<ClientProfileRepresentation>),
-    Policies(Vec<ClientPolicyRepresentation>),
+    Profiles(ClientProfilesRepresentation),
+    Policies(ClientPoliciesRepresentation),
+}
+
+impl ClientPolicyWrite {
+    /// The realm's own profiles, global ones left out (Keycloak keeps those itself).
+    pub fn profiles(profiles: Vec<ClientProfileRepresentation>) -> Self {
+        ClientPolicyWrite::Profiles(ClientProfilesRepresentation {
+            profiles: Some(profiles),
+            global_profiles: None,
+        })
+    }
+
+    /// The realm's own policies, global ones left out.
+    pub fn policies(policies: Vec<ClientPolicyRepresentation>) -> Self {
+        ClientPolicyWrite::Policies(ClientPoliciesRepresentation {
+            policies: Some(policies),
+            global_policies: None,
+        })
+    }
 }
 
 /// Our profile and policy named `name` set to `desired` (or both removed when `None`), every
@@ -340,9 +360,9 @@ pub fn plan_client_policy_pair(
     desired: Option<(&ClientProfileRepresentation, &ClientPolicyRepresentation)>,
 ) -> Vec<ClientPolicyWrite> {
     let profiles = merge_by_name(&current.profiles, name, desired.map(|d| d.0))
-        .map(ClientPolicyWrite::Profiles);
+        .map(ClientPolicyWrite::profiles);
     let policies = merge_by_name(&current.policies, name, desired.map(|d| d.1))
-        .map(ClientPolicyWrite::Policies);
+        .map(ClientPolicyWrite::policies);
     let ordered = match desired {
         Some(_) => [profiles, policies],
         None => [policies, profiles],
@@ -354,8 +374,12 @@ impl ClientPolicyLists {
     /// The lists as they are after `write` succeeded.
     pub fn apply(&mut self, write: &ClientPolicyWrite) {
         match write {
-            ClientPolicyWrite::Profiles(p) => self.profiles = p.clone(),
-            ClientPolicyWrite::Policies(p) => self.policies = p.clone(),
+            ClientPolicyWrite::Profiles(p) => {
+                self.profiles = p.profiles.clone().unwrap_or_default()
+            }
+            ClientPolicyWrite::Policies(p) => {
+                self.policies = p.policies.clone().unwrap_or_default()
+            }
         }
     }
 }
@@ -493,7 +517,7 @@ mod tests {
         let mut a = body.attributes.take().unwrap_or_default();
         a.insert("gui.order".into(), String::new());
         body.attributes = Some(a);
-        ScopeWrite::Update("s1".into(), body)
+        ScopeWrite::Scope(Write::Update("s1".into(), body))
     }
 
     fn mapper_update(i: usize, m: ProtocolMapperRepresentation) -> ScopeWrite {
@@ -502,7 +526,7 @@ mod tests {
             id: Some(id.clone()),
             ..m
         };
-        ScopeWrite::UpdateMapper(id, body)
+        ScopeWrite::Mapper(Write::Update(id, body))
     }
 
     type Edit = Box<dyn Fn(&mut ClientScopeRepresentation)>;
@@ -556,7 +580,7 @@ mod tests {
                 Box::new(|s| {
                     s.protocol_mappers.as_mut().unwrap().pop();
                 }),
-                vec![ScopeWrite::CreateMapper(want_mappers()[1].clone())],
+                vec![ScopeWrite::Mapper(Write::Create(want_mappers()[1].clone()))],
             ),
             (
                 "a foreign mapper is left alone",
@@ -584,8 +608,9 @@ mod tests {
     fn missing_scope_is_created_with_its_mappers() {
         let live = &stored_scopes()[..1];
         let plan = plan_scope(live, &want_scope(), &want_mappers(), Adopt::Unmarked).unwrap();
-        let mut expected = vec![ScopeWrite::Create(want_scope())];
-        expected.extend(want_mappers().into_iter().map(ScopeWrite::CreateMapper));
+        let mut expected = vec![ScopeWrite::Scope(Write::Create(want_scope()))];
+        let mappers = want_mappers().into_iter().map(Write::Create);
+        expected.extend(mappers.map(ScopeWrite::Mapper));
         assert_eq!(
             plan,
             ScopePlan {
@@ -600,7 +625,7 @@ mod tests {
         let mut want = want_scope();
         want.description = Some("x".repeat(300));
         let plan = plan_scope(&[], &want, &[], Adopt::Unmarked).unwrap();
-        let ScopeWrite::Create(created) = &plan.writes[0] else {
+        let ScopeWrite::Scope(Write::Create(created)) = &plan.writes[0] else {
             panic!("{plan:?}")
         };
         assert_eq!(created.description.as_deref(), Some(&*"x".repeat(255)));
@@ -619,7 +644,7 @@ mod tests {
         assert_eq!(plan.writes, vec![], "same settings, no marker: in sync");
         live[1].description = Some("by hand".into());
         let plan = plan_scope(&live, &want_scope(), &want_mappers(), Adopt::Unmarked).unwrap();
-        let [ScopeWrite::Update(id, body)] = plan.writes.as_slice() else {
+        let [ScopeWrite::Scope(Write::Update(id, body))] = plan.writes.as_slice() else {
             panic!("{plan:?}")
         };
         assert_eq!(id, "s1");
@@ -731,12 +756,12 @@ mod tests {
         c
     }
 
-    fn client_update(want: ClientRepresentation) -> Option<ClientWrite> {
+    fn client_update(want: ClientRepresentation) -> Option<Write<ClientRepresentation>> {
         let mut body = want;
         body.id = Some("c1".into());
         let a = body.attributes.as_mut().unwrap();
         a.insert("post.logout.redirect.uris".into(), "+".into());
-        Some(ClientWrite::Update("c1".into(), body))
+        Some(Write::Update("c1".into(), body))
     }
 
     #[test]
@@ -792,7 +817,7 @@ mod tests {
             plan.unwrap(),
             ClientPlan {
                 id: None,
-                write: Some(ClientWrite::Create(expected))
+                write: Some(Write::Create(expected))
             }
         );
     }
@@ -859,40 +884,17 @@ mod tests {
         let full = lists(true);
         let bare = lists(false);
         let ours = Some((&profile, &policy));
-        use ClientPolicyWrite::{Policies, Profiles};
+        let profiles = |l: &ClientPolicyLists| ClientPolicyWrite::profiles(l.profiles.clone());
+        let policies = |l: &ClientPolicyLists| ClientPolicyWrite::policies(l.policies.clone());
+        let add = vec![profiles(&full), policies(&full)];
+        let remove = vec![policies(&bare), profiles(&bare)];
         let cases = [
             ("in sync", &full, ours, vec![]),
             ("nothing wanted, nothing there", &bare, None, vec![]),
-            (
-                "new: profile first",
-                &bare,
-                ours,
-                vec![
-                    Profiles(full.profiles.clone()),
-                    Policies(full.policies.clone()),
-                ],
-            ),
-            (
-                "profile edited",
-                &edited,
-                ours,
-                vec![Profiles(full.profiles.clone())],
-            ),
-            (
-                "policy disabled",
-                &disabled,
-                ours,
-                vec![Policies(full.policies.clone())],
-            ),
-            (
-                "removed: policy first",
-                &full,
-                None,
-                vec![
-                    Policies(bare.policies.clone()),
-                    Profiles(bare.profiles.clone()),
-                ],
-            ),
+            ("new: profile first", &bare, ours, add),
+            ("profile edited", &edited, ours, vec![profiles(&full)]),
+            ("policy disabled", &disabled, ours, vec![policies(&full)]),
+            ("removed: policy first", &full, None, remove),
         ];
         for (case, current, desired, expected) in cases {
             assert_eq!(

@@ -9,6 +9,7 @@ use keycloak::types::{
 };
 use serde_json::json;
 
+use super::plan::Write;
 use crate::api::{
     DynamicClientRegistration, MachineGrant, McpAuthPolicy, McpServer, ScopeSpec, OWNER_ATTRIBUTE,
 };
@@ -304,19 +305,11 @@ pub fn new_anonymous_component(
     }
 }
 
-/// One write to the realm's registration-policy components.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ComponentWrite {
-    Create(ComponentRepresentation),
-    Update(String, ComponentRepresentation),
-    Delete(String),
-}
-
 /// What to write, and the anonymous components of the managed providers the operator leaves
 /// alone (by name): someone else's, and every policy must pass, so they can only narrow.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ComponentPlan {
-    pub writes: Vec<ComponentWrite>,
+    pub writes: Vec<Write<ComponentRepresentation>>,
     pub foreign: Vec<String>,
 }
 
@@ -349,22 +342,19 @@ pub fn plan_registration_components(
         );
         match (want, managed) {
             (None, None) => {}
-            (None, Some(c)) => plan.writes.push(ComponentWrite::Delete(
-                c.id.clone().unwrap_or_default().to_string(),
-            )),
-            (Some(config), None) => {
-                plan.writes
-                    .push(ComponentWrite::Create(new_anonymous_component(
-                        provider, realm_id, config,
-                    )))
-            }
+            (None, Some(c)) => plan
+                .writes
+                .push(Write::Delete(c.id.clone().unwrap_or_default().to_string())),
+            (Some(config), None) => plan.writes.push(Write::Create(new_anonymous_component(
+                provider, realm_id, config,
+            ))),
             (Some(config), Some(c)) if !component_config_matches(config, c.config.as_ref()) => {
                 let mut body = c.clone();
                 let mut merged = c.config.clone().unwrap_or_default();
                 merged.extend(config.clone());
                 body.config = Some(merged);
                 let id = c.id.clone().unwrap_or_default().to_string();
-                plan.writes.push(ComponentWrite::Update(id, body));
+                plan.writes.push(Write::Update(id, body));
             }
             (Some(_), Some(_)) => {}
         }
@@ -611,10 +601,7 @@ mod tests {
         max.config = Some(want("max-clients"));
         assert_eq!(
             plan.writes,
-            vec![
-                ComponentWrite::Update("4".into(), max),
-                ComponentWrite::Delete("5".into()),
-            ]
+            vec![Write::Update("4".into(), max), Write::Delete("5".into()),]
         );
         // In sync: no write at all.
         let synced: Vec<_> = live
@@ -635,7 +622,7 @@ mod tests {
         let plan = plan_registration_components(&[], &rp, "realm-id");
         assert_eq!(plan.writes.len(), 3, "{:?}", plan.writes);
         assert!(
-            matches!(&plan.writes[0], ComponentWrite::Create(c) if c.name.as_deref() == Some("Trusted Hosts"))
+            matches!(&plan.writes[0], Write::Create(c) if c.name.as_deref() == Some("Trusted Hosts"))
         );
     }
 }
