@@ -40,24 +40,12 @@ impl KeycloakAdminClient {
         let mut id = plan.id.unwrap_or_default();
         for write in &plan.writes {
             match write {
-                ScopeWrite::Scope(Write::Create(s)) => {
-                    id = self.create_client_scope(realm, s).await?
+                ScopeWrite::Scope(w) => {
+                    if let Some(new) = self.write_client_scope(realm, w).await? {
+                        id = new;
+                    }
                 }
-                ScopeWrite::Scope(Write::Update(sid, s)) => {
-                    self.update_client_scope(realm, sid, s).await?
-                }
-                ScopeWrite::Scope(Write::Delete(sid)) => {
-                    self.delete_client_scope(realm, sid).await?
-                }
-                ScopeWrite::Mapper(Write::Create(m)) => {
-                    self.create_scope_mapper(realm, &id, m).await?
-                }
-                ScopeWrite::Mapper(Write::Update(mid, m)) => {
-                    self.update_scope_mapper(realm, &id, mid, m).await?
-                }
-                ScopeWrite::Mapper(Write::Delete(mid)) => {
-                    self.delete_scope_mapper(realm, &id, mid).await?
-                }
+                ScopeWrite::Mapper(w) => self.write_scope_mapper(realm, &id, w).await?,
             }
         }
         Ok(id)
@@ -131,11 +119,7 @@ impl KeycloakAdminClient {
         let live = self.registration_policies(realm, realm_id).await?;
         let plan = plan_registration_components(&live, desired, realm_id);
         for write in &plan.writes {
-            match write {
-                Write::Create(c) => self.create_component(realm, c).await?,
-                Write::Update(id, c) => self.update_component(realm, id, c).await?,
-                Write::Delete(id) => self.delete_component(realm, id).await?,
-            }
+            self.write_component(realm, write).await?;
         }
         Ok(plan.foreign)
     }

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::api::ScopeType;
+use crate::desired::plan::Write;
 pub use crate::desired::plan::{check_scope_owner, Adopt, RealmScopeAssignments};
 use crate::desired::realm::REGISTRATION_POLICY_TYPE;
 use crate::metrics::Metrics;
@@ -522,85 +523,73 @@ impl KeycloakAdminClient {
         .await
     }
 
-    pub async fn create_client_scope(
+    /// One write to the realm's client scopes; the new scope's id for a create.
+    pub async fn write_client_scope(
         &self,
         realm: &str,
-        rep: &ClientScopeRepresentation,
-    ) -> Result<String> {
-        self.create("create client scope", || {
-            self.api.realm_client_scopes_post(realm, rep.clone())
-        })
-        .await
+        write: &Write<ClientScopeRepresentation>,
+    ) -> Result<Option<String>> {
+        let api = &self.api;
+        match write {
+            Write::Create(s) => {
+                let create = || api.realm_client_scopes_post(realm, s.clone());
+                self.create("create client scope", create).await.map(Some)
+            }
+            Write::Update(id, s) => {
+                let put = || api.realm_client_scopes_with_client_scope_id_put(realm, id, s.clone());
+                self.send("PUT", "update client scope", put)
+                    .await
+                    .map(|()| None)
+            }
+            Write::Delete(id) => self.delete_client_scope(realm, id).await.map(|()| None),
+        }
     }
 
-    pub async fn update_client_scope(
+    /// One write to a client scope's protocol mappers.
+    pub async fn write_scope_mapper(
         &self,
         realm: &str,
-        id: &str,
-        rep: &ClientScopeRepresentation,
+        scope: &str,
+        write: &Write<ProtocolMapperRepresentation>,
     ) -> Result<()> {
-        self.send("PUT", "update client scope", || {
-            self.api
-                .realm_client_scopes_with_client_scope_id_put(realm, id, rep.clone())
-        })
-        .await
+        let api = &self.api;
+        match write {
+            Write::Create(m) => {
+                let post = || {
+                    api.realm_client_scopes_with_client_scope_id_protocol_mappers_models_post(
+                        realm,
+                        scope,
+                        m.clone(),
+                    )
+                };
+                self.send("POST", "create protocol mapper", post).await
+            }
+            Write::Update(id, m) => {
+                let put = || {
+                    api.realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_put(
+                        realm,
+                        scope,
+                        id,
+                        m.clone(),
+                    )
+                };
+                self.send("PUT", "update protocol mapper", put).await
+            }
+            Write::Delete(id) => {
+                let delete = || {
+                    api.realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_delete(
+                        realm, scope, id,
+                    )
+                };
+                self.delete("delete protocol mapper", delete).await
+            }
+        }
     }
 
     pub async fn delete_client_scope(&self, realm: &str, id: &str) -> Result<()> {
         self.delete("delete client scope", || {
             self.api
                 .realm_client_scopes_with_client_scope_id_delete(realm, id)
-        })
-        .await
-    }
-
-    pub async fn create_scope_mapper(
-        &self,
-        realm: &str,
-        scope_id: &str,
-        rep: &ProtocolMapperRepresentation,
-    ) -> Result<()> {
-        self.send("POST", "create protocol mapper", || {
-            self.api
-                .realm_client_scopes_with_client_scope_id_protocol_mappers_models_post(
-                    realm,
-                    scope_id,
-                    rep.clone(),
-                )
-        })
-        .await
-    }
-
-    pub async fn update_scope_mapper(
-        &self,
-        realm: &str,
-        scope_id: &str,
-        mapper_id: &str,
-        rep: &ProtocolMapperRepresentation,
-    ) -> Result<()> {
-        self.send("PUT", "update protocol mapper", || {
-            self.api
-                .realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_put(
-                    realm,
-                    scope_id,
-                    mapper_id,
-                    rep.clone(),
-                )
-        })
-        .await
-    }
-
-    pub async fn delete_scope_mapper(
-        &self,
-        realm: &str,
-        scope_id: &str,
-        mapper_id: &str,
-    ) -> Result<()> {
-        self.delete("delete protocol mapper", || {
-            self.api
-                .realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_delete(
-                    realm, scope_id, mapper_id,
-                )
         })
         .await
     }
@@ -688,31 +677,27 @@ impl KeycloakAdminClient {
         Ok(found.into_iter().collect())
     }
 
-    pub async fn create_component(&self, realm: &str, rep: &ComponentRepresentation) -> Result<()> {
-        self.send("POST", "create component", || {
-            self.api.realm_components_post(realm, rep.clone())
-        })
-        .await
-    }
-
-    pub async fn update_component(
+    /// One write to the realm's components.
+    pub async fn write_component(
         &self,
         realm: &str,
-        id: &str,
-        rep: &ComponentRepresentation,
+        write: &Write<ComponentRepresentation>,
     ) -> Result<()> {
-        self.send("PUT", "update component", || {
-            self.api
-                .realm_components_with_id_put(realm, id, rep.clone())
-        })
-        .await
-    }
-
-    pub async fn delete_component(&self, realm: &str, id: &str) -> Result<()> {
-        self.delete("delete component", || {
-            self.api.realm_components_with_id_delete(realm, id)
-        })
-        .await
+        let api = &self.api;
+        match write {
+            Write::Create(c) => {
+                let post = || api.realm_components_post(realm, c.clone());
+                self.send("POST", "create component", post).await
+            }
+            Write::Update(id, c) => {
+                let put = || api.realm_components_with_id_put(realm, id, c.clone());
+                self.send("PUT", "update component", put).await
+            }
+            Write::Delete(id) => {
+                let delete = || api.realm_components_with_id_delete(realm, id);
+                self.delete("delete component", delete).await
+            }
+        }
     }
 }
 
