@@ -531,17 +531,17 @@ mod tests {
 
     type Edit = Box<dyn Fn(&mut ClientScopeRepresentation)>;
 
-    #[test]
-    fn scope_plan_writes_exactly_what_differs() {
-        let live_mapper = |i: usize, f: fn(&mut HashMap<String, String>)| -> Edit {
-            Box::new(move |s| {
-                f(s.protocol_mappers.as_mut().unwrap()[i]
-                    .config
-                    .as_mut()
-                    .unwrap())
-            })
-        };
-        let cases: Vec<(&str, Edit, Vec<ScopeWrite>)> = vec![
+    /// (what differs, edit of the live scope, the writes that repair it)
+    /// An edit of the config of the live scope's mapper `i`.
+    fn live_mapper(i: usize, f: fn(&mut HashMap<String, String>)) -> Edit {
+        Box::new(move |s| {
+            let mappers = s.protocol_mappers.as_mut().unwrap();
+            f(mappers[i].config.as_mut().unwrap())
+        })
+    }
+
+    fn scope_cases() -> Vec<(&'static str, Edit, Vec<ScopeWrite>)> {
+        vec![
             ("in sync, with Keycloak's extras", Box::new(|_| {}), vec![]),
             (
                 "description",
@@ -594,8 +594,12 @@ mod tests {
                 }),
                 vec![],
             ),
-        ];
-        for (name, edit, expected) in cases {
+        ]
+    }
+
+    #[test]
+    fn scope_plan_writes_exactly_what_differs() {
+        for (name, edit, expected) in scope_cases() {
             let mut live = stored_scopes();
             edit(&mut live[1]);
             let plan = plan_scope(&live, &want_scope(), &want_mappers(), Adopt::Unmarked).unwrap();
