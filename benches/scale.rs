@@ -199,7 +199,7 @@ impl Plain {
             .send(self.http.post(format!("{admin}/clients")).json(&json!({
                 "clientId": client_id, "name": format!("MCP server {url}"), "protocol": "openid-connect",
                 "enabled": true, "publicClient": false, "clientAuthenticatorType": "client-secret",
-                "secret": mcp_keycloak_operator::keycloak::generate_secret(),
+                "secret": mcp_keycloak_operator::admin::generate_secret(),
                 "standardFlowEnabled": false, "implicitFlowEnabled": false,
                 "directAccessGrantsEnabled": false, "serviceAccountsEnabled": false,
                 "attributes": {"mcpauth.dev/owner": format!("bench/{name}")}

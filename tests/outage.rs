@@ -199,7 +199,7 @@ async fn keycloak_restart_invalidating_the_admin_token_is_retried_with_a_fresh_t
         )
         .await;
     assert!(st.is_success(), "create realm: {st} {v}");
-    let password = mcp_keycloak_operator::keycloak::generate_secret();
+    let password = mcp_keycloak_operator::admin::generate_secret();
     let (st, v) = kc
         .post(
             &realm.path("/users"),

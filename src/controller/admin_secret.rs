@@ -8,9 +8,9 @@ use k8s_openapi::ByteString;
 use kube::api::Api;
 use kube::ResourceExt;
 
+use crate::admin::AdminCredentials;
 use crate::api::McpAuthPolicy;
 use crate::desired::digest;
-use crate::keycloak::AdminCredentials;
 use crate::{Error, Result};
 
 /// Default realm of the admin credentials (the Secret's and the policy's `authRealm`).
@@ -138,7 +138,7 @@ pub fn bound_admin_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keycloak::AdminCredentials;
+    use crate::admin::AdminCredentials;
 
     fn policy(auth_realm: Option<&str>) -> McpAuthPolicy {
         serde_json::from_value(serde_json::json!({

@@ -13,9 +13,9 @@ use kube::ResourceExt;
 
 use super::admin_secret::AdminConnection;
 use super::MANAGER;
+use crate::admin::KeycloakAdminClient;
 use crate::api::{McpAuthPolicy, McpServer};
 use crate::desired::workload::MetricsPeer;
-use crate::keycloak::KeycloakAdminClient;
 use crate::metrics::Metrics;
 use crate::Result;
 

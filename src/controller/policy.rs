@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use keycloak::types::{ClientRepresentation, ClientScopeRepresentation, RealmRepresentation};
+use keycloak::types::{ClientRepresentation, RealmRepresentation};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -12,13 +12,13 @@ use super::conditions::*;
 use super::finish::{cleanup_keycloak, finish, At, Reconciled, Staged};
 use super::ssa::patch_status_if_changed;
 use super::Context;
+use crate::admin::{Adopt, KeycloakAdminClient};
 use crate::api::{
     DeletionPolicy, MachineGrant, McpAuthPolicy, McpAuthPolicyStatus, McpServer, ScopeType,
     OWNER_ATTRIBUTE,
 };
 use crate::desired::cimd::{self, Admission, CimdClientPlan};
-use crate::desired::keycloak::{self as desired, RealmClaim};
-use crate::keycloak::{Adopt, KeycloakAdminClient};
+use crate::desired::realm::{self as desired, RealmClaim};
 use crate::{Error, Result};
 
 impl Reconciled for McpAuthPolicy {
@@ -579,11 +579,8 @@ async fn remove_from_realm(
     realm_id: &str,
 ) -> Result<()> {
     let realm = &policy.spec.keycloak.realm;
-    let owner = policy.owner_marker();
-    let ours = |s: &ClientScopeRepresentation| {
-        s.attributes.as_ref().and_then(|a| a.get(OWNER_ATTRIBUTE)) == Some(&owner)
-    };
-    delete_scopes(kc, realm, ours).await?;
+    kc.delete_owned_scopes(realm, &policy.owner_marker(), None)
+        .await?;
     settle_cimd(policy, ctx, kc, None, &[]).await?;
     kc.ensure_client_policy_pair(realm, desired::USER_GRANTS_ONLY, None)
         .await?;
@@ -594,23 +591,6 @@ async fn remove_from_realm(
         if let Some(rp) = desired::registration_policies(&closed) {
             kc.ensure_registration_policies(realm, realm_id, &rp)
                 .await?;
-        }
-    }
-    Ok(())
-}
-
-/// Deletes the realm's client scopes that `ours` picks, each first removed from the realm's
-/// default or optional list.
-pub(super) async fn delete_scopes(
-    kc: &KeycloakAdminClient,
-    realm: &str,
-    ours: impl Fn(&ClientScopeRepresentation) -> bool,
-) -> Result<()> {
-    let assignments = kc.realm_scope_assignments(realm).await?;
-    for s in kc.client_scopes(realm).await? {
-        if let (true, Some(id)) = (ours(&s), s.id.as_deref()) {
-            kc.remove_realm_scope(realm, &assignments, id).await?;
-            kc.delete_client_scope(realm, id).await?;
         }
     }
     Ok(())

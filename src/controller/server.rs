@@ -5,22 +5,18 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use keycloak::types::ClientScopeRepresentation;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
 use super::conditions::{self, *};
 use super::finish::{cleanup_keycloak, finish, finish_cleanup, At, Reconciled, Staged};
-use super::policy::delete_scopes;
 use super::ssa::{apply_if_changed, patch_status_if_changed};
 use super::Context;
-use crate::api::{
-    AuthMode, DeletionPolicy, McpAuthPolicy, McpServer, McpServerStatus, ScopeType, OWNER_ATTRIBUTE,
-};
-use crate::desired::keycloak as kdesired;
+use crate::admin::Adopt;
+use crate::api::{AuthMode, DeletionPolicy, McpAuthPolicy, McpServer, McpServerStatus, ScopeType};
+use crate::desired::realm as kdesired;
 use crate::desired::workload::{self, WorkloadInputs, SECRET_KEY_CLIENT_SECRET};
-use crate::keycloak::Adopt;
 use crate::{Error, Result};
 
 impl Reconciled for McpServer {
@@ -357,7 +353,7 @@ async fn keycloak_objects(
     };
     // A foreign scope of our name is refused before the client is created, so the conflict
     // leaves nothing half-applied in Keycloak.
-    crate::keycloak::check_scope_owner(&scopes, &audience_scope, Adopt::Unmarked)?;
+    crate::admin::check_scope_owner(&scopes, &audience_scope, Adopt::Unmarked)?;
     // Client first: the audience scope's second mapper names it.
     let client = kdesired::introspection_client(server);
     let (_uuid, secret) = kc
@@ -426,11 +422,7 @@ async fn remove_from_keycloak(server: &McpServer, ctx: &Context) -> Result<()> {
     kc.delete_owned_client(realm, &server.client_id(), &owner)
         .await?;
     let scope = server.audience_scope();
-    let ours = |s: &ClientScopeRepresentation| {
-        let marker = s.attributes.as_ref().and_then(|a| a.get(OWNER_ATTRIBUTE));
-        s.name.as_deref() == Some(scope.as_str()) && marker == Some(&owner)
-    };
-    delete_scopes(&kc, realm, ours).await
+    kc.delete_owned_scopes(realm, &owner, Some(&scope)).await
 }
 
 #[cfg(test)]

@@ -22,13 +22,21 @@ use serde_json::{json, Value};
 
 use crate::api::{ClientIdMetadataDocuments, McpAuthPolicy, ScopeType, OWNER_ATTRIBUTE};
 
+/// Provider id of the profile's executor: fetches and checks the metadata document.
 pub const EXECUTOR: &str = "client-id-metadata-document";
+/// Provider id of the policy's condition: matches a URL `client_id`.
 pub const CONDITION: &str = "client-id-uri";
+/// Executor key (boolean): `http` documents are accepted too.
 pub const ALLOW_HTTP: &str = "cimd-allow-http-scheme";
+/// Executor key (string list): hosts any URI of the document may use.
 pub const PERMITTED_DOMAINS: &str = "cimd-allow-permitted-domains";
+/// Executor key (boolean): the document's URIs must share the `client_id`'s host.
 pub const RESTRICT_SAME_DOMAIN: &str = "cimd-restrict-same-domain";
+/// Executor key (string list): properties the document must have.
 pub const REQUIRED_PROPERTIES: &str = "cimd-required-properties";
+/// Condition key (string list): `client_id` URL schemes.
 pub const CONDITION_SCHEMES: &str = "client-id-uri-scheme";
+/// Condition key (string list): `client_id` hosts.
 pub const CONDITION_DOMAINS: &str = "client-id-uri-allow-permitted-domains";
 /// Client attribute Keycloak's persistent CIMD provider sets on every client it creates from a
 /// metadata document (the cache expiry, epoch seconds): what tells such a client apart.
@@ -386,7 +394,6 @@ pub fn client_pressure(count: i64, max: i64) -> (bool, &'static str, String) {
 mod tests {
     use super::*;
     use crate::api::*;
-    use kube::api::ObjectMeta;
 
     fn cimd() -> ClientIdMetadataDocuments {
         ClientIdMetadataDocuments {
@@ -401,19 +408,7 @@ mod tests {
     }
 
     fn policy(c: Option<ClientIdMetadataDocuments>) -> McpAuthPolicy {
-        let mut p: McpAuthPolicy = serde_json::from_value(serde_json::json!({
-            "apiVersion": "mcpauth.dev/v1alpha1",
-            "kind": "McpAuthPolicy",
-            "metadata": {"name": "acme.prod", "namespace": "team-a"},
-            "spec": {"keycloak": {"url": "http://kc:8080", "realm": "acme",
-                     "adminCredentialsSecretRef": {"name": "admin"}}}
-        }))
-        .unwrap();
-        p.metadata = ObjectMeta {
-            name: Some("acme.prod".into()),
-            namespace: Some("team-a".into()),
-            ..Default::default()
-        };
+        let mut p = crate::desired::test_policy("team-a", "acme.prod");
         p.spec.client_id_metadata_documents = c;
         p
     }
@@ -616,104 +611,65 @@ mod tests {
         }
     }
 
+    const OWNER: &str = "McpAuthPolicy/team-a/acme";
+    const ALPHA: &str = "mcp:server:team-a:alpha";
+    const BETA: &str = "mcp:server:team-a:beta";
+
+    fn keep(mark: bool, add_default: &[&str], add_optional: &[&str]) -> CimdClientPlan {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        CimdClientPlan::Keep {
+            mark,
+            add_default: owned(add_default),
+            add_optional: owned(add_optional),
+        }
+    }
+
     #[test]
     fn cimd_client_plans() {
-        let owner = "McpAuthPolicy/team-a/acme";
-        let both = Admission {
+        let http = |domains: &[&str]| Admission {
             schemes: vec!["http".into()],
-            domains: vec!["127.0.0.1".into(), "localhost".into()],
+            domains: domains.iter().map(|d| d.to_string()).collect(),
         };
-        let only_localhost = Admission {
-            schemes: vec!["http".into()],
-            domains: vec!["localhost".into()],
-        };
+        let (both, only_localhost) = (http(&["127.0.0.1", "localhost"]), http(&["localhost"]));
         let wanted = vec![
             ("mcp:tools".to_string(), ScopeType::Default),
-            ("mcp:server:team-a:alpha".to_string(), ScopeType::Optional),
-            ("mcp:server:team-a:beta".to_string(), ScopeType::Optional),
+            (ALPHA.to_string(), ScopeType::Optional),
+            (BETA.to_string(), ScopeType::Optional),
         ];
         let a = "http://127.0.0.1:9/client.json";
-
-        // Admitted, unmarked: claimed, and given the audience scope it lacks.
-        let c = client(a, None, &["mcp:server:team-a:alpha"]);
-        assert_eq!(
-            plan_cimd_client(&c, owner, None, Some(&both), &wanted),
-            CimdClientPlan::Keep {
-                mark: true,
-                add_default: vec![],
-                add_optional: vec!["mcp:server:team-a:beta".into()]
-            }
-        );
-        // Ours and complete: nothing to do (no write).
-        let c = client(
-            a,
-            Some(owner),
-            &["mcp:server:team-a:alpha", "mcp:server:team-a:beta"],
-        );
-        assert_eq!(
-            plan_cimd_client(&c, owner, Some(&both), Some(&both), &wanted),
-            CimdClientPlan::Keep {
-                mark: false,
-                add_default: vec![],
-                add_optional: vec![]
-            }
-        );
-        // Its domain removed: revoked, marked or (seen between reconciles) not yet marked.
-        assert_eq!(
-            plan_cimd_client(&c, owner, Some(&both), Some(&only_localhost), &wanted),
-            CimdClientPlan::Revoke
-        );
+        let complete = client(a, Some(OWNER), &[ALPHA, BETA]);
         let unmarked = client(a, None, &[]);
-        assert_eq!(
-            plan_cimd_client(
-                &unmarked,
-                owner,
-                Some(&both),
-                Some(&only_localhost),
-                &wanted
-            ),
-            CimdClientPlan::Revoke
-        );
-        // Section removed or policy deleted: every client of ours goes.
-        assert_eq!(
-            plan_cimd_client(&c, owner, Some(&both), None, &wanted),
-            CimdClientPlan::Revoke
-        );
-        // Never admitted by us and unmarked, or another policy's: left alone.
-        assert_eq!(
-            plan_cimd_client(
-                &unmarked,
-                owner,
-                Some(&only_localhost),
-                Some(&only_localhost),
-                &wanted
-            ),
-            CimdClientPlan::Ignore
-        );
         let theirs = client(a, Some("McpAuthPolicy/other/p"), &[]);
-        assert_eq!(
-            plan_cimd_client(&theirs, owner, Some(&both), Some(&both), &wanted),
-            CimdClientPlan::Ignore
-        );
-        assert_eq!(
-            plan_cimd_client(&theirs, owner, Some(&both), None, &wanted),
-            CimdClientPlan::Ignore
-        );
-        // A default scope it lacks is added as default.
-        let mut bare = client(
-            a,
-            Some(owner),
-            &["mcp:server:team-a:alpha", "mcp:server:team-a:beta"],
-        );
-        bare.default_client_scopes = Some(vec!["basic".into()]);
-        assert_eq!(
-            plan_cimd_client(&bare, owner, Some(&both), Some(&both), &wanted),
-            CimdClientPlan::Keep {
-                mark: false,
-                add_default: vec!["mcp:tools".into()],
-                add_optional: vec![]
-            }
-        );
+        let mut no_default = complete.clone();
+        no_default.default_client_scopes = Some(vec!["basic".into()]);
+        let (b, l) = (Some(&both), Some(&only_localhost));
+        use CimdClientPlan::{Ignore, Revoke};
+        let cases = [
+            // Admitted, unmarked: claimed, and given the audience scope it lacks.
+            (
+                &client(a, None, &[ALPHA]),
+                None,
+                b,
+                keep(true, &[], &[BETA]),
+            ),
+            // Ours and complete: nothing to do (no write).
+            (&complete, b, b, keep(false, &[], &[])),
+            // Its domain removed: revoked, marked or (seen between reconciles) not yet marked.
+            (&complete, b, l, Revoke),
+            (&unmarked, b, l, Revoke),
+            // Section removed or policy deleted: every client of ours goes.
+            (&complete, b, None, Revoke),
+            // Never admitted by us and unmarked, or another policy's: left alone.
+            (&unmarked, l, l, Ignore),
+            (&theirs, b, b, Ignore),
+            (&theirs, b, None, Ignore),
+            // A default scope it lacks is added as default.
+            (&no_default, b, b, keep(false, &["mcp:tools"], &[])),
+        ];
+        for (i, (c, previously, now, expected)) in cases.into_iter().enumerate() {
+            let plan = plan_cimd_client(c, OWNER, previously, now, &wanted);
+            assert_eq!(plan, expected, "case {i}");
+        }
     }
 
     #[test]

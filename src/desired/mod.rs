@@ -2,7 +2,8 @@
 //! asserting the exact object it returns.
 
 pub mod cimd;
-pub mod keycloak;
+pub mod plan;
+pub mod realm;
 pub mod workload;
 
 use serde_json::Value;
@@ -38,6 +39,19 @@ pub fn digest(parts: &[&str]) -> String {
         h.update(p.as_bytes());
     }
     hex::encode(h.finalize())
+}
+
+/// A minimal McpAuthPolicy for unit tests: spec defaults but for the required Keycloak fields.
+#[cfg(test)]
+pub(crate) fn test_policy(namespace: &str, name: &str) -> crate::api::McpAuthPolicy {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "mcpauth.dev/v1alpha1",
+        "kind": "McpAuthPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"keycloak": {"url": "http://kc:8080", "realm": "acme",
+                 "adminCredentialsSecretRef": {"name": "admin"}}}
+    }))
+    .expect("a valid McpAuthPolicy")
 }
 
 #[cfg(test)]

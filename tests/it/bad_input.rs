@@ -850,7 +850,7 @@ async fn runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
 /// A master-realm user without any admin role, for the "admin account lacks permissions" case.
 async fn unprivileged_master_user(kc: &support::KcAdmin) -> (String, String, String) {
     let username = support::unique_name("noperm");
-    let password = mcp_keycloak_operator::keycloak::generate_secret();
+    let password = mcp_keycloak_operator::admin::generate_secret();
     let (st, v) = kc
         .post(
             "/admin/realms/master/users",

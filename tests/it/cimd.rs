@@ -143,7 +143,7 @@ impl Drop for DocServer {
 /// A realm-wide list of client profiles or policies without the operator's `user-grants-only`
 /// entry (a separate feature, tested in tests/it/security.rs).
 fn without_grant_refusal(list: &Value) -> Vec<Value> {
-    let grants = mcp_keycloak_operator::desired::keycloak::USER_GRANTS_ONLY;
+    let grants = mcp_keycloak_operator::desired::realm::USER_GRANTS_ONLY;
     let all = list.as_array().cloned().unwrap_or_default();
     all.into_iter().filter(|e| e["name"] != grants).collect()
 }

@@ -21,8 +21,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, PostParams};
 use kube::Client;
+use mcp_keycloak_operator::admin::generate_secret;
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
-use mcp_keycloak_operator::keycloak::generate_secret;
 use serde_json::{json, Value};
 use stress::*;
 

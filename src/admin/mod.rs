@@ -16,15 +16,16 @@ use keycloak::types::{
     ClientRepresentation, ClientScopeRepresentation, ComponentRepresentation,
     ProtocolMapperRepresentation, RealmRepresentation,
 };
-use keycloak::{KeycloakError, KeycloakTokenSupplier};
+use keycloak::{DefaultResponse, KeycloakError, KeycloakTokenSupplier};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::api::ScopeType;
+use crate::desired::plan::Write;
+pub use crate::desired::plan::{check_scope_owner, Adopt, RealmScopeAssignments};
+use crate::desired::realm::REGISTRATION_POLICY_TYPE;
 use crate::metrics::Metrics;
 use crate::{Error, Result};
-
-pub const REGISTRATION_POLICY_TYPE: &str =
-    "org.keycloak.services.clientregistration.policy.ClientRegistrationPolicy";
 
 /// How the operator authenticates to Keycloak.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -52,6 +53,28 @@ impl std::fmt::Debug for AdminCredentials {
                 f,
                 "ClientCredentials {{ client_id: {client_id:?}, client_secret: <redacted> }}"
             ),
+        }
+    }
+}
+
+impl AdminCredentials {
+    /// The token request's form for this grant.
+    fn token_form(&self) -> Vec<(&str, &str)> {
+        match self {
+            AdminCredentials::Password { username, password } => vec![
+                ("grant_type", "password"),
+                ("client_id", "admin-cli"),
+                ("username", username),
+                ("password", password),
+            ],
+            AdminCredentials::ClientCredentials {
+                client_id,
+                client_secret,
+            } => vec![
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", client_secret),
+            ],
         }
     }
 }
@@ -89,65 +112,51 @@ impl TokenCache {
             "{}/realms/{}/protocol/openid-connect/token",
             self.base_url, self.auth_realm
         );
-        let form: Vec<(&str, &str)> = match &self.credentials {
-            AdminCredentials::Password { username, password } => vec![
-                ("grant_type", "password"),
-                ("client_id", "admin-cli"),
-                ("username", username),
-                ("password", password),
-            ],
-            AdminCredentials::ClientCredentials {
-                client_id,
-                client_secret,
-            } => vec![
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id),
-                ("client_secret", client_secret),
-            ],
-        };
         let resp = self
             .http
             .post(&url)
-            .form(&form)
+            .form(&self.credentials.token_form())
             .send()
             .await
             .map_err(|e| unreachable_error(&self.base_url, &e))?;
         let status = resp.status();
-        if status.is_success() {
-            let body: TokenResponse = resp.json().await.map_err(|e| Error::KeycloakApi {
-                operation: "admin token".into(),
-                status: status.as_u16(),
-                message: e.to_string(),
-            })?;
-            self.metrics.admin_token_refreshes.inc();
-            // Refresh a little before expiry; never cache for less than a second.
-            let lifetime = body.expires_in.unwrap_or(60);
-            let margin = (lifetime / 5).clamp(1, 30);
-            *current = Some(CachedToken {
-                token: body.access_token.clone(),
-                refresh_after: Instant::now()
-                    + Duration::from_secs(lifetime.saturating_sub(margin)),
-            });
-            return Ok(body.access_token);
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(self.token_error(status, &text));
         }
-        let text = resp.text().await.unwrap_or_default();
-        let message = oauth_error_message(&text);
-        if matches!(status.as_u16(), 400 | 401) {
-            Err(Error::InvalidAdminCredentials(format!(
+        let body: TokenResponse = resp.json().await.map_err(|e| Error::KeycloakApi {
+            operation: "admin token".into(),
+            status: status.as_u16(),
+            message: e.to_string(),
+        })?;
+        self.metrics.admin_token_refreshes.inc();
+        // Refresh a little before expiry; never cache for less than a second.
+        let lifetime = body.expires_in.unwrap_or(60);
+        let margin = (lifetime / 5).clamp(1, 30);
+        *current = Some(CachedToken {
+            token: body.access_token.clone(),
+            refresh_after: Instant::now() + Duration::from_secs(lifetime.saturating_sub(margin)),
+        });
+        Ok(body.access_token)
+    }
+
+    /// A refused token request: bad credentials and a missing auth realm are the user's to fix.
+    fn token_error(&self, status: reqwest::StatusCode, text: &str) -> Error {
+        let message = oauth_error_message(text);
+        match status.as_u16() {
+            400 | 401 => Error::InvalidAdminCredentials(format!(
                 "token request to realm {} failed ({status}): {message}",
                 self.auth_realm
-            )))
-        } else if status.as_u16() == 404 {
-            Err(Error::InvalidAdminCredentials(format!(
+            )),
+            404 => Error::InvalidAdminCredentials(format!(
                 "realm {} for the admin credentials does not exist",
                 self.auth_realm
-            )))
-        } else {
-            Err(Error::KeycloakApi {
+            )),
+            code => Error::KeycloakApi {
                 operation: "admin token".into(),
-                status: status.as_u16(),
+                status: code,
                 message,
-            })
+            },
         }
     }
 
@@ -349,6 +358,39 @@ impl KeycloakAdminClient {
         }
     }
 
+    /// A request whose response body is not needed.
+    async fn send<T, F, Fut>(&self, method: &'static str, operation: &str, f: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, KeycloakError>>,
+    {
+        self.call(method, operation, f).await.map(drop)
+    }
+
+    /// A DELETE: 404 counts as success, the object is gone either way.
+    async fn delete<T, F, Fut>(&self, operation: &str, f: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, KeycloakError>>,
+    {
+        self.call_opt("DELETE", operation, f).await.map(drop)
+    }
+
+    /// A POST that creates an object: its id, from the `Location` header.
+    async fn create<F, Fut>(&self, operation: &str, f: F) -> Result<String>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<DefaultResponse, KeycloakError>>,
+    {
+        let resp = self.call("POST", operation, f).await?;
+        let id = resp.to_id().map(str::to_string);
+        id.ok_or_else(|| Error::KeycloakApi {
+            operation: operation.into(),
+            status: 201,
+            message: "no Location header".into(),
+        })
+    }
+
     // ---- realms ----
 
     pub async fn realm(&self, realm: &str) -> Result<Option<RealmRepresentation>> {
@@ -362,9 +404,8 @@ impl KeycloakAdminClient {
             enabled: Some(true),
             ..Default::default()
         };
-        self.call("POST", "create realm", || self.api.post(rep.clone()))
-            .await?;
-        Ok(())
+        self.send("POST", "create realm", || self.api.post(rep.clone()))
+            .await
     }
 
     /// Sets one realm attribute, leaving the realm's other settings and attributes as they are
@@ -374,11 +415,10 @@ impl KeycloakAdminClient {
             attributes: Some([(key.to_string(), value.into())].into_iter().collect()),
             ..Default::default()
         };
-        self.call("PUT", "update realm attribute", || {
+        self.send("PUT", "update realm attribute", || {
             self.api.realm_put(realm, rep.clone())
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     // ---- clients ----
@@ -388,38 +428,44 @@ impl KeycloakAdminClient {
         realm: &str,
         client_id: &str,
     ) -> Result<Option<ClientRepresentation>> {
-        let found = self
-            .call("GET", "find client", || {
-                self.api.realm_clients_get(
-                    realm,
-                    Some(client_id.to_string()),
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                )
-            })
-            .await?;
+        let search = ClientSearch {
+            client_id: Some(client_id),
+            ..Default::default()
+        };
+        let found = self.clients(realm, "find client", search).await?;
         // The query is exact, but be strict anyway.
         Ok(found
             .into_iter()
             .find(|c| c.client_id.as_deref() == Some(client_id)))
     }
 
+    /// One page of the realm's clients.
+    async fn clients(
+        &self,
+        realm: &str,
+        operation: &str,
+        q: ClientSearch<'_>,
+    ) -> Result<Vec<ClientRepresentation>> {
+        let to_i32 = |n: Option<usize>| n.map(|n| n as i32);
+        self.call("GET", operation, || {
+            self.api.realm_clients_get(
+                realm,
+                q.client_id.map(str::to_string),
+                to_i32(q.first),
+                to_i32(q.max),
+                None,
+                q.search,
+                None,
+            )
+        })
+        .await
+    }
+
     pub async fn create_client(&self, realm: &str, rep: &ClientRepresentation) -> Result<String> {
-        let resp = self
-            .call("POST", "create client", || {
-                self.api.realm_clients_post(realm, rep.clone())
-            })
-            .await?;
-        resp.to_id()
-            .map(str::to_string)
-            .ok_or_else(|| Error::KeycloakApi {
-                operation: "create client".into(),
-                status: 201,
-                message: "no Location header".into(),
-            })
+        self.create("create client", || {
+            self.api.realm_clients_post(realm, rep.clone())
+        })
+        .await
     }
 
     pub async fn update_client(
@@ -428,21 +474,19 @@ impl KeycloakAdminClient {
         id: &str,
         rep: &ClientRepresentation,
     ) -> Result<()> {
-        self.call("PUT", "update client", || {
+        self.send("PUT", "update client", || {
             self.api
                 .realm_clients_with_client_uuid_put(realm, id, rep.clone())
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     /// 404 counts as success: the client is gone either way.
     pub async fn delete_client(&self, realm: &str, id: &str) -> Result<()> {
-        self.call_opt("DELETE", "delete client", || {
+        self.delete("delete client", || {
             self.api.realm_clients_with_client_uuid_delete(realm, id)
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     pub async fn client_secret(&self, realm: &str, id: &str) -> Result<Option<String>> {
@@ -479,103 +523,78 @@ impl KeycloakAdminClient {
         .await
     }
 
-    pub async fn create_client_scope(
+    /// One write to the realm's client scopes; the new scope's id for a create.
+    pub async fn write_client_scope(
         &self,
         realm: &str,
-        rep: &ClientScopeRepresentation,
-    ) -> Result<String> {
-        let resp = self
-            .call("POST", "create client scope", || {
-                self.api.realm_client_scopes_post(realm, rep.clone())
-            })
-            .await?;
-        resp.to_id()
-            .map(str::to_string)
-            .ok_or_else(|| Error::KeycloakApi {
-                operation: "create client scope".into(),
-                status: 201,
-                message: "no Location header".into(),
-            })
+        write: &Write<ClientScopeRepresentation>,
+    ) -> Result<Option<String>> {
+        let api = &self.api;
+        match write {
+            Write::Create(s) => {
+                let create = || api.realm_client_scopes_post(realm, s.clone());
+                self.create("create client scope", create).await.map(Some)
+            }
+            Write::Update(id, s) => {
+                let put = || api.realm_client_scopes_with_client_scope_id_put(realm, id, s.clone());
+                self.send("PUT", "update client scope", put)
+                    .await
+                    .map(|()| None)
+            }
+            Write::Delete(id) => self.delete_client_scope(realm, id).await.map(|()| None),
+        }
     }
 
-    pub async fn update_client_scope(
+    /// One write to a client scope's protocol mappers.
+    pub async fn write_scope_mapper(
         &self,
         realm: &str,
-        id: &str,
-        rep: &ClientScopeRepresentation,
+        scope: &str,
+        write: &Write<ProtocolMapperRepresentation>,
     ) -> Result<()> {
-        self.call("PUT", "update client scope", || {
-            self.api
-                .realm_client_scopes_with_client_scope_id_put(realm, id, rep.clone())
-        })
-        .await?;
-        Ok(())
+        let api = &self.api;
+        match write {
+            Write::Create(m) => {
+                let post = || {
+                    api.realm_client_scopes_with_client_scope_id_protocol_mappers_models_post(
+                        realm,
+                        scope,
+                        m.clone(),
+                    )
+                };
+                self.send("POST", "create protocol mapper", post).await
+            }
+            Write::Update(id, m) => {
+                let put = || {
+                    api.realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_put(
+                        realm,
+                        scope,
+                        id,
+                        m.clone(),
+                    )
+                };
+                self.send("PUT", "update protocol mapper", put).await
+            }
+            Write::Delete(id) => {
+                let delete = || {
+                    api.realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_delete(
+                        realm, scope, id,
+                    )
+                };
+                self.delete("delete protocol mapper", delete).await
+            }
+        }
     }
 
     pub async fn delete_client_scope(&self, realm: &str, id: &str) -> Result<()> {
-        self.call_opt("DELETE", "delete client scope", || {
+        self.delete("delete client scope", || {
             self.api
                 .realm_client_scopes_with_client_scope_id_delete(realm, id)
         })
-        .await?;
-        Ok(())
+        .await
     }
 
-    pub async fn create_scope_mapper(
-        &self,
-        realm: &str,
-        scope_id: &str,
-        rep: &ProtocolMapperRepresentation,
-    ) -> Result<()> {
-        self.call("POST", "create protocol mapper", || {
-            self.api
-                .realm_client_scopes_with_client_scope_id_protocol_mappers_models_post(
-                    realm,
-                    scope_id,
-                    rep.clone(),
-                )
-        })
-        .await?;
-        Ok(())
-    }
-
-    pub async fn update_scope_mapper(
-        &self,
-        realm: &str,
-        scope_id: &str,
-        mapper_id: &str,
-        rep: &ProtocolMapperRepresentation,
-    ) -> Result<()> {
-        self.call("PUT", "update protocol mapper", || {
-            self.api
-                .realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_put(
-                    realm,
-                    scope_id,
-                    mapper_id,
-                    rep.clone(),
-                )
-        })
-        .await?;
-        Ok(())
-    }
-
-    pub async fn delete_scope_mapper(
-        &self,
-        realm: &str,
-        scope_id: &str,
-        mapper_id: &str,
-    ) -> Result<()> {
-        self.call_opt("DELETE", "delete protocol mapper", || {
-            self.api
-                .realm_client_scopes_with_client_scope_id_protocol_mappers_models_with_id_delete(
-                    realm, scope_id, mapper_id,
-                )
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Names of the realm's default and optional client scopes (by id).
+    /// Ids of the realm's default and optional client scopes.
     pub async fn realm_scope_assignments(&self, realm: &str) -> Result<RealmScopeAssignments> {
         let defaults = self
             .call("GET", "list realm default scopes", || {
@@ -587,46 +606,54 @@ impl KeycloakAdminClient {
                 self.api.realm_default_optional_client_scopes_get(realm)
             })
             .await?;
+        let ids = |l: Vec<ClientScopeRepresentation>| l.into_iter().filter_map(|s| s.id).collect();
         Ok(RealmScopeAssignments {
-            default_ids: defaults.iter().filter_map(|s| s.id.clone()).collect(),
-            optional_ids: optionals.iter().filter_map(|s| s.id.clone()).collect(),
+            default_ids: ids(defaults),
+            optional_ids: ids(optionals),
         })
     }
 
-    pub async fn add_realm_default_scope(&self, realm: &str, id: &str) -> Result<()> {
-        self.call("PUT", "add realm default scope", || {
-            self.api
-                .realm_default_default_client_scopes_with_client_scope_id_put(realm, id)
-        })
-        .await?;
-        Ok(())
+    /// Adds the scope to the realm's default or optional scopes.
+    pub async fn add_realm_scope_type(&self, realm: &str, id: &str, ty: ScopeType) -> Result<()> {
+        let api = &self.api;
+        match ty {
+            ScopeType::Default => {
+                self.send("PUT", "add realm default scope", || {
+                    api.realm_default_default_client_scopes_with_client_scope_id_put(realm, id)
+                })
+                .await
+            }
+            ScopeType::Optional => {
+                self.send("PUT", "add realm optional scope", || {
+                    api.realm_default_optional_client_scopes_with_client_scope_id_put(realm, id)
+                })
+                .await
+            }
+        }
     }
 
-    pub async fn remove_realm_default_scope(&self, realm: &str, id: &str) -> Result<()> {
-        self.call_opt("DELETE", "remove realm default scope", || {
-            self.api
-                .realm_default_default_client_scopes_with_client_scope_id_delete(realm, id)
-        })
-        .await?;
-        Ok(())
-    }
-
-    pub async fn add_realm_optional_scope(&self, realm: &str, id: &str) -> Result<()> {
-        self.call("PUT", "add realm optional scope", || {
-            self.api
-                .realm_default_optional_client_scopes_with_client_scope_id_put(realm, id)
-        })
-        .await?;
-        Ok(())
-    }
-
-    pub async fn remove_realm_optional_scope(&self, realm: &str, id: &str) -> Result<()> {
-        self.call_opt("DELETE", "remove realm optional scope", || {
-            self.api
-                .realm_default_optional_client_scopes_with_client_scope_id_delete(realm, id)
-        })
-        .await?;
-        Ok(())
+    /// Removes the scope from the realm's default or optional scopes; 404 counts as done.
+    pub async fn remove_realm_scope_type(
+        &self,
+        realm: &str,
+        id: &str,
+        ty: ScopeType,
+    ) -> Result<()> {
+        let api = &self.api;
+        match ty {
+            ScopeType::Default => {
+                self.delete("remove realm default scope", || {
+                    api.realm_default_default_client_scopes_with_client_scope_id_delete(realm, id)
+                })
+                .await
+            }
+            ScopeType::Optional => {
+                self.delete("remove realm optional scope", || {
+                    api.realm_default_optional_client_scopes_with_client_scope_id_delete(realm, id)
+                })
+                .await
+            }
+        }
     }
 
     // ---- client registration policies (components) ----
@@ -650,39 +677,35 @@ impl KeycloakAdminClient {
         Ok(found.into_iter().collect())
     }
 
-    pub async fn create_component(&self, realm: &str, rep: &ComponentRepresentation) -> Result<()> {
-        self.call("POST", "create component", || {
-            self.api.realm_components_post(realm, rep.clone())
-        })
-        .await?;
-        Ok(())
-    }
-
-    pub async fn update_component(
+    /// One write to the realm's components.
+    pub async fn write_component(
         &self,
         realm: &str,
-        id: &str,
-        rep: &ComponentRepresentation,
+        write: &Write<ComponentRepresentation>,
     ) -> Result<()> {
-        self.call("PUT", "update component", || {
-            self.api
-                .realm_components_with_id_put(realm, id, rep.clone())
-        })
-        .await?;
-        Ok(())
-    }
-
-    pub async fn delete_component(&self, realm: &str, id: &str) -> Result<()> {
-        self.call_opt("DELETE", "delete component", || {
-            self.api.realm_components_with_id_delete(realm, id)
-        })
-        .await?;
-        Ok(())
+        let api = &self.api;
+        match write {
+            Write::Create(c) => {
+                let post = || api.realm_components_post(realm, c.clone());
+                self.send("POST", "create component", post).await
+            }
+            Write::Update(id, c) => {
+                let put = || api.realm_components_with_id_put(realm, id, c.clone());
+                self.send("PUT", "update component", put).await
+            }
+            Write::Delete(id) => {
+                let delete = || api.realm_components_with_id_delete(realm, id);
+                self.delete("delete component", delete).await
+            }
+        }
     }
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct RealmScopeAssignments {
-    pub default_ids: Vec<String>,
-    pub optional_ids: Vec<String>,
+/// Query of [`KeycloakAdminClient::clients`]: an exact `clientId`, or an infix `search`, paged.
+#[derive(Default, Clone, Copy)]
+struct ClientSearch<'a> {
+    client_id: Option<&'a str>,
+    search: Option<bool>,
+    first: Option<usize>,
+    max: Option<usize>,
 }

@@ -9,10 +9,14 @@ use keycloak::types::{
 };
 use serde_json::json;
 
+use super::plan::Write;
 use crate::api::{
     DynamicClientRegistration, MachineGrant, McpAuthPolicy, McpServer, ScopeSpec, OWNER_ATTRIBUTE,
 };
-use crate::keycloak::REGISTRATION_POLICY_TYPE;
+
+/// `providerType` of client registration policy components.
+pub const REGISTRATION_POLICY_TYPE: &str =
+    "org.keycloak.services.clientregistration.policy.ClientRegistrationPolicy";
 
 /// Who holds a realm, from its `mcpauth.dev/owner` attribute and the asking policy's marker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,19 +305,11 @@ pub fn new_anonymous_component(
     }
 }
 
-/// One write to the realm's registration-policy components.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ComponentWrite {
-    Create(ComponentRepresentation),
-    Update(String, ComponentRepresentation),
-    Delete(String),
-}
-
 /// What to write, and the anonymous components of the managed providers the operator leaves
 /// alone (by name): someone else's, and every policy must pass, so they can only narrow.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ComponentPlan {
-    pub writes: Vec<ComponentWrite>,
+    pub writes: Vec<Write<ComponentRepresentation>>,
     pub foreign: Vec<String>,
 }
 
@@ -346,22 +342,19 @@ pub fn plan_registration_components(
         );
         match (want, managed) {
             (None, None) => {}
-            (None, Some(c)) => plan.writes.push(ComponentWrite::Delete(
-                c.id.clone().unwrap_or_default().to_string(),
-            )),
-            (Some(config), None) => {
-                plan.writes
-                    .push(ComponentWrite::Create(new_anonymous_component(
-                        provider, realm_id, config,
-                    )))
-            }
+            (None, Some(c)) => plan
+                .writes
+                .push(Write::Delete(c.id.clone().unwrap_or_default().to_string())),
+            (Some(config), None) => plan.writes.push(Write::Create(new_anonymous_component(
+                provider, realm_id, config,
+            ))),
             (Some(config), Some(c)) if !component_config_matches(config, c.config.as_ref()) => {
                 let mut body = c.clone();
                 let mut merged = c.config.clone().unwrap_or_default();
                 merged.extend(config.clone());
                 body.config = Some(merged);
                 let id = c.id.clone().unwrap_or_default().to_string();
-                plan.writes.push(ComponentWrite::Update(id, body));
+                plan.writes.push(Write::Update(id, body));
             }
             (Some(_), Some(_)) => {}
         }
@@ -388,41 +381,21 @@ pub fn component_config_matches(
 mod tests {
     use super::*;
     use crate::api::*;
-    use kube::api::ObjectMeta;
 
     fn policy(dcr: Option<DynamicClientRegistration>) -> McpAuthPolicy {
-        McpAuthPolicy {
-            metadata: ObjectMeta {
-                name: Some("acme".into()),
-                namespace: Some("team".into()),
-                ..Default::default()
-            },
-            spec: McpAuthPolicySpec {
-                keycloak: KeycloakConnection {
-                    url: "http://kc:8080".into(),
-                    public_url: None,
-                    realm: "acme".into(),
-                    create_realm: false,
-                    admin_credentials_secret_ref: AdminCredentialsSecretRef {
-                        name: "admin".into(),
-                        auth_realm: None,
-                    },
-                    ca_bundle_secret_ref: None,
-                },
-                scopes: vec![ScopeSpec {
-                    name: "mcp:tools".into(),
-                    description: None,
-                    consent_text: Some("Use MCP tools".into()),
-                    include_in_token_scope: true,
-                    r#type: ScopeType::Default,
-                }],
-                dynamic_client_registration: dcr,
-                client_id_metadata_documents: None,
-                allowed_machine_grants: vec![],
-                deletion_policy: DeletionPolicy::Delete,
-            },
-            status: None,
-        }
+        let mut p = crate::desired::test_policy("team", "acme");
+        p.spec.scopes = vec![serde_json::from_value(
+            json!({"name": "mcp:tools", "consentText": "Use MCP tools"}),
+        )
+        .unwrap()];
+        p.spec.dynamic_client_registration = dcr;
+        p
+    }
+
+    /// The desired config of one provider's component.
+    fn config_of(rp: &RegistrationPolicies, provider: &str) -> Option<ComponentConfig> {
+        let found = rp.components.iter().find(|(p, _)| *p == provider);
+        found.expect("a managed provider").1.clone()
     }
 
     fn dcr() -> DynamicClientRegistration {
@@ -467,14 +440,7 @@ mod tests {
     #[test]
     fn registration_policies_exact() {
         let rp = registration_policies(&policy(Some(dcr()))).unwrap();
-        let get = |id: &str| {
-            rp.components
-                .iter()
-                .find(|(p, _)| *p == id)
-                .unwrap()
-                .1
-                .clone()
-        };
+        let get = |provider: &str| config_of(&rp, provider);
         let trusted = get("trusted-hosts").unwrap();
         assert_eq!(
             trusted["host-sending-registration-request-must-match"],
@@ -610,15 +576,7 @@ mod tests {
     #[test]
     fn registration_plan_touches_only_the_managed_components() {
         let rp = registration_policies(&policy(Some(dcr()))).unwrap();
-        let want = |p: &str| {
-            rp.components
-                .iter()
-                .find(|(id, _)| *id == p)
-                .unwrap()
-                .1
-                .clone()
-                .unwrap()
-        };
+        let want = |provider: &str| config_of(&rp, provider).unwrap();
         let live = vec![
             component("1", "trusted-hosts", "Trusted Hosts", want("trusted-hosts")),
             component("2", "trusted-hosts", "Extra Trusted Hosts", HashMap::new()),
@@ -643,10 +601,7 @@ mod tests {
         max.config = Some(want("max-clients"));
         assert_eq!(
             plan.writes,
-            vec![
-                ComponentWrite::Update("4".into(), max),
-                ComponentWrite::Delete("5".into()),
-            ]
+            vec![Write::Update("4".into(), max), Write::Delete("5".into()),]
         );
         // In sync: no write at all.
         let synced: Vec<_> = live
@@ -667,7 +622,7 @@ mod tests {
         let plan = plan_registration_components(&[], &rp, "realm-id");
         assert_eq!(plan.writes.len(), 3, "{:?}", plan.writes);
         assert!(
-            matches!(&plan.writes[0], ComponentWrite::Create(c) if c.name.as_deref() == Some("Trusted Hosts"))
+            matches!(&plan.writes[0], Write::Create(c) if c.name.as_deref() == Some("Trusted Hosts"))
         );
     }
 }

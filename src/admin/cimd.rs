@@ -7,14 +7,14 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 
 use keycloak::types::{
-    ClientPoliciesRepresentation, ClientPolicyRepresentation, ClientProfileRepresentation,
-    ClientProfilesRepresentation, ClientRepresentation,
+    ClientPolicyRepresentation, ClientProfileRepresentation, ClientRepresentation,
 };
 use serde::Deserialize;
 
-use super::KeycloakAdminClient;
+use super::{ClientSearch, KeycloakAdminClient};
 use crate::api::ScopeType;
-use crate::desired::cimd::{merge_by_name, CIMD_CLIENT_ATTRIBUTE};
+use crate::desired::cimd::CIMD_CLIENT_ATTRIBUTE;
+use crate::desired::plan::{plan_client_policy_pair, ClientPolicyLists, ClientPolicyWrite};
 use crate::{Error, Result};
 
 /// `client-policies/profiles` and `client-policies/policies` are replaced whole by every PUT:
@@ -109,62 +109,46 @@ impl KeycloakAdminClient {
         Ok(d.client_id_metadata_document_supported == Some(true))
     }
 
-    pub async fn client_profiles(&self, realm: &str) -> Result<Vec<ClientProfileRepresentation>> {
-        let r = self
+    /// The realm's client profiles and client policies.
+    pub async fn client_policy_lists(&self, realm: &str) -> Result<ClientPolicyLists> {
+        let profiles = self
             .call("GET", "read client profiles", || {
                 self.api.realm_client_policies_profiles_get(realm, None)
             })
             .await?;
-        Ok(r.profiles.unwrap_or_default().into_iter().collect())
-    }
-
-    pub async fn client_policies(&self, realm: &str) -> Result<Vec<ClientPolicyRepresentation>> {
-        let r = self
+        let policies = self
             .call("GET", "read client policies", || {
                 self.api.realm_client_policies_policies_get(realm, None)
             })
             .await?;
-        Ok(r.policies.unwrap_or_default().into_iter().collect())
-    }
-
-    async fn put_client_profiles(
-        &self,
-        realm: &str,
-        profiles: Vec<ClientProfileRepresentation>,
-    ) -> Result<()> {
-        let body = ClientProfilesRepresentation {
-            profiles: Some(profiles),
-            global_profiles: None,
-        };
-        self.call("PUT", "write client profiles", || {
-            self.api
-                .realm_client_policies_profiles_put(realm, body.clone())
+        Ok(ClientPolicyLists {
+            profiles: profiles.profiles.unwrap_or_default(),
+            policies: policies.policies.unwrap_or_default(),
         })
-        .await?;
-        Ok(())
     }
 
-    async fn put_client_policies(
-        &self,
-        realm: &str,
-        policies: Vec<ClientPolicyRepresentation>,
-    ) -> Result<()> {
-        let body = ClientPoliciesRepresentation {
-            policies: Some(policies),
-            global_policies: None,
-        };
-        self.call("PUT", "write client policies", || {
-            self.api
-                .realm_client_policies_policies_put(realm, body.clone())
-        })
-        .await?;
-        Ok(())
+    /// One PUT replacing the realm's whole list of profiles or of policies.
+    async fn put_client_policy_list(&self, realm: &str, write: &ClientPolicyWrite) -> Result<()> {
+        let api = &self.api;
+        match write {
+            ClientPolicyWrite::Profiles(body) => {
+                self.send("PUT", "write client profiles", || {
+                    api.realm_client_policies_profiles_put(realm, body.clone())
+                })
+                .await
+            }
+            ClientPolicyWrite::Policies(body) => {
+                self.send("PUT", "write client policies", || {
+                    api.realm_client_policies_policies_put(realm, body.clone())
+                })
+                .await
+            }
+        }
     }
 
-    /// Sets our profile and policy named `name` (or removes both when `desired` is `None`),
-    /// leaving every other entry as it is. Profiles are written before the policy that names
-    /// them, and a policy is removed before its profile (Keycloak refuses a policy naming a
-    /// missing profile). Returns our policy as it was before, if any.
+    /// Sets our profile and policy named `name` (or removes both when `desired` is `None`; see
+    /// [`plan_client_policy_pair`]), leaving every other entry as it is. Returns our policy as
+    /// it was before, if any.
     pub async fn ensure_client_policy_pair(
         &self,
         realm: &str,
@@ -173,31 +157,14 @@ impl KeycloakAdminClient {
     ) -> Result<Option<ClientPolicyRepresentation>> {
         let lock = realm_lock(format!("{}|{realm}", self.base_url));
         let _guard = lock.lock().await;
-        let profiles = self.client_profiles(realm).await?;
-        let policies = self.client_policies(realm).await?;
-        let before = policies
+        let current = self.client_policy_lists(realm).await?;
+        let before = current
+            .policies
             .iter()
             .find(|p| p.name.as_deref() == Some(name))
             .cloned();
-        match desired {
-            Some((profile, policy)) => {
-                if let Some(list) = merge_by_name(&profiles, name, Some(profile)) {
-                    self.put_client_profiles(realm, list).await?;
-                }
-                if let Some(list) = merge_by_name(&policies, name, Some(policy)) {
-                    self.put_client_policies(realm, list).await?;
-                }
-            }
-            None => {
-                if let Some(list) = merge_by_name(&policies, name, None) {
-                    self.put_client_policies(realm, list).await?;
-                }
-                if let Some(list) =
-                    merge_by_name::<ClientProfileRepresentation>(&profiles, name, None)
-                {
-                    self.put_client_profiles(realm, list).await?;
-                }
-            }
+        for write in plan_client_policy_pair(&current, name, desired) {
+            self.put_client_policy_list(realm, &write).await?;
         }
         Ok(before)
     }
@@ -208,18 +175,14 @@ impl KeycloakAdminClient {
         let mut out = vec![];
         let mut first = 0usize;
         loop {
+            let search = ClientSearch {
+                client_id: Some("://"),
+                search: Some(true),
+                first: Some(first),
+                max: Some(PAGE),
+            };
             let page = self
-                .call("GET", "search metadata-document clients", || {
-                    self.api.realm_clients_get(
-                        realm,
-                        Some("://".to_string()),
-                        Some(first as i32),
-                        Some(PAGE as i32),
-                        None,
-                        Some(true),
-                        None,
-                    )
-                })
+                .clients(realm, "search metadata-document clients", search)
                 .await?;
             let n = page.len();
             out.extend(page.into_iter().filter(|c| {
@@ -263,51 +226,37 @@ impl KeycloakAdminClient {
         scope_id: &str,
         ty: ScopeType,
     ) -> Result<()> {
+        let api = &self.api;
         match ty {
-            ScopeType::Default => {
-                self.call("PUT", "add client default scope", || {
-                    self.api
-                        .realm_clients_with_client_uuid_default_client_scopes_with_client_scope_id_put(
-                            realm,
-                            client_uuid,
-                            scope_id,
-                        )
-                })
-                .await?
-            }
-            ScopeType::Optional => {
-                self.call("PUT", "add client optional scope", || {
-                    self.api
-                        .realm_clients_with_client_uuid_optional_client_scopes_with_client_scope_id_put(
-                            realm,
-                            client_uuid,
-                            scope_id,
-                        )
-                })
-                .await?
-            }
-        };
-        Ok(())
+            ScopeType::Default => self.send("PUT", "add client default scope", || {
+                api.realm_clients_with_client_uuid_default_client_scopes_with_client_scope_id_put(
+                    realm,
+                    client_uuid,
+                    scope_id,
+                )
+            })
+            .await,
+            ScopeType::Optional => self.send("PUT", "add client optional scope", || {
+                api.realm_clients_with_client_uuid_optional_client_scopes_with_client_scope_id_put(
+                    realm,
+                    client_uuid,
+                    scope_id,
+                )
+            })
+            .await,
+        }
     }
 
     /// Number of clients in the realm (what Keycloak's Max Clients policy counts), without
     /// listing them all on every resync: see [`count_with`]. `hint` is the last count.
     pub async fn count_clients(&self, realm: &str, hint: Option<usize>) -> Result<usize> {
         count_with(hint, PAGE, |first, max| async move {
-            let page = self
-                .call("GET", "count clients", || {
-                    self.api.realm_clients_get(
-                        realm,
-                        None,
-                        Some(first as i32),
-                        Some(max as i32),
-                        None,
-                        None,
-                        None,
-                    )
-                })
-                .await?;
-            Ok(page.len())
+            let page = ClientSearch {
+                first: Some(first),
+                max: Some(max),
+                ..Default::default()
+            };
+            Ok(self.clients(realm, "count clients", page).await?.len())
         })
         .await
     }
