@@ -2,9 +2,7 @@
 //! profiles and policies (read, merge by name, write only if different), the clients Keycloak
 //! creates from metadata documents, and counting the realm's clients cheaply.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
 
 use keycloak::types::{
     ClientPolicyRepresentation, ClientProfileRepresentation, ClientRepresentation,
@@ -16,22 +14,6 @@ use crate::api::ScopeType;
 use crate::desired::cimd::CIMD_CLIENT_ATTRIBUTE;
 use crate::desired::plan::{plan_client_policy_pair, ClientPolicyLists, ClientPolicyWrite};
 use crate::{Error, Result};
-
-/// `client-policies/profiles` and `client-policies/policies` are replaced whole by every PUT:
-/// one read-merge-write at a time per realm in this process (two policies sharing a realm would
-/// otherwise lose each other's update; across processes the next resync repairs it).
-static CLIENT_POLICY_LOCKS: LazyLock<
-    std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-> = LazyLock::new(Default::default);
-
-fn realm_lock(key: String) -> Arc<tokio::sync::Mutex<()>> {
-    CLIENT_POLICY_LOCKS
-        .lock()
-        .expect("poisoned")
-        .entry(key)
-        .or_default()
-        .clone()
-}
 
 /// Page size when listing clients.
 const PAGE: usize = 100;
@@ -155,8 +137,7 @@ impl KeycloakAdminClient {
         name: &str,
         desired: Option<(&ClientProfileRepresentation, &ClientPolicyRepresentation)>,
     ) -> Result<Option<ClientPolicyRepresentation>> {
-        let lock = realm_lock(format!("{}|{realm}", self.base_url));
-        let _guard = lock.lock().await;
+        let _one_at_a_time = self.client_policy_lists_lock.lock().await;
         let current = self.client_policy_lists(realm).await?;
         let before = current
             .policies

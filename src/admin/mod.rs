@@ -225,6 +225,10 @@ pub struct KeycloakAdminClient {
     api: keycloak::KeycloakAdmin<SharedTokens>,
     tokens: Arc<TokenCache>,
     metrics: Arc<Metrics>,
+    /// `client-policies/profiles` and `client-policies/policies` are replaced whole by every
+    /// PUT: one read-merge-write at a time through this client. Only a realm's owning policy
+    /// writes them, and policies with equal connections share a client.
+    client_policy_lists_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for KeycloakAdminClient {
@@ -275,6 +279,7 @@ impl KeycloakAdminClient {
             api,
             tokens,
             metrics,
+            client_policy_lists_lock: Default::default(),
         })
     }
 
