@@ -10,7 +10,6 @@ use keycloak::types::{
 use serde::Deserialize;
 
 use super::{ClientSearch, KeycloakAdminClient};
-use crate::api::ScopeType;
 use crate::desired::cimd::CIMD_CLIENT_ATTRIBUTE;
 use crate::desired::plan::{plan_client_policy_pair, ClientPolicyLists, ClientPolicyWrite};
 use crate::{Error, Result};
@@ -197,35 +196,6 @@ impl KeycloakAdminClient {
             ..live.clone()
         };
         self.update_client(realm, &id, &body).await
-    }
-
-    /// Links a client scope to one client, as a default or optional scope.
-    pub async fn add_client_scope(
-        &self,
-        realm: &str,
-        client_uuid: &str,
-        scope_id: &str,
-        ty: ScopeType,
-    ) -> Result<()> {
-        let api = &self.api;
-        match ty {
-            ScopeType::Default => self.send("PUT", "add client default scope", || {
-                api.realm_clients_with_client_uuid_default_client_scopes_with_client_scope_id_put(
-                    realm,
-                    client_uuid,
-                    scope_id,
-                )
-            })
-            .await,
-            ScopeType::Optional => self.send("PUT", "add client optional scope", || {
-                api.realm_clients_with_client_uuid_optional_client_scopes_with_client_scope_id_put(
-                    realm,
-                    client_uuid,
-                    scope_id,
-                )
-            })
-            .await,
-        }
     }
 
     /// Number of clients in the realm (what Keycloak's Max Clients policy counts), without

@@ -9,6 +9,8 @@ mod ensure;
 pub use ensure::*;
 
 use std::future::Future;
+
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,6 +222,22 @@ impl KeycloakTokenSupplier for SharedTokens {
 }
 
 /// A connection to one Keycloak with one set of admin credentials.
+/// Whose default and optional scope lists: the realm's (given to new clients) or one client's.
+#[derive(Clone, Copy)]
+pub enum ScopeList<'a> {
+    Realm,
+    Client(&'a str),
+}
+
+impl ScopeList<'_> {
+    fn name(self) -> &'static str {
+        match self {
+            ScopeList::Realm => "realm",
+            ScopeList::Client(_) => "client",
+        }
+    }
+}
+
 pub struct KeycloakAdminClient {
     base_url: String,
     api: keycloak::KeycloakAdmin<SharedTokens>,
@@ -620,21 +638,8 @@ impl KeycloakAdminClient {
 
     /// Adds the scope to the realm's default or optional scopes.
     pub async fn add_realm_scope_type(&self, realm: &str, id: &str, ty: ScopeType) -> Result<()> {
-        let api = &self.api;
-        match ty {
-            ScopeType::Default => {
-                self.send("PUT", "add realm default scope", || {
-                    api.realm_default_default_client_scopes_with_client_scope_id_put(realm, id)
-                })
-                .await
-            }
-            ScopeType::Optional => {
-                self.send("PUT", "add realm optional scope", || {
-                    api.realm_default_optional_client_scopes_with_client_scope_id_put(realm, id)
-                })
-                .await
-            }
-        }
+        self.edit_scope_list(realm, ScopeList::Realm, ty, id, true)
+            .await
     }
 
     /// Removes the scope from the realm's default or optional scopes; 404 counts as done.
@@ -644,20 +649,54 @@ impl KeycloakAdminClient {
         id: &str,
         ty: ScopeType,
     ) -> Result<()> {
+        self.edit_scope_list(realm, ScopeList::Realm, ty, id, false)
+            .await
+    }
+
+    /// Links a client scope to one client, as a default or optional scope.
+    pub async fn add_client_scope(
+        &self,
+        realm: &str,
+        client: &str,
+        id: &str,
+        ty: ScopeType,
+    ) -> Result<()> {
+        self.edit_scope_list(realm, ScopeList::Client(client), ty, id, true)
+            .await
+    }
+
+    /// Adds the scope `id` to (`add`) or removes it from one of the four lists of default and
+    /// optional scopes; removing what is not there counts as done.
+    async fn edit_scope_list(
+        &self,
+        realm: &str,
+        list: ScopeList<'_>,
+        ty: ScopeType,
+        id: &str,
+        add: bool,
+    ) -> Result<()> {
+        use ScopeList::{Client, Realm};
+        use ScopeType::{Default, Optional};
         let api = &self.api;
-        match ty {
-            ScopeType::Default => {
-                self.delete("remove realm default scope", || {
-                    api.realm_default_default_client_scopes_with_client_scope_id_delete(realm, id)
-                })
-                .await
+        // One endpoint per line: the Admin API keeps the four lists apart.
+        #[rustfmt::skip]
+        let request = || -> futures::future::BoxFuture<'_, Result<DefaultResponse, KeycloakError>> {
+            match (list, ty, add) {
+                (Realm, Default, true) => api.realm_default_default_client_scopes_with_client_scope_id_put(realm, id).boxed(),
+                (Realm, Optional, true) => api.realm_default_optional_client_scopes_with_client_scope_id_put(realm, id).boxed(),
+                (Realm, Default, false) => api.realm_default_default_client_scopes_with_client_scope_id_delete(realm, id).boxed(),
+                (Realm, Optional, false) => api.realm_default_optional_client_scopes_with_client_scope_id_delete(realm, id).boxed(),
+                (Client(c), Default, true) => api.realm_clients_with_client_uuid_default_client_scopes_with_client_scope_id_put(realm, c, id).boxed(),
+                (Client(c), Optional, true) => api.realm_clients_with_client_uuid_optional_client_scopes_with_client_scope_id_put(realm, c, id).boxed(),
+                (Client(c), Default, false) => api.realm_clients_with_client_uuid_default_client_scopes_with_client_scope_id_delete(realm, c, id).boxed(),
+                (Client(c), Optional, false) => api.realm_clients_with_client_uuid_optional_client_scopes_with_client_scope_id_delete(realm, c, id).boxed(),
             }
-            ScopeType::Optional => {
-                self.delete("remove realm optional scope", || {
-                    api.realm_default_optional_client_scopes_with_client_scope_id_delete(realm, id)
-                })
-                .await
-            }
+        };
+        let (verb, owner) = (if add { "add" } else { "remove" }, list.name());
+        let op = format!("{verb} {owner} {} scope", ty.name());
+        match add {
+            true => self.send("PUT", &op, request).await,
+            false => self.delete(&op, request).await,
         }
     }
 

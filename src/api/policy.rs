@@ -255,6 +255,16 @@ pub enum ScopeType {
     Optional,
 }
 
+impl ScopeType {
+    /// As Keycloak's console and Admin API paths name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScopeType::Default => "default",
+            ScopeType::Optional => "optional",
+        }
+    }
+}
+
 #[derive(
     schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
 )]

@@ -553,9 +553,60 @@ mod tests {
             .unwrap_or_else(|| panic!("{k} has no literal value"))
     }
 
-    /// Asserts the literal value of each named variable.
-    fn assert_values(e: &BTreeMap<String, EnvVar>, want: &[(&str, &str)]) {
-        for (k, v) in want {
+    /// Literal env values by mode and container: the seed's contract for the MCP container in
+    /// `Native` mode, the gateway's own settings in `Proxy` mode.
+    const LITERAL_ENV: &[(AuthMode, &str, &str, &str)] = &[
+        (AuthMode::Native, "mcp", "HOST", "0.0.0.0"),
+        (AuthMode::Native, "mcp", "PORT", "3000"),
+        (AuthMode::Native, "mcp", "AUTH_HOST", "keycloak.auth.svc"),
+        (AuthMode::Native, "mcp", "AUTH_PORT", "8080"),
+        (AuthMode::Native, "mcp", "AUTH_REALM", "acme"),
+        (
+            AuthMode::Native,
+            "mcp",
+            "OAUTH_CLIENT_ID",
+            "mcp.team.weather",
+        ),
+        (
+            AuthMode::Native,
+            "mcp",
+            "MCP_REQUIRED_SCOPES",
+            "mcp:tools mcp:server:team:weather",
+        ),
+        (AuthMode::Native, "mcp", "LOG_LEVEL", "debug"),
+        (
+            AuthMode::Proxy,
+            "gateway",
+            "MCP_GATEWAY_UPSTREAM",
+            "http://127.0.0.1:3000",
+        ),
+        (
+            AuthMode::Proxy,
+            "gateway",
+            "MCP_GATEWAY_LISTEN",
+            "0.0.0.0:8080",
+        ),
+        (
+            AuthMode::Proxy,
+            "gateway",
+            "MCP_SERVER_URL",
+            "http://localhost:3000",
+        ),
+        (
+            AuthMode::Proxy,
+            "gateway",
+            "MCP_AUTH_ISSUER",
+            "https://sso.example.com/realms/acme",
+        ),
+        (AuthMode::Proxy, "mcp", "HOST", "127.0.0.1"),
+    ];
+
+    /// Asserts the literal value of each variable [`LITERAL_ENV`] names for this container.
+    fn assert_values(e: &BTreeMap<String, EnvVar>, mode: AuthMode, container: &str) {
+        let rows = LITERAL_ENV
+            .iter()
+            .filter(|(m, c, ..)| *m == mode && *c == container);
+        for (_, _, k, v) in rows {
             assert_eq!(value(e, k), *v, "{k}");
         }
     }
@@ -597,17 +648,7 @@ mod tests {
         assert_eq!(pod.containers.len(), 1);
         let c = &pod.containers[0];
         let e = env_of(c);
-        let seed = [
-            ("HOST", "0.0.0.0"),
-            ("PORT", "3000"),
-            ("AUTH_HOST", "keycloak.auth.svc"),
-            ("AUTH_PORT", "8080"),
-            ("AUTH_REALM", "acme"),
-            ("OAUTH_CLIENT_ID", "mcp.team.weather"),
-            ("MCP_REQUIRED_SCOPES", "mcp:tools mcp:server:team:weather"),
-            ("LOG_LEVEL", "debug"),
-        ];
-        assert_values(&e, &seed);
+        assert_values(&e, AuthMode::Native, "mcp");
         let secret = &e["OAUTH_CLIENT_SECRET"];
         assert_eq!(secret.value, None, "the secret must never be a literal");
         let r = secret
@@ -642,13 +683,7 @@ mod tests {
         assert_eq!(gw.image.as_deref(), Some("op:1"));
         assert_eq!(gw.args, Some(vec!["proxy".to_string()]));
         let ge = env_of(gw);
-        let gateway = [
-            ("MCP_GATEWAY_UPSTREAM", "http://127.0.0.1:3000"),
-            ("MCP_GATEWAY_LISTEN", "0.0.0.0:8080"),
-            ("MCP_SERVER_URL", "http://localhost:3000"),
-            ("MCP_AUTH_ISSUER", "https://sso.example.com/realms/acme"),
-        ];
-        assert_values(&ge, &gateway);
+        assert_values(&ge, AuthMode::Proxy, "gateway");
         assert!(ge["OAUTH_CLIENT_SECRET"].value_from.is_some());
         let ports: Vec<_> = gw
             .ports
@@ -664,7 +699,7 @@ mod tests {
         let sc = gw.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         let me = env_of(&pod.containers[1]);
-        assert_eq!(value(&me, "HOST"), "127.0.0.1");
+        assert_values(&me, AuthMode::Proxy, "mcp");
         assert!(!me.contains_key("OAUTH_CLIENT_SECRET"));
         assert_eq!(
             pod.containers[1].ports.as_ref().unwrap()[0].name.as_deref(),
