@@ -1037,7 +1037,7 @@ async fn exercise(run: &Run, realm: &str, cluster_scope: bool) -> Result<(), Str
         "McpAuthPolicy not Ready without admin credentials",
         || async {
             let p = policies.get_opt("acme").await.ok()??;
-            let conds = p.status?.conditions;
+            let conds = p.status?.observed.conditions;
             conds
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "False")

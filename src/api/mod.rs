@@ -125,10 +125,38 @@ pub trait WithConditions: Clone + Default {
     fn keycloak_realm(&self) -> Option<&str>;
 }
 
-/// Implements [`WithConditions`] for a status with the fields `conditions`,
-/// `observed_generation` and `keycloak_realm`.
+/// What every status starts with: the standard conditions and the generation they describe.
+#[derive(
+    schemars::JsonSchema, serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Observed {
+    /// `Ready`, one condition per reconcile stage (see the kind's status), and `Stalled` while a
+    /// person must fix something; a `False` condition's reason says what is wrong (README,
+    /// Troubleshooting).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` these conditions describe; behind it, a spec change is still
+    /// being reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Implements [`WithConditions`] for a status that flattens an [`Observed`] as `observed` and
+/// has `keycloak_realm`, and lets it read as its `Observed` (`status.conditions`).
 macro_rules! status_with_conditions {
     ($status:ty) => {
+        impl std::ops::Deref for $status {
+            type Target = $crate::api::Observed;
+            fn deref(&self) -> &Self::Target {
+                &self.observed
+            }
+        }
+        impl std::ops::DerefMut for $status {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.observed
+            }
+        }
         impl $crate::api::WithConditions for $status {
             fn conditions(&self) -> &[Condition] {
                 &self.conditions

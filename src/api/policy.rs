@@ -518,18 +518,13 @@ fn cimd_required_properties(_: &mut schemars::SchemaGenerator) -> schemars::Sche
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-/// What the operator last did for this policy, written by the operator only.
+/// What the operator last did for this policy, written by the operator only. Its conditions:
+/// `Ready`, `KeycloakReachable`, `RealmConfigured`, `RegistrationPolicyApplied`,
+/// `MachineGrantsRefused`, `ClientIdMetadataDocumentsApplied`, `ClientLimitPressure` (with
+/// `dynamicClientRegistration`), `Stalled`.
 pub struct McpAuthPolicyStatus {
-    /// `Ready`, `KeycloakReachable`, `RealmConfigured`, `RegistrationPolicyApplied`,
-    /// `MachineGrantsRefused`, `ClientIdMetadataDocumentsApplied`, `ClientLimitPressure` (with
-    /// `dynamicClientRegistration`), `Stalled` while a person must fix something; a `False`
-    /// condition's reason says what is wrong (README, Troubleshooting).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    /// The `metadata.generation` these conditions describe; behind it, a spec change is still
-    /// being reconciled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
+    #[serde(flatten)]
+    pub observed: super::Observed,
     /// Issuer as clients see it: `{publicUrl}/realms/{realm}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,

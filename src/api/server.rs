@@ -239,19 +239,14 @@ pub enum AuthMode {
     None,
 }
 
-/// What the operator last did for this McpServer, written by the operator only.
+/// What the operator last did for this McpServer, written by the operator only. Its
+/// conditions: `Ready`, `PolicyResolved`, `KeycloakClientReady`, `SecretReady`, `Available`,
+/// `NetworkIsolated`, `Unauthenticated` with `auth.mode: None`, `Stalled`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct McpServerStatus {
-    /// `Ready`, `PolicyResolved`, `KeycloakClientReady`, `SecretReady`, `Available`
-    /// (`Unauthenticated` with `auth.mode: None`, `Stalled` while a person must fix something);
-    /// a `False` condition's reason says what is wrong (README, Troubleshooting).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    /// The `metadata.generation` these conditions describe; behind it, a spec change is still
-    /// being reconciled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
+    #[serde(flatten)]
+    pub observed: super::Observed,
     /// The canonical URL in effect (`spec.url` or its default): the token audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
