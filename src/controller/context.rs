@@ -182,13 +182,15 @@ impl Context {
         self.failures.lock().expect("poisoned").remove(key);
     }
 
-    /// Per-object exponential backoff: 5 s doubling to 5 min (permanent errors start at 30 s).
+    /// Per-object exponential backoff. Transient errors (Keycloak or the API server down or
+    /// failing): 5 s doubling to 1 min, so a recovered Keycloak is noticed within a minute.
+    /// Errors a person must fix: 30 s doubling to 5 min.
     pub(super) fn backoff(&self, key: &str, permanent: bool) -> Duration {
         let mut f = self.failures.lock().expect("poisoned");
         let n = f.entry(key.to_string()).or_insert(0);
         *n = n.saturating_add(1);
-        let base: u64 = if permanent { 30 } else { 5 };
-        let secs = base.saturating_mul(1u64 << (*n - 1).min(10)).min(300);
+        let (base, max): (u64, u64) = if permanent { (30, 300) } else { (5, 60) };
+        let secs = base.saturating_mul(1u64 << (*n - 1).min(10)).min(max);
         Duration::from_secs(secs)
     }
 
@@ -253,6 +255,18 @@ mod tests {
         let ctx = context(Duration::ZERO);
         ctx.record_keycloak_check("uid", "a".into());
         assert!(!ctx.keycloak_recently_checked("uid", "a"));
+    }
+
+    #[tokio::test]
+    async fn transient_errors_back_off_to_a_minute_permanent_ones_to_five() {
+        let ctx = context(Duration::from_secs(300));
+        let delays = |key: &str, permanent: bool| -> Vec<u64> {
+            (0..8)
+                .map(|_| ctx.backoff(key, permanent).as_secs())
+                .collect()
+        };
+        assert_eq!(delays("t", false), [5, 10, 20, 40, 60, 60, 60, 60]);
+        assert_eq!(delays("p", true), [30, 60, 120, 240, 300, 300, 300, 300]);
     }
 
     #[tokio::test]
