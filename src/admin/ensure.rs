@@ -11,7 +11,6 @@ use crate::api::ScopeType;
 use crate::desired::plan::{
     owned_scope_ids, owner_of, plan_introspection_client, plan_realm_scope_type,
     plan_remove_realm_scope, plan_scope, Adopt, RealmScopeAssignments, RealmScopeWrite, ScopeWrite,
-    Write,
 };
 use crate::desired::realm::{plan_registration_components, RegistrationPolicies};
 use crate::{Error, Result};
@@ -137,18 +136,11 @@ impl KeycloakAdminClient {
         let live = self.client_by_client_id(realm, client_id).await?;
         let new_secret = || known_secret.map_or_else(generate_secret, str::to_string);
         let plan = plan_introspection_client(realm, live.as_ref(), desired, new_secret)?;
-        let uuid = match plan.write {
-            Some(Write::Create(c)) => self.create_client(realm, &c).await?,
-            Some(Write::Update(id, c)) => {
-                self.update_client(realm, &id, &c).await?;
-                id
-            }
-            Some(Write::Delete(id)) => {
-                self.delete_client(realm, &id).await?;
-                id
-            }
-            None => plan.id.unwrap_or_default(),
+        let created = match &plan.write {
+            Some(write) => self.write_client(realm, write).await?,
+            None => None,
         };
+        let uuid = created.or(plan.id).unwrap_or_default();
         let secret = self.client_secret(realm, &uuid).await?;
         let secret = secret.ok_or_else(|| Error::KeycloakApi {
             operation: "read client secret".into(),

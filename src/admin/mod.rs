@@ -484,11 +484,20 @@ impl KeycloakAdminClient {
         .await
     }
 
-    pub async fn create_client(&self, realm: &str, rep: &ClientRepresentation) -> Result<String> {
-        self.create("create client", || {
-            self.api.realm_clients_post(realm, rep.clone())
-        })
-        .await
+    /// One write to the realm's clients; returns the id of a created one.
+    pub async fn write_client(
+        &self,
+        realm: &str,
+        write: &Write<ClientRepresentation>,
+    ) -> Result<Option<String>> {
+        match write {
+            Write::Create(c) => {
+                let create = || self.api.realm_clients_post(realm, c.clone());
+                self.create("create client", create).await.map(Some)
+            }
+            Write::Update(id, c) => self.update_client(realm, id, c).await.map(|()| None),
+            Write::Delete(id) => self.delete_client(realm, id).await.map(|()| None),
+        }
     }
 
     pub async fn update_client(

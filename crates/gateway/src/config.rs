@@ -720,8 +720,8 @@ mod tests {
     }
 
     #[test]
-    fn cli_flags_env_names_and_defaults() {
-        use clap::{CommandFactory, Parser};
+    fn cli_flags_read_these_env_names() {
+        use clap::CommandFactory;
         Cli::command().debug_assert();
         let mut pairs: Vec<(String, String)> = Cli::command()
             .get_arguments()
@@ -783,7 +783,11 @@ mod tests {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
         assert_eq!(pairs, expected);
+    }
 
+    #[test]
+    fn cli_flag_defaults_and_the_secret_is_never_a_flag() {
+        use clap::Parser;
         let base = [
             "proxy",
             "--resource-url",

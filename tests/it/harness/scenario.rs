@@ -175,19 +175,10 @@ impl Scenario {
 impl Drop for Scenario {
     fn drop(&mut self) {
         // The test's runtime may be a current-thread one that this drop blocks, so its operator
-        // could not run the finalizers: stop it, and clean up on a thread and runtime of its own.
+        // could not run the finalizers: stop it, and clean up on a runtime of its own.
         self.op = None;
         let (ns, realm) = (self.ns.clone(), self.realm.name.clone());
-        let keycloak = self.keycloak.clone();
-        let done = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("cleanup runtime")
-                .block_on(clean_up(ns, realm, keycloak))
-        })
-        .join();
+        let done = support::on_own_runtime(clean_up(ns, realm, self.keycloak.clone()));
         // A failed clean-up fails a passing test; while a test panics already, its own message
         // is the one to keep (a second panic would abort the test binary).
         if let Err(panic) = done {

@@ -384,17 +384,27 @@ impl std::fmt::Display for TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        // Drop cannot await, and the test's runtime may be the current-thread one this blocks.
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(async { delete_namespace(&kube_client().await, &name).await })
-        })
-        .join();
+        let _ = on_own_runtime(async move { delete_namespace(&kube_client().await, &name).await });
     }
+}
+
+/// Runs `f` to completion on a thread and runtime of its own, for clean-ups in `Drop`: a drop
+/// cannot await, and the test's runtime may be a current-thread one that the drop blocks.
+pub fn on_own_runtime<F>(f: F) -> std::thread::Result<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("clean-up runtime")
+            .block_on(f)
+    })
+    .join()
 }
 
 /// Waits (up to `timeout`) until CustomResourceDefinition `name` is Established.
