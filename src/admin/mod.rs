@@ -3,6 +3,7 @@
 //! outcome, error classification into condition reasons, and a retry after a 401 (Keycloak
 //! restarted and forgot our token).
 
+mod audience;
 pub mod cimd;
 mod ensure;
 

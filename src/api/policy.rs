@@ -101,6 +101,15 @@ pub struct McpAuthPolicySpec {
     #[schemars(length(max = 4))]
     pub allowed_machine_grants: Vec<MachineGrant>,
 
+    /// How a token names the McpServer it is for (its `aud`). `Scope`: each server has a client
+    /// scope `mcp:server:{namespace}:{name}` the client requests, which adds the server's URL.
+    /// `ResourceIndicator`: the client sends the MCP spec's `resource=<url>` (RFC 8707) and
+    /// Keycloak's `resource-indicators` feature narrows `aud` to that URL; no per-server scope.
+    /// `Auto` (default): `ResourceIndicator` when Keycloak has the feature, else `Scope`
+    /// (condition `AudienceMode` says which and why).
+    #[serde(default)]
+    pub audience: AudienceMode,
+
     /// What happens in Keycloak when this policy is deleted: `Delete` removes the client scopes the
     /// operator created and closes anonymous registration again; `Retain` leaves Keycloak as is.
     /// Either way the policy's claim on the realm is released. The realm itself is never deleted.
@@ -261,6 +270,39 @@ impl ScopeType {
         match self {
             ScopeType::Default => "default",
             ScopeType::Optional => "optional",
+        }
+    }
+}
+
+/// The audience mode a policy asks for (`spec.audience`).
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum AudienceMode {
+    /// `ResourceIndicator` when Keycloak runs with `resource-indicators`, else `Scope`.
+    #[default]
+    Auto,
+    /// A per-server client scope the client requests puts the server's URL in `aud`.
+    Scope,
+    /// `resource=<url>` narrows `aud` to the URL (Keycloak's `resource-indicators` feature).
+    ResourceIndicator,
+}
+
+/// The audience mode in effect (`status.audienceMode` of both kinds).
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum ActiveAudience {
+    #[default]
+    Scope,
+    ResourceIndicator,
+}
+
+impl ActiveAudience {
+    pub fn name(self) -> &'static str {
+        match self {
+            ActiveAudience::Scope => "Scope",
+            ActiveAudience::ResourceIndicator => "ResourceIndicator",
         }
     }
 }
@@ -538,6 +580,10 @@ pub struct McpAuthPolicyStatus {
     /// knows whether anything must be cleaned up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keycloak_realm: Option<String>,
+    /// The audience mode in effect for this policy's servers (see `spec.audience` and the
+    /// `AudienceMode` condition); absent until decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience_mode: Option<ActiveAudience>,
 }
 
 super::status_with_conditions!(McpAuthPolicyStatus);

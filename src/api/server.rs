@@ -269,6 +269,9 @@ pub struct McpServerStatus {
     /// Where the Keycloak objects live, recorded so cleanup finds them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keycloak_realm: Option<String>,
+    /// The audience mode this server was set up for (its policy's `status.audienceMode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience_mode: Option<super::ActiveAudience>,
 }
 
 super::status_with_conditions!(McpServerStatus);

@@ -19,6 +19,9 @@ pub const MACHINE_GRANTS_REFUSED: &str = "MachineGrantsRefused";
 /// `True` when the realm's clients are at >= 90% of `maxClients` (Keycloak's Max Clients policy
 /// refuses anonymous registration at 100%), like a node's `DiskPressure`.
 pub const CLIENT_LIMIT_PRESSURE: &str = "ClientLimitPressure";
+/// Which audience mode (`Scope` or `ResourceIndicator`) the policy's servers use, and why;
+/// `False` when `spec.audience` asks for one this Keycloak cannot serve.
+pub const AUDIENCE_MODE: &str = "AudienceMode";
 // McpServer:
 pub const POLICY_RESOLVED: &str = "PolicyResolved";
 pub const KEYCLOAK_CLIENT_READY: &str = "KeycloakClientReady";
@@ -41,11 +44,14 @@ pub const STALLED_REASONS: &[&str] = &[
     "AdminSecretUrlMismatch",
     "CimdFeatureDisabled",
     "ClientIdConflict",
+    "ExplicitClientIdUnsupported",
     "InsufficientAdminPermissions",
     "InvalidAdminCredentials",
     "InvalidCABundle",
     "RealmClaimed",
     "ResourceConflict",
+    "ResourceIndicatorsFeatureDisabled",
+    "ScopeBreaksResourceIndicators",
     "ScopeConflict",
     "ScopeNotInPolicy",
     "UrlConflict",

@@ -14,9 +14,10 @@ use super::ssa::patch_status_if_changed;
 use super::Context;
 use crate::admin::{Adopt, KeycloakAdminClient};
 use crate::api::{
-    DeletionPolicy, MachineGrant, McpAuthPolicy, McpAuthPolicyStatus, McpServer, ScopeType,
-    OWNER_ATTRIBUTE,
+    ActiveAudience, DeletionPolicy, MachineGrant, McpAuthPolicy, McpAuthPolicyStatus, McpServer,
+    ScopeType, OWNER_ATTRIBUTE,
 };
+use crate::desired::audience;
 use crate::desired::cimd::{self, Admission, CimdClientPlan};
 use crate::desired::realm::{self as desired, RealmClaim};
 use crate::{Error, Result};
@@ -92,6 +93,7 @@ impl Run<'_> {
     /// The stages, in order; each failure is reported on its own condition.
     async fn configure(&mut self) -> Staged<()> {
         let realm_id = self.claim_realm().await?;
+        let mode = self.choose_audience().await.at(AUDIENCE_MODE)?;
         self.configure_scopes().await.at(REALM_CONFIGURED)?;
         self.configure_registration(&realm_id)
             .await
@@ -102,7 +104,7 @@ impl Run<'_> {
         self.client_limit_guard()
             .await
             .at(REGISTRATION_POLICY_APPLIED)?;
-        let (reason, message) = apply_cimd(self.policy, self.ctx, &self.kc)
+        let (reason, message) = apply_cimd(self.policy, self.ctx, &self.kc, mode)
             .await
             .at(CIMD_APPLIED)?;
         self.d.set(CIMD_APPLIED, true, reason, message);
@@ -182,6 +184,21 @@ impl Run<'_> {
         live.id
             .map(|id| id.to_string())
             .ok_or_else(|| (REALM_CONFIGURED, no_id()))
+    }
+
+    /// The audience mode for the policy's servers: `spec.audience` against the features of
+    /// this Keycloak, decided before anything mode-specific is written (a mode Keycloak cannot
+    /// serve fails here, and the servers wait with `PolicyNotReady`).
+    async fn choose_audience(&mut self) -> Result<ActiveAudience> {
+        let info = self.kc.server_info().await?;
+        let feature = audience::resource_indicators_enabled(&info);
+        let requested = self.policy.spec.audience;
+        let choice = audience::choose(requested, feature, self.kc.base_url());
+        let choice = choice.inspect_err(|_| self.d.status.audience_mode = None)?;
+        self.d.status.audience_mode = Some(choice.mode);
+        self.d
+            .set(AUDIENCE_MODE, true, choice.reason, choice.message);
+        Ok(choice.mode)
     }
 
     /// The policy's client scopes, each a realm default or optional scope as the spec says.
@@ -351,13 +368,14 @@ async fn apply_cimd(
     policy: &McpAuthPolicy,
     ctx: &Context,
     kc: &KeycloakAdminClient,
+    mode: ActiveAudience,
 ) -> Result<(&'static str, String)> {
     let wanted = cimd::requested(policy);
     if wanted.is_some() {
         check_cimd_feature(policy, kc).await?;
     }
     let scopes = match wanted {
-        Some(_) => admitted_scopes(policy, ctx).await?,
+        Some(_) => admitted_scopes(policy, ctx, mode).await?,
         None => vec![],
     };
     settle_cimd(policy, ctx, kc, wanted, &scopes).await?;
@@ -380,11 +398,12 @@ async fn check_cimd_feature(policy: &McpAuthPolicy, kc: &KeycloakAdminClient) ->
     ))
 }
 
-/// Scopes every admitted client must be able to request: the policy's own, and the audience
-/// scope of each server using this policy.
+/// Scopes every admitted client must be able to request: the policy's own, and (in `Scope`
+/// mode; `ResourceIndicator` mode has none) the audience scope of each server using this policy.
 async fn admitted_scopes(
     policy: &McpAuthPolicy,
     ctx: &Context,
+    mode: ActiveAudience,
 ) -> Result<Vec<(String, ScopeType)>> {
     let own = policy
         .spec
@@ -392,6 +411,9 @@ async fn admitted_scopes(
         .iter()
         .map(|s| (s.name.clone(), s.r#type));
     let mut scopes: Vec<_> = own.collect();
+    if mode == ActiveAudience::ResourceIndicator {
+        return Ok(scopes);
+    }
     let ns = policy.namespace().unwrap_or_default();
     for s in ctx.servers_in(&ns).await? {
         if s.spec.policy_ref.name == policy.name_any() && s.metadata.deletion_timestamp.is_none() {

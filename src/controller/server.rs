@@ -14,7 +14,10 @@ use super::finish::{cleanup_keycloak, finish, finish_cleanup, At, Reconciled, St
 use super::ssa::{apply_if_changed, patch_status_if_changed};
 use super::Context;
 use crate::admin::Adopt;
-use crate::api::{AuthMode, DeletionPolicy, McpAuthPolicy, McpServer, McpServerStatus, ScopeType};
+use crate::api::{
+    ActiveAudience, AuthMode, DeletionPolicy, McpAuthPolicy, McpServer, McpServerStatus, ScopeType,
+};
+use crate::desired::audience;
 use crate::desired::realm as kdesired;
 use crate::desired::workload::{self, WorkloadInputs, SECRET_KEY_CLIENT_SECRET};
 use crate::{Error, Result};
@@ -30,7 +33,6 @@ impl Reconciled for McpServer {
         let mut d = Draft::begin(old, server.metadata.generation);
         let status = &mut d.status;
         status.url = Some(server.canonical_url());
-        status.client_id = Some(server.client_id());
         status.secret_name = Some(server.secret_name());
         status.audience_scope = Some(server.audience_scope());
         let mut run = Run::new(&server, ctx, d);
@@ -135,11 +137,12 @@ impl<'a> Run<'a> {
         check_url_free(self.server, self.ctx, realm)
             .await
             .at(POLICY_RESOLVED)?;
+        let mode = self.audience_mode(&policy).at(KEYCLOAK_CLIENT_READY)?;
         // Kubernetes Secret first: its value is reused if the Keycloak client must be recreated.
         let known_secret = self.known_secret().await.at(SECRET_READY)?;
         self.write_ahead(realm).await.at(KEYCLOAK_CLIENT_READY)?;
         let client_secret = self
-            .ensure_keycloak(&policy, known_secret)
+            .ensure_keycloak(&policy, mode, known_secret)
             .await
             .at(KEYCLOAK_CLIENT_READY)?;
         self.ensure_secret(&client_secret).await.at(SECRET_READY)?;
@@ -149,6 +152,20 @@ impl<'a> Run<'a> {
             .at(AVAILABLE)?;
         self.set_ready(available);
         Ok(())
+    }
+
+    /// The policy's audience mode, and what it names in status: the client (its url in
+    /// `ResourceIndicator` mode) and the audience scope (none in that mode).
+    fn audience_mode(&mut self, policy: &McpAuthPolicy) -> Result<ActiveAudience> {
+        let mode = policy_audience(policy);
+        audience::check_client_id(self.server, mode)?;
+        let status = &mut self.d.status;
+        status.client_id = Some(audience::client_id(self.server, mode));
+        status.audience_mode = Some(mode);
+        if mode == ActiveAudience::ResourceIndicator {
+            status.audience_scope = None;
+        }
+        Ok(mode)
     }
 
     fn set_ready(&mut self, available: bool) {
@@ -214,10 +231,15 @@ impl<'a> Run<'a> {
     async fn ensure_keycloak(
         &mut self,
         policy: &McpAuthPolicy,
+        mode: ActiveAudience,
         known_secret: Option<String>,
     ) -> Result<String> {
         let (server, ctx) = (self.server, self.ctx);
-        let recorded_scope_id = self.d.status.audience_scope_id.clone();
+        let recorded_scope_id = match mode {
+            ActiveAudience::Scope => self.d.status.audience_scope_id.clone(),
+            // No audience scope in this mode: nothing recorded to look for.
+            ActiveAudience::ResourceIndicator => Some(String::new()),
+        };
         let checked = |scope_id: &str, secret: &str| {
             ctx.keycloak_recently_checked(
                 &self.uid,
@@ -231,11 +253,13 @@ impl<'a> Run<'a> {
         let client_secret = match known_secret.clone().filter(|_| fresh) {
             Some(secret) => secret,
             None => {
+                let previous = Previous::of(server);
                 let (secret, scope_id) = keycloak_objects(
                     server,
                     ctx,
                     policy,
-                    recorded_scope_id.as_deref(),
+                    mode,
+                    &previous,
                     known_secret.as_deref(),
                 )
                 .await?;
@@ -243,14 +267,20 @@ impl<'a> Run<'a> {
                     &self.uid,
                     check_inputs(server, policy, &scope_id, &secret),
                 );
-                self.d.status.audience_scope_id = Some(scope_id);
+                self.d.status.audience_scope_id = Some(scope_id).filter(|id| !id.is_empty());
                 secret
             }
         };
         let realm = &policy.spec.keycloak.realm;
         self.d.status.keycloak_realm = Some(realm.clone());
-        let (client, scope) = (server.client_id(), server.audience_scope());
-        let message = format!("client {client} and audience scope {scope} exist in realm {realm}");
+        let client = audience::client_id(server, mode);
+        let message = match mode {
+            ActiveAudience::Scope => format!(
+                "client {client} and audience scope {} exist in realm {realm}",
+                server.audience_scope()
+            ),
+            ActiveAudience::ResourceIndicator => format!("client {client} (resource_url = its url) exists in realm {realm}, and every scope of the policy names it as audience"),
+        };
         self.d
             .set(KEYCLOAK_CLIENT_READY, true, "ClientReady", message);
         Ok(client_secret)
@@ -258,7 +288,8 @@ impl<'a> Run<'a> {
 
     async fn ensure_secret(&mut self, client_secret: &str) -> Result<()> {
         let server = self.server;
-        let desired = workload::secret(server, &server.client_id(), client_secret);
+        let client_id = self.d.status.client_id.clone().unwrap_or_default();
+        let desired = workload::secret(server, &client_id, client_secret);
         apply_if_changed(&self.api::<Secret>(), &desired, &self.uid).await?;
         let message = format!(
             "Secret {} holds the client credentials",
@@ -323,27 +354,107 @@ fn check_inputs(
         &server.metadata.generation.unwrap_or_default().to_string(),
         policy.metadata.uid.as_deref().unwrap_or_default(),
         &policy.metadata.generation.unwrap_or_default().to_string(),
+        policy_audience(policy).name(),
+        server
+            .status
+            .as_ref()
+            .and_then(|s| s.client_id.as_deref())
+            .unwrap_or_default(),
         &policy.spec.keycloak.realm,
         scope_id,
         secret,
     ])
 }
 
-/// Writes what differs of the introspection client and the audience scope; returns the client
-/// secret and the scope's id.
+/// The mode a policy's status says (Scope until it has decided).
+fn policy_audience(policy: &McpAuthPolicy) -> ActiveAudience {
+    let status = policy.status.as_ref();
+    status.and_then(|s| s.audience_mode).unwrap_or_default()
+}
+
+/// What the last reconcile set up, from the server's status: what a mode, url or name change
+/// leaves behind.
+struct Previous {
+    client_id: Option<String>,
+    scope_id: Option<String>,
+    mode: Option<ActiveAudience>,
+}
+
+impl Previous {
+    fn of(server: &McpServer) -> Self {
+        let status = server.status.as_ref();
+        Previous {
+            client_id: status.and_then(|s| s.client_id.clone()),
+            scope_id: status.and_then(|s| s.audience_scope_id.clone()),
+            mode: status.and_then(|s| s.audience_mode),
+        }
+    }
+}
+
+/// Writes what differs of the server's Keycloak objects in `mode`, then removes what another
+/// mode, url or name left (ours only); returns the client secret and the audience scope's id
+/// (empty in `ResourceIndicator` mode).
 async fn keycloak_objects(
     server: &McpServer,
     ctx: &Context,
     policy: &McpAuthPolicy,
-    recorded_scope_id: Option<&str>,
+    mode: ActiveAudience,
+    previous: &Previous,
     known_secret: Option<&str>,
 ) -> Result<(String, String)> {
     let realm = &policy.spec.keycloak.realm;
     let kc = ctx.keycloak_for(policy).await?;
+    let owner = server.owner_marker();
+    let scope_names: Vec<&str> = policy.spec.scopes.iter().map(|s| s.name.as_str()).collect();
+    let mapper = audience::mapper_name(server);
+    let done = match mode {
+        ActiveAudience::Scope => {
+            let done = scope_objects(server, &kc, realm, previous, known_secret).await?;
+            if previous.mode == Some(ActiveAudience::ResourceIndicator) {
+                let scopes = kc.client_scopes(realm).await?;
+                kc.ensure_named_mapper(realm, &scopes, &scope_names, &mapper, None)
+                    .await?;
+            }
+            done
+        }
+        ActiveAudience::ResourceIndicator => {
+            let client = audience::resource_client(server);
+            let (_uuid, secret) = kc
+                .ensure_introspection_client(realm, &client, known_secret)
+                .await?;
+            let scopes = kc.client_scopes(realm).await?;
+            let desired = audience::policy_scope_mapper(server);
+            kc.ensure_named_mapper(realm, &scopes, &scope_names, &mapper, Some(&desired))
+                .await?;
+            if previous.scope_id.is_some() {
+                // A token asking for the old audience scope would still name the url.
+                kc.delete_owned_scopes(realm, &owner, Some(&server.audience_scope()))
+                    .await?;
+            }
+            (secret, String::new())
+        }
+    };
+    let current = audience::client_id(server, mode);
+    if let Some(old) = previous.client_id.as_deref().filter(|old| *old != current) {
+        // Only after the current client exists: the pods switch to it as they roll.
+        kc.delete_owned_client(realm, old, &owner).await?;
+    }
+    Ok(done)
+}
+
+/// `Scope` mode: the introspection client and the server's audience scope; returns the client
+/// secret and the scope's id.
+async fn scope_objects(
+    server: &McpServer,
+    kc: &crate::admin::KeycloakAdminClient,
+    realm: &str,
+    previous: &Previous,
+    known_secret: Option<&str>,
+) -> Result<(String, String)> {
     let audience_scope = kdesired::audience_scope(server);
     // The scope by its recorded id: one small read, where the realm's list grows with every
     // server. The list when the id is unknown or stale (deleted, or a scope of another name).
-    let by_id = match recorded_scope_id {
+    let by_id = match previous.scope_id.as_deref() {
         Some(id) => kc.client_scope(realm, id).await?,
         None => None,
     };
@@ -419,10 +530,23 @@ async fn remove_from_keycloak(server: &McpServer, ctx: &Context) -> Result<()> {
     let realm = &policy.spec.keycloak.realm;
     let kc = ctx.keycloak_for_cleanup(&policy).await?;
     let owner = server.owner_marker();
-    kc.delete_owned_client(realm, &server.client_id(), &owner)
-        .await?;
+    // Every name the client may have had: either mode's, and the last one in status.
+    let recorded = Previous::of(server).client_id;
+    let names = [
+        Some(server.client_id()),
+        Some(server.canonical_url()),
+        recorded,
+    ];
+    for name in names.iter().flatten() {
+        kc.delete_owned_client(realm, name, &owner).await?;
+    }
     let scope = server.audience_scope();
-    kc.delete_owned_scopes(realm, &owner, Some(&scope)).await
+    kc.delete_owned_scopes(realm, &owner, Some(&scope)).await?;
+    let scopes = kc.client_scopes(realm).await?;
+    let names: Vec<&str> = policy.spec.scopes.iter().map(|s| s.name.as_str()).collect();
+    let mapper = audience::mapper_name(server);
+    kc.ensure_named_mapper(realm, &scopes, &names, &mapper, None)
+        .await
 }
 
 #[cfg(test)]

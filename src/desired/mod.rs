@@ -1,6 +1,7 @@
 //! Pure builders: spec in, desired objects out. No IO here, so every builder is tested by
 //! asserting the exact object it returns.
 
+pub mod audience;
 pub mod cimd;
 pub mod plan;
 pub mod realm;

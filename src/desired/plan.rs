@@ -167,6 +167,31 @@ pub fn plan_scope(
     })
 }
 
+/// The one write (if any) that makes the mapper called `name` on a scope `desired`: created,
+/// updated when it drifted, deleted when `desired` is `None`. Other mappers are never touched:
+/// the scope belongs to someone else (a policy scope carrying a server's audience).
+pub fn plan_named_mapper(
+    live: &[ProtocolMapperRepresentation],
+    name: &str,
+    desired: Option<&ProtocolMapperRepresentation>,
+) -> Result<Option<Write<ProtocolMapperRepresentation>>> {
+    let found = live.iter().find(|l| l.name.as_deref() == Some(name));
+    let id = |l: &ProtocolMapperRepresentation| l.id.clone().unwrap_or_default();
+    Ok(match (found, desired) {
+        (None, None) => None,
+        (None, Some(m)) => Some(Write::Create(m.clone())),
+        (Some(l), None) => Some(Write::Delete(id(l))),
+        (Some(l), Some(m)) if drifted(m, l)? => {
+            let body = ProtocolMapperRepresentation {
+                id: Some(id(l)),
+                ..m.clone()
+            };
+            Some(Write::Update(id(l), body))
+        }
+        (Some(_), Some(_)) => None,
+    })
+}
+
 /// Mappers matched by name: missing ones created, drifted ones updated, others left alone.
 fn plan_mappers(
     live: &[ProtocolMapperRepresentation],

@@ -161,7 +161,7 @@ pub fn introspection_audience_mapper(client_id: &str) -> ProtocolMapperRepresent
     )
 }
 
-fn audience(name: &str, key: &str, value: &str) -> ProtocolMapperRepresentation {
+pub(crate) fn audience(name: &str, key: &str, value: &str) -> ProtocolMapperRepresentation {
     let config: HashMap<String, String> = [
         (key, value),
         ("access.token.claim", "true"),

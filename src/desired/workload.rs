@@ -23,11 +23,14 @@ use k8s_openapi::ByteString;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use crate::api::{AuthMode, McpAuthPolicy, McpServer, GATEWAY_ADMIN_PORT, GATEWAY_PORT};
+use crate::api::{
+    ActiveAudience, AuthMode, McpAuthPolicy, McpServer, GATEWAY_ADMIN_PORT, GATEWAY_PORT,
+};
 use mcp_auth_gateway::contract::{
-    self, ADMIN_LISTEN_ENV, ALLOWED_ORIGINS_ENV, AUTH_HOST_ENV, AUTH_PORT_ENV, AUTH_REALM_ENV,
-    CLIENT_ID_ENV, CLIENT_SECRET_ENV, HOST_ENV, INTROSPECTION_ENDPOINT_ENV, ISSUER_ENV, LISTEN_ENV,
-    PORT_ENV, REQUIRED_SCOPES_ENV, SERVER_URL_ENV, SERVICE_ACCOUNT_CLIENTS_ENV, UPSTREAM_ENV,
+    self, ADMIN_LISTEN_ENV, ALLOWED_ORIGINS_ENV, AUDIENCE_MODE_ENV,
+    AUDIENCE_MODE_RESOURCE_INDICATOR, AUTH_HOST_ENV, AUTH_PORT_ENV, AUTH_REALM_ENV, CLIENT_ID_ENV,
+    CLIENT_SECRET_ENV, HOST_ENV, INTROSPECTION_ENDPOINT_ENV, ISSUER_ENV, LISTEN_ENV, PORT_ENV,
+    REQUIRED_SCOPES_ENV, SERVER_URL_ENV, SERVICE_ACCOUNT_CLIENTS_ENV, UPSTREAM_ENV,
 };
 
 pub const SECRET_KEY_CLIENT_ID: &str = "client-id";
@@ -52,6 +55,8 @@ pub struct WorkloadInputs {
     pub service_account_clients: Vec<String>,
     /// Extra browser origins the gateway admits (`spec.auth.allowedOrigins`).
     pub allowed_origins: Vec<String>,
+    /// `ResourceIndicator`: the gateway wants `aud` to be exactly the url.
+    pub audience_mode: ActiveAudience,
     /// Digest of the client secret and the auth settings: changes roll the pods.
     pub config_hash: String,
     pub gateway_image: String,
@@ -73,11 +78,13 @@ impl WorkloadInputs {
             .as_ref()
             .and_then(|u| u.port_or_known_default())
             .unwrap_or(80);
-        let required_scopes = required_scopes(server, policy);
+        let audience_mode = policy.status.as_ref().and_then(|s| s.audience_mode);
+        let audience_mode = audience_mode.unwrap_or_default();
+        let required_scopes = required_scopes(server, policy, audience_mode);
         let url = server.canonical_url();
         let issuer = policy.issuer();
         let introspection_endpoint = policy.introspection_endpoint();
-        let client_id = server.client_id();
+        let client_id = super::audience::client_id(server, audience_mode);
         let config_hash = super::digest(&[
             client_secret,
             &client_id,
@@ -96,6 +103,7 @@ impl WorkloadInputs {
             client_id,
             secret_name: server.secret_name(),
             required_scopes,
+            audience_mode,
             service_account_clients: server.spec.auth.service_account_clients.clone(),
             allowed_origins: server.spec.auth.allowed_origins.clone(),
             config_hash,
@@ -109,15 +117,21 @@ impl WorkloadInputs {
     }
 }
 
-/// Scopes a token must carry: the server's (default: all of the policy's) plus its audience
-/// scope, so the 401 challenge tells clients exactly what to request.
-pub fn required_scopes(server: &McpServer, policy: &McpAuthPolicy) -> Vec<String> {
+/// Scopes a token must carry: the server's (default: all of the policy's) plus, in `Scope`
+/// mode, its audience scope, so the 401 challenge tells clients exactly what to request.
+pub fn required_scopes(
+    server: &McpServer,
+    policy: &McpAuthPolicy,
+    mode: ActiveAudience,
+) -> Vec<String> {
     let mut scopes: Vec<String> = if server.spec.scopes.is_empty() {
         policy.spec.scopes.iter().map(|s| s.name.clone()).collect()
     } else {
         server.spec.scopes.clone()
     };
-    scopes.push(server.audience_scope());
+    if mode == ActiveAudience::Scope {
+        scopes.push(server.audience_scope());
+    }
     scopes
 }
 
@@ -187,6 +201,10 @@ fn auth_env(inputs: &WorkloadInputs) -> Vec<EnvVar> {
         ),
         env(REQUIRED_SCOPES_ENV, inputs.required_scopes.join(" ")),
     ];
+    // Only in that mode: absent means Scope, and unchanged servers keep their pod template.
+    if inputs.audience_mode == ActiveAudience::ResourceIndicator {
+        vars.push(env(AUDIENCE_MODE_ENV, AUDIENCE_MODE_RESOURCE_INDICATOR));
+    }
     // Only when set: absent means "users only", and unchanged servers keep their pod template.
     if !inputs.service_account_clients.is_empty() {
         vars.push(env(
@@ -531,6 +549,7 @@ mod tests {
                 dynamic_client_registration: None,
                 client_id_metadata_documents: None,
                 allowed_machine_grants: vec![],
+                audience: Default::default(),
                 deletion_policy: DeletionPolicy::Delete,
             },
         );
@@ -637,6 +656,34 @@ mod tests {
             i.config_hash, other.config_hash,
             "a new secret must roll the pods"
         );
+    }
+
+    #[test]
+    fn resource_indicator_mode_names_the_client_after_the_url_and_tells_the_gateway() {
+        let s = server(AuthMode::Proxy);
+        let scope_mode = WorkloadInputs::resolve(&s, &policy(), "s3cr3t", "op:1");
+        let gateway_env = |i: &WorkloadInputs| {
+            let d = deployment(&s, i);
+            env_of(&d.spec.template.spec.unwrap().containers[0])
+        };
+        assert!(!gateway_env(&scope_mode).contains_key("MCP_AUTH_AUDIENCE_MODE"));
+        let mut p = policy();
+        p.status = Some(crate::api::McpAuthPolicyStatus {
+            audience_mode: Some(ActiveAudience::ResourceIndicator),
+            ..Default::default()
+        });
+        let i = WorkloadInputs::resolve(&s, &p, "s3cr3t", "op:1");
+        assert_eq!(i.client_id, "http://localhost:3000");
+        // No per-server scope to ask for: resource=<url> names the server.
+        assert_eq!(i.required_scopes, vec!["mcp:tools"]);
+        assert_ne!(
+            i.config_hash, scope_mode.config_hash,
+            "a mode switch rolls the pods"
+        );
+        let e = gateway_env(&i);
+        assert_eq!(value(&e, "MCP_AUTH_AUDIENCE_MODE"), "ResourceIndicator");
+        assert_eq!(value(&e, "OAUTH_CLIENT_ID"), "http://localhost:3000");
+        assert_eq!(value(&e, "MCP_REQUIRED_SCOPES"), "mcp:tools");
     }
 
     #[test]

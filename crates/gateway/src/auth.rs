@@ -99,6 +99,29 @@ impl Audience {
     }
 }
 
+/// `ResourceIndicator` mode: the `aud` of the JWT itself when it names exactly one audience,
+/// else `None` (which no rule accepts). Keycloak's introspection answer recomputes `aud` without
+/// the narrowing (every server of the realm), so only the token shows whether `resource`
+/// narrowed it. Read only after introspection accepted this very token: Keycloak has checked
+/// its signature and state, so its payload is Keycloak's.
+pub fn narrowed_audience(token: &str) -> Option<Audience> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct Claims {
+        aud: Option<Audience>,
+    }
+    let payload = token.split('.').nth(1)?.trim_end_matches('=');
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: Claims = serde_json::from_slice(&bytes).ok()?;
+    match claims.aud? {
+        Audience::One(aud) => Some(Audience::One(aud)),
+        Audience::Many(mut auds) if auds.len() == 1 => auds.pop().map(Audience::One),
+        _ => None,
+    }
+}
+
 /// The RFC 7662 fields the gateway uses (others are ignored; absent ones are `None`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct IntrospectionResponse {
@@ -486,6 +509,30 @@ mod tests {
         // The pre-`sid` claim counts as a user session too.
         let legacy = active(serde_json::json!({"sid": null, "session_state": "s-2"}));
         assert!(matches!(ev(&legacy, &req()), Decision::Allow(_)));
+    }
+
+    #[test]
+    fn narrowed_audience_is_the_tokens_single_aud() {
+        use base64::Engine as _;
+        let jwt = |claims: serde_json::Value| {
+            let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+            let payload = b64(claims.to_string().as_bytes());
+            format!("{}.{payload}.{}", b64(b"{\"alg\":\"RS256\"}"), b64(b"sig"))
+        };
+        let one = |s: &str| Some(Audience::One(s.into()));
+        let cases = [
+            (serde_json::json!({"aud": RES}), one(RES)),
+            (serde_json::json!({"aud": [RES]}), one(RES)),
+            // Not narrowed: every server of the realm, as Keycloak issues it without resource.
+            (serde_json::json!({"aud": [RES, "https://other/mcp"]}), None),
+            (serde_json::json!({"aud": []}), None),
+            (serde_json::json!({"sub": "x"}), None),
+        ];
+        for (claims, want) in cases {
+            assert_eq!(narrowed_audience(&jwt(claims.clone())), want, "{claims}");
+        }
+        assert_eq!(narrowed_audience("not-a-jwt"), None);
+        assert_eq!(narrowed_audience("a.%%%.c"), None);
     }
 
     #[test]

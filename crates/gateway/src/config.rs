@@ -141,6 +141,12 @@ pub struct GatewayConfig {
     #[arg(long, env = contract::SERVICE_ACCOUNT_CLIENTS_ENV, default_value = "")]
     pub service_account_clients: String,
 
+    /// `Scope`: the resource URL anywhere in the introspected `aud`. `ResourceIndicator`: the
+    /// token's own `aud` must be exactly the URL (RFC 8707 `resource` narrowed it).
+    #[arg(long, env = contract::AUDIENCE_MODE_ENV, default_value = "Scope",
+          value_parser = ["Scope", contract::AUDIENCE_MODE_RESOURCE_INDICATOR])]
+    pub audience_mode: String,
+
     /// Browser origins (comma- or space-separated, `scheme://host[:port]`) allowed besides the
     /// resource URL's own; requests with any other `Origin` get 403.
     #[arg(long, env = ALLOWED_ORIGINS_ENV, default_value = "")]
@@ -289,6 +295,7 @@ impl GatewayConfig {
             cache_ttl: ttl,
             negative_cache_ttl: Duration::from_secs(self.negative_cache_ttl_seconds).min(ttl),
             cache_max_entries: self.cache_max_entries,
+            narrowed_audience: self.audience_mode == contract::AUDIENCE_MODE_RESOURCE_INDICATOR,
         })
     }
 
@@ -554,6 +561,9 @@ pub(crate) struct IntrospectionSettings {
     pub cache_ttl: Duration,
     pub negative_cache_ttl: Duration,
     pub cache_max_entries: usize,
+    /// `ResourceIndicator` mode: judge the token's own `aud` (see
+    /// [`crate::auth::narrowed_audience`]), not the introspection answer's.
+    pub narrowed_audience: bool,
 }
 
 /// Validated, derived settings.
@@ -736,6 +746,7 @@ mod tests {
         let expected = [
             ("admin-listen", "MCP_GATEWAY_ADMIN_LISTEN"),
             ("allowed-origins", "MCP_GATEWAY_ALLOWED_ORIGINS"),
+            ("audience-mode", "MCP_AUTH_AUDIENCE_MODE"),
             ("body-timeout-ms", "MCP_GATEWAY_BODY_TIMEOUT_MS"),
             ("ca-bundle", "MCP_GATEWAY_CA_BUNDLE"),
             ("cache-max-entries", "MCP_GATEWAY_CACHE_MAX_ENTRIES"),

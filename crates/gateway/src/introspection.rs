@@ -78,6 +78,7 @@ struct Inner {
     inflight: Mutex<HashMap<TokenKey, SharedCall>>,
     limiter: IntrospectionLimiter,
     metrics: Arc<Metrics>,
+    narrowed_audience: bool,
 }
 
 fn form_encode(s: &str) -> String {
@@ -130,6 +131,7 @@ impl Introspector {
                 inflight: Mutex::new(HashMap::new()),
                 limiter: IntrospectionLimiter::new(limits.total, limits.per_client),
                 metrics,
+                narrowed_audience: settings.narrowed_audience,
             }),
         })
     }
@@ -261,7 +263,7 @@ impl Inner {
         }
         // Report only the position and category of a parse error: serde messages can
         // quote values from the response.
-        let parsed: IntrospectionResponse = serde_json::from_slice(&body).map_err(|e| {
+        let mut parsed: IntrospectionResponse = serde_json::from_slice(&body).map_err(|e| {
             IntrospectionError::InvalidResponse(format!(
                 "{:?} error at line {} column {}",
                 e.classify(),
@@ -269,6 +271,9 @@ impl Inner {
                 e.column()
             ))
         })?;
+        if self.narrowed_audience && parsed.active {
+            parsed.aud = super::auth::narrowed_audience(token);
+        }
         Ok(Arc::new(parsed.into()))
     }
 }
