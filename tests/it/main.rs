@@ -15,6 +15,7 @@ mod stress;
 #[allow(dead_code)]
 mod support;
 
+mod audience;
 mod bad_input;
 mod chart_docs;
 mod cimd;

@@ -353,19 +353,35 @@ impl Realm {
     /// A token for the minter client with the given scope string, by the authorization-code
     /// flow through Keycloak's own login form (the realm refuses the password grant).
     pub async fn mint_token(&self, scope: &str) -> Value {
+        let (status, v) = self.mint_token_for(scope, None).await;
+        assert_eq!(status, 200, "token request: {v}");
+        v
+    }
+
+    /// [`mint_token`] with RFC 8707 `resource` (on the authorization and the token request, as
+    /// MCP clients send it) when given; returns the token endpoint's status and answer.
+    pub async fn mint_token_for(&self, scope: &str, resource: Option<&str>) -> (u16, Value) {
         let (client_id, user, password) = self.token_minter().await;
         let base = format!(
             "{}/realms/{}/protocol/openid-connect",
             self.kc.base_url, self.name
         );
-        let code = login_for_code(&base, &client_id, &user, &password, scope).await;
-        let req = reqwest::Client::new().post(format!("{base}/token")).form(&[
+        let code = login_for_code_with(&base, &client_id, &user, &password, scope, resource).await;
+        let mut form = vec![
             ("grant_type", "authorization_code"),
             ("client_id", client_id.as_str()),
             ("code", code.as_str()),
             ("redirect_uri", MINTER_REDIRECT),
-        ]);
-        support::ok_json(req, "token request").await
+        ];
+        form.extend(resource.map(|r| ("resource", r)));
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/token"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     /// RFC 7662 introspection with a confidential client's credentials.
@@ -449,12 +465,26 @@ pub async fn login_for_code(
     password: &str,
     scope: &str,
 ) -> String {
+    login_for_code_with(base, client_id, user, password, scope, None).await
+}
+
+/// [`login_for_code`] with RFC 8707 `resource` on the authorization request when given.
+pub async fn login_for_code_with(
+    base: &str,
+    client_id: &str,
+    user: &str,
+    password: &str,
+    scope: &str,
+    resource: Option<&str>,
+) -> String {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    let resource = resource.map(|r| format!("&resource={}", urlencode(r)));
+    let resource = resource.unwrap_or_default();
     let auth = format!(
-        "{base}/auth?response_type=code&client_id={}&redirect_uri={}&scope={}",
+        "{base}/auth?response_type=code&client_id={}&redirect_uri={}&scope={}{resource}",
         urlencode(client_id),
         urlencode(MINTER_REDIRECT),
         urlencode(scope)
@@ -648,9 +678,14 @@ pub async fn gateway_config_from_deployment(
     );
     cfg.required_scopes = env["MCP_REQUIRED_SCOPES"].clone();
     // Set by the operator only when the McpServer asks for them.
-    use mcp_auth_gateway::contract::{ALLOWED_ORIGINS_ENV, SERVICE_ACCOUNT_CLIENTS_ENV};
+    use mcp_auth_gateway::contract::{
+        ALLOWED_ORIGINS_ENV, AUDIENCE_MODE_ENV, SERVICE_ACCOUNT_CLIENTS_ENV,
+    };
     if let Some(clients) = env.get(SERVICE_ACCOUNT_CLIENTS_ENV) {
         cfg.service_account_clients = clients.clone();
+    }
+    if let Some(mode) = env.get(AUDIENCE_MODE_ENV) {
+        cfg.audience_mode = mode.clone();
     }
     if let Some(origins) = env.get(ALLOWED_ORIGINS_ENV) {
         cfg.allowed_origins = origins.clone();
