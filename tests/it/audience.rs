@@ -142,8 +142,18 @@ async fn resource_indicator_mode_binds_tokens_to_one_server() {
     // And Keycloak itself keeps B's introspection client out of A's token.
     let secret = secret_value(&b.client, &b.ns, "beta-oauth", "client-secret").await;
     let secret = secret.expect("beta's Secret");
-    let (_, v) = b.realm.introspect(&url_b, &secret, &for_a).await;
+    // RFC 6749 2.3.1: the client id (a URL, with ':') is form-encoded for basic auth.
+    let (_, v) = b
+        .realm
+        .introspect(&urlencode(&url_b), &secret, &for_a)
+        .await;
     assert_eq!(v["active"], false, "{v}");
+    let secret_a = secret_value(&b.client, &b.ns, "alpha-oauth", "client-secret").await;
+    let (_, v) = b
+        .realm
+        .introspect(&urlencode(&url_a), &secret_a.unwrap(), &for_a)
+        .await;
+    assert_eq!(v["active"], true, "{v}");
     gw_a.shutdown().await.unwrap();
     gw_b.shutdown().await.unwrap();
 }
@@ -204,7 +214,9 @@ async fn auto_falls_back_to_scope_without_the_feature() {
 
     b.patch_spec::<McpAuthPolicy>("acme", json!({"audience": "Auto"}))
         .await;
-    b.wait_reason::<McpAuthPolicy>("acme", "AudienceMode", "ResourceIndicatorsUnavailable")
-        .await;
     b.wait_ready::<McpAuthPolicy>("acme").await;
+    let (reason, _) = b
+        .wait_condition::<McpAuthPolicy>("acme", "AudienceMode", "True")
+        .await;
+    assert_eq!(reason, "ResourceIndicatorsUnavailable");
 }
