@@ -3,11 +3,31 @@
 
 use keycloak::types::{ClientScopeRepresentation, ProtocolMapperRepresentation};
 
+use std::time::{Duration, Instant};
+
 use super::KeycloakAdminClient;
+use crate::desired::audience;
 use crate::desired::plan::plan_named_mapper;
 use crate::{Error, Result};
 
+/// How long one feature probe is reused.
+const FEATURE_PROBE_TTL: Duration = Duration::from_secs(60);
+
 impl KeycloakAdminClient {
+    /// Whether this Keycloak runs `resource-indicators` (see
+    /// [`audience::resource_indicators_enabled`]), probed at most once a minute.
+    pub async fn resource_indicators(&self) -> Result<bool> {
+        let mut last = self.resource_indicators.lock().await;
+        if let Some((at, on)) = *last {
+            if at.elapsed() < FEATURE_PROBE_TTL {
+                return Ok(on);
+            }
+        }
+        let on = audience::resource_indicators_enabled(&self.server_info().await?);
+        *last = Some((Instant::now(), on));
+        Ok(on)
+    }
+
     /// `GET /admin/serverinfo` as JSON (the typed crate lacks it). Answered to a realm's own
     /// `realm-admin` too (verified on 26.7.3: its `profileInfo` and `systemInfo.version` are
     /// there), so least-privilege credentials can read which features Keycloak runs.

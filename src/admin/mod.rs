@@ -248,6 +248,9 @@ pub struct KeycloakAdminClient {
     /// PUT: one read-merge-write at a time through this client. Only a realm's owning policy
     /// writes them, and policies with equal connections share a client.
     client_policy_lists_lock: tokio::sync::Mutex<()>,
+    /// The last feature probe (`GET /admin/serverinfo`, ~300 KB for a master admin) and when
+    /// it was made: features change only with a Keycloak restart, so one probe serves a while.
+    resource_indicators: Mutex<Option<(Instant, bool)>>,
 }
 
 impl std::fmt::Debug for KeycloakAdminClient {
@@ -299,6 +302,7 @@ impl KeycloakAdminClient {
             tokens,
             metrics,
             client_policy_lists_lock: Default::default(),
+            resource_indicators: Mutex::new(None),
         })
     }
 

@@ -190,8 +190,7 @@ impl Run<'_> {
     /// this Keycloak, decided before anything mode-specific is written (a mode Keycloak cannot
     /// serve fails here, and the servers wait with `PolicyNotReady`).
     async fn choose_audience(&mut self) -> Result<ActiveAudience> {
-        let info = self.kc.server_info().await?;
-        let feature = audience::resource_indicators_enabled(&info);
+        let feature = self.kc.resource_indicators().await?;
         let requested = self.policy.spec.audience;
         let choice = audience::choose(requested, feature, self.kc.base_url());
         let choice = choice.inspect_err(|_| self.d.status.audience_mode = None)?;
