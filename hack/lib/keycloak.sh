@@ -126,6 +126,30 @@ keycloak_start_bg() {
   )
 }
 
+# Stops a named instance and gives it another feature set, keeping its port, data (realms,
+# clients) and admin: a Keycloak restarted with or without a feature, as an operator meets it
+# (tests/it/audience.rs migrates servers between audience modes this way).
+keycloak_refeature() {
+  local name=$1 features=$2 d; d=$(kc_dir "$name")
+  [[ -f "$d/instance.env" ]] || die "no Keycloak instance '$name'"
+  keycloak_stop "$name"
+  local built; built=$(keycloak_built_home "$features")
+  rm -rf "${d:?}/home.tmp"
+  cp -a --reflink=auto "$built" "$d/home.tmp"
+  if [[ -d "$d/home/data" ]]; then
+    rm -rf "$d/home.tmp/data"
+    cp -a "$d/home/data" "$d/home.tmp/data"
+  fi
+  rm -rf "${d:?}/home"
+  mv "$d/home.tmp" "$d/home"
+  local HTTP_PORT MGMT_PORT FEATURES
+  # shellcheck disable=SC1091
+  . "$d/instance.env"
+  printf 'HTTP_PORT=%s\nMGMT_PORT=%s\nFEATURES=%q\n' "$HTTP_PORT" "$MGMT_PORT" "$features" >"$d/instance.env.tmp"
+  mv "$d/instance.env.tmp" "$d/instance.env"
+  keycloak_start_bg "$name" "$features"
+}
+
 keycloak_wait_ready() {
   local name=$1 d; d=$(kc_dir "$name")
   local MGMT_PORT HTTP_PORT FEATURES

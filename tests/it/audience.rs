@@ -10,6 +10,7 @@ use harness::*;
 use mcp_auth_gateway::spawn;
 use mcp_keycloak_operator::api::{ActiveAudience, McpAuthPolicy, McpServer};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// A loopback URL for a gateway's canonical URL (compared as a string only).
 fn canonical_url() -> String {
@@ -219,4 +220,91 @@ async fn auto_falls_back_to_scope_without_the_feature() {
         .wait_condition::<McpAuthPolicy>("acme", "AudienceMode", "True")
         .await;
     assert_eq!(reason, "ResourceIndicatorsUnavailable");
+}
+
+/// The server's state in Keycloak and its Secret once it is in `mode`.
+async fn wait_server_in(b: &Scenario, mode: ActiveAudience, client_id: &str) -> McpServer {
+    let what = format!("weather in {mode:?} mode, Ready, client {client_id}");
+    support::wait_for(&what, Duration::from_secs(180), || async {
+        let s: McpServer = b.get("weather").await;
+        let st = s.status.clone()?;
+        let ready = st.conditions.iter().any(|c| {
+            c.type_ == "Ready"
+                && c.status == "True"
+                && c.observed_generation == s.metadata.generation
+        });
+        (ready && st.audience_mode == Some(mode) && st.client_id.as_deref() == Some(client_id))
+            .then_some(s)
+    })
+    .await
+}
+
+async fn mapper_names(b: &Scenario) -> Vec<String> {
+    let tools = b.realm.scope("mcp:tools").await.expect("mcp:tools");
+    let mappers = tools["protocolMappers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    mappers
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A Keycloak restarted with `resource-indicators`, and again without: `Auto` follows, and the
+/// server migrates each time — the client of the new name with the same secret, then the old
+/// client and the other mode's audience scope or policy-scope mapper removed, the pod env
+/// switched. Nothing of the old mode is left to name the url.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_migrate_when_keycloak_gains_or_loses_the_feature() {
+    // A fresh instance: a previous run may have left it with the other feature set.
+    support::testbed_ctl(&["keycloak-delete", "--name", "audmig"]).await;
+    let kc = support::keycloak_instance("audmig", "cimd").await;
+    let mut b = Scenario::on("aud-mig", kc.login()).await;
+    b.start_operator().await;
+    let url = "http://weather.example.com/mcp";
+    let policy = seed_policy("acme", &b.realm.name, &kc.url);
+    b.apply(&policy, &[server("weather", "acme", url)]).await;
+    let scope_client = format!("mcp.{}.weather", b.ns);
+    let audience_scope = format!("mcp:server:{}:weather", b.ns);
+    wait_server_in(&b, ActiveAudience::Scope, &scope_client).await;
+    let secret = secret_value(&b.client, &b.ns, "weather-oauth", "client-secret").await;
+    let client_id = || secret_value(&b.client, &b.ns, "weather-oauth", "client-id");
+    let env = |name: &'static str| {
+        let (client, ns) = (b.client.clone(), b.ns.clone());
+        async move {
+            let cfg = gateway_config_from_deployment(&client, &ns, "weather", "http://x").await;
+            match name {
+                "mode" => cfg.audience_mode,
+                _ => cfg.required_scopes,
+            }
+        }
+    };
+
+    support::keycloak_refeature("audmig", "cimd,resource-indicators").await;
+    wait_server_in(&b, ActiveAudience::ResourceIndicator, url).await;
+    assert_resource_indicator_objects(&b, "weather", url).await;
+    assert!(
+        b.realm.client(&scope_client).await.is_none(),
+        "old client left"
+    );
+    assert_eq!(client_id().await.as_deref(), Some(url));
+    let same = secret_value(&b.client, &b.ns, "weather-oauth", "client-secret").await;
+    assert_eq!(same, secret, "the secret changed with the client's name");
+    assert_eq!(env("mode").await, "ResourceIndicator");
+    assert_eq!(env("scopes").await, "mcp:tools");
+
+    support::keycloak_refeature("audmig", "cimd").await;
+    wait_server_in(&b, ActiveAudience::Scope, &scope_client).await;
+    assert!(b.realm.client(url).await.is_none(), "url-named client left");
+    assert!(b.realm.scope(&audience_scope).await.is_some());
+    let leftover: Vec<_> = mapper_names(&b)
+        .await
+        .into_iter()
+        .filter(|m| m.starts_with("audience "))
+        .collect();
+    assert!(leftover.is_empty(), "{leftover:?}");
+    assert_eq!(client_id().await.as_deref(), Some(scope_client.as_str()));
+    assert_eq!(env("mode").await, "Scope");
+    assert_eq!(env("scopes").await, format!("mcp:tools {audience_scope}"));
 }

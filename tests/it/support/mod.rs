@@ -242,13 +242,23 @@ impl KeycloakInstance {
 /// 15-40 s per start. The instance keeps running for later tests; stop it with
 /// `testbed_ctl(&["keycloak-stop", "--name", name])`.
 pub async fn keycloak_instance(name: &str, features: &str) -> KeycloakInstance {
+    keycloak_ctl("keycloak-start", name, features).await
+}
+
+/// Restarts the named instance with other `features`, keeping its port and data (a Keycloak
+/// that gains or loses a feature, as an operator meets it).
+pub async fn keycloak_refeature(name: &str, features: &str) -> KeycloakInstance {
+    keycloak_ctl("keycloak-refeature", name, features).await
+}
+
+async fn keycloak_ctl(command: &str, name: &str, features: &str) -> KeycloakInstance {
     let features_arg = format!("--features={features}");
-    let out = testbed_ctl(&["keycloak-start", "--name", name, &features_arg]).await;
+    let out = testbed_ctl(&[command, "--name", name, &features_arg]).await;
     let v = parse_exports(&out);
     let get = |k: &str| {
         v.get(k)
             .cloned()
-            .unwrap_or_else(|| panic!("keycloak-start printed no {k}:\n{out}"))
+            .unwrap_or_else(|| panic!("{command} printed no {k}:\n{out}"))
     };
     KeycloakInstance {
         name: name.to_string(),
