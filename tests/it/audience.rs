@@ -224,19 +224,23 @@ async fn auto_falls_back_to_scope_without_the_feature() {
 
 /// The server's state in Keycloak and its Secret once it is in `mode`.
 async fn wait_server_in(b: &Scenario, mode: ActiveAudience, client_id: &str) -> McpServer {
+    // The operator notices a restarted Keycloak's features at its next probe (reused for a
+    // minute) and resync, so this may take a little over a minute.
     let what = format!("weather in {mode:?} mode, Ready, client {client_id}");
-    support::wait_for(&what, Duration::from_secs(180), || async {
+    let outcome = support::poll(&what, Duration::from_secs(300), || async {
         let s: McpServer = b.get("weather").await;
-        let st = s.status.clone()?;
+        let st = s.status.clone().ok_or_else(|| "no status".to_string())?;
         let ready = st.conditions.iter().any(|c| {
             c.type_ == "Ready"
                 && c.status == "True"
                 && c.observed_generation == s.metadata.generation
         });
-        (ready && st.audience_mode == Some(mode) && st.client_id.as_deref() == Some(client_id))
-            .then_some(s)
-    })
-    .await
+        let there = st.audience_mode == Some(mode) && st.client_id.as_deref() == Some(client_id);
+        let p: McpAuthPolicy = b.get("acme").await;
+        let seen = format!("server {st:?}; policy {:?}", p.status);
+        (ready && there).then_some(s).ok_or(seen)
+    });
+    outcome.await
 }
 
 async fn mapper_names(b: &Scenario) -> Vec<String> {
