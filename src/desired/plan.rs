@@ -418,6 +418,54 @@ mod tests {
 
     const OWNER: &str = "McpServer/team/weather";
 
+    #[test]
+    fn a_named_mapper_is_created_updated_deleted_and_others_left_alone() {
+        let mapper = |name: &str, url: &str, id: Option<&str>| ProtocolMapperRepresentation {
+            id: id.map(str::to_string),
+            ..crate::desired::realm::audience(name, "included.client.audience", url)
+        };
+        let ours = "audience McpServer/team/a";
+        let want = mapper(ours, "https://a/mcp", None);
+        let live_ok = mapper(ours, "https://a/mcp", Some("m1"));
+        let live_old = mapper(ours, "https://old/mcp", Some("m1"));
+        let foreign = mapper("audience McpServer/team/b", "https://b/mcp", Some("m2"));
+        type Mapper = ProtocolMapperRepresentation;
+        type Case = (Vec<Mapper>, Option<Mapper>, Option<Write<Mapper>>);
+        let updated = mapper(ours, "https://a/mcp", Some("m1"));
+        let cases: Vec<Case> = vec![
+            (
+                vec![],
+                Some(want.clone()),
+                Some(Write::Create(want.clone())),
+            ),
+            (
+                vec![foreign.clone()],
+                Some(want.clone()),
+                Some(Write::Create(want.clone())),
+            ),
+            (
+                vec![live_ok.clone(), foreign.clone()],
+                Some(want.clone()),
+                None,
+            ),
+            (
+                vec![live_old, foreign.clone()],
+                Some(want.clone()),
+                Some(Write::Update("m1".into(), updated)),
+            ),
+            (
+                vec![foreign.clone(), live_ok],
+                None,
+                Some(Write::Delete("m1".into())),
+            ),
+            (vec![foreign], None, None),
+        ];
+        for (i, (live, desired, expected)) in cases.into_iter().enumerate() {
+            let planned = plan_named_mapper(&live, ours, desired.as_ref()).unwrap();
+            assert_eq!(planned, expected, "case {i}");
+        }
+    }
+
     fn attrs(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
         Some(
             pairs
