@@ -34,4 +34,5 @@ mod runtime;
 mod scenario;
 mod security;
 mod testbed_smoke;
+mod tool_scopes;
 mod walkthrough;
