@@ -19,6 +19,7 @@ mod bad_input;
 mod chart_docs;
 mod cimd;
 mod code_shape;
+mod conformance;
 mod crds;
 mod e2e_client;
 mod field_docs;
