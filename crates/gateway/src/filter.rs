@@ -229,7 +229,7 @@ mod tests {
     }
 
     async fn run_sse(chunks: Vec<&'static str>) -> String {
-        let stream = futures::stream::iter(chunks.into_iter().map(|c| Ok::<_, std::io::Error>(c)));
+        let stream = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
         let body = SseFiltered::new(Body::from_stream(stream), filter());
         let bytes = Body::new(body).collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()

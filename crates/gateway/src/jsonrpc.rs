@@ -228,9 +228,14 @@ pub fn filter_tool_lists(
     allowed: &dyn Fn(&str) -> bool,
 ) -> bool {
     match answer {
-        Value::Array(items) => items.iter_mut().fold(false, |changed, item| {
-            filter_one(item, list_ids, allowed) || changed
-        }),
+        Value::Array(items) => {
+            // Every item, not only up to the first change.
+            let mut changed = false;
+            for item in items {
+                changed |= filter_one(item, list_ids, allowed);
+            }
+            changed
+        }
         item => filter_one(item, list_ids, allowed),
     }
 }

@@ -564,7 +564,7 @@ async fn forward(
     };
     let list_filter = match check_operation(&state.settings, &parts.headers, &body, &grant) {
         Ok(filter) => filter,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let Ok(uri) = state.settings.upstream.uri_for(path_and_query) else {
@@ -663,7 +663,7 @@ fn check_operation(
     headers: &HeaderMap,
     body: &[u8],
     grant: &Grant,
-) -> Result<Option<ListFilter>, (Outcome, Response)> {
+) -> Result<Option<ListFilter>, Box<(Outcome, Response)>> {
     let rules = &settings.scope_rules;
     let inspect = rules.per_tool() || has_mcp_headers(headers);
     if !inspect {
@@ -698,7 +698,7 @@ fn check_operation(
         let scopes = challenge_scopes(&settings.required_scopes, needed);
         tracing::info!(tools = %lacking.join(" "), needed = %scopes.join(" "), "token lacks a tool's scope");
         let resp = challenge_response(settings, Challenge::InsufficientScope, &scopes);
-        return Err((Outcome::Forbidden, resp));
+        return Err(Box::new((Outcome::Forbidden, resp)));
     }
     let ids = parsed.list_ids();
     Ok((rules.per_tool() && !ids.is_empty()).then(|| ListFilter {
@@ -718,13 +718,13 @@ fn has_mcp_headers(headers: &HeaderMap) -> bool {
 }
 
 /// 400 with a JSON-RPC error body (parse error, header mismatch).
-fn rpc_refusal(body: jsonrpc::Body, code: i64, message: &str) -> (Outcome, Response) {
+fn rpc_refusal(body: jsonrpc::Body, code: i64, message: &str) -> Box<(Outcome, Response)> {
     tracing::info!(code, message, "JSON-RPC request refused");
     let resp = json_response(
         StatusCode::BAD_REQUEST,
         jsonrpc::error_body(body.error_id(), code, message),
     );
-    (Outcome::BadRequest, resp)
+    Box::new((Outcome::BadRequest, resp))
 }
 
 fn upstream_failed(
