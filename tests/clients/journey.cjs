@@ -7,17 +7,21 @@
 //   node journey.cjs MCP_URL CALLBACK_PORT TOOL ARGS_JSON [GATED_TOOL GATED_ARGS_JSON]
 //
 // Prints JSON lines on stdout (never a token or a code):
+//   {"event":"challenge","status":401|403,"www_authenticate":...}  a challenge the SDK received
 //   {"event":"authorize","url":...,"redirect_uri":...}   open this in a browser; the redirect comes
 //                                                         back to http://127.0.0.1:PORT/callback
 //   {"event":"tools","names":[...]}  {"event":"called","tool":...,"text":...}
-//   {"event":"refused","tool":...,"error":...}            the gated tool's first call failed
+//   {"event":"token_request","grant_type":...,"resource":...,"code_verifier":bool}  what the SDK
+//                                                         sent to the token endpoint (no values)
+//   {"event":"refused","tool":...,"error":...}            the gated tool's call failed (the SDK's error)
+//   {"event":"step_up","scope":...}                       this program asked the SDK's auth() for it
 // Run with NODE_PATH=<dir holding node_modules/@modelcontextprotocol/sdk> (./hack/clients env).
 'use strict';
 const http = require('node:http');
 const { randomBytes } = require('node:crypto');
 const { Client } = require('@modelcontextprotocol/sdk/client/index.js');
 const { StreamableHTTPClientTransport } = require('@modelcontextprotocol/sdk/client/streamableHttp.js');
-const { UnauthorizedError } = require('@modelcontextprotocol/sdk/client/auth.js');
+const { auth, extractWWWAuthenticateParams, UnauthorizedError } = require('@modelcontextprotocol/sdk/client/auth.js');
 
 const [mcpUrl, port, tool, toolArgs, gatedTool, gatedArgs] = process.argv.slice(2);
 const redirectUri = `http://127.0.0.1:${port}/callback`;
@@ -27,8 +31,10 @@ const emit = (event) => process.stdout.write(JSON.stringify(event) + '\n');
 const codes = [];
 let waiting = null;
 http.createServer((req, res) => {
-  const q = new URL(req.url, redirectUri).searchParams;
+  const url = new URL(req.url, redirectUri);
   res.end('You can close this window.');
+  if (url.pathname !== '/callback') return; // the browser's favicon request, say
+  const q = url.searchParams;
   if (!q.get('code') || q.get('state') !== provider.lastState) {
     console.error(`callback without a code or with a foreign state (error=${q.get('error')})`);
     process.exit(1);
@@ -61,16 +67,38 @@ const provider = {
   redirectToAuthorization(url) { emit({ event: 'authorize', url: url.href, redirect_uri: redirectUri }); },
 };
 
-// `action` on the client; when the SDK asked for an authorization instead (UnauthorizedError
-// after redirectToAuthorization), hand it the code the browser brings back and try once more.
-async function authorized(transport, action) {
-  try {
-    return await action();
-  } catch (e) {
-    if (!(e instanceof UnauthorizedError)) throw e;
-    await transport.finishAuth(await nextCode());
-    return await action();
+// The SDK's fetch (MCP and OAuth requests alike): reports challenges, and token requests without
+// their values; keeps the last 403 for stepUp.
+let lastForbidden;
+async function observingFetch(url, init) {
+  const form = init?.body instanceof URLSearchParams ? init.body : null;
+  if (form?.has('grant_type')) {
+    emit({ event: 'token_request', grant_type: form.get('grant_type'), resource: form.get('resource'),
+      code_verifier: form.has('code_verifier') });
   }
+  const response = await fetch(url, init);
+  if (response.status === 401 || response.status === 403) {
+    emit({ event: 'challenge', status: response.status, www_authenticate: response.headers.get('www-authenticate') });
+  }
+  if (response.status === 403) lastForbidden = response;
+  return response;
+}
+
+// After a 403 insufficient_scope the SDK calls its auth() with the challenged scope. Holding no
+// refresh token, that redirects (UnauthorizedError): finish it with the browser's code. Holding
+// one, auth() refreshes instead, the refreshed token has the old scopes, the retry gets the same
+// 403 and the SDK gives up. What its API then leaves to the host: drop the tokens and call its
+// auth() with the scope of the challenge, which redirects.
+async function stepUp(transport, error) {
+  if (!(error instanceof UnauthorizedError)) {
+    const { scope, resourceMetadataUrl } = extractWWWAuthenticateParams(lastForbidden);
+    if (!scope) throw error;
+    emit({ event: 'step_up', scope });
+    provider.saved = undefined;
+    const result = await auth(provider, { serverUrl: new URL(mcpUrl), scope, resourceMetadataUrl, fetchFn: observingFetch });
+    if (result !== 'REDIRECT') throw error;
+  }
+  await transport.finishAuth(await nextCode());
 }
 
 async function call(client, name, args) {
@@ -81,27 +109,27 @@ async function call(client, name, args) {
 
 async function main() {
   const client = new Client({ name: 'sdk-journey', version: '1.0.0' });
-  let transport = new StreamableHTTPClientTransport(new URL(mcpUrl), { authProvider: provider });
+  const options = { authProvider: provider, fetch: observingFetch };
+  let transport = new StreamableHTTPClientTransport(new URL(mcpUrl), options);
   try {
     await client.connect(transport);
   } catch (e) {
     if (!(e instanceof UnauthorizedError)) throw e;
     // The SDK's documented pattern: finish the authorization on this transport, connect anew.
     await transport.finishAuth(await nextCode());
-    transport = new StreamableHTTPClientTransport(new URL(mcpUrl), { authProvider: provider });
+    transport = new StreamableHTTPClientTransport(new URL(mcpUrl), options);
     await client.connect(transport);
   }
   emit({ event: 'tools', names: (await client.listTools()).tools.map((t) => t.name) });
   await call(client, tool, toolArgs);
   if (gatedTool) {
-    await authorized(transport, async () => {
-      try {
-        return await call(client, gatedTool, gatedArgs);
-      } catch (e) {
-        emit({ event: 'refused', tool: gatedTool, error: e.message });
-        throw e;
-      }
-    });
+    try {
+      await call(client, gatedTool, gatedArgs);
+    } catch (e) {
+      emit({ event: 'refused', tool: gatedTool, error: e.message });
+      await stepUp(transport, e);
+      await call(client, gatedTool, gatedArgs);
+    }
     emit({ event: 'tools', names: (await client.listTools()).tools.map((t) => t.name) });
   }
   await client.close();

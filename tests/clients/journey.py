@@ -7,7 +7,8 @@ the SDK hands it, prints the authorization URL and receives the redirect.
 
     python journey.py MCP_URL CALLBACK_PORT TOOL ARGS_JSON [GATED_TOOL GATED_ARGS_JSON]
 
-Prints the JSON lines tests/clients/journey.cjs prints (never a token or a code).
+Prints the JSON lines tests/clients/journey.cjs prints (never a token or a code), except
+`step_up`: this SDK re-authorizes on 403 insufficient_scope by itself.
 """
 
 import asyncio
@@ -59,13 +60,27 @@ class Callback:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 26\r\nConnection: close\r\n\r\nYou can close this window.")
         await writer.drain()
         writer.close()
-        await self.queries.put(parse_qs(urlparse(target).query))
+        if urlparse(target).path == "/callback":  # not the browser's favicon request, say
+            await self.queries.put(parse_qs(urlparse(target).query))
 
     async def next_code(self) -> AuthorizationCodeResult:
         q = await self.queries.get()
         if "code" not in q:
             sys.exit(f"callback without a code (error={q.get('error')})")
         return AuthorizationCodeResult(code=q["code"][0], state=q.get("state", [None])[0], iss=q.get("iss", [None])[0])
+
+
+async def report_token_request(request: httpx2.Request):
+    """Every request the SDK sends (MCP and OAuth) passes here; token requests are reported without their values."""
+    form = parse_qs(request.content.decode(errors="replace")) if request.method == "POST" else {}
+    if "grant_type" in form:
+        resource = form.get("resource", [None])[0]
+        emit(event="token_request", grant_type=form["grant_type"][0], resource=resource, code_verifier="code_verifier" in form)
+
+
+async def report_challenge(response: httpx2.Response):
+    if response.status_code in (401, 403):
+        emit(event="challenge", status=response.status_code, www_authenticate=response.headers.get("www-authenticate"))
 
 
 async def call(client: Client, name: str, args: str):
@@ -95,7 +110,7 @@ async def main(url, port, tool, args, gated_tool=None, gated_args=None):
         redirect_handler=redirect,
         callback_handler=callback.next_code,
     )
-    async with httpx2.AsyncClient(auth=auth, timeout=60) as http:
+    async with httpx2.AsyncClient(auth=auth, timeout=60, event_hooks={"request": [report_token_request], "response": [report_challenge]}) as http:
         async with Client(streamable_http_client(url, http_client=http)) as client:
             emit(event="tools", names=[t.name for t in (await client.list_tools()).tools])
             await call(client, tool, args)
