@@ -15,7 +15,7 @@
 //                                                         sent to the token endpoint (no values)
 //   {"event":"refused","tool":...,"error":...}            the gated tool's call failed (the SDK's error)
 //   {"event":"step_up","scope":...}                       this program asked the SDK's auth() for it
-// Run with NODE_PATH=<dir holding node_modules/@modelcontextprotocol/sdk> (./hack/clients env).
+// Run with NODE_PATH=<dir holding node_modules/@modelcontextprotocol/sdk> (./hack/testbed clients-env).
 'use strict';
 const http = require('node:http');
 const { randomBytes } = require('node:crypto');

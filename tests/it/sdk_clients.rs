@@ -1,8 +1,8 @@
 //! The official MCP SDK clients walk the journey through the operator's gateway (issue 14): the
 //! TypeScript SDK (`@modelcontextprotocol/sdk`) and the Python SDK (PyPI `mcp`), each with its own
 //! OAuth support, in the programs `tests/clients/journey.cjs` and `tests/clients/journey.py`
-//! (installed at the versions pinned in `hack/versions.env` by `./hack/clients`, which the first
-//! test runs). The operator reconciles the seed policy and an McpServer running
+//! (installed at the versions pinned in `hack/versions.env` by `hack/lib/clients.sh`, through
+//! `./hack/testbed install` or `clients-env`). The operator reconciles the seed policy and an McpServer running
 //! server-everything behind the gateway; the local pod runner starts that pod; the program
 //! connects to the McpServer's URL and prints JSON lines; for each `authorize` line, a real
 //! headless Chromium logs the user in and consents on Keycloak's pages, and its arrival at the
@@ -56,20 +56,13 @@ enum Sdk {
     Python,
 }
 
-/// `./hack/clients env`, once per test binary: installs the SDKs if missing, names their paths.
+/// `./hack/testbed clients-env`, once per test binary: installs the SDKs if missing (also done
+/// by `./hack/testbed install`), names their paths.
 async fn installed_clients() -> &'static HashMap<String, String> {
     static CLIENTS: OnceCell<HashMap<String, String>> = OnceCell::const_new();
     CLIENTS
         .get_or_init(|| async {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/clients");
-            let out = tokio::process::Command::new(&script)
-                .arg("env")
-                .stderr(Stdio::inherit())
-                .output()
-                .await
-                .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-            assert!(out.status.success(), "hack/clients env: {}", out.status);
-            support::parse_exports(&String::from_utf8_lossy(&out.stdout))
+            support::parse_exports(&support::run_testbed(&["clients-env"], None).await)
         })
         .await
 }

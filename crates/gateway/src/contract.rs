@@ -29,6 +29,8 @@ pub const INTROSPECTION_ENDPOINT_ENV: &str = "MCP_AUTH_INTROSPECTION_ENDPOINT";
 pub const REQUIRED_SCOPES_ENV: &str = "MCP_REQUIRED_SCOPES";
 /// Clients (comma-separated) whose tokens may lack a user session; unset means users only.
 pub const SERVICE_ACCOUNT_CLIENTS_ENV: &str = "MCP_SERVICE_ACCOUNT_CLIENTS";
+/// Per-tool scopes and the scope hierarchy (JSON, see `ScopeRules`); unset means none.
+pub const SCOPE_RULES_ENV: &str = "MCP_SCOPE_RULES";
 
 /// Gateway only: the address of the MCP listener.
 pub const LISTEN_ENV: &str = "MCP_GATEWAY_LISTEN";
@@ -40,7 +42,7 @@ pub const UPSTREAM_ENV: &str = "MCP_GATEWAY_UPSTREAM";
 pub const ALLOWED_ORIGINS_ENV: &str = "MCP_GATEWAY_ALLOWED_ORIGINS";
 
 /// What the operator sets on the MCP container; `spec.env` may not override any of them.
-pub const RESERVED_ENV: [&str; 12] = [
+pub const RESERVED_ENV: [&str; 13] = [
     HOST_ENV,
     PORT_ENV,
     AUTH_HOST_ENV,
@@ -53,6 +55,7 @@ pub const RESERVED_ENV: [&str; 12] = [
     INTROSPECTION_ENDPOINT_ENV,
     REQUIRED_SCOPES_ENV,
     SERVICE_ACCOUNT_CLIENTS_ENV,
+    SCOPE_RULES_ENV,
 ];
 
 /// Port of the gateway's MCP listener; an McpServer in `Proxy` mode may not use it.

@@ -652,7 +652,12 @@ pub async fn gateway_config_from_deployment(
     );
     cfg.required_scopes = env["MCP_REQUIRED_SCOPES"].clone();
     // Set by the operator only when the McpServer asks for them.
-    use mcp_auth_gateway::contract::{ALLOWED_ORIGINS_ENV, SERVICE_ACCOUNT_CLIENTS_ENV};
+    use mcp_auth_gateway::contract::{
+        ALLOWED_ORIGINS_ENV, SCOPE_RULES_ENV, SERVICE_ACCOUNT_CLIENTS_ENV,
+    };
+    if let Some(rules) = env.get(SCOPE_RULES_ENV) {
+        cfg.scope_rules = rules.clone();
+    }
     if let Some(clients) = env.get(SERVICE_ACCOUNT_CLIENTS_ENV) {
         cfg.service_account_clients = clients.clone();
     }
