@@ -162,6 +162,15 @@ impl World {
         }
     }
 
+    /// The base scopes (`mcp:tools`, the audience scope) and `more`, sorted.
+    fn scopes(&self, more: &[&str]) -> Vec<String> {
+        scope_set(&format!(
+            "mcp:tools {} {}",
+            self.audience_scope,
+            more.join(" ")
+        ))
+    }
+
     async fn finish(mut self) {
         if let Some(pod) = self.pod.take() {
             pod.stop().await;
@@ -282,8 +291,11 @@ async fn run(
             let login = browser
                 .login_and_consent(auth_url, redirect, USER, PASSWORD)
                 .await;
-            j.logins
-                .push(login.unwrap_or_else(|e| panic!("{sdk:?}: {e}")));
+            let login = login.unwrap_or_else(|e| panic!("{sdk:?}: {e}"));
+            if let Some(e) = refused_by_keycloak(&login.final_url) {
+                panic!("{sdk:?}: Keycloak answered {e}; so far {:?}", j.shape());
+            }
+            j.logins.push(login);
         }
         j.events.push(event);
     }
@@ -305,6 +317,17 @@ async fn run(
     j
 }
 
+/// The `error` and `error_description` of a redirect that carries no code (no secret in them).
+fn refused_by_keycloak(redirect: &str) -> Option<String> {
+    let url = url::Url::parse(redirect).ok()?;
+    let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    let error = q.get("error")?;
+    Some(format!(
+        "{error}: {}",
+        q.get("error_description").map_or("", String::as_str)
+    ))
+}
+
 /// What a challenge's `scope` names, as a set.
 fn scope_set(s: &str) -> Vec<String> {
     let mut v: Vec<String> = s.split_whitespace().map(str::to_string).collect();
@@ -319,40 +342,34 @@ fn challenge_param(www: &Value, name: &str) -> Option<String> {
     Some(www[start..].split('"').next()?.to_string())
 }
 
-/// The first authorization: from the gateway's 401 to Keycloak with the SDK's DCR client, PKCE
-/// S256, `resource` = the URL, the challenge's scopes; and the code exchanged with the verifier
-/// and `resource`. Returns the client id.
-async fn check_first_authorization(w: &World, j: &Journey, sdk: Sdk) -> String {
+/// The gateway's 401: `resource_metadata` of the URL, the base scopes (`mcp:tools` and the
+/// server's audience scope).
+fn check_unauthorized(w: &World, j: &Journey) {
     let first = &j.events[0];
-    assert_eq!(
-        (first["event"].as_str(), first["status"].as_u64()),
-        (Some("challenge"), Some(401)),
-        "{:?}",
-        j.shape()
-    );
+    let status = (first["event"].as_str(), first["status"].as_u64());
+    assert_eq!(status, (Some("challenge"), Some(401)), "{:?}", j.shape());
     let www = &first["www_authenticate"];
-    assert_eq!(
-        challenge_param(www, "resource_metadata"),
-        Some(browser::client::path_metadata_url(&w.url))
-    );
-    let base = scope_set(&format!("mcp:tools {}", w.audience_scope));
-    assert_eq!(
-        challenge_param(www, "scope").map(|s| scope_set(&s)),
-        Some(base.clone())
-    );
+    let metadata = browser::client::path_metadata_url(&w.url);
+    assert_eq!(challenge_param(www, "resource_metadata"), Some(metadata));
+    let scope = challenge_param(www, "scope").map(|s| scope_set(&s));
+    assert_eq!(scope, Some(w.scopes(&[])));
+}
 
-    let p = j.authorization(0);
-    let endpoint = j.of("authorize")[0]["url"]
-        .as_str()
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap()
-        .to_string();
+/// The n-th authorization request: Keycloak's endpoint, PKCE S256, `resource` = the URL, and at
+/// least the scopes `needed`. Returns its parameters.
+fn check_authorization(
+    w: &World,
+    j: &Journey,
+    n: usize,
+    needed: &[String],
+) -> HashMap<String, String> {
+    let url = j.of("authorize")[n]["url"].as_str().unwrap();
+    let endpoint = url.split('?').next().unwrap();
     assert_eq!(
         endpoint,
         format!("{}/protocol/openid-connect/auth", w.issuer)
     );
+    let p = j.authorization(n);
     assert_eq!(p.get("resource"), Some(&w.url), "RFC 8707 resource");
     assert_eq!(
         p.get("code_challenge_method").map(String::as_str),
@@ -364,42 +381,59 @@ async fn check_first_authorization(w: &World, j: &Journey, sdk: Sdk) -> String {
     );
     let requested = scope_set(p.get("scope").expect("scope"));
     assert!(
-        base.iter().all(|s| requested.contains(s)),
-        "requested {requested:?}, challenged {base:?}"
+        needed.iter().all(|s| requested.contains(s)),
+        "requested {requested:?}, needed {needed:?}"
     );
+    p
+}
 
-    let exchange = j.of("token_request")[0];
-    assert_eq!(exchange["grant_type"], "authorization_code");
-    assert_eq!(exchange["resource"], w.url.as_str());
-    assert_eq!(exchange["code_verifier"], true);
+/// Every code went to the token endpoint with its PKCE verifier and `resource` = the URL.
+fn check_code_exchanges(w: &World, j: &Journey) {
+    let codes = j
+        .of("token_request")
+        .into_iter()
+        .filter(|t| t["grant_type"] == "authorization_code");
+    let exchanges: Vec<&Value> = codes.collect();
+    assert_eq!(exchanges.len(), j.of("authorize").len(), "{:?}", j.shape());
+    for t in exchanges {
+        assert_eq!(
+            (&t["resource"], &t["code_verifier"]),
+            (&json!(w.url), &json!(true)),
+            "{t}"
+        );
+    }
+}
 
-    // The client the SDK registered anonymously: public, its loopback redirect, its name.
-    let client_id = p.get("client_id").expect("client_id").clone();
-    let client = w
-        .realm
-        .client(&client_id)
-        .await
-        .unwrap_or_else(|| panic!("{sdk:?}: no DCR client {client_id}"));
+/// The client the SDK registered anonymously (the `client_id` of its authorization requests):
+/// public, its loopback redirect, its name; the user consented to `mcp:tools` for it.
+async fn check_registered_client(w: &World, j: &Journey, sdk: Sdk) {
+    let client_id = j.authorization(0)["client_id"].clone();
+    let client = w.realm.client(&client_id).await;
+    let client = client.unwrap_or_else(|| panic!("{sdk:?}: no DCR client {client_id}"));
     assert_eq!(client["publicClient"], true);
-    let redirect = j.of("authorize")[0]["redirect_uri"].clone();
-    assert_eq!(client["redirectUris"], json!([redirect]));
+    assert_eq!(
+        client["redirectUris"],
+        json!([j.of("authorize")[0]["redirect_uri"]])
+    );
     let name = client["name"].as_str().unwrap_or("");
+    let expected = match sdk {
+        Sdk::TypeScript => "TypeScript",
+        Sdk::Python => "Python",
+    };
+    assert!(name.contains(expected), "client name {name:?}");
+    let consented = &j.logins[0].consent_items;
     assert!(
-        name.contains(match sdk {
-            Sdk::TypeScript => "TypeScript",
-            Sdk::Python => "Python",
-        }),
-        "client name {name:?}"
+        consented.iter().any(|c| c == "Use MCP tools"),
+        "consent {consented:?}"
     );
-    assert!(
-        j.logins[0]
-            .consent_items
-            .iter()
-            .any(|c| c == "Use MCP tools"),
-        "consent {:?}",
-        j.logins[0].consent_items
-    );
-    client_id
+}
+
+/// From the gateway's 401 to the first token: every check above.
+async fn check_first_authorization(w: &World, j: &Journey, sdk: Sdk) {
+    check_unauthorized(w, j);
+    check_authorization(w, j, 0, &w.scopes(&[]));
+    check_code_exchanges(w, j);
+    check_registered_client(w, j, sdk).await;
 }
 
 fn tools(j: &Journey, n: usize) -> Vec<String> {
@@ -469,65 +503,52 @@ async fn step_up(sdk: Sdk, prefix: &str) {
     let w = World::setup(prefix, true).await;
     let browser = Browser::start().await.expect("headless Chromium");
     let echo = ("echo", json!({"message": "before the step-up"}));
-    let j = run(
-        sdk,
-        &w.url,
-        &browser,
-        echo,
-        Some((GATED_TOOL, json!({"a": 2, "b": 40}))),
-    )
-    .await;
+    let sum = Some((GATED_TOOL, json!({"a": 2, "b": 40})));
+    let j = run(sdk, &w.url, &browser, echo, sum).await;
 
     // Logged in with the base scopes: the gated tool is filtered out, the others work.
     check_first_authorization(&w, &j, sdk).await;
     assert!(!scope_set(&j.authorization(0)["scope"]).contains(&ADMIN_SCOPE.to_string()));
     let before = tools(&j, 0);
-    assert!(
-        before.iter().any(|t| t == "echo") && !before.iter().any(|t| t == GATED_TOOL),
-        "tools {before:?}"
-    );
+    let listed = |t: &str| before.iter().any(|n| n == t);
+    assert!(listed("echo") && !listed(GATED_TOOL), "tools {before:?}");
     assert_eq!(called(&j, "echo"), "Echo: before the step-up");
 
+    check_step_up(&w, &j, sdk);
+    assert_eq!(called(&j, GATED_TOOL), "The sum of 2 and 40 is 42.");
+    let after = tools(&j, 1);
+    assert!(
+        after.iter().any(|t| t == GATED_TOOL),
+        "tools after the step-up {after:?}"
+    );
+    browser.close().await;
+    w.finish().await;
+}
+
+/// From the gated call on: the 403 names every scope the call needs, the SDK's answer (see
+/// [`step_up_shape`]), a re-authorization asking for them, Chromium consenting to the new one.
+fn check_step_up(w: &World, j: &Journey, sdk: Sdk) {
     let after_first_call = j.shape().iter().position(|k| k == "called").unwrap() + 1;
     assert_eq!(
         j.shape()[after_first_call..],
         step_up_shape(sdk),
         "{sdk:?} step-up"
     );
-    // The 403 names every scope the call needs; the re-authorization asks for them, Chromium
-    // consents to the new one, the code is exchanged again, the call succeeds.
-    let forbidden = &j.events[after_first_call];
+    let www = &j.events[after_first_call]["www_authenticate"];
     assert_eq!(
-        challenge_param(&forbidden["www_authenticate"], "error").as_deref(),
+        challenge_param(www, "error").as_deref(),
         Some("insufficient_scope")
     );
-    let needed = scope_set(&format!("mcp:tools {} {ADMIN_SCOPE}", w.audience_scope));
-    let challenged =
-        challenge_param(&forbidden["www_authenticate"], "scope").expect("scope in the 403");
-    assert_eq!(scope_set(&challenged), needed);
-    let requested = scope_set(&j.authorization(1)["scope"]);
-    assert!(
-        needed.iter().all(|s| requested.contains(s)),
-        "re-authorization asked for {requested:?}"
-    );
-    assert!(
-        j.logins[1].consent_items.iter().any(|c| c == ADMIN_CONSENT),
-        "consent {:?}",
-        j.logins[1].consent_items
-    );
-    let exchange = j.of("token_request").last().copied().unwrap();
+    let needed = w.scopes(&[ADMIN_SCOPE]);
     assert_eq!(
-        (
-            exchange["grant_type"].as_str(),
-            exchange["resource"].as_str()
-        ),
-        (Some("authorization_code"), Some(w.url.as_str()))
+        challenge_param(www, "scope").map(|s| scope_set(&s)),
+        Some(needed.clone())
     );
-    assert_eq!(called(&j, GATED_TOOL), "The sum of 2 and 40 is 42.");
+    check_authorization(w, j, 1, &needed);
+    let consented = &j.logins[1].consent_items;
     assert!(
-        tools(&j, 1).iter().any(|t| t == GATED_TOOL),
-        "tools after the step-up {:?}",
-        tools(&j, 1)
+        consented.iter().any(|c| c == ADMIN_CONSENT),
+        "consent {consented:?}"
     );
     if let Sdk::TypeScript = sdk {
         let refused = &j.of("refused")[0]["error"];
@@ -535,14 +556,9 @@ async fn step_up(sdk: Sdk, prefix: &str) {
             refused,
             "Streamable HTTP error: Server returned 403 after trying upscoping"
         );
-        assert_eq!(
-            j.of("token_request")[1]["grant_type"],
-            "refresh_token",
-            "the SDK's own answer to the 403"
-        );
+        let answer = j.of("token_request")[1]["grant_type"].clone();
+        assert_eq!(answer, "refresh_token", "the SDK's own answer to the 403");
     }
-    browser.close().await;
-    w.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
