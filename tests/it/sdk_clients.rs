@@ -16,6 +16,10 @@
 //!   The Python SDK does all of it itself. The TypeScript SDK 1.32.2, holding a refresh token,
 //!   answers the 403 with a refresh (same scopes), gets the same 403 and gives up; the program
 //!   then calls the SDK's `auth()` with the challenged scope (see `journey.cjs`, `stepUp`).
+//!   Keycloak (26.7.3) gives a client registered by DCR with a `scope` exactly those scopes (as
+//!   optional scopes, `basic` as default), and both SDKs register with the 401's scopes: the
+//!   re-authorization can only succeed if the operator lets such clients request `mcp:admin`;
+//!   otherwise Keycloak redirects with `invalid_scope` and the test fails saying so.
 //!
 //! Needs the test bed, Debian's `chromium` + `chromium-driver`, npm and python3 (venv).
 
