@@ -33,6 +33,7 @@ mod log_hygiene;
 mod operator;
 mod runtime;
 mod scenario;
+mod sdk_clients;
 mod security;
 mod testbed_smoke;
 mod tool_scopes;

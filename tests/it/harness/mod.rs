@@ -35,6 +35,10 @@ pub(crate) use deref_scenario;
 
 pub const WAIT: Duration = Duration::from_secs(90);
 
+/// Held while a local pod with a gateway container (fixed ports 8080 and 9090) runs, by every
+/// test module of this binary that starts one (walkthrough, sdk_clients).
+pub static GATEWAY_PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 static CRDS: OnceCell<()> = OnceCell::const_new();
 
 /// Applies the generated CRDs (server-side apply, idempotent across test binaries).
