@@ -251,13 +251,13 @@ impl Journey {
 /// through every authorization it asks for. Panics if the program fails.
 async fn run(
     sdk: Sdk,
-    url: &str,
+    w: &World,
     browser: &Browser,
     tool: (&str, Value),
     gated: Option<(&str, Value)>,
 ) -> Journey {
     let mut args = vec![
-        url.to_string(),
+        w.url.to_string(),
         free_port().to_string(),
         tool.0.into(),
         tool.1.to_string(),
@@ -292,6 +292,9 @@ async fn run(
                 event["url"].as_str().unwrap(),
                 event["redirect_uri"].as_str().unwrap(),
             );
+            if !j.logins.is_empty() {
+                requestable(&w.realm, auth_url).await;
+            }
             let login = browser
                 .login_and_consent(auth_url, redirect, USER, PASSWORD)
                 .await;
@@ -319,6 +322,45 @@ async fn run(
             .collect::<Vec<_>>()
     );
     j
+}
+
+/// Waits until the registered client may request every MCP scope `auth_url` asks for: Keycloak
+/// gave it only the scopes it registered with, and the operator's sweep adds the rest (within
+/// `REGISTRATION_SWEEP`, 15 s). Prints how long that took.
+async fn requestable(realm: &harness::Realm, auth_url: &str) {
+    let url = url::Url::parse(auth_url).unwrap();
+    let param = |k: &str| {
+        url.query_pairs()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.to_string())
+    };
+    let client_id = param("client_id").expect("client_id");
+    let wanted: Vec<String> = scope_set(&param("scope").unwrap_or_default())
+        .into_iter()
+        .filter(|s| s.starts_with("mcp:"))
+        .collect();
+    let t0 = Instant::now();
+    let path = realm.path(&format!("/clients?clientId={client_id}"));
+    let (path, wanted) = (&path, &wanted);
+    let what = "the registered client may request the larger scope";
+    support::wait_for(what, Duration::from_secs(60), || async move {
+        let (_, v) = realm.kc.get(path).await;
+        let c = &v[0];
+        let has: Vec<&str> = ["defaultClientScopes", "optionalClientScopes"]
+            .iter()
+            .flat_map(|k| c[k].as_array().into_iter().flatten())
+            .filter_map(Value::as_str)
+            .collect();
+        wanted
+            .iter()
+            .all(|w| has.contains(&w.as_str()))
+            .then_some(())
+    })
+    .await;
+    support::figure(format_args!(
+        "step-up scopes {wanted:?} requestable by the registered client after {:?}",
+        t0.elapsed()
+    ));
 }
 
 /// The `error` and `error_description` of a redirect that carries no code (no secret in them).
@@ -458,7 +500,7 @@ async fn journey(sdk: Sdk, prefix: &str) {
     let w = World::setup(prefix, false).await;
     let browser = Browser::start().await.expect("headless Chromium");
     let echo = ("echo", json!({"message": "hello from an SDK"}));
-    let j = run(sdk, &w.url, &browser, echo, None).await;
+    let j = run(sdk, &w, &browser, echo, None).await;
 
     assert_eq!(
         j.shape(),
@@ -508,7 +550,7 @@ async fn step_up(sdk: Sdk, prefix: &str) {
     let browser = Browser::start().await.expect("headless Chromium");
     let echo = ("echo", json!({"message": "before the step-up"}));
     let sum = Some((GATED_TOOL, json!({"a": 2, "b": 40})));
-    let j = run(sdk, &w.url, &browser, echo, sum).await;
+    let j = run(sdk, &w, &browser, echo, sum).await;
 
     // Logged in with the base scopes: the gated tool is filtered out, the others work.
     check_first_authorization(&w, &j, sdk).await;
