@@ -198,6 +198,30 @@ impl KeycloakAdminClient {
         self.update_client(realm, &id, &body).await
     }
 
+    /// Every client of the realm whose `clientId` Keycloak chose (equal to its id): the ones
+    /// registration created. Paged.
+    pub async fn registered_clients(&self, realm: &str) -> Result<Vec<ClientRepresentation>> {
+        let mut out = vec![];
+        let mut first = 0usize;
+        loop {
+            let page = ClientSearch {
+                first: Some(first),
+                max: Some(PAGE),
+                ..Default::default()
+            };
+            let page = self.clients(realm, "list registered clients", page).await?;
+            let n = page.len();
+            out.extend(
+                page.into_iter()
+                    .filter(|c| c.client_id.is_some() && c.client_id == c.id),
+            );
+            if n < PAGE {
+                return Ok(out);
+            }
+            first += PAGE;
+        }
+    }
+
     /// Number of clients in the realm (what Keycloak's Max Clients policy counts), without
     /// listing them all on every resync: see [`count_with`]. `hint` is the last count.
     pub async fn count_clients(&self, realm: &str, hint: Option<usize>) -> Result<usize> {

@@ -222,6 +222,17 @@ pub(crate) mod schemas {
         )
     }
 
+    pub fn tool_scopes(g: &mut SchemaGenerator) -> Schema {
+        let mut schema = server_scopes(g);
+        schema.insert("minItems".into(), 1.into());
+        schema
+    }
+
+    /// Scopes a policy scope implies (its narrower scopes), checked against the policy's list.
+    pub fn implied_scopes(g: &mut SchemaGenerator) -> Schema {
+        server_scopes(g)
+    }
+
     pub fn service_account_clients(_: &mut SchemaGenerator) -> Schema {
         string_list(
             32,

@@ -77,6 +77,7 @@ pub struct McpAuthPolicySpec {
     /// MCP scopes (client scopes in Keycloak), e.g. `mcp:tools`.
     #[serde(default = "default_scopes")]
     #[schemars(length(min = 1, max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(s, !has(s.implies) || s.implies.all(i, i != s.name && self.exists(t, t.name == i)))").message("implies may name only other scopes of this policy"))]
     pub scopes: Vec<ScopeSpec>,
 
     /// Anonymous Dynamic Client Registration (RFC 7591) as MCP clients such as VS Code use it.
@@ -158,6 +159,7 @@ fn default_scopes() -> Vec<ScopeSpec> {
         consent_text: None,
         include_in_token_scope: true,
         r#type: ScopeType::Optional,
+        implies: vec![],
     }]
 }
 
@@ -249,6 +251,11 @@ pub struct ScopeSpec {
     /// `Default`: every new client of the realm gets it; `Optional`: clients request it.
     #[serde(default)]
     pub r#type: ScopeType,
+    /// Narrower scopes of this policy that this one implies (e.g. `mcp:admin` implies
+    /// `mcp:tools`): a token with this scope satisfies servers and tools that require those.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schemas::implied_scopes")]
+    pub implies: Vec<String>,
 }
 
 fn default_true() -> bool {

@@ -227,6 +227,26 @@ pub struct AuthSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "super::schemas::allowed_origins")]
     pub allowed_origins: Vec<String>,
+    /// Scopes per tool (`Proxy` mode), in order: the first rule whose `name` matches a tool
+    /// decides the scopes a `tools/call` of it needs besides the server's `scopes`. A call
+    /// lacking them gets 403 `insufficient_scope` naming every scope it needs (clients step up),
+    /// and `tools/list` shows each token only the tools it may call. Scopes must be the
+    /// policy's. Tools matching no rule need the server's `scopes` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tools: Vec<ToolScopes>,
+}
+
+/// A rule of `spec.auth.tools`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolScopes {
+    /// A tool name, or a glob of them: `*` matches any run of characters, `?` one.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Scopes a call of the tool needs (each one of the policy's scopes).
+    #[schemars(schema_with = "super::schemas::tool_scopes")]
+    pub scopes: Vec<String>,
 }
 
 #[derive(

@@ -52,6 +52,11 @@ pub trait Reconciled:
     ) -> impl Future<Output = Result<Action>> + Send;
 
     fn cleanup(obj: Arc<Self>, ctx: &Context) -> impl Future<Output = Result<Action>> + Send;
+
+    /// When a reconcile that succeeded runs again: the resync, unless the kind needs sooner.
+    fn requeue_after(&self, ctx: &Context) -> std::time::Duration {
+        ctx.config.resync
+    }
 }
 
 /// One reconcile of either kind, behind the finalizer that guarantees its cleanup.
@@ -118,7 +123,7 @@ pub async fn finish<K: Reconciled>(
     match outcome {
         Ok(()) => {
             ctx.reset_failures(&obj.meta().uid.clone().unwrap_or_default());
-            Ok(Action::requeue(ctx.config.resync))
+            Ok(Action::requeue(obj.requeue_after(ctx)))
         }
         Err((_, e)) => Err(e),
     }

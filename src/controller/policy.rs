@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use keycloak::types::{ClientRepresentation, RealmRepresentation};
 use kube::api::{Api, ListParams};
@@ -21,6 +22,10 @@ use crate::desired::audience;
 use crate::desired::cimd::{self, Admission, CimdClientPlan};
 use crate::desired::realm::{self as desired, RealmClaim};
 use crate::{Error, Result};
+
+/// How soon clients registered anonymously can request every MCP scope (see
+/// [`Run::open_registered_clients`]): Keycloak gives them only the scopes they registered with.
+pub const REGISTRATION_SWEEP: Duration = Duration::from_secs(15);
 
 impl Reconciled for McpAuthPolicy {
     type Status = McpAuthPolicyStatus;
@@ -55,6 +60,16 @@ impl Reconciled for McpAuthPolicy {
             }
         };
         finish(ctx, api, policy.as_ref(), d, outcome).await
+    }
+
+    /// With anonymous registration open, newly registered clients are given the scopes they
+    /// lack (step-up) within [`REGISTRATION_SWEEP`], not only at the resync.
+    fn requeue_after(&self, ctx: &Context) -> Duration {
+        let dcr = self.spec.dynamic_client_registration.as_ref();
+        match dcr.is_some_and(|d| d.enabled) {
+            true => ctx.config.resync.min(REGISTRATION_SWEEP),
+            false => ctx.config.resync,
+        }
     }
 
     async fn cleanup(policy: Arc<McpAuthPolicy>, ctx: &Context) -> Result<Action> {
@@ -102,6 +117,9 @@ impl Run<'_> {
             .await
             .at(MACHINE_GRANTS_REFUSED)?;
         self.client_limit_guard()
+            .await
+            .at(REGISTRATION_POLICY_APPLIED)?;
+        self.open_registered_clients(mode)
             .await
             .at(REGISTRATION_POLICY_APPLIED)?;
         let (reason, message) = apply_cimd(self.policy, self.ctx, &self.kc, mode)
@@ -304,6 +322,26 @@ impl Run<'_> {
                 .await;
         }
         d.set(CLIENT_LIMIT_PRESSURE, pressure, reason, message);
+        Ok(())
+    }
+}
+
+impl Run<'_> {
+    /// Clients registered anonymously get every MCP scope they lack (see
+    /// [`cimd::registered_client_scopes`]), so step-up to a per-tool scope, or a second server,
+    /// works for them. Nothing is written for clients already in sync.
+    async fn open_registered_clients(&mut self, mode: ActiveAudience) -> Result<()> {
+        let enabled = self.policy.spec.dynamic_client_registration.as_ref();
+        if !enabled.is_some_and(|d| d.enabled) {
+            return Ok(());
+        }
+        let wanted = admitted_scopes(self.policy, self.ctx, mode).await?;
+        let mut scope_ids = ScopeIds::default();
+        for client in self.kc.registered_clients(self.realm).await? {
+            let adds = cimd::registered_client_scopes(&client, &wanted);
+            let adds = adds.into_iter().map(|n| (n, ScopeType::Optional));
+            add_scopes(&self.kc, self.realm, &client, adds, &mut scope_ids).await?;
+        }
         Ok(())
     }
 }

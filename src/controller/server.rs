@@ -62,11 +62,9 @@ async fn resolve_policy(server: &McpServer, ctx: &Context) -> Result<McpAuthPoli
         )
     })?;
     let known: Vec<&str> = policy.spec.scopes.iter().map(|s| s.name.as_str()).collect();
-    if let Some(bad) = server
-        .spec
-        .scopes
-        .iter()
-        .find(|s| !known.contains(&s.as_str()))
+    let tool_scopes = server.spec.auth.tools.iter().flat_map(|r| &r.scopes);
+    if let Some(bad) =
+        (server.spec.scopes.iter().chain(tool_scopes)).find(|s| !known.contains(&s.as_str()))
     {
         return Err(Error::invalid(
             "ScopeNotInPolicy",

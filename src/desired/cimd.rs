@@ -360,6 +360,40 @@ pub fn plan_cimd_client(
 /// Share of `maxClients` from which the guard rail warns.
 pub const PRESSURE_PERCENT: i64 = 90;
 
+/// The scopes an anonymously registered MCP client must be given so it can step up: Keycloak
+/// gives a client registered with a `scope` exactly those (SDKs register with the 401's base
+/// scopes), so a per-tool scope or another server's audience could never be requested. Such a
+/// client is one Keycloak named itself (`clientId` equal to its id), unmarked, that already has
+/// one of the `wanted` scopes. The rest of `wanted` is added as optional: anonymous registration
+/// could have asked for them anyway, and the user still consents to each.
+pub fn registered_client_scopes(
+    client: &ClientRepresentation,
+    wanted: &[(String, ScopeType)],
+) -> Vec<String> {
+    let named_by_keycloak = client.client_id.is_some() && client.client_id == client.id;
+    let marked = (client.attributes.as_ref()).is_some_and(|a| a.contains_key(OWNER_ATTRIBUTE));
+    if !named_by_keycloak
+        || marked
+        || client
+            .protocol
+            .as_deref()
+            .is_some_and(|p| p != "openid-connect")
+    {
+        return vec![];
+    }
+    let has = |name: &str| {
+        (client.default_client_scopes.iter())
+            .chain(client.optional_client_scopes.iter())
+            .flatten()
+            .any(|s| s == name)
+    };
+    if !wanted.iter().any(|(n, _)| has(n)) {
+        return vec![];
+    }
+    let missing = wanted.iter().filter(|(n, _)| !has(n));
+    missing.map(|(n, _)| n.clone()).collect()
+}
+
 /// The realm-client guard rail: `(pressure, reason, message)` for the `ClientLimitPressure`
 /// condition (`True` = registration is about to be, or is, refused by Keycloak's Max Clients).
 pub fn client_pressure(count: i64, max: i64) -> (bool, &'static str, String) {
@@ -687,5 +721,43 @@ mod tests {
         assert_eq!(client_pressure(180, 200).1, "NearLimit");
         assert_eq!(client_pressure(10, 10).1, "LimitReached");
         assert_eq!(client_pressure(12, 10).1, "LimitReached");
+    }
+
+    #[test]
+    fn registered_mcp_clients_get_the_scopes_they_lack_and_no_one_else() {
+        let wanted = vec![
+            ("mcp:tools".to_string(), ScopeType::Optional),
+            ("mcp:admin".to_string(), ScopeType::Optional),
+            ("mcp:server:ns:b".to_string(), ScopeType::Optional),
+        ];
+        let client = |client_id: &str, optional: &[&str]| ClientRepresentation {
+            id: Some("5bad9d5c".into()),
+            client_id: Some(client_id.into()),
+            optional_client_scopes: Some(optional.iter().map(|s| s.to_string()).collect()),
+            default_client_scopes: Some(vec!["basic".into()]),
+            ..Default::default()
+        };
+        let registered = client("5bad9d5c", &["mcp:tools", "mcp:server:ns:a"]);
+        assert_eq!(
+            registered_client_scopes(&registered, &wanted),
+            ["mcp:admin", "mcp:server:ns:b"]
+        );
+        let all = client("5bad9d5c", &["mcp:tools", "mcp:admin", "mcp:server:ns:b"]);
+        assert!(
+            registered_client_scopes(&all, &wanted).is_empty(),
+            "in sync: no write"
+        );
+        // Not an MCP client, named by an admin, marked as ours, or another protocol: untouched.
+        assert!(registered_client_scopes(&client("5bad9d5c", &["email"]), &wanted).is_empty());
+        assert!(registered_client_scopes(&client("my-app", &["mcp:tools"]), &wanted).is_empty());
+        let mut marked = registered.clone();
+        marked.attributes = Some(HashMap::from([(
+            OWNER_ATTRIBUTE.to_string(),
+            "x".to_string(),
+        )]));
+        assert!(registered_client_scopes(&marked, &wanted).is_empty());
+        let mut saml = registered.clone();
+        saml.protocol = Some("saml".into());
+        assert!(registered_client_scopes(&saml, &wanted).is_empty());
     }
 }

@@ -30,8 +30,10 @@ use mcp_auth_gateway::contract::{
     self, ADMIN_LISTEN_ENV, ALLOWED_ORIGINS_ENV, AUDIENCE_MODE_ENV,
     AUDIENCE_MODE_RESOURCE_INDICATOR, AUTH_HOST_ENV, AUTH_PORT_ENV, AUTH_REALM_ENV, CLIENT_ID_ENV,
     CLIENT_SECRET_ENV, HOST_ENV, INTROSPECTION_ENDPOINT_ENV, ISSUER_ENV, LISTEN_ENV, PORT_ENV,
-    REQUIRED_SCOPES_ENV, SERVER_URL_ENV, SERVICE_ACCOUNT_CLIENTS_ENV, UPSTREAM_ENV,
+    REQUIRED_SCOPES_ENV, SCOPE_RULES_ENV, SERVER_URL_ENV, SERVICE_ACCOUNT_CLIENTS_ENV,
+    UPSTREAM_ENV,
 };
+use mcp_auth_gateway::scopes::{ScopeRules, ToolRule};
 
 pub const SECRET_KEY_CLIENT_ID: &str = "client-id";
 pub const SECRET_KEY_CLIENT_SECRET: &str = "client-secret";
@@ -51,6 +53,9 @@ pub struct WorkloadInputs {
     pub client_id: String,
     pub secret_name: String,
     pub required_scopes: Vec<String>,
+    /// Per-tool scopes and the policy's scope hierarchy, as the gateway reads them (JSON;
+    /// empty when there are none).
+    pub scope_rules: String,
     /// Clients whose user-less tokens are accepted (`spec.auth.serviceAccountClients`).
     pub service_account_clients: Vec<String>,
     /// Extra browser origins the gateway admits (`spec.auth.allowedOrigins`).
@@ -81,6 +86,7 @@ impl WorkloadInputs {
         let audience_mode = policy.status.as_ref().and_then(|s| s.audience_mode);
         let audience_mode = audience_mode.unwrap_or_default();
         let required_scopes = required_scopes(server, policy, audience_mode);
+        let scope_rules = scope_rules_json(server, policy);
         let url = server.canonical_url();
         let issuer = policy.issuer();
         let introspection_endpoint = policy.introspection_endpoint();
@@ -92,6 +98,7 @@ impl WorkloadInputs {
             &issuer,
             &introspection_endpoint,
             &required_scopes.join(" "),
+            &scope_rules,
         ]);
         WorkloadInputs {
             url,
@@ -104,6 +111,7 @@ impl WorkloadInputs {
             secret_name: server.secret_name(),
             required_scopes,
             audience_mode,
+            scope_rules,
             service_account_clients: server.spec.auth.service_account_clients.clone(),
             allowed_origins: server.spec.auth.allowed_origins.clone(),
             config_hash,
@@ -117,15 +125,21 @@ impl WorkloadInputs {
     }
 }
 
-/// Scopes a token must carry: the server's (default: all of the policy's) plus, in `Scope`
-/// mode, its audience scope, so the 401 challenge tells clients exactly what to request.
+/// Scopes a token must carry: the server's (default: the policy's, but for those only tool
+/// rules name) plus, in `Scope` mode, its audience scope, so the 401 challenge tells clients
+/// what to request.
 pub fn required_scopes(
     server: &McpServer,
     policy: &McpAuthPolicy,
     mode: ActiveAudience,
 ) -> Vec<String> {
+    let per_tool = |name: &str| {
+        let rules = &server.spec.auth.tools;
+        rules.iter().any(|r| r.scopes.iter().any(|s| s == name))
+    };
     let mut scopes: Vec<String> = if server.spec.scopes.is_empty() {
-        policy.spec.scopes.iter().map(|s| s.name.clone()).collect()
+        let names = policy.spec.scopes.iter().map(|s| s.name.clone());
+        names.filter(|n| !per_tool(n)).collect()
     } else {
         server.spec.scopes.clone()
     };
@@ -133,6 +147,26 @@ pub fn required_scopes(
         scopes.push(server.audience_scope());
     }
     scopes
+}
+
+/// `spec.auth.tools` and the policy's `implies`, in the gateway's `MCP_SCOPE_RULES` form.
+pub fn scope_rules_json(server: &McpServer, policy: &McpAuthPolicy) -> String {
+    let rules = ScopeRules {
+        tools: (server.spec.auth.tools.iter())
+            .map(|r| ToolRule {
+                name: r.name.clone(),
+                scopes: r.scopes.clone(),
+            })
+            .collect(),
+        implies: (policy.spec.scopes.iter())
+            .filter(|s| !s.implies.is_empty())
+            .map(|s| (s.name.clone(), s.implies.clone()))
+            .collect(),
+    };
+    if rules == ScopeRules::default() {
+        return String::new();
+    }
+    serde_json::to_string(&rules).expect("scope rules serialize")
 }
 
 pub fn labels(server: &McpServer) -> BTreeMap<String, String> {
@@ -204,6 +238,9 @@ fn auth_env(inputs: &WorkloadInputs) -> Vec<EnvVar> {
     // Only in that mode: absent means Scope, and unchanged servers keep their pod template.
     if inputs.audience_mode == ActiveAudience::ResourceIndicator {
         vars.push(env(AUDIENCE_MODE_ENV, AUDIENCE_MODE_RESOURCE_INDICATOR));
+    }
+    if !inputs.scope_rules.is_empty() {
+        vars.push(env(SCOPE_RULES_ENV, inputs.scope_rules.clone()));
     }
     // Only when set: absent means "users only", and unchanged servers keep their pod template.
     if !inputs.service_account_clients.is_empty() {
@@ -512,6 +549,7 @@ mod tests {
                     gateway_image: None,
                     service_account_clients: vec![],
                     allowed_origins: vec![],
+                    tools: vec![],
                 },
                 deletion_policy: DeletionPolicy::Delete,
                 network_policy: None,
@@ -545,6 +583,7 @@ mod tests {
                     consent_text: None,
                     include_in_token_scope: true,
                     r#type: ScopeType::Default,
+                    implies: vec![],
                 }],
                 dynamic_client_registration: None,
                 client_id_metadata_documents: None,
@@ -752,6 +791,45 @@ mod tests {
             pod.containers[1].ports.as_ref().unwrap()[0].name.as_deref(),
             Some("mcp")
         );
+    }
+
+    #[test]
+    fn tool_rules_and_the_hierarchy_reach_the_gateway_and_narrow_the_base_scopes() {
+        let mut p = policy();
+        let mut admin = p.spec.scopes[0].clone();
+        admin.name = "mcp:admin".into();
+        admin.implies = vec!["mcp:tools".into()];
+        p.spec.scopes.push(admin);
+        let plain = WorkloadInputs::resolve(&server(AuthMode::Proxy), &p, "s", "op:1");
+        assert_eq!(
+            plain.scope_rules,
+            r#"{"implies":{"mcp:admin":["mcp:tools"]}}"#
+        );
+        assert_eq!(
+            plain.required_scopes,
+            ["mcp:tools", "mcp:admin", "mcp:server:team:weather"]
+        );
+        let mut s = server(AuthMode::Proxy);
+        s.spec.auth.tools = vec![crate::api::ToolScopes {
+            name: "delete_*".into(),
+            scopes: vec!["mcp:admin".into()],
+        }];
+        let i = WorkloadInputs::resolve(&s, &p, "s", "op:1");
+        // A scope only a tool rule names is not asked of every request.
+        assert_eq!(i.required_scopes, ["mcp:tools", "mcp:server:team:weather"]);
+        assert_ne!(i.config_hash, plain.config_hash, "new rules roll the pods");
+        let pod = deployment(&s, &i).spec.template.spec.unwrap();
+        let rules = value(&env_of(&pod.containers[0]), SCOPE_RULES_ENV);
+        let parsed = ScopeRules::parse(&rules).unwrap();
+        assert_eq!(parsed.tool_scopes("delete_all"), ["mcp:admin"]);
+        assert!(parsed.may_call(&["mcp:admin".to_string()], "delete_all"));
+        assert!(!parsed.may_call(&["mcp:tools".to_string()], "delete_all"));
+        let none = WorkloadInputs::resolve(&server(AuthMode::Proxy), &policy(), "s", "op:1");
+        let pod = deployment(&server(AuthMode::Proxy), &none)
+            .spec
+            .template
+            .spec;
+        assert!(!env_of(&pod.unwrap().containers[0]).contains_key(SCOPE_RULES_ENV));
     }
 
     #[test]

@@ -539,6 +539,31 @@ async fn admission_rejects_bad_specs_with_specific_messages() {
             s(json!({"deletionPolicy": "Orphan"})),
             "Unsupported value: \"Orphan\"",
         ),
+        (
+            "tool rule without scopes",
+            s(json!({"auth": {"tools": [{"name": "delete_*", "scopes": []}]}})),
+            "spec.auth.tools[0].scopes in body should have at least 1 items",
+        ),
+        (
+            "tool rule without a name",
+            s(json!({"auth": {"tools": [{"name": "", "scopes": ["mcp:admin"]}]}})),
+            "spec.auth.tools[0].name in body should be at least 1 chars long",
+        ),
+        (
+            "tool rule scope with a space",
+            s(json!({"auth": {"tools": [{"name": "x", "scopes": ["mcp:a b"]}]}})),
+            "scopes must be scope tokens without spaces",
+        ),
+        (
+            "implies a scope the policy lacks",
+            p(json!({"scopes": [{"name": "mcp:admin", "implies": ["mcp:tools"]}]})),
+            "implies may name only other scopes of this policy",
+        ),
+        (
+            "a scope implies itself",
+            p(json!({"scopes": [{"name": "mcp:admin", "implies": ["mcp:admin"]}]})),
+            "implies may name only other scopes of this policy",
+        ),
     ];
     support::figure(format_args!("admission cases: {}", cases.len()));
     assert!(cases.len() >= 80);
@@ -773,6 +798,8 @@ async fn runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
         &srv("waits", json!({"policyRef": {"name": "no-secret"}})),
     )
     .await;
+    let gated = json!({"auth": {"tools": [{"name": "delete_*", "scopes": ["mcp:admin"]}]}});
+    create(&client, &ns, &srv("badtool", gated)).await;
     // A client with the same clientId made by someone else in Keycloak.
     let (st, v) = realm
         .kc
@@ -803,6 +830,7 @@ async fn runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
     let server_cases = [
         ("orphan", "PolicyResolved", "PolicyNotFound"),
         ("badscope", "PolicyResolved", "ScopeNotInPolicy"),
+        ("badtool", "PolicyResolved", "ScopeNotInPolicy"),
         ("waits", "PolicyResolved", "PolicyNotReady"),
         ("conflict", "KeycloakClientReady", "ClientIdConflict"),
         ("squatter", "Available", "ResourceConflict"),
@@ -813,7 +841,7 @@ async fn runtime_errors_have_specific_reasons_and_nothing_is_half_applied() {
     }
     // Nothing half-applied: no Secret or Deployment for servers that failed before the workload,
     // and the foreign client is untouched (no marker added, not deleted).
-    for name in ["orphan", "badscope", "waits", "conflict"] {
+    for name in ["orphan", "badscope", "badtool", "waits", "conflict"] {
         assert!(
             secret_value(&client, &ns, &format!("{name}-oauth"), "client-secret")
                 .await

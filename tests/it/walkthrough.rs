@@ -44,16 +44,13 @@ use localpod::images::{
 use localpod::{ImageMap, RunnerError};
 use mcp_keycloak_operator::api::{McpAuthPolicy, McpServer};
 use serde_json::{json, Value};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::MutexGuard;
 
 /// The realm user who logs in (not `alice`: the harness's token minter owns that name).
 const USER: &str = "dana";
 const PASSWORD: &str = "dana-walkthrough-password-1";
 const SERVER: &str = "calc";
 const OTHER: &str = "other";
-
-/// Held while a pod with a gateway container (fixed ports 8080 and 9090) runs.
-static GATEWAY_PORTS: Mutex<()> = Mutex::const_new(());
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {

@@ -7,6 +7,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 
 use super::metadata::{Challenge, InvalidReason};
+use super::scopes::ScopeRules;
 
 /// Longest bearer token the gateway accepts (larger ones are refused as malformed).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -253,6 +254,8 @@ pub struct Rules<'a> {
     pub resource: &'a str,
     /// Scopes that must all be granted.
     pub required: &'a [String],
+    /// Which scopes imply others (a broader scope satisfies a narrower requirement).
+    pub hierarchy: &'a ScopeRules,
     /// Clients whose tokens may lack a user session (machine-to-machine opt-in).
     pub service_account_clients: &'a [String],
 }
@@ -299,7 +302,7 @@ pub fn evaluate(info: &TokenInfo, rules: &Rules<'_>, now: SystemTime) -> Decisio
     {
         return deny(InvalidReason::NoUserSession);
     }
-    if !required.iter().all(|r| token.scopes.iter().any(|s| s == r)) {
+    if !rules.hierarchy.satisfied(&token.scopes, required) {
         return Decision::Deny(Challenge::InsufficientScope);
     }
     Decision::Allow(Identity {
@@ -392,6 +395,7 @@ mod tests {
         let rules = Rules {
             resource: RES,
             required,
+            hierarchy: &ScopeRules::default(),
             service_account_clients: &[],
         };
         evaluate(info, &rules, now())
@@ -492,6 +496,7 @@ mod tests {
         let rules = Rules {
             resource: RES,
             required: &req(),
+            hierarchy: &ScopeRules::default(),
             service_account_clients: &listed,
         };
         assert!(matches!(

@@ -11,6 +11,7 @@ use url::Url;
 use super::auth::Rules;
 use super::contract::{self, ALLOWED_ORIGINS_ENV, CLIENT_SECRET_ENV};
 use super::metadata::{self, Resource};
+use super::scopes::{is_scope_token, ScopeRules};
 use super::GatewayError;
 
 /// Default bound on request bodies (4 MiB).
@@ -90,6 +91,13 @@ pub struct GatewayConfig {
     /// Space-separated scopes every token must carry (e.g. `mcp:tools`).
     #[arg(long, env = contract::REQUIRED_SCOPES_ENV, default_value = "")]
     pub required_scopes: String,
+
+    /// Per-tool scopes and the scope hierarchy, JSON:
+    /// `{"tools":[{"name":"delete_*","scopes":["mcp:admin"]}],"implies":{"mcp:admin":["mcp:tools"]}}`.
+    /// A `tools/call` needs the first matching rule's scopes besides `--required-scopes`, and
+    /// `tools/list` answers show only the tools the token may call.
+    #[arg(long, env = contract::SCOPE_RULES_ENV, default_value = "")]
+    pub scope_rules: String,
 
     /// Optional human-readable `resource_name` for the protected-resource metadata.
     #[arg(long, env = "MCP_RESOURCE_NAME")]
@@ -239,6 +247,7 @@ impl GatewayConfig {
 
         let introspection = self.introspection()?;
         let required_scopes = parse_scopes(&self.required_scopes)?;
+        let scope_rules = ScopeRules::parse(&self.scope_rules).map_err(config_err)?;
         let upstream = Upstream::parse(&self.upstream)?;
 
         if self.cache_max_entries == 0 && self.cache_ttl_seconds > 0 {
@@ -264,6 +273,7 @@ impl GatewayConfig {
             metadata_url,
             metadata_paths,
             required_scopes,
+            scope_rules,
             upstream,
             introspection,
             max_body_bytes: self.max_body_bytes,
@@ -470,10 +480,7 @@ fn check_resource_url(raw: &str) -> Result<Resource, GatewayError> {
 pub(crate) fn parse_scopes(list: &str) -> Result<Vec<String>, GatewayError> {
     let mut scopes: Vec<String> = Vec::new();
     for scope in list.split_ascii_whitespace() {
-        let ok = scope
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
-        if !ok {
+        if !is_scope_token(scope) {
             return Err(config_err(format!(
                 "invalid scope {scope:?} in --required-scopes"
             )));
@@ -540,6 +547,7 @@ impl Settings {
         Rules {
             resource: &self.resource.raw,
             required: &self.required_scopes,
+            hierarchy: &self.scope_rules,
             service_account_clients: &self.service_account_clients,
         }
     }
@@ -575,6 +583,7 @@ pub(crate) struct Settings {
     pub metadata_url: String,
     pub metadata_paths: Vec<String>,
     pub required_scopes: Vec<String>,
+    pub scope_rules: ScopeRules,
     pub upstream: Upstream,
     pub introspection: IntrospectionSettings,
     pub max_body_bytes: usize,
@@ -782,6 +791,7 @@ mod tests {
             ("required-scopes", "MCP_REQUIRED_SCOPES"),
             ("resource-name", "MCP_RESOURCE_NAME"),
             ("resource-url", "MCP_SERVER_URL"),
+            ("scope-rules", "MCP_SCOPE_RULES"),
             ("service-account-clients", "MCP_SERVICE_ACCOUNT_CLIENTS"),
             (
                 "shutdown-grace-seconds",

@@ -34,6 +34,8 @@ pub const SERVICE_ACCOUNT_CLIENTS_ENV: &str = "MCP_SERVICE_ACCOUNT_CLIENTS";
 pub const AUDIENCE_MODE_ENV: &str = "MCP_AUTH_AUDIENCE_MODE";
 /// [`AUDIENCE_MODE_ENV`]'s value when `aud` must be exactly the url.
 pub const AUDIENCE_MODE_RESOURCE_INDICATOR: &str = "ResourceIndicator";
+/// Per-tool scopes and the scope hierarchy (JSON, see `ScopeRules`); unset means none.
+pub const SCOPE_RULES_ENV: &str = "MCP_SCOPE_RULES";
 
 /// Gateway only: the address of the MCP listener.
 pub const LISTEN_ENV: &str = "MCP_GATEWAY_LISTEN";
@@ -45,7 +47,7 @@ pub const UPSTREAM_ENV: &str = "MCP_GATEWAY_UPSTREAM";
 pub const ALLOWED_ORIGINS_ENV: &str = "MCP_GATEWAY_ALLOWED_ORIGINS";
 
 /// What the operator sets on the MCP container; `spec.env` may not override any of them.
-pub const RESERVED_ENV: [&str; 13] = [
+pub const RESERVED_ENV: [&str; 14] = [
     HOST_ENV,
     PORT_ENV,
     AUTH_HOST_ENV,
@@ -59,6 +61,7 @@ pub const RESERVED_ENV: [&str; 13] = [
     REQUIRED_SCOPES_ENV,
     SERVICE_ACCOUNT_CLIENTS_ENV,
     AUDIENCE_MODE_ENV,
+    SCOPE_RULES_ENV,
 ];
 
 /// Port of the gateway's MCP listener; an McpServer in `Proxy` mode may not use it.

@@ -61,12 +61,15 @@ mod auth;
 mod cache;
 mod config;
 pub mod contract;
+mod filter;
 mod introspection;
+mod jsonrpc;
 mod limits;
 mod listener;
 mod metadata;
 pub mod metrics;
 mod proxy;
+pub mod scopes;
 mod state;
 mod stream;
 
@@ -156,10 +159,15 @@ impl Gateway {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
+        // Every scope some operation needs, so clients can consent to them up front.
+        let supported = scopes::challenge_scopes(
+            &settings.required_scopes,
+            settings.scope_rules.named_scopes(),
+        );
         let document = ProtectedResourceMetadata::new(
             &settings.resource,
             &settings.issuer,
-            &settings.required_scopes,
+            &supported,
             settings.resource_name.as_deref(),
         );
         let metadata_json = serde_json::to_vec(&document)

@@ -66,7 +66,7 @@ impl ProtectedResourceMetadata {
         Self {
             resource: resource.raw.clone(),
             authorization_servers: vec![issuer.to_owned()],
-            scopes_supported: scopes.to_vec(),
+            scopes_supported: super::scopes::challenge_scopes(scopes, []),
             bearer_methods_supported: vec!["header".to_owned()],
             resource_name: resource_name.map(str::to_owned),
         }
@@ -147,7 +147,8 @@ impl Challenge {
 
 /// Builds the `WWW-Authenticate` value:
 /// `Bearer [error="…", error_description="…", ]resource_metadata="…"[, scope="…"]`.
-/// `scope` is the space-separated list of required scopes and is omitted when empty.
+/// `scope` is the space-separated list of the scopes the operation needs (never
+/// `offline_access`) and is omitted when empty.
 /// Inputs are validated at start-up to contain no `"` or `\`.
 pub fn www_authenticate(challenge: Challenge, metadata_url: &str, scopes: &[String]) -> String {
     let mut value = String::from("Bearer ");
@@ -158,6 +159,7 @@ pub fn www_authenticate(challenge: Challenge, metadata_url: &str, scopes: &[Stri
         ));
     }
     value.push_str(&format!("resource_metadata=\"{metadata_url}\""));
+    let scopes = super::scopes::challenge_scopes(scopes, []);
     if !scopes.is_empty() {
         value.push_str(&format!(", scope=\"{}\"", scopes.join(" ")));
     }

@@ -13,9 +13,12 @@ use http::{HeaderMap, Method, StatusCode};
 
 use super::auth::{evaluate, extract_bearer, is_jwt_shaped, Decision, Identity, Presented};
 use super::config::{normalize_origin, Settings};
+use super::filter::{ListFilter, SseFiltered, MAX_FILTERED_BYTES};
 use super::introspection::{Admission, IntrospectionError};
+use super::jsonrpc;
 use super::metadata::{www_authenticate, Challenge, InvalidReason};
 use super::metrics::Outcome;
+use super::scopes::challenge_scopes;
 use super::state::AppState;
 use super::stream::GuardedBody;
 
@@ -132,8 +135,9 @@ fn error_response(status: StatusCode, error: &str, description: &str) -> Respons
     )
 }
 
-fn challenge_response(settings: &Settings, challenge: Challenge) -> Response {
-    let value = www_authenticate(challenge, &settings.metadata_url, &settings.required_scopes);
+/// A 401/403 challenge naming `scopes`, every scope the refused operation needs.
+fn challenge_response(settings: &Settings, challenge: Challenge, scopes: &[String]) -> Response {
+    let value = www_authenticate(challenge, &settings.metadata_url, scopes);
     let mut resp = error_response(
         challenge.status(),
         challenge.error_code().unwrap_or("unauthorized"),
@@ -347,7 +351,11 @@ fn refuse(state: &AppState, reason: InvalidReason) -> (Outcome, Response) {
     state.metrics.refusal(reason.label());
     (
         Outcome::Unauthenticated,
-        challenge_response(&state.settings, Challenge::InvalidToken(reason)),
+        challenge_response(
+            &state.settings,
+            Challenge::InvalidToken(reason),
+            &state.settings.required_scopes,
+        ),
     )
 }
 
@@ -396,7 +404,7 @@ async fn authorize(
         Presented::None => {
             return (
                 Outcome::Unauthenticated,
-                challenge_response(settings, Challenge::Missing),
+                challenge_response(settings, Challenge::Missing, &settings.required_scopes),
             )
         }
         Presented::Malformed => return refuse(state, InvalidReason::Malformed),
@@ -433,7 +441,8 @@ async fn authorize(
         Decision::Deny(Challenge::InvalidToken(reason)) => refuse(state, reason),
         Decision::Deny(challenge) => {
             tracing::info!(required = %settings.required_scopes.join(" "), "bearer token lacks a required scope");
-            (Outcome::Forbidden, challenge_response(settings, challenge))
+            let resp = challenge_response(settings, challenge, &settings.required_scopes);
+            (Outcome::Forbidden, resp)
         }
     }
 }
@@ -553,6 +562,10 @@ async fn forward(
         Ok(body) => body,
         Err(refusal) => return refusal,
     };
+    let list_filter = match check_operation(&state.settings, &parts.headers, &body, &grant) {
+        Ok(filter) => filter,
+        Err(refusal) => return *refusal,
+    };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let Ok(uri) = state.settings.upstream.uri_for(path_and_query) else {
         return (
@@ -571,17 +584,22 @@ async fn forward(
     *upstream_req.version_mut() = http::Version::HTTP_11;
     *upstream_req.headers_mut() = headers;
     match state.client.request(upstream_req).await {
-        Ok(resp) => (Outcome::Allowed, relay(state, resp, grant, permit)),
+        Ok(resp) => (
+            Outcome::Allowed,
+            relay(state, resp, grant, permit, list_filter).await,
+        ),
         Err(error) => upstream_failed(state, &error),
     }
 }
 
-/// The upstream's response for the client; frames are relayed as they arrive.
-fn relay(
+/// The upstream's response for the client; frames are relayed as they arrive, except that
+/// `tools/list` answers are filtered (JSON read whole, SSE event by event).
+async fn relay(
     state: &Arc<AppState>,
     resp: http::Response<hyper::body::Incoming>,
     grant: Grant,
     permit: tokio::sync::OwnedSemaphorePermit,
+    list_filter: Option<ListFilter>,
 ) -> Response {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -589,9 +607,124 @@ fn relay(
     // A response without a length is a stream (SSE): it lives only as long as the token
     // authorizes it.
     let streaming = !parts.headers.contains_key(header::CONTENT_LENGTH);
+    let mut body = Body::new(body);
+    if let Some(filter) = list_filter {
+        body = match filtered(&mut parts, body, filter).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal,
+        };
+    }
     let watch = streaming.then_some((grant.token, grant.exp));
-    let body = GuardedBody::new(Body::new(body), state.clone(), Some(permit), watch);
+    let body = GuardedBody::new(body, state.clone(), Some(permit), watch);
     Response::from_parts(parts, Body::new(body))
+}
+
+/// The answer's body with tools the token may not call removed; a JSON answer is read whole
+/// (bounded), an event stream is filtered as it flows, error answers pass.
+async fn filtered(
+    parts: &mut http::response::Parts,
+    body: Body,
+    filter: ListFilter,
+) -> Result<Body, Response> {
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if content_type.starts_with("text/event-stream") {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Ok(Body::new(SseFiltered::new(body, filter)));
+    }
+    // Whatever a successful answer claims to be, it is read as JSON: an unlabelled list must
+    // not slip through unfiltered.
+    if !parts.status.is_success() {
+        return Ok(body);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_FILTERED_BYTES).await else {
+        return Err(error_response(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "The MCP server's answer could not be read",
+        ));
+    };
+    let out = filter.json(&bytes);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Ok(Body::from(out))
+}
+
+/// What the body asks for, checked against the token: the 2026-07-28 headers must match
+/// the body (400 / -32020), every called tool's scopes must be granted (403 naming all the
+/// scopes the call needs), and `tools/list` answers will be filtered (the returned filter).
+fn check_operation(
+    settings: &Settings,
+    headers: &HeaderMap,
+    body: &[u8],
+    grant: &Grant,
+) -> Result<Option<ListFilter>, Box<(Outcome, Response)>> {
+    let rules = &settings.scope_rules;
+    let inspect = rules.per_tool() || has_mcp_headers(headers);
+    if !inspect {
+        return Ok(None);
+    }
+    let parsed = match jsonrpc::Body::parse(body) {
+        Ok(parsed) => parsed,
+        Err(msg) => {
+            return Err(rpc_refusal(
+                jsonrpc::Body::Empty,
+                jsonrpc::PARSE_ERROR,
+                &msg,
+            ))
+        }
+    };
+    if let Err(msg) = jsonrpc::check_headers(headers, &parsed) {
+        let msg = format!("Header mismatch: {msg}");
+        return Err(rpc_refusal(parsed, jsonrpc::HEADER_MISMATCH, &msg));
+    }
+    let granted: Vec<String> = grant
+        .identity
+        .scopes
+        .split_ascii_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let lacking: Vec<&str> = parsed
+        .called_tools()
+        .filter(|t| !rules.may_call(&granted, t))
+        .collect();
+    if !lacking.is_empty() {
+        let needed = lacking.iter().flat_map(|t| rules.tool_scopes(t));
+        let scopes = challenge_scopes(&settings.required_scopes, needed);
+        tracing::info!(tools = %lacking.join(" "), needed = %scopes.join(" "), "token lacks a tool's scope");
+        let resp = challenge_response(settings, Challenge::InsufficientScope, &scopes);
+        return Err(Box::new((Outcome::Forbidden, resp)));
+    }
+    let ids = parsed.list_ids();
+    Ok((rules.per_tool() && !ids.is_empty()).then(|| ListFilter {
+        ids,
+        granted,
+        rules: rules.clone(),
+    }))
+}
+
+fn has_mcp_headers(headers: &HeaderMap) -> bool {
+    headers.contains_key(jsonrpc::MCP_METHOD)
+        || headers.contains_key(jsonrpc::MCP_NAME)
+        || headers
+            .get(jsonrpc::MCP_PROTOCOL_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v >= jsonrpc::HEADERS_REQUIRED_FROM)
+}
+
+/// 400 with a JSON-RPC error body (parse error, header mismatch).
+fn rpc_refusal(body: jsonrpc::Body, code: i64, message: &str) -> Box<(Outcome, Response)> {
+    tracing::info!(code, message, "JSON-RPC request refused");
+    let resp = json_response(
+        StatusCode::BAD_REQUEST,
+        jsonrpc::error_body(body.error_id(), code, message),
+    );
+    Box::new((Outcome::BadRequest, resp))
 }
 
 fn upstream_failed(

@@ -35,6 +35,10 @@ pub(crate) use deref_scenario;
 
 pub const WAIT: Duration = Duration::from_secs(90);
 
+/// Held while a local pod with a gateway container (fixed ports 8080 and 9090) runs, by every
+/// test module of this binary that starts one (walkthrough, sdk_clients).
+pub static GATEWAY_PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 static CRDS: OnceCell<()> = OnceCell::const_new();
 
 /// Applies the generated CRDs (server-side apply, idempotent across test binaries).
@@ -679,8 +683,11 @@ pub async fn gateway_config_from_deployment(
     cfg.required_scopes = env["MCP_REQUIRED_SCOPES"].clone();
     // Set by the operator only when the McpServer asks for them.
     use mcp_auth_gateway::contract::{
-        ALLOWED_ORIGINS_ENV, AUDIENCE_MODE_ENV, SERVICE_ACCOUNT_CLIENTS_ENV,
+        ALLOWED_ORIGINS_ENV, AUDIENCE_MODE_ENV, SCOPE_RULES_ENV, SERVICE_ACCOUNT_CLIENTS_ENV,
     };
+    if let Some(rules) = env.get(SCOPE_RULES_ENV) {
+        cfg.scope_rules = rules.clone();
+    }
     if let Some(clients) = env.get(SERVICE_ACCOUNT_CLIENTS_ENV) {
         cfg.service_account_clients = clients.clone();
     }
