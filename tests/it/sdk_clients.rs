@@ -105,9 +105,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The seed policy, with the optional scope `mcp:admin` for the step-up.
-async fn policy(s: &Scenario, step_up: bool) -> McpAuthPolicy {
+/// The seed policy (on `kc`, else the test bed's Keycloak), with the optional scope
+/// `mcp:admin` for the step-up.
+async fn policy(s: &Scenario, step_up: bool, kc: Option<&str>) -> McpAuthPolicy {
     let mut p = serde_json::to_value(s.seed_policy().await).unwrap();
+    if let Some(kc) = kc {
+        p["spec"]["keycloak"]["url"] = json!(kc);
+    }
     if step_up {
         let admin = json!({"name": ADMIN_SCOPE, "consentText": ADMIN_CONSENT, "type": "Optional"});
         p["spec"]["scopes"].as_array_mut().unwrap().push(admin);
@@ -143,9 +147,26 @@ harness::deref_scenario!(World, s);
 
 impl World {
     async fn setup(prefix: &str, step_up: bool) -> World {
+        Self::setup_on(prefix, step_up, None).await
+    }
+
+    /// [`World::setup`] on another Keycloak instance of the test bed.
+    async fn setup_on(
+        prefix: &str,
+        step_up: bool,
+        kc: Option<&support::KeycloakInstance>,
+    ) -> World {
         let t0 = Instant::now();
-        let s = Scenario::new(prefix).await;
-        s.create(&policy(&s, step_up).await).await;
+        let s = match kc {
+            Some(kc) => {
+                let mut s = Scenario::on(prefix, kc.login()).await;
+                s.start_operator().await;
+                s
+            }
+            None => Scenario::new(prefix).await,
+        };
+        let url = kc.map(|k| k.url.as_str());
+        s.create(&policy(&s, step_up, url).await).await;
         let url = format!("http://127.0.0.1:{}/mcp", free_port());
         s.create(&server(free_port(), &url, step_up)).await;
         s.wait_ready::<McpAuthPolicy>("acme").await;
@@ -159,7 +180,8 @@ impl World {
             s,
             url,
             issuer,
-            audience_scope: status.audience_scope.expect("status.audienceScope"),
+            // No per-server scope in ResourceIndicator mode.
+            audience_scope: status.audience_scope.unwrap_or_default(),
             pod: Some(pod),
             _ports: ports,
             t0,
@@ -615,4 +637,46 @@ async fn typescript_sdk_step_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_step_up() {
     step_up(Sdk::Python, "sdk-py-up").await;
+}
+
+/// ResourceIndicator mode (Keycloak with `resource-indicators`, policy `audience: Auto`): the
+/// TypeScript SDK's journey works with no per-server scope — the token's audience comes from
+/// the `resource` the SDK sends, narrowed by Keycloak to the server's URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_journey_in_resource_indicator_mode() {
+    let ri = support::keycloak_instance("ri", "cimd,resource-indicators").await;
+    let w = World::setup_on("sdk-ts-ri", false, Some(&ri)).await;
+    let policy = w.get::<McpAuthPolicy>("acme").await;
+    let mode = policy.status.as_ref().and_then(|s| s.audience_mode);
+    assert_eq!(
+        mode,
+        Some(mcp_keycloak_operator::api::ActiveAudience::ResourceIndicator)
+    );
+    assert!(
+        w.audience_scope.is_empty(),
+        "a per-server scope in this mode"
+    );
+    let browser = Browser::start().await.expect("headless Chromium");
+    let echo = ("echo", json!({"message": "hello by resource indicator"}));
+    let j = run(Sdk::TypeScript, &w, &browser, echo, None).await;
+    assert_eq!(
+        j.shape(),
+        [
+            "challenge 401",
+            "authorize",
+            "token_request",
+            "tools",
+            "called"
+        ]
+    );
+    let p = check_authorization(&w, &j, 0, &["mcp:tools".to_string()]);
+    let requested = scope_set(p.get("scope").expect("scope"));
+    assert!(
+        !requested.iter().any(|s| s.starts_with("mcp:server:")),
+        "{requested:?}"
+    );
+    check_code_exchanges(&w, &j);
+    assert_eq!(called(&j, "echo"), "Echo: hello by resource indicator");
+    browser.close().await;
+    w.finish().await;
 }
