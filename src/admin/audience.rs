@@ -37,15 +37,8 @@ impl KeycloakAdminClient {
         let mut retried = false;
         loop {
             let token = self.tokens.token().await?;
-            let resp = self.tokens.http.get(&url).bearer_auth(token).send().await;
-            let outcome = match &resp {
-                Ok(r) if r.status().is_success() => "success",
-                Ok(r) if r.status().is_client_error() => "client_error",
-                Ok(_) => "server_error",
-                Err(_) => "network_error",
-            };
-            self.metrics.record_keycloak_request("GET", outcome);
-            let resp = resp.map_err(|e| super::unreachable_error(&self.base_url, &e))?;
+            let req = self.tokens.http.get(&url).bearer_auth(token);
+            let resp = self.counted_get(req).await?;
             match resp.status().as_u16() {
                 200 => {}
                 // Keycloak restarted and forgot our token: once more with a fresh one.

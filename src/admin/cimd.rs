@@ -65,15 +65,7 @@ impl KeycloakAdminClient {
             "{}/realms/{realm}/.well-known/openid-configuration",
             self.base_url
         );
-        let resp = self.tokens.http.get(&url).send().await;
-        let outcome = match &resp {
-            Ok(r) if r.status().is_success() => "success",
-            Ok(r) if r.status().is_client_error() => "client_error",
-            Ok(_) => "server_error",
-            Err(_) => "network_error",
-        };
-        self.metrics.record_keycloak_request("GET", outcome);
-        let resp = resp.map_err(|e| super::unreachable_error(&self.base_url, &e))?;
+        let resp = self.counted_get(self.tokens.http.get(&url)).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(Error::KeycloakApi {
@@ -150,26 +142,35 @@ impl KeycloakAdminClient {
     }
 
     /// Clients Keycloak created from metadata documents: a URL `client_id` (found with an infix
-    /// search for `://`, paged) and Keycloak's CIMD cache attribute.
+    /// search for `://`) and Keycloak's CIMD cache attribute.
     pub async fn cimd_clients(&self, realm: &str) -> Result<Vec<ClientRepresentation>> {
+        let operation = "search metadata-document clients";
+        let found = self.clients_paged(realm, operation, Some("://")).await?;
+        let attribute = |c: &ClientRepresentation| {
+            (c.attributes.as_ref()).is_some_and(|a| a.contains_key(CIMD_CLIENT_ATTRIBUTE))
+        };
+        Ok(found.into_iter().filter(attribute).collect())
+    }
+
+    /// Every client of the realm (`client_id`: only those whose id contains it), page by page.
+    async fn clients_paged(
+        &self,
+        realm: &str,
+        operation: &str,
+        client_id: Option<&str>,
+    ) -> Result<Vec<ClientRepresentation>> {
         let mut out = vec![];
         let mut first = 0usize;
         loop {
             let search = ClientSearch {
-                client_id: Some("://"),
-                search: Some(true),
+                client_id,
+                search: client_id.map(|_| true),
                 first: Some(first),
                 max: Some(PAGE),
             };
-            let page = self
-                .clients(realm, "search metadata-document clients", search)
-                .await?;
+            let page = self.clients(realm, operation, search).await?;
             let n = page.len();
-            out.extend(page.into_iter().filter(|c| {
-                c.attributes
-                    .as_ref()
-                    .is_some_and(|a| a.contains_key(CIMD_CLIENT_ATTRIBUTE))
-            }));
+            out.extend(page);
             if n < PAGE {
                 return Ok(out);
             }
@@ -198,28 +199,10 @@ impl KeycloakAdminClient {
         self.update_client(realm, &id, &body).await
     }
 
-    /// Every client of the realm whose `clientId` Keycloak chose (equal to its id): the ones
-    /// registration created. Paged.
-    pub async fn registered_clients(&self, realm: &str) -> Result<Vec<ClientRepresentation>> {
-        let mut out = vec![];
-        let mut first = 0usize;
-        loop {
-            let page = ClientSearch {
-                first: Some(first),
-                max: Some(PAGE),
-                ..Default::default()
-            };
-            let page = self.clients(realm, "list registered clients", page).await?;
-            let n = page.len();
-            out.extend(
-                page.into_iter()
-                    .filter(|c| c.client_id.is_some() && c.client_id == c.id),
-            );
-            if n < PAGE {
-                return Ok(out);
-            }
-            first += PAGE;
-        }
+    /// Every client of the realm: what Keycloak's Max Clients policy counts, and what the
+    /// registration sweep looks through.
+    pub async fn all_clients(&self, realm: &str) -> Result<Vec<ClientRepresentation>> {
+        self.clients_paged(realm, "list clients", None).await
     }
 
     /// Number of clients in the realm (what Keycloak's Max Clients policy counts), without

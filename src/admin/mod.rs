@@ -349,6 +349,19 @@ impl KeycloakAdminClient {
         }
     }
 
+    /// A GET outside the typed API (discovery, server info), counted like the others.
+    async fn counted_get(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req.send().await;
+        let outcome = match &resp {
+            Ok(r) if r.status().is_success() => "success",
+            Ok(r) if r.status().is_client_error() => "client_error",
+            Ok(_) => "server_error",
+            Err(_) => "network_error",
+        };
+        self.metrics.record_keycloak_request("GET", outcome);
+        resp.map_err(|e| unreachable_error(&self.base_url, &e))
+    }
+
     fn classify(&self, operation: &str, e: KeycloakError) -> Error {
         match e {
             KeycloakError::ReqwestFailure(e) => unreachable_error(&self.base_url, &e),

@@ -116,10 +116,11 @@ impl Run<'_> {
         self.refuse_machine_grants()
             .await
             .at(MACHINE_GRANTS_REFUSED)?;
-        self.client_limit_guard()
+        let listed = self
+            .open_registered_clients(mode)
             .await
             .at(REGISTRATION_POLICY_APPLIED)?;
-        self.open_registered_clients(mode)
+        self.client_limit_guard(listed)
             .await
             .at(REGISTRATION_POLICY_APPLIED)?;
         let (reason, message) = apply_cimd(self.policy, self.ctx, &self.kc, mode)
@@ -301,17 +302,23 @@ impl Run<'_> {
 
     /// DCR guard rail: `status.realmClients` against `maxClients`, the `ClientLimitPressure`
     /// condition, and a Warning event when the realm gets close to (>= 90%) or reaches the
-    /// limit. Counted with paged probes starting at the last count: one small read at steady
-    /// state.
-    async fn client_limit_guard(&mut self) -> Result<()> {
+    /// limit. `listed` is the count when the registration sweep just read every client;
+    /// otherwise counted with paged probes starting at the last count (one small read at
+    /// steady state).
+    async fn client_limit_guard(&mut self, listed: Option<usize>) -> Result<()> {
         let d = &mut self.d;
         let Some(dcr) = &self.policy.spec.dynamic_client_registration else {
             d.status.realm_clients = None;
             d.remove(CLIENT_LIMIT_PRESSURE);
             return Ok(());
         };
-        let hint = d.status.realm_clients.and_then(|n| usize::try_from(n).ok());
-        let count = self.kc.count_clients(self.realm, hint).await? as i64;
+        let count = match listed {
+            Some(n) => n,
+            None => {
+                let hint = d.status.realm_clients.and_then(|n| usize::try_from(n).ok());
+                self.kc.count_clients(self.realm, hint).await?
+            }
+        } as i64;
         d.status.realm_clients = Some(count);
         let (pressure, reason, message) = cimd::client_pressure(count, dcr.max_clients.into());
         let before = d.get(CLIENT_LIMIT_PRESSURE).map(|c| c.reason.clone());
@@ -329,20 +336,22 @@ impl Run<'_> {
 impl Run<'_> {
     /// Clients registered anonymously get every MCP scope they lack (see
     /// [`cimd::registered_client_scopes`]), so step-up to a per-tool scope, or a second server,
-    /// works for them. Nothing is written for clients already in sync.
-    async fn open_registered_clients(&mut self, mode: ActiveAudience) -> Result<()> {
+    /// works for them. Nothing is written for clients already in sync. Returns how many clients
+    /// the realm has (read anyway), or `None` when registration is closed and nothing was read.
+    async fn open_registered_clients(&mut self, mode: ActiveAudience) -> Result<Option<usize>> {
         let enabled = self.policy.spec.dynamic_client_registration.as_ref();
         if !enabled.is_some_and(|d| d.enabled) {
-            return Ok(());
+            return Ok(None);
         }
         let wanted = admitted_scopes(self.policy, self.ctx, mode).await?;
         let mut scope_ids = ScopeIds::default();
-        for client in self.kc.registered_clients(self.realm).await? {
-            let adds = cimd::registered_client_scopes(&client, &wanted);
+        let clients = self.kc.all_clients(self.realm).await?;
+        for client in &clients {
+            let adds = cimd::registered_client_scopes(client, &wanted);
             let adds = adds.into_iter().map(|n| (n, ScopeType::Optional));
-            add_scopes(&self.kc, self.realm, &client, adds, &mut scope_ids).await?;
+            add_scopes(&self.kc, self.realm, client, adds, &mut scope_ids).await?;
         }
-        Ok(())
+        Ok(Some(clients.len()))
     }
 }
 

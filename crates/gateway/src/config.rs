@@ -237,6 +237,27 @@ impl GatewayConfig {
         config
     }
 
+    /// The configuration a gateway gets from `vars` as its environment (what the operator writes
+    /// into a pod), every other flag at its default; the process environment is not read.
+    pub fn from_env_vars(
+        vars: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, GatewayError> {
+        let command = Self::augment_args(clap::Command::new("gateway"));
+        let mut argv = vec!["gateway".to_owned()];
+        for arg in command.get_arguments() {
+            let env = arg.get_env().and_then(|e| e.to_str());
+            if let (Some(value), Some(long)) = (env.and_then(|e| vars.get(e)), arg.get_long()) {
+                argv.push(format!("--{long}={value}"));
+            }
+        }
+        let matches = (command.mut_args(|arg| arg.env(None)))
+            .try_get_matches_from(argv)
+            .map_err(|e| config_err(e.to_string()))?;
+        let mut config = Self::from_arg_matches(&matches).map_err(|e| config_err(e.to_string()))?;
+        config.client_secret = vars.get(CLIENT_SECRET_ENV).cloned().map(ClientSecret::new);
+        Ok(config)
+    }
+
     /// Checks the configuration and derives everything the gateway needs at run time.
     pub(crate) fn validate(&self) -> Result<Settings, GatewayError> {
         let resource = check_resource_url(&self.resource_url)?;
@@ -247,7 +268,9 @@ impl GatewayConfig {
 
         let introspection = self.introspection()?;
         let required_scopes = parse_scopes(&self.required_scopes)?;
-        let scope_rules = ScopeRules::parse(&self.scope_rules).map_err(config_err)?;
+        let scope_rules = ScopeRules::parse(&self.scope_rules)
+            .map_err(config_err)?
+            .into();
         let upstream = Upstream::parse(&self.upstream)?;
 
         if self.cache_max_entries == 0 && self.cache_ttl_seconds > 0 {
@@ -583,7 +606,8 @@ pub(crate) struct Settings {
     pub metadata_url: String,
     pub metadata_paths: Vec<String>,
     pub required_scopes: Vec<String>,
-    pub scope_rules: ScopeRules,
+    /// Shared with the tool-list filters of answers in flight.
+    pub scope_rules: std::sync::Arc<ScopeRules>,
     pub upstream: Upstream,
     pub introspection: IntrospectionSettings,
     pub max_body_bytes: usize,
@@ -804,6 +828,34 @@ mod tests {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
         assert_eq!(pairs, expected);
+    }
+
+    #[test]
+    fn a_pods_env_configures_like_the_flags() {
+        let vars: std::collections::BTreeMap<String, String> = [
+            ("MCP_SERVER_URL", "https://mcp.example.com/mcp"),
+            ("MCP_AUTH_ISSUER", "https://kc.example.com/realms/r"),
+            (
+                "MCP_AUTH_INTROSPECTION_ENDPOINT",
+                "http://kc:8080/realms/r/i",
+            ),
+            ("OAUTH_CLIENT_ID", "mcp.ns.s"),
+            ("OAUTH_CLIENT_SECRET", "s3cr3t"),
+            (
+                "MCP_SCOPE_RULES",
+                r#"{"tools":[{"name":"x","scopes":["a"]}]}"#,
+            ),
+            ("HOST", "127.0.0.1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        let c = GatewayConfig::from_env_vars(&vars).unwrap();
+        assert_eq!(c.resource_url, "https://mcp.example.com/mcp");
+        assert_eq!(c.client_id, "mcp.ns.s");
+        assert_eq!(c.scope_rules, vars["MCP_SCOPE_RULES"]);
+        assert_eq!(c.client_secret.as_ref().map(|s| s.expose()), Some("s3cr3t"));
+        assert_eq!(c.cache_ttl_seconds, 30, "unset flags keep their defaults");
+        assert!(c.validate().is_ok());
     }
 
     #[test]

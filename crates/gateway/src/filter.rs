@@ -21,7 +21,7 @@ const INTERNAL_ERROR: i64 = -32603;
 pub(crate) struct ListFilter {
     pub ids: Vec<Value>,
     pub granted: Vec<String>,
-    pub rules: ScopeRules,
+    pub rules: std::sync::Arc<ScopeRules>,
 }
 
 impl ListFilter {
@@ -207,7 +207,8 @@ mod tests {
             ids: vec![json!(2)],
             granted: vec!["mcp:tools".into()],
             rules: ScopeRules::parse(r#"{"tools":[{"name":"get-sum","scopes":["mcp:admin"]}]}"#)
-                .unwrap(),
+                .unwrap()
+                .into(),
         }
     }
 

@@ -645,7 +645,7 @@ pub async fn gateway_config_from_deployment(
 ) -> mcp_auth_gateway::GatewayConfig {
     use k8s_openapi::api::apps::v1::Deployment;
     use localpod::{plan_pod, ImageMap, LocalCommand};
-    use mcp_auth_gateway::{ClientSecret, GatewayConfig};
+    use mcp_auth_gateway::GatewayConfig;
 
     let dep = Api::<Deployment>::namespaced(client.clone(), ns)
         .get(name)
@@ -672,31 +672,7 @@ pub async fn gateway_config_from_deployment(
         .find(|p| p.container == "gateway")
         .expect("a gateway container (Proxy mode)");
     assert_eq!(gw.args, vec!["proxy"]);
-    let env = &gw.env;
-    let mut cfg = GatewayConfig::new(
-        env["MCP_SERVER_URL"].clone(),
-        env["MCP_AUTH_ISSUER"].clone(),
-        env["MCP_AUTH_INTROSPECTION_ENDPOINT"].clone(),
-        env["OAUTH_CLIENT_ID"].clone(),
-        ClientSecret::new(env["OAUTH_CLIENT_SECRET"].clone()),
-    );
-    cfg.required_scopes = env["MCP_REQUIRED_SCOPES"].clone();
-    // Set by the operator only when the McpServer asks for them.
-    use mcp_auth_gateway::contract::{
-        ALLOWED_ORIGINS_ENV, AUDIENCE_MODE_ENV, SCOPE_RULES_ENV, SERVICE_ACCOUNT_CLIENTS_ENV,
-    };
-    if let Some(rules) = env.get(SCOPE_RULES_ENV) {
-        cfg.scope_rules = rules.clone();
-    }
-    if let Some(clients) = env.get(SERVICE_ACCOUNT_CLIENTS_ENV) {
-        cfg.service_account_clients = clients.clone();
-    }
-    if let Some(mode) = env.get(AUDIENCE_MODE_ENV) {
-        cfg.audience_mode = mode.clone();
-    }
-    if let Some(origins) = env.get(ALLOWED_ORIGINS_ENV) {
-        cfg.allowed_origins = origins.clone();
-    }
+    let mut cfg = GatewayConfig::from_env_vars(&gw.env).expect("the pod's gateway env");
     cfg.upstream = upstream.to_string();
     cfg
 }
