@@ -26,8 +26,15 @@ pub struct KeycloakRequestLabels {
     pub outcome: &'static str,
 }
 
+/// Which kind of client reaping deleted: `registered` (anonymous DCR) or `metadata_document`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReapLabels {
+    pub kind: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    pub reaped_clients: Family<ReapLabels, Counter>,
     pub reconciles: Family<ReconcileLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<ReconcileLabels, Histogram>,
@@ -48,6 +55,12 @@ impl Default for Metrics {
         });
         let keycloak_requests = Family::<KeycloakRequestLabels, Counter>::default();
         let admin_token_refreshes = Counter::default();
+        let reaped_clients = Family::<ReapLabels, Counter>::default();
+        registry.register(
+            "reaped_clients",
+            "Abandoned clients deleted by reaping, by kind",
+            reaped_clients.clone(),
+        );
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -71,6 +84,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            reaped_clients,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -109,6 +123,11 @@ impl Metrics {
         self.reconcile_duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    pub fn record_reaped(&self, kind: &'static str, n: usize) {
+        let counter = self.reaped_clients.get_or_create(&ReapLabels { kind });
+        counter.inc_by(n as u64);
     }
 
     pub fn record_error(&self, controller: &'static str, reason: &'static str) {

@@ -6,6 +6,7 @@
 mod audience;
 pub mod cimd;
 mod ensure;
+mod reaping;
 
 pub use ensure::*;
 

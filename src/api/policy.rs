@@ -395,6 +395,78 @@ pub struct DynamicClientRegistration {
     /// Registered clients must ask the user for consent (Keycloak's default; recommended).
     #[serde(default = "default_true")]
     pub consent_required: bool,
+
+    /// Delete clients anonymous registration created once nobody uses them (see `Reaping`).
+    /// Absent: registered clients are never deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaping: Option<Reaping>,
+}
+
+/// Reaping abandoned clients: a client is deleted once it is older than `minAge`, has had no
+/// login, code-to-token or refresh for `idleAfter` (Keycloak's stored login events, which the
+/// operator turns on with a retention of at least both durations) and has no online or offline
+/// session. Durations are a whole number and one unit: `s`, `m`, `h` or `d` (`90s`, `12h`, `30d`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Reaping {
+    /// A client younger than this is never deleted (default `1d`).
+    #[serde(default = "default_min_age")]
+    #[schemars(schema_with = "reaping_duration")]
+    pub min_age: String,
+
+    /// How long a client must have been unused: no login, code-to-token or refresh event and no
+    /// session (default `30d`).
+    #[serde(default = "default_idle_after")]
+    #[schemars(schema_with = "reaping_duration")]
+    pub idle_after: String,
+
+    /// At most this many clients are deleted per reconcile (default 10).
+    #[serde(default = "default_max_per_run")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_per_run: i32,
+
+    /// Delete nothing: list the clients that would be deleted in `status.reaping` and an event.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_min_age() -> String {
+    "1d".into()
+}
+
+fn default_idle_after() -> String {
+    "30d".into()
+}
+
+fn default_max_per_run() -> i32 {
+    10
+}
+
+/// The duration syntax of `reaping`: one positive whole number and one unit.
+pub const DURATION_PATTERN: &str = "^[1-9][0-9]{0,5}[smhd]$";
+
+fn reaping_duration(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "maxLength": 7,
+        "x-kubernetes-validations": [{
+            "rule": super::schemas::cel_matches(DURATION_PATTERN),
+            "message": "durations are a whole number of at most 6 digits and one unit: s, m, h or d (e.g. 90s, 12h, 30d)"
+        }]
+    })
+}
+
+/// Parses a `reaping` duration (`90s`, `12h`, `30d`); `None` for anything else.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let unit = match s.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let n: u64 = s[..s.len() - 1].parse().ok()?;
+    (n > 0).then(|| std::time::Duration::from_secs(n * unit))
 }
 
 fn default_max_clients() -> i32 {
@@ -478,6 +550,12 @@ pub struct ClientIdMetadataDocuments {
     #[serde(default)]
     #[schemars(schema_with = "cimd_required_properties")]
     pub required_properties: Vec<String>,
+
+    /// Delete the clients Keycloak created from admitted documents once nobody uses them (see
+    /// `Reaping`; Keycloak creates the client again from its document at its next login).
+    /// Absent: they are kept while admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaping: Option<Reaping>,
 }
 
 fn cimd_domains(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -591,6 +669,29 @@ pub struct McpAuthPolicyStatus {
     /// `AudienceMode` condition); absent until decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience_mode: Option<ActiveAudience>,
+    /// What reaping did (with a `reaping` block in the spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaping: Option<ReapingStatus>,
+}
+
+/// What reaping abandoned clients did in the policy's realm.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReapingStatus {
+    /// Clients deleted by reaping, in total.
+    #[serde(default)]
+    pub reaped_total: i64,
+    /// When a client was last deleted by reaping (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reaped_at: Option<String>,
+    /// `dryRun`: the `clientId`s reaping would delete now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dry_run_candidates: Vec<String>,
+    /// Since when (RFC 3339) Keycloak has stored the login events reaping reads, as the operator
+    /// last found or made the realm's event settings sufficient: a client counts as unused only
+    /// for time covered by events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_since: Option<String>,
 }
 
 super::status_with_conditions!(McpAuthPolicyStatus);

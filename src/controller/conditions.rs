@@ -22,6 +22,9 @@ pub const CLIENT_LIMIT_PRESSURE: &str = "ClientLimitPressure";
 /// Which audience mode (`Scope` or `ResourceIndicator`) the policy's servers use, and why;
 /// `False` when `spec.audience` asks for one this Keycloak cannot serve.
 pub const AUDIENCE_MODE: &str = "AudienceMode";
+/// With a `reaping` block: `True` (`Active` or `DryRun`) while abandoned clients are reaped, with
+/// how many so far; `False` with the failure's reason.
+pub const REAPING: &str = "Reaping";
 // McpServer:
 pub const POLICY_RESOLVED: &str = "PolicyResolved";
 pub const KEYCLOAK_CLIENT_READY: &str = "KeycloakClientReady";

@@ -11,16 +11,18 @@ use kube::{Resource, ResourceExt};
 
 use super::conditions::*;
 use super::finish::{cleanup_keycloak, finish, At, Reconciled, Staged};
+use super::reaping;
 use super::ssa::patch_status_if_changed;
 use super::Context;
 use crate::admin::{Adopt, KeycloakAdminClient};
 use crate::api::{
     ActiveAudience, DeletionPolicy, MachineGrant, McpAuthPolicy, McpAuthPolicyStatus, McpServer,
-    ScopeType, OWNER_ATTRIBUTE,
+    ReapingStatus, ScopeType, OWNER_ATTRIBUTE,
 };
 use crate::desired::audience;
 use crate::desired::cimd::{self, Admission, CimdClientPlan};
 use crate::desired::realm::{self as desired, RealmClaim};
+use crate::desired::reaping::{Coverage, Origin, Settings};
 use crate::{Error, Result};
 
 /// How soon clients registered anonymously can request every MCP scope (see
@@ -66,7 +68,8 @@ impl Reconciled for McpAuthPolicy {
     /// lack (step-up) within [`REGISTRATION_SWEEP`], not only at the resync.
     fn requeue_after(&self, ctx: &Context) -> Duration {
         let dcr = self.spec.dynamic_client_registration.as_ref();
-        match dcr.is_some_and(|d| d.enabled) {
+        let reaping = !reaping::settings(self).is_empty();
+        match dcr.is_some_and(|d| d.enabled) || reaping {
             true => ctx.config.resync.min(REGISTRATION_SWEEP),
             false => ctx.config.resync,
         }
@@ -120,7 +123,9 @@ impl Run<'_> {
             .open_registered_clients(mode)
             .await
             .at(REGISTRATION_POLICY_APPLIED)?;
-        self.client_limit_guard(listed)
+        let reaped = self.reap_abandoned(listed.as_deref()).await.at(REAPING)?;
+        let count = listed.map(|l| l.len().saturating_sub(reaped));
+        self.client_limit_guard(count)
             .await
             .at(REGISTRATION_POLICY_APPLIED)?;
         let (reason, message) = apply_cimd(self.policy, self.ctx, &self.kc, mode)
@@ -336,9 +341,12 @@ impl Run<'_> {
 impl Run<'_> {
     /// Clients registered anonymously get every MCP scope they lack (see
     /// [`cimd::registered_client_scopes`]), so step-up to a per-tool scope, or a second server,
-    /// works for them. Nothing is written for clients already in sync. Returns how many clients
-    /// the realm has (read anyway), or `None` when registration is closed and nothing was read.
-    async fn open_registered_clients(&mut self, mode: ActiveAudience) -> Result<Option<usize>> {
+    /// works for them. Nothing is written for clients already in sync. Returns the realm's
+    /// clients (read anyway), or `None` when registration is closed and nothing was read.
+    async fn open_registered_clients(
+        &mut self,
+        mode: ActiveAudience,
+    ) -> Result<Option<Vec<ClientRepresentation>>> {
         let enabled = self.policy.spec.dynamic_client_registration.as_ref();
         if !enabled.is_some_and(|d| d.enabled) {
             return Ok(None);
@@ -351,8 +359,128 @@ impl Run<'_> {
             let adds = adds.into_iter().map(|n| (n, ScopeType::Optional));
             add_scopes(&self.kc, self.realm, client, adds, &mut scope_ids).await?;
         }
-        Ok(Some(clients.len()))
+        Ok(Some(clients))
     }
+
+    /// Deletes abandoned clients (see [`reaping`]); `listed` are the realm's clients when
+    /// already read. Returns how many were deleted.
+    async fn reap_abandoned(&mut self, listed: Option<&[ClientRepresentation]>) -> Result<usize> {
+        let settings = reaping::settings(self.policy);
+        if settings.is_empty() {
+            self.d.status.reaping = None;
+            self.d.remove(REAPING);
+            return Ok(0);
+        }
+        let now = jiff::Timestamp::now();
+        let coverage = self.event_coverage(&settings, now).await?;
+        let read;
+        let clients = match listed {
+            Some(l) => l,
+            None if !settings.contains_key(&Origin::Registered) => {
+                read = self.kc.cimd_clients(self.realm).await?;
+                &read
+            }
+            None => {
+                read = self.kc.all_clients(self.realm).await?;
+                &read
+            }
+        };
+        let owner = self.policy.owner_marker();
+        let now_ms = now.as_millisecond();
+        let pass = reaping::pass(
+            &self.kc, self.realm, &owner, &settings, clients, &coverage, now_ms,
+        );
+        let pass = pass.await?;
+        self.report_reaping(&settings, &pass, &coverage, now).await;
+        Ok(pass.deleted.len())
+    }
+
+    /// Makes Keycloak store the events reaping reads, for long enough, and returns since when
+    /// they cover every use: the recorded time, or now when the settings had to be written (or
+    /// nothing was recorded) — events from before are not trusted to be complete.
+    async fn event_coverage(
+        &mut self,
+        settings: &HashMap<Origin, Settings>,
+        now: jiff::Timestamp,
+    ) -> Result<Coverage> {
+        let retention = settings
+            .values()
+            .map(Settings::retention)
+            .max()
+            .unwrap_or_default();
+        let written = self.kc.ensure_events_stored(self.realm, retention).await?;
+        let old = self.d.status.reaping.as_ref();
+        let recorded = old.and_then(|r| r.events_since.as_deref());
+        let recorded = recorded.and_then(|s| s.parse::<jiff::Timestamp>().ok());
+        let since = match recorded {
+            Some(t) if !written => t,
+            _ => now,
+        };
+        let mut status = self.d.status.reaping.clone().unwrap_or_default();
+        status.events_since = Some(since.to_string());
+        self.d.status.reaping = Some(status);
+        Ok(Coverage {
+            since_ms: since.as_millisecond(),
+            retention,
+        })
+    }
+
+    /// Status, condition, metric and events for one reaping pass.
+    async fn report_reaping(
+        &mut self,
+        settings: &HashMap<Origin, Settings>,
+        pass: &reaping::Pass,
+        coverage: &Coverage,
+        now: jiff::Timestamp,
+    ) {
+        let old = self.d.status.reaping.clone();
+        let since = coverage_since(coverage);
+        let next = reaping::next_status(old.as_ref(), since.clone(), pass, &now.to_string());
+        let obj = self.policy.object_ref(&());
+        for (_, o) in &pass.deleted {
+            self.ctx.metrics.record_reaped(reaping::kind(*o), 1);
+        }
+        if !pass.deleted.is_empty() {
+            let ids: Vec<_> = pass.deleted.iter().map(|(id, _)| id.as_str()).collect();
+            let note = format!(
+                "deleted {} abandoned client(s): {}",
+                ids.len(),
+                ids.join(", ")
+            );
+            self.ctx.publish(&obj, false, "ClientsReaped", note).await;
+        }
+        let dry_changed =
+            old.map(|o| o.dry_run_candidates) != Some(next.dry_run_candidates.clone());
+        if !next.dry_run_candidates.is_empty() && dry_changed {
+            let ids = next.dry_run_candidates.join(", ");
+            let note = format!(
+                "dryRun: would delete {} abandoned client(s): {ids}",
+                next.dry_run_candidates.len()
+            );
+            self.ctx.publish(&obj, false, "ReapingDryRun", note).await;
+        }
+        let dry = settings.values().any(|s| s.dry_run);
+        let (reason, message) = reaping_verdict(dry, &since, &next);
+        self.d.status.reaping = Some(next);
+        self.d.set(REAPING, true, reason, message);
+    }
+}
+
+fn coverage_since(c: &Coverage) -> String {
+    jiff::Timestamp::from_millisecond(c.since_ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The `Reaping` condition's reason and message; stable while nothing is reaped.
+fn reaping_verdict(dry: bool, since: &str, s: &ReapingStatus) -> (&'static str, String) {
+    let reason = if dry { "DryRun" } else { "Active" };
+    let last = s.last_reaped_at.as_deref().unwrap_or("never");
+    let message = format!(
+        "clients unused (no session, no stored login, code-to-token or refresh event) for idleAfter are deleted once older than minAge; Keycloak's login events cover use since {since}; {} reaped in total, last {last}",
+        s.reaped_total
+    );
+    (reason, message)
 }
 
 fn realm_owner(r: &RealmRepresentation) -> Option<String> {

@@ -438,6 +438,7 @@ mod tests {
             allow_http: false,
             restrict_same_domain: true,
             required_properties: vec!["logo_uri".into(), "client_name".into()],
+            reaping: None,
         }
     }
 

@@ -408,6 +408,7 @@ mod tests {
             allowed_client_scopes: vec!["profile".into()],
             max_clients: 50,
             consent_required: false,
+            reaping: None,
         }
     }
 
