@@ -72,6 +72,7 @@ async fn admission_rejects_bad_specs_with_specific_messages() {
     install_crds(&client).await;
     let ns = support::TestNamespace::new(&client, "admission").await;
     let hosts = "trustedHosts entries must be a lowercase host name";
+    let duration = "durations are a whole number of at most 6 digits and one unit: s, m, h or d (e.g. 90s, 12h, 30d)";
     let kc_url = "must be an absolute http(s) URL without trailing slash, query or fragment";
     let srv_url = "url must be an absolute http(s) URL without trailing slash, query or fragment";
     let p = |patch: Value| policy_json("p", patch);
@@ -563,6 +564,41 @@ async fn admission_rejects_bad_specs_with_specific_messages() {
             "a scope implies itself",
             p(json!({"scopes": [{"name": "mcp:admin", "implies": ["mcp:admin"]}]})),
             "implies may name only other scopes of this policy",
+        ),
+        (
+            "reaping duration in words",
+            p(json!({"dynamicClientRegistration": {"reaping": {"idleAfter": "30 days"}}})),
+            duration,
+        ),
+        (
+            "reaping duration with two units",
+            p(json!({"dynamicClientRegistration": {"reaping": {"minAge": "1h30m"}}})),
+            duration,
+        ),
+        (
+            "reaping duration zero",
+            p(json!({"dynamicClientRegistration": {"reaping": {"idleAfter": "0s"}}})),
+            duration,
+        ),
+        (
+            "reaping duration in weeks",
+            p(json!({"dynamicClientRegistration": {"reaping": {"minAge": "2w"}}})),
+            duration,
+        ),
+        (
+            "reaping duration with a fraction",
+            p(json!({"dynamicClientRegistration": {"reaping": {"idleAfter": "1.5h"}}})),
+            duration,
+        ),
+        (
+            "metadata-document reaping duration negative",
+            p(json!({"clientIdMetadataDocuments": {"trustedDomains": ["mcp.example.com"], "reaping": {"idleAfter": "-1d"}}})),
+            duration,
+        ),
+        (
+            "reaping maxPerRun zero",
+            p(json!({"dynamicClientRegistration": {"reaping": {"maxPerRun": 0}}})),
+            "spec.dynamicClientRegistration.reaping.maxPerRun in body should be greater than or equal to 1",
         ),
     ];
     support::figure(format_args!("admission cases: {}", cases.len()));
