@@ -1193,6 +1193,52 @@ async fn realm_client_count_and_limit_pressure_are_reported() {
     assert_eq!(actual().await, base);
 }
 
+/// Reaping (issue 17): a metadata-document client this policy admitted and marked is deleted
+/// once unused; another policy's document client is kept; the counter says which kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_metadata_document_clients_are_reaped_and_others_kept() {
+    let tb = support::testbed().await;
+    let b = Scenario::new("cimd-reap").await;
+    let docs = DocServer::start().await;
+    let cimd = json!({"trustedDomains": ["127.0.0.1"], "allowHttp": true,
+                      "reaping": {"minAge": "15s", "idleAfter": "15s"}});
+    b.apply(
+        &cimd_policy("acme", &b.realm.name, &tb.keycloak_url, cimd),
+        &[],
+    )
+    .await;
+    let foreign = docs.url("127.0.0.1", "/someone-elses.json");
+    let rep = json!({"clientId": foreign, "publicClient": true, "redirectUris": ["http://127.0.0.1/"],
+                     "attributes": {CIMD_ATTRIBUTE: "1", OWNER: "McpAuthPolicy/elsewhere/other"}});
+    let (s, v) = b.realm.kc.post(&b.realm.path("/clients"), &rep).await;
+    assert!(s.is_success(), "{s} {v}");
+    let issuer = b.get::<McpAuthPolicy>("acme").await.issuer();
+    let ours = docs.url("127.0.0.1", "/abandoned.json");
+    docs.publish("/abandoned.json", &ours, &["http://127.0.0.1/"]);
+    let answer = authorization_answer(&issuer, &ours, "http://127.0.0.1:4711/").await;
+    assert_eq!(answer, (200, "login".to_string()));
+    let marker = format!("McpAuthPolicy/{}/acme", b.ns);
+    eventually("the document client marked as the policy's", || async {
+        let c = b.realm.client(&ours).await;
+        c.is_some_and(|c| c["attributes"][OWNER] == marker.as_str())
+    })
+    .await;
+    eventually("the idle document client reaped", || async {
+        b.realm.client(&ours).await.is_none()
+    })
+    .await;
+    assert!(
+        b.realm.client(&foreign).await.is_some(),
+        "another policy's client was reaped"
+    );
+    let metrics = b.op().ctx.metrics.encode();
+    let counted = "mcp_operator_reaped_clients_total{kind=\"metadata_document\"} 1";
+    assert!(metrics.contains(counted), "{metrics}");
+    // Keycloak makes the client again from its document at the next authorization request.
+    let answer = authorization_answer(&issuer, &ours, "http://127.0.0.1:4711/").await;
+    assert_eq!(answer, (200, "login".to_string()));
+}
+
 /// Admission: `allowHttp` only with loopback domains and no presets; domain syntax; at least one
 /// domain when enabled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,7 +203,10 @@ async fn dry_run_lists_and_reaping_reopens_a_full_realm() {
     let refused = register(&s)
         .await
         .expect_err("registration beyond maxClients");
-    assert!(refused.starts_with("403 ") && refused.contains("max"), "{refused}");
+    assert!(
+        refused.starts_with("403 ") && refused.contains("max"),
+        "{refused}"
+    );
 
     let listed = || async {
         let st = reaping_status(&s).await;
