@@ -416,6 +416,8 @@ impl Run<'_> {
             Some(t) if !written => t,
             _ => now,
         };
+        // Recorded now, not after the pass: if the pass fails, the next reconcile must still
+        // know that coverage restarted here.
         let mut status = self.d.status.reaping.clone().unwrap_or_default();
         status.events_since = Some(since.to_string());
         self.d.status.reaping = Some(status);
