@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -32,6 +33,14 @@ pub struct ReapLabels {
     pub kind: &'static str,
 }
 
+/// One policy's realm (a realm has one owning policy, and `realm` is immutable).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RealmLabels {
+    pub namespace: String,
+    pub policy: String,
+    pub realm: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub reaped_clients: Family<ReapLabels, Counter>,
@@ -40,6 +49,10 @@ pub struct Metrics {
     pub reconcile_duration: Family<ReconcileLabels, Histogram>,
     pub keycloak_requests: Family<KeycloakRequestLabels, Counter>,
     pub admin_token_refreshes: Counter,
+    /// Clients in a policy's realm and its Max Clients limit (the dashboard and the
+    /// `MCPRealmClientLimitPressure` alert compare them).
+    pub realm_clients: Family<RealmLabels, Gauge>,
+    pub realm_max_clients: Family<RealmLabels, Gauge>,
     /// Plain totals for tests and benchmarks (also visible through the families above).
     keycloak_reads: AtomicU64,
     keycloak_writes: AtomicU64,
@@ -61,6 +74,8 @@ impl Default for Metrics {
             "Abandoned clients deleted by reaping, by kind",
             reaped_clients.clone(),
         );
+        let realm_clients = Family::<RealmLabels, Gauge>::default();
+        let realm_max_clients = Family::<RealmLabels, Gauge>::default();
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -82,6 +97,16 @@ impl Default for Metrics {
             "Admin access tokens obtained from Keycloak",
             admin_token_refreshes.clone(),
         );
+        registry.register(
+            "realm_clients",
+            "Clients in the realm of a policy with registration enabled",
+            realm_clients.clone(),
+        );
+        registry.register(
+            "realm_max_clients",
+            "Max Clients limit of anonymous registration in the realm of a policy",
+            realm_max_clients.clone(),
+        );
         Metrics {
             registry,
             reaped_clients,
@@ -90,6 +115,8 @@ impl Default for Metrics {
             reconcile_duration,
             keycloak_requests,
             admin_token_refreshes,
+            realm_clients,
+            realm_max_clients,
             keycloak_reads: AtomicU64::new(0),
             keycloak_writes: AtomicU64::new(0),
         }
@@ -134,6 +161,20 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ErrorLabels { controller, reason })
             .inc();
+    }
+
+    /// `None` removes the series (registration closed, or the policy deleted).
+    pub fn record_realm_clients(&self, realm: RealmLabels, counts: Option<(i64, i64)>) {
+        match counts {
+            Some((clients, max)) => {
+                self.realm_clients.get_or_create(&realm).set(clients);
+                self.realm_max_clients.get_or_create(&realm).set(max);
+            }
+            None => {
+                self.realm_clients.remove(&realm);
+                self.realm_max_clients.remove(&realm);
+            }
+        }
     }
 
     pub fn encode(&self) -> String {

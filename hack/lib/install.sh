@@ -11,6 +11,7 @@
 #   $CACHE_ROOT/bin/kwok-<v>/kwok
 #   $CACHE_ROOT/bin/kstatus-<cli-utils v>-<source hash>/kstatus  (from hack/kstatus/)
 #   $CACHE_ROOT/bin/helm-docs-<v>/helm-docs
+#   $CACHE_ROOT/bin/promtool-<prometheus module v>/promtool
 #   $CACHE_ROOT/keycloak/<v>/keycloak-<v>/  (unpacked distribution)
 
 K8S_BIN_DIR() { echo "$CACHE_ROOT/bin/kubernetes-$KUBERNETES_VERSION"; }
@@ -18,6 +19,7 @@ ETCD_BIN() { echo "$CACHE_ROOT/bin/etcd-$ETCD_VERSION/etcd"; }
 HELM_BIN() { echo "$CACHE_ROOT/bin/helm-$HELM_VERSION/helm"; }
 KWOK_BIN() { echo "$CACHE_ROOT/bin/kwok-$KWOK_VERSION/kwok"; }
 HELM_DOCS_BIN() { echo "$CACHE_ROOT/bin/helm-docs-$HELM_DOCS_VERSION/helm-docs"; }
+PROMTOOL_BIN() { echo "$CACHE_ROOT/bin/promtool-$PROMETHEUS_MODULE_VERSION/promtool"; }
 # Keyed by the helper's source too, so an edited hack/kstatus/ is rebuilt.
 KSTATUS_BIN() {
   local h
@@ -207,6 +209,11 @@ install_helm_docs() {
     github.com/norwoodj/helm-docs/cmd/helm-docs
 }
 
+install_promtool() {
+  install_go_tool promtool "$PROMETHEUS_MODULE_VERSION" github.com/prometheus/prometheus \
+    github.com/prometheus/prometheus/cmd/promtool
+}
+
 # The kstatus helper's source and go.sum live in the repository (hack/kstatus/); it is built
 # with -mod=readonly, so the committed go.sum is what gets verified.
 install_kstatus() {
@@ -267,6 +274,7 @@ install_all() {
   install_helm
   install_helm_docs
   install_kstatus
+  install_promtool
   wait "$kc_pid" || kc_rc=$?
   ((kc_rc == 0)) || die "Keycloak download failed"
   log "install done in $((SECONDS - start)) s"

@@ -23,6 +23,7 @@ use crate::desired::audience;
 use crate::desired::cimd::{self, Admission, CimdClientPlan};
 use crate::desired::realm::{self as desired, RealmClaim};
 use crate::desired::reaping::{Coverage, Origin, Settings};
+use crate::metrics::RealmLabels;
 use crate::{Error, Result};
 
 /// How soon clients registered anonymously can request every MCP scope (see
@@ -76,6 +77,8 @@ impl Reconciled for McpAuthPolicy {
     }
 
     async fn cleanup(policy: Arc<McpAuthPolicy>, ctx: &Context) -> Result<Action> {
+        ctx.metrics
+            .record_realm_clients(realm_labels(&policy), None);
         let ns = policy.namespace().unwrap_or_default();
         // Listed, not from the store: a server created a moment ago must hold the policy too.
         let servers: Api<McpServer> = Api::namespaced(ctx.client.clone(), &ns);
@@ -315,6 +318,9 @@ impl Run<'_> {
         let Some(dcr) = &self.policy.spec.dynamic_client_registration else {
             d.status.realm_clients = None;
             d.remove(CLIENT_LIMIT_PRESSURE);
+            self.ctx
+                .metrics
+                .record_realm_clients(realm_labels(self.policy), None);
             return Ok(());
         };
         let count = match listed {
@@ -325,6 +331,10 @@ impl Run<'_> {
             }
         } as i64;
         d.status.realm_clients = Some(count);
+        let counts = Some((count, dcr.max_clients.into()));
+        self.ctx
+            .metrics
+            .record_realm_clients(realm_labels(self.policy), counts);
         let (pressure, reason, message) = cimd::client_pressure(count, dcr.max_clients.into());
         let before = d.get(CLIENT_LIMIT_PRESSURE).map(|c| c.reason.clone());
         if pressure && before.as_deref() != Some(reason) {
@@ -335,6 +345,14 @@ impl Run<'_> {
         }
         d.set(CLIENT_LIMIT_PRESSURE, pressure, reason, message);
         Ok(())
+    }
+}
+
+fn realm_labels(policy: &McpAuthPolicy) -> RealmLabels {
+    RealmLabels {
+        namespace: policy.namespace().unwrap_or_default(),
+        policy: policy.name_any(),
+        realm: policy.spec.keycloak.realm.clone(),
     }
 }
 

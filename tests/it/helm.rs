@@ -26,7 +26,7 @@ const CRD_NAMES: [&str; 2] = ["mcpauthpolicies.mcpauth.dev", "mcpservers.mcpauth
 /// A test-bed tool: `$HELM`/`$KUBECTL`, else the test bed's bin dir (what the PATH line of
 /// `hack/testbed up` adds), else the versioned cache dir of hack/versions.env, else (after
 /// bringing the test bed up, which installs them) its bin dir, else PATH.
-async fn tool(name: &str) -> PathBuf {
+pub(crate) async fn tool(name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(name.to_uppercase()).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
@@ -54,6 +54,10 @@ async fn tool(name: &str) -> PathBuf {
             version("KUBERNETES_VERSION")
                 .map(|v| cache.join(format!("bin/kubernetes-{v}/kubectl"))),
         ),
+        "promtool" => candidates.extend(
+            version("PROMETHEUS_MODULE_VERSION")
+                .map(|v| cache.join(format!("bin/promtool-{v}/promtool"))),
+        ),
         _ => {}
     }
     if let Some(p) = candidates.iter().find(|p| p.is_file()) {
@@ -68,14 +72,14 @@ async fn tool(name: &str) -> PathBuf {
     }
 }
 
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Output {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs `helm`/`kubectl` with `args` (and `stdin`), with the test bed's KUBECONFIG when `kube`.
-async fn run(name: &str, args: &[&str], stdin: Option<&str>, kube: bool) -> Output {
+pub(crate) async fn run(name: &str, args: &[&str], stdin: Option<&str>, kube: bool) -> Output {
     let bin = tool(name).await;
     let mut cmd = tokio::process::Command::new(&bin);
     cmd.args(args)
@@ -139,7 +143,7 @@ async fn helm_release(command: &[&str], ns: &str, extra: &[&str]) -> String {
 }
 
 /// `helm template` with `--set` values; the rendered documents as JSON.
-async fn template(release: &str, ns: &str, sets: &[&str]) -> Vec<Value> {
+pub(crate) async fn template(release: &str, ns: &str, sets: &[&str]) -> Vec<Value> {
     let mut args = vec!["template", release, CHART, "--namespace", ns];
     for s in sets {
         args.extend(["--set", s]);
@@ -160,7 +164,7 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     docs.iter().filter(|d| d["kind"] == kind).collect()
 }
 
-fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+pub(crate) fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     let found = find(docs, kind);
     assert_eq!(found.len(), 1, "expected one {kind}, found {}", found.len());
     found[0]

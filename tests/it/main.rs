@@ -31,6 +31,7 @@ mod helm;
 mod install;
 mod isolation;
 mod log_hygiene;
+mod monitoring;
 mod operator;
 mod reaping;
 mod runtime;
