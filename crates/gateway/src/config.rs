@@ -852,6 +852,8 @@ mod tests {
                 "negative-cache-ttl",
                 "MCP_GATEWAY_NEGATIVE_CACHE_TTL_SECONDS",
             ),
+            ("probe-interval", "MCP_GATEWAY_PROBE_INTERVAL_SECONDS"),
+            ("probe-path", "MCP_GATEWAY_PROBE_PATH"),
             ("require-jwt", "MCP_GATEWAY_REQUIRE_JWT"),
             ("required-scopes", "MCP_REQUIRED_SCOPES"),
             ("resource-name", "MCP_RESOURCE_NAME"),
