@@ -8,6 +8,7 @@ mod isolation;
 mod policy;
 mod server;
 mod ssa;
+mod verify;
 mod watch;
 
 pub use admin_secret::{bound_admin_credentials, AdminConnection, DEFAULT_AUTH_REALM};
