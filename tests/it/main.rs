@@ -38,4 +38,5 @@ mod sdk_clients;
 mod security;
 mod testbed_smoke;
 mod tool_scopes;
+mod verify;
 mod walkthrough;
