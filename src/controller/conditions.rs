@@ -158,7 +158,14 @@ impl<S: WithConditions> Draft<S> {
     /// Sets a condition to `Unknown` (nothing to judge by), with the same transition rules.
     pub fn set_unknown(&mut self, type_: &str, reason: &str, message: impl Into<String>) {
         let conditions = self.status.conditions_mut();
-        set_status(conditions, type_, "Unknown", reason, message.into(), &self.stamp);
+        set_status(
+            conditions,
+            type_,
+            "Unknown",
+            reason,
+            message.into(),
+            &self.stamp,
+        );
     }
 
     /// Drops a condition that no longer applies.

@@ -132,32 +132,56 @@ pub fn judge(url: &str, answers: &[(String, Answer)]) -> Verdict {
         })
         .collect();
     let failed = docs.iter().find(|(_, d)| {
-        !d.ok && matches!(d.reason.as_deref(), Some(probe::REASON_UNREACHABLE | probe::REASON_HANDSHAKE))
+        !d.ok
+            && matches!(
+                d.reason.as_deref(),
+                Some(probe::REASON_UNREACHABLE | probe::REASON_HANDSHAKE)
+            )
     });
     if let Some((pod, d)) = failed {
         let reason = match d.reason.as_deref() {
             Some(probe::REASON_UNREACHABLE) => "UpstreamUnreachable",
             _ => "HandshakeFailed",
         };
-        let why = clean(d.last_error.as_deref().unwrap_or("no reason given"), MAX_MESSAGE);
+        let why = clean(
+            d.last_error.as_deref().unwrap_or("no reason given"),
+            MAX_MESSAGE,
+        );
         return Verdict::new(Tri::False, reason, format!("pod {pod}: {why}"));
     }
     let verified = docs.iter().find(|(_, d)| d.ok && d.server.is_some());
     if let Some((pod, d)) = verified {
         let facts = d.server.clone().map(bounded_facts);
         let f = facts.clone().unwrap_or_default();
-        let tools = f.tool_count.map(|n| format!(", {n} tools")).unwrap_or_default();
+        let tools = f
+            .tool_count
+            .map(|n| format!(", {n} tools"))
+            .unwrap_or_default();
         let message = format!(
             "pod {pod}: {} {} answered initialize (protocol {}{tools})",
             f.server_info.name, f.server_info.version, f.protocol_version
         );
-        return Verdict { facts, ..Verdict::new(Tri::True, "HandshakeSucceeded", message) };
+        return Verdict {
+            facts,
+            ..Verdict::new(Tri::True, "HandshakeSucceeded", message)
+        };
     }
-    if docs.iter().any(|(_, d)| d.reason.as_deref() == Some(probe::REASON_DISABLED)) {
-        return Verdict::new(Tri::Unknown, "ProbeDisabled", "the gateway's probe is off (--probe-interval 0)");
+    if docs
+        .iter()
+        .any(|(_, d)| d.reason.as_deref() == Some(probe::REASON_DISABLED))
+    {
+        return Verdict::new(
+            Tri::Unknown,
+            "ProbeDisabled",
+            "the gateway's probe is off (--probe-interval 0)",
+        );
     }
     if !docs.is_empty() {
-        return Verdict::new(Tri::Unknown, "Pending", "the gateway has not finished its first handshake yet");
+        return Verdict::new(
+            Tri::Unknown,
+            "Pending",
+            "the gateway has not finished its first handshake yet",
+        );
     }
     let message = format!(
         "no pod's gateway answered GET :{}{} for this server",
@@ -175,7 +199,12 @@ fn bounded_facts(f: ServerFacts) -> ServerFacts {
             name: clean(&f.server_info.name, 128),
             version: clean(&f.server_info.version, 128),
         },
-        capabilities: f.capabilities.iter().take(32).map(|c| clean(c, 64)).collect(),
+        capabilities: f
+            .capabilities
+            .iter()
+            .take(32)
+            .map(|c| clean(c, 64))
+            .collect(),
         tool_count: f.tool_count,
     }
 }
@@ -189,7 +218,9 @@ pub fn check_metadata(body: &[u8], url: &str, issuer: &str) -> Result<(), String
     }
     let servers = doc.get("authorization_servers").and_then(Value::as_array);
     if !servers.is_some_and(|s| s.iter().any(|v| v.as_str() == Some(issuer))) {
-        return Err(format!("the metadata's authorization_servers lack {issuer}"));
+        return Err(format!(
+            "the metadata's authorization_servers lack {issuer}"
+        ));
     }
     Ok(())
 }
@@ -198,10 +229,14 @@ pub fn check_metadata(body: &[u8], url: &str, issuer: &str) -> Result<(), String
 /// metadata (`resource_metadata`), as MCP clients need to find Keycloak.
 pub fn check_challenge(status: u16, www_authenticate: Option<&str>) -> Result<(), String> {
     if status != 401 {
-        return Err(format!("an unauthenticated initialize got HTTP {status}, not 401"));
+        return Err(format!(
+            "an unauthenticated initialize got HTTP {status}, not 401"
+        ));
     }
     let challenge = www_authenticate.unwrap_or_default();
-    let bearer = challenge.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer "));
+    let bearer = challenge
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("bearer "));
     if !bearer || !challenge.contains("resource_metadata=") {
         return Err("the 401 lacks a Bearer challenge with resource_metadata".into());
     }
@@ -225,7 +260,10 @@ pub fn judge_native(checks: &[(String, NativeCheck)]) -> Verdict {
     for (pod, check) in checks {
         let (reason, why) = match check {
             NativeCheck::Passed => continue,
-            NativeCheck::Unreachable => ("UpstreamUnreachable", "the server's port does not answer".to_string()),
+            NativeCheck::Unreachable => (
+                "UpstreamUnreachable",
+                "the server's port does not answer".to_string(),
+            ),
             NativeCheck::MetadataInvalid(w) => ("ProtectedResourceMetadataInvalid", w.clone()),
             NativeCheck::ChallengeInvalid(w) => ("ChallengeInvalid", w.clone()),
         };
@@ -245,7 +283,11 @@ pub fn merge(d: &mut Draft<McpServerStatus>, verdict: &Verdict, now: Time) {
         Tri::False => d.set(VERIFIED, false, verdict.reason, verdict.message.clone()),
         Tri::Unknown => d.set_unknown(VERIFIED, verdict.reason, verdict.message.clone()),
     }
-    let Some(facts) = verdict.facts.as_ref().filter(|_| verdict.status == Tri::True) else {
+    let Some(facts) = verdict
+        .facts
+        .as_ref()
+        .filter(|_| verdict.status == Tri::True)
+    else {
         return;
     };
     let mut info = McpInfo {
@@ -259,7 +301,12 @@ pub fn merge(d: &mut Draft<McpServerStatus>, verdict: &Verdict, now: Time) {
         last_verified: None,
     };
     let old = d.status.mcp.as_ref();
-    let same = old.is_some_and(|o| McpInfo { last_verified: None, ..o.clone() } == info);
+    let same = old.is_some_and(|o| {
+        McpInfo {
+            last_verified: None,
+            ..o.clone()
+        } == info
+    });
     info.last_verified = match (same && was_true, old) {
         (true, Some(o)) => o.last_verified.clone(),
         _ => Some(now),
@@ -323,7 +370,10 @@ async fn verdict_of(ctx: &Context, server: &McpServer, issuer: &str) -> Verdict 
         Ok(list) => list.items,
         Err(e) => {
             tracing::warn!(server = %server.name_any(), error = %e, "cannot list the server's pods");
-            let message = format!("cannot list the server's pods: {}", clean(&e.to_string(), MAX_MESSAGE));
+            let message = format!(
+                "cannot list the server's pods: {}",
+                clean(&e.to_string(), MAX_MESSAGE)
+            );
             return Verdict::new(Tri::Unknown, "PodListFailed", message);
         }
     };
@@ -383,14 +433,20 @@ async fn bounded_body(mut resp: reqwest::Response) -> Option<Vec<u8>> {
 }
 
 async fn gateway_status(http: &reqwest::Client, t: &Target) -> Answer {
-    let url = pod_url(t.ip, contract::GATEWAY_ADMIN_PORT, contract::MCP_STATUS_PATH);
+    let url = pod_url(
+        t.ip,
+        contract::GATEWAY_ADMIN_PORT,
+        contract::MCP_STATUS_PATH,
+    );
     let Ok(resp) = http.get(url).send().await else {
         return Answer::NoAnswer;
     };
     if !resp.status().is_success() {
         return Answer::NoAnswer;
     }
-    let doc = bounded_body(resp).await.and_then(|b| serde_json::from_slice(&b).ok());
+    let doc = bounded_body(resp)
+        .await
+        .and_then(|b| serde_json::from_slice(&b).ok());
     doc.map_or(Answer::NoAnswer, Answer::Doc)
 }
 
@@ -398,7 +454,11 @@ async fn gateway_status(http: &reqwest::Client, t: &Target) -> Answer {
 async fn handshake(server: &McpServer, t: &Target) -> Answer {
     let url = server.canonical_url();
     let endpoint = pod_url(t.ip, server.spec.port, &contract::mcp_endpoint_path(&url));
-    let Some(prober) = endpoint.parse().ok().and_then(|e| probe::Prober::new(e).ok()) else {
+    let Some(prober) = endpoint
+        .parse()
+        .ok()
+        .and_then(|e| probe::Prober::new(e).ok())
+    else {
         return Answer::NoAnswer;
     };
     let mut doc = McpStatus::initial(&url, true);
@@ -407,12 +467,24 @@ async fn handshake(server: &McpServer, t: &Target) -> Answer {
 }
 
 /// `Native` mode: the metadata document, then an unauthenticated `initialize`.
-async fn native_check(http: &reqwest::Client, server: &McpServer, issuer: &str, t: &Target) -> NativeCheck {
+async fn native_check(
+    http: &reqwest::Client,
+    server: &McpServer,
+    issuer: &str,
+    t: &Target,
+) -> NativeCheck {
     let url = server.canonical_url();
     let path = contract::mcp_endpoint_path(&url);
     let own_path = url::Url::parse(&url).map(|u| u.path().trim_end_matches('/').to_owned());
-    let well_known = format!("/.well-known/oauth-protected-resource{}", own_path.unwrap_or_default());
-    let Ok(resp) = http.get(pod_url(t.ip, server.spec.port, &well_known)).send().await else {
+    let well_known = format!(
+        "/.well-known/oauth-protected-resource{}",
+        own_path.unwrap_or_default()
+    );
+    let Ok(resp) = http
+        .get(pod_url(t.ip, server.spec.port, &well_known))
+        .send()
+        .await
+    else {
         return NativeCheck::Unreachable;
     };
     let status = resp.status().as_u16();
@@ -427,12 +499,17 @@ async fn native_check(http: &reqwest::Client, server: &McpServer, issuer: &str, 
     let init = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": probe::PROTOCOL_VERSION, "capabilities": {},
         "clientInfo": {"name": "mcp-keycloak-operator", "version": env!("CARGO_PKG_VERSION")}}});
-    let req = http.post(pod_url(t.ip, server.spec.port, &path)).json(&init);
+    let req = http
+        .post(pod_url(t.ip, server.spec.port, &path))
+        .json(&init);
     let req = req.header("accept", "application/json, text/event-stream");
     let Ok(resp) = req.send().await else {
         return NativeCheck::Unreachable;
     };
-    let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok());
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok());
     match check_challenge(resp.status().as_u16(), challenge) {
         Ok(()) => NativeCheck::Passed,
         Err(why) => NativeCheck::ChallengeInvalid(why),

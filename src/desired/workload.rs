@@ -909,13 +909,22 @@ mod tests {
         );
         // The operator (reading /mcp-status) is a second peer of the same rule.
         let operator = MetricsPeer {
-            namespace_selector: BTreeMap::from([("kubernetes.io/metadata.name".into(), "mcp-system".into())]),
-            pod_selector: BTreeMap::from([("app.kubernetes.io/name".into(), "mcp-keycloak-operator".into())]),
+            namespace_selector: BTreeMap::from([(
+                "kubernetes.io/metadata.name".into(),
+                "mcp-system".into(),
+            )]),
+            pod_selector: BTreeMap::from([(
+                "app.kubernetes.io/name".into(),
+                "mcp-keycloak-operator".into(),
+            )]),
         };
         let both = serde_json::to_value(network_policy(&s, [&peer, &operator])).unwrap();
         let from = &both["spec"]["ingress"][1]["from"];
         assert_eq!(from.as_array().unwrap().len(), 2);
-        assert_eq!(from[1]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "mcp-keycloak-operator");
+        assert_eq!(
+            from[1]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+            "mcp-keycloak-operator"
+        );
         // Without a peer the admin port admits nobody.
         assert_eq!(
             np_json(&s, None)["spec"]["ingress"],

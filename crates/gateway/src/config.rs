@@ -345,7 +345,11 @@ impl GatewayConfig {
     }
 
     /// The probe's MCP endpoint on the upstream, and its period.
-    fn probe(&self, upstream: &Upstream, resource: &Resource) -> Result<ProbeSettings, GatewayError> {
+    fn probe(
+        &self,
+        upstream: &Upstream,
+        resource: &Resource,
+    ) -> Result<ProbeSettings, GatewayError> {
         let path = match &self.probe_path {
             Some(p) => p.trim().to_owned(),
             None => contract::mcp_endpoint_path(&resource.raw),

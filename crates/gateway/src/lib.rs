@@ -248,7 +248,9 @@ impl Gateway {
 
     /// The live-verification loop (see [`probe::run`]), or `None` with `--probe-interval 0`.
     /// [`run`] drives it; embedders that want `/mcp-status` filled spawn it themselves.
-    pub fn prober(&self) -> Result<Option<impl Future<Output = ()> + Send + 'static>, GatewayError> {
+    pub fn prober(
+        &self,
+    ) -> Result<Option<impl Future<Output = ()> + Send + 'static>, GatewayError> {
         let settings = &self.state.settings.probe;
         if settings.interval.is_zero() {
             return Ok(None);

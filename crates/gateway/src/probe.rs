@@ -87,7 +87,11 @@ pub struct McpStatus {
 impl McpStatus {
     /// The document before any probe: `Pending`, or `ProbeDisabled`.
     pub fn initial(resource: &str, probing: bool) -> Self {
-        let reason = if probing { REASON_PENDING } else { REASON_DISABLED };
+        let reason = if probing {
+            REASON_PENDING
+        } else {
+            REASON_DISABLED
+        };
         McpStatus {
             resource: resource.to_owned(),
             reason: Some(reason.to_owned()),
@@ -325,7 +329,10 @@ impl Prober {
         let outcome = self.converse(&mut session).await;
         if let Some(id) = &session.id {
             // Servers may refuse DELETE (405); the session then expires on its own.
-            let _ = self.request(reqwest::Method::DELETE, &session, id).send().await;
+            let _ = self
+                .request(reqwest::Method::DELETE, &session, id)
+                .send()
+                .await;
         }
         outcome
     }
@@ -353,7 +360,9 @@ impl Prober {
                 Some(c) => json!({"cursor": c}),
                 None => json!({}),
             };
-            let answer = self.call(session, 2 + u64::from(page), "tools/list", params).await?;
+            let answer = self
+                .call(session, 2 + u64::from(page), "tools/list", params)
+                .await?;
             let (count, next) = tools_page(rpc_result(&answer, "tools/list")?)?;
             total = total.saturating_add(count);
             match next {
@@ -386,9 +395,16 @@ impl Prober {
 
     async fn notify(&self, session: &Session, method: &str) -> Result<(), ProbeError> {
         let body = json!({"jsonrpc": "2.0", "method": method});
-        let resp = self.post(session, &body).send().await.map_err(unreachable)?;
+        let resp = self
+            .post(session, &body)
+            .send()
+            .await
+            .map_err(unreachable)?;
         if !resp.status().is_success() {
-            return Err(bad(format!("{method} answered HTTP {}", resp.status().as_u16())));
+            return Err(bad(format!(
+                "{method} answered HTTP {}",
+                resp.status().as_u16()
+            )));
         }
         Ok(())
     }
@@ -402,9 +418,16 @@ impl Prober {
         params: Value,
     ) -> Result<Value, ProbeError> {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let mut resp = self.post(session, &body).send().await.map_err(unreachable)?;
+        let mut resp = self
+            .post(session, &body)
+            .send()
+            .await
+            .map_err(unreachable)?;
         if resp.status() != reqwest::StatusCode::OK {
-            return Err(bad(format!("{method} answered HTTP {}", resp.status().as_u16())));
+            return Err(bad(format!(
+                "{method} answered HTTP {}",
+                resp.status().as_u16()
+            )));
         }
         if session.id.is_none() {
             session.id = session_id(resp.headers())?;

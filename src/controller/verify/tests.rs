@@ -44,8 +44,14 @@ fn only_ready_live_pods_with_an_ip_are_asked_by_name_and_few() {
         pod("garbage-ip", Some("10.0.0"), true, false),
     ];
     let t = targets(&pods);
-    assert_eq!(t.iter().map(|t| t.pod.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-    assert_eq!(pod_url(t[0].ip, 9090, "/mcp-status"), "http://[fd00::1]:9090/mcp-status");
+    assert_eq!(
+        t.iter().map(|t| t.pod.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(
+        pod_url(t[0].ip, 9090, "/mcp-status"),
+        "http://[fd00::1]:9090/mcp-status"
+    );
     for i in 0..10 {
         pods.push(pod(&format!("z{i}"), Some("10.0.1.1"), true, false));
     }
@@ -58,7 +64,10 @@ fn the_verdict_follows_the_pods_documents() {
     let v = judge(URL, &[ok("a"), ok("b")]);
     assert_eq!((v.status, v.reason), (Tri::True, "HandshakeSucceeded"));
     assert_eq!(v.facts, Some(facts(Some(11))));
-    assert_eq!(v.message, "pod a: everything 2.0.0 answered initialize (protocol 2025-06-18, 11 tools)");
+    assert_eq!(
+        v.message,
+        "pod a: everything 2.0.0 answered initialize (protocol 2025-06-18, 11 tools)"
+    );
 
     let down = probe::ProbeError::Unreachable("cannot connect to the MCP server".into());
     let v = judge(URL, &[ok("a"), ("b".into(), doc(URL, Some(Err(down))))]);
@@ -72,11 +81,23 @@ fn the_verdict_follows_the_pods_documents() {
 
     let cases = [
         (vec![], "NoPodsReady"),
-        (vec![("a".to_string(), Answer::NoAnswer)], "StatusUnreachable"),
+        (
+            vec![("a".to_string(), Answer::NoAnswer)],
+            "StatusUnreachable",
+        ),
         (vec![("a".to_string(), doc(URL, None))], "Pending"),
         // A pod IP reused by another server's pod answers for that server: no answer for this one.
-        (vec![("a".to_string(), doc("https://other.example.com", Some(Ok(facts(None)))))], "StatusUnreachable"),
-        (vec![("a".to_string(), Answer::Doc(McpStatus::initial(URL, false)))], "ProbeDisabled"),
+        (
+            vec![(
+                "a".to_string(),
+                doc("https://other.example.com", Some(Ok(facts(None)))),
+            )],
+            "StatusUnreachable",
+        ),
+        (
+            vec![("a".to_string(), Answer::Doc(McpStatus::initial(URL, false)))],
+            "ProbeDisabled",
+        ),
     ];
     for (answers, reason) in cases {
         let v = judge(URL, &answers);
@@ -95,7 +116,10 @@ fn a_pods_words_are_bounded_before_they_reach_status() {
     assert!(!f.server_info.name.contains('\u{7}'));
     assert_eq!(f.capabilities.len(), 32);
     let mut d = McpStatus::initial(URL, true);
-    d.record(Err(probe::ProbeError::Handshake("z".repeat(5000))), "t".into());
+    d.record(
+        Err(probe::ProbeError::Handshake("z".repeat(5000))),
+        "t".into(),
+    );
     let v = judge(URL, &[("a".into(), Answer::Doc(d))]);
     assert!(v.message.len() < 300, "{}", v.message.len());
 }
@@ -113,7 +137,10 @@ fn native_metadata_and_challenge_checks() {
 
     let challenge = r#"Bearer resource_metadata="https://weather.example.com/.well-known/oauth-protected-resource", scope="mcp:tools""#;
     assert_eq!(check_challenge(401, Some(challenge)), Ok(()));
-    assert!(check_challenge(200, Some(challenge)).is_err(), "an open server");
+    assert!(
+        check_challenge(200, Some(challenge)).is_err(),
+        "an open server"
+    );
     assert!(check_challenge(401, None).is_err());
     assert!(check_challenge(401, Some("Basic realm=x")).is_err());
     assert!(check_challenge(401, Some("Bearer realm=x")).is_err());
@@ -124,7 +151,10 @@ fn native_metadata_and_challenge_checks() {
         ("a".into(), NativeCheck::Passed),
         ("b".into(), NativeCheck::ChallengeInvalid("open".into())),
     ]);
-    assert_eq!((v.status, v.reason, v.message.as_str()), (Tri::False, "ChallengeInvalid", "pod b: open"));
+    assert_eq!(
+        (v.status, v.reason, v.message.as_str()),
+        (Tri::False, "ChallengeInvalid", "pod b: open")
+    );
     let v = judge_native(&[("a".into(), NativeCheck::MetadataInvalid("m".into()))]);
     assert_eq!(v.reason, "ProtectedResourceMetadataInvalid");
     assert_eq!(judge_native(&[]).reason, "NoPodsReady");
@@ -149,7 +179,11 @@ fn rechecks_of_an_unchanged_server_change_nothing() {
     assert_eq!(mcp.server_info.as_ref().unwrap().name, "everything");
     assert_eq!(mcp.tool_count, Some(11));
     assert_eq!(mcp.last_verified, Some(at(10)));
-    assert_eq!(merged(first.clone(), &v, 20), first, "same answer later: same status");
+    assert_eq!(
+        merged(first.clone(), &v, 20),
+        first,
+        "same answer later: same status"
+    );
 
     // Another answer (a new version with more tools) moves lastVerified.
     let v2 = judge(URL, &[("a".into(), doc(URL, Some(Ok(facts(Some(12))))))]);
@@ -157,18 +191,34 @@ fn rechecks_of_an_unchanged_server_change_nothing() {
     assert_eq!(second.mcp.as_ref().unwrap().last_verified, Some(at(30)));
 
     // A failure keeps the facts and flips the condition; recovery moves the time again.
-    let down = judge(URL, &[("a".into(), doc(URL, Some(Err(probe::ProbeError::Unreachable("x".into())))))]);
+    let down = judge(
+        URL,
+        &[(
+            "a".into(),
+            doc(URL, Some(Err(probe::ProbeError::Unreachable("x".into())))),
+        )],
+    );
     let failed = merged(second.clone(), &down, 40);
     assert_eq!(failed.mcp, second.mcp);
     let c = crate::controller::conditions::find(&failed.conditions, VERIFIED).unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "UpstreamUnreachable"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "UpstreamUnreachable")
+    );
     assert_eq!(c.last_transition_time, at(40));
-    assert_eq!(merged(failed.clone(), &down, 50), failed, "still down: no change");
+    assert_eq!(
+        merged(failed.clone(), &down, 50),
+        failed,
+        "still down: no change"
+    );
     let back = merged(failed, &v2, 60);
     assert_eq!(back.mcp.as_ref().unwrap().last_verified, Some(at(60)));
 
     let unknown = merged(McpServerStatus::default(), &judge(URL, &[]), 70);
     let c = crate::controller::conditions::find(&unknown.conditions, VERIFIED).unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("Unknown", "NoPodsReady"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("Unknown", "NoPodsReady")
+    );
     assert_eq!(unknown.mcp, None);
 }

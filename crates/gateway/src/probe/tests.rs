@@ -24,7 +24,11 @@ fn a_json_answer_is_found_by_its_id() {
     let body = serde_json::to_vec(&init_result()).unwrap();
     let found = find_answer("application/json; charset=utf-8", &body, 1, true).unwrap();
     assert_eq!(found, Some(init_result()));
-    assert_eq!(find_answer(JSON, &body, 1, false).unwrap(), None, "wait for the end");
+    assert_eq!(
+        find_answer(JSON, &body, 1, false).unwrap(),
+        None,
+        "wait for the end"
+    );
     let other = find_answer(JSON, &body, 7, true).unwrap_err();
     assert_eq!(other.reason(), REASON_HANDSHAKE);
 }
@@ -39,13 +43,21 @@ fn an_sse_answer_is_found_among_priming_events_and_notifications() {
     assert_eq!(found, Some(init_result()));
     // The last event is not complete before its blank line.
     let partial = &stream[..stream.len() - 2];
-    assert_eq!(find_answer(SSE, partial.as_bytes(), 1, false).unwrap(), None);
+    assert_eq!(
+        find_answer(SSE, partial.as_bytes(), 1, false).unwrap(),
+        None
+    );
     assert_eq!(
         find_answer(SSE, partial.as_bytes(), 1, true).unwrap(),
         Some(init_result()),
         "a stream that ended holds its last event"
     );
-    let none = find_answer(SSE, b"data: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}}\n\n", 1, true);
+    let none = find_answer(
+        SSE,
+        b"data: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}}\n\n",
+        1,
+        true,
+    );
     assert!(none.is_err(), "another id is no answer");
 }
 
@@ -62,7 +74,8 @@ fn garbage_fails_closed() {
         let err = find_answer(ct, body, 1, true).unwrap_err();
         assert_eq!(err.reason(), REASON_HANDSHAKE, "{ct} {body:?}");
     }
-    let error = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "secret=abc"}});
+    let error =
+        json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "secret=abc"}});
     let err = rpc_result(&error, "initialize").unwrap_err();
     assert_eq!(err.to_string(), "initialize answered JSON-RPC error -32602");
     assert!(rpc_result(&json!({"id": 1, "result": 3}), "x").is_err());
@@ -83,7 +96,8 @@ fn initialize_facts_are_bounded_and_clean() {
     assert!(facts.server_info.name.starts_with("a[31mbxxx"));
     assert_eq!(facts.server_info.name.chars().count(), MAX_TEXT);
     assert_eq!(facts.server_info.version, "");
-    let many: serde_json::Map<String, Value> = (0..40).map(|i| (format!("c{i}"), json!({}))).collect();
+    let many: serde_json::Map<String, Value> =
+        (0..40).map(|i| (format!("c{i}"), json!({}))).collect();
     let bad_inputs = [
         json!({"serverInfo": {"name": "n"}, "capabilities": {}}),
         json!({"protocolVersion": "", "serverInfo": {"name": "n"}, "capabilities": {}}),
@@ -94,7 +108,10 @@ fn initialize_facts_are_bounded_and_clean() {
         json!({"protocolVersion": "v", "serverInfo": {"name": "n"}, "capabilities": many}),
     ];
     for input in bad_inputs {
-        assert!(initialize_facts(input.as_object().unwrap()).is_err(), "{input}");
+        assert!(
+            initialize_facts(input.as_object().unwrap()).is_err(),
+            "{input}"
+        );
     }
 }
 
@@ -106,7 +123,10 @@ fn tool_pages_count_and_chain() {
         page(json!({"tools": [{}], "nextCursor": "p2"})).unwrap(),
         (1, Some("p2".into()))
     );
-    assert_eq!(page(json!({"tools": [], "nextCursor": ""})).unwrap(), (0, None));
+    assert_eq!(
+        page(json!({"tools": [], "nextCursor": ""})).unwrap(),
+        (0, None)
+    );
     assert!(page(json!({"tools": {}})).is_err());
     assert!(page(json!({"tools": [], "nextCursor": 5})).is_err());
     assert!(page(json!({"tools": [], "nextCursor": "c".repeat(5000)})).is_err());
@@ -139,10 +159,15 @@ struct Fake {
 }
 
 async fn fake(State(f): State<Fake>, method: Method, headers: HeaderMap, body: String) -> Response {
-    let session = headers.get("mcp-session-id").map(|v| v.to_str().unwrap().to_owned());
+    let session = headers
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_owned());
     let msg: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let rpc = msg["method"].as_str().unwrap_or("").to_owned();
-    f.seen.lock().unwrap().push(format!("{method} {rpc} {}", session.as_deref().unwrap_or("-")));
+    f.seen.lock().unwrap().push(format!(
+        "{method} {rpc} {}",
+        session.as_deref().unwrap_or("-")
+    ));
     if method == Method::DELETE {
         return StatusCode::OK.into_response();
     }
@@ -150,15 +175,27 @@ async fn fake(State(f): State<Fake>, method: Method, headers: HeaderMap, body: S
     let result = match rpc.as_str() {
         "initialize" => init_result()["result"].clone(),
         "notifications/initialized" => return StatusCode::ACCEPTED.into_response(),
-        "tools/list" if msg["params"]["cursor"].is_null() => json!({"tools": [{}, {}], "nextCursor": "2"}),
+        "tools/list" if msg["params"]["cursor"].is_null() => {
+            json!({"tools": [{}, {}], "nextCursor": "2"})
+        }
         "tools/list" => json!({"tools": [{}]}),
         _ => return StatusCode::BAD_REQUEST.into_response(),
     };
     let answer = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
     let sid = [("mcp-session-id", "s-1")];
     match f.mode {
-        "sse" => (sid, [("content-type", SSE)], format!(": hi\n\nevent: message\ndata: {answer}\n\n")).into_response(),
-        "huge" => (sid, [("content-type", JSON)], " ".repeat(MAX_ANSWER_BYTES + 1)).into_response(),
+        "sse" => (
+            sid,
+            [("content-type", SSE)],
+            format!(": hi\n\nevent: message\ndata: {answer}\n\n"),
+        )
+            .into_response(),
+        "huge" => (
+            sid,
+            [("content-type", JSON)],
+            " ".repeat(MAX_ANSWER_BYTES + 1),
+        )
+            .into_response(),
         "500" => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         _ => (sid, [("content-type", JSON)], answer).into_response(),
     }
@@ -166,7 +203,10 @@ async fn fake(State(f): State<Fake>, method: Method, headers: HeaderMap, body: S
 
 async fn serve(mode: &'static str) -> (Prober, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(vec![]));
-    let app = Router::new().route("/mcp", any(fake)).with_state(Fake { mode, seen: seen.clone() });
+    let app = Router::new().route("/mcp", any(fake)).with_state(Fake {
+        mode,
+        seen: seen.clone(),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -204,7 +244,11 @@ async fn oversized_failing_and_absent_upstreams_fail_with_their_reason() {
     let (prober, _) = serve("500").await;
     let err = prober.handshake().await.unwrap_err();
     assert_eq!(err.to_string(), "initialize answered HTTP 500");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let gone = Prober::new(format!("http://127.0.0.1:{port}/mcp").parse().unwrap()).unwrap();
     let err = gone.handshake().await.unwrap_err();
     assert_eq!(err.reason(), REASON_UNREACHABLE);
