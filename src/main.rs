@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers (ambient kubeconfig or in-cluster config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run the auth gateway in front of an MCP server (the sidecar of `auth.mode: Proxy`).
     Proxy(Box<mcp_auth_gateway::GatewayConfig>),
     /// Write the CRD manifests.
@@ -142,7 +142,7 @@ async fn main() -> anyhow_free::Result {
         }
         Command::Run(args) => {
             init_logging(cli.log_json);
-            run(args).await
+            run(*args).await
         }
     }
 }

@@ -108,7 +108,7 @@ pub fn targets(pods: &[Pod]) -> Vec<Target> {
 /// handshake), or none.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Answer {
-    Doc(McpStatus),
+    Doc(Box<McpStatus>),
     NoAnswer,
 }
 
@@ -127,7 +127,7 @@ pub fn judge(url: &str, answers: &[(String, Answer)]) -> Verdict {
     let docs: Vec<(&str, &McpStatus)> = answers
         .iter()
         .filter_map(|(pod, a)| match a {
-            Answer::Doc(d) if d.resource == url => Some((pod.as_str(), d)),
+            Answer::Doc(d) if d.resource == url => Some((pod.as_str(), d.as_ref())),
             _ => None,
         })
         .collect();
@@ -447,7 +447,7 @@ async fn gateway_status(http: &reqwest::Client, t: &Target) -> Answer {
     let doc = bounded_body(resp)
         .await
         .and_then(|b| serde_json::from_slice(&b).ok());
-    doc.map_or(Answer::NoAnswer, Answer::Doc)
+    doc.map_or(Answer::NoAnswer, |d| Answer::Doc(Box::new(d)))
 }
 
 /// `None` mode: the operator's own handshake with the pod's server.
@@ -463,7 +463,7 @@ async fn handshake(server: &McpServer, t: &Target) -> Answer {
     };
     let mut doc = McpStatus::initial(&url, true);
     doc.record(prober.handshake().await, String::new());
-    Answer::Doc(doc)
+    Answer::Doc(Box::new(doc))
 }
 
 /// `Native` mode: the metadata document, then an unauthenticated `initialize`.

@@ -30,7 +30,7 @@ fn doc(resource: &str, outcome: Option<Result<ServerFacts, probe::ProbeError>>) 
     if let Some(o) = outcome {
         d.record(o, "t".into());
     }
-    Answer::Doc(d)
+    Answer::Doc(Box::new(d))
 }
 
 #[test]
@@ -95,7 +95,10 @@ fn the_verdict_follows_the_pods_documents() {
             "StatusUnreachable",
         ),
         (
-            vec![("a".to_string(), Answer::Doc(McpStatus::initial(URL, false)))],
+            vec![(
+                "a".to_string(),
+                Answer::Doc(Box::new(McpStatus::initial(URL, false))),
+            )],
             "ProbeDisabled",
         ),
     ];
@@ -120,7 +123,7 @@ fn a_pods_words_are_bounded_before_they_reach_status() {
         Err(probe::ProbeError::Handshake("z".repeat(5000))),
         "t".into(),
     );
-    let v = judge(URL, &[("a".into(), Answer::Doc(d))]);
+    let v = judge(URL, &[("a".into(), Answer::Doc(Box::new(d)))]);
     assert!(v.message.len() < 300, "{}", v.message.len());
 }
 
