@@ -951,7 +951,7 @@ async fn exercise(run: &Run, realm: &str, cluster_scope: bool) -> Result<(), Str
             .get("weather")
             .await
             .ok()?;
-        let conditions = s.status?.conditions;
+        let conditions = s.status?.conditions.clone();
         let verified = conditions.into_iter().find(|c| c.type_ == "Verified")?;
         (verified.reason != "PodListFailed").then_some(())
     })
