@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers (ambient kubeconfig or in-cluster config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run the auth gateway in front of an MCP server (the sidecar of `auth.mode: Proxy`).
     Proxy(Box<mcp_auth_gateway::GatewayConfig>),
     /// Write the CRD manifests.
@@ -75,6 +75,17 @@ struct RunArgs {
     /// Labels (`k=v,k2=v2`) of the pods (e.g. Prometheus) that may scrape the metrics port.
     #[arg(long, env = "METRICS_POD_SELECTOR")]
     metrics_pod_selector: Option<String>,
+    /// Seconds between live verifications of every McpServer (the gateways' `/mcp-status`, or
+    /// the operator's own checks); 0 turns verification off.
+    #[arg(long, env = "VERIFY_SECONDS", default_value_t = 60)]
+    verify_seconds: u64,
+    /// Labels (`k=v,…`) of the operator's namespace, for the per-server NetworkPolicy to admit
+    /// the operator to the gateways' admin port (live verification reads `/mcp-status` there).
+    #[arg(long, env = "OPERATOR_NAMESPACE_SELECTOR")]
+    operator_namespace_selector: Option<String>,
+    /// Labels (`k=v,…`) of the operator's pods, for the same rule.
+    #[arg(long, env = "OPERATOR_POD_SELECTOR")]
+    operator_pod_selector: Option<String>,
 }
 
 /// `k=v,k2=v2` as match labels.
@@ -89,7 +100,7 @@ fn labels(raw: &str) -> Result<std::collections::BTreeMap<String, String>, Strin
         .collect()
 }
 
-/// The metrics scraper as a NetworkPolicy peer; `None` when no selector is given.
+/// A NetworkPolicy peer (the metrics scraper, the operator); `None` when no selector is given.
 fn metrics_peer(
     namespaces: Option<&str>,
     pods: Option<&str>,
@@ -131,7 +142,7 @@ async fn main() -> anyhow_free::Result {
         }
         Command::Run(args) => {
             init_logging(cli.log_json);
-            run(args).await
+            run(*args).await
         }
     }
 }
@@ -152,6 +163,11 @@ async fn run(args: RunArgs) -> anyhow_free::Result {
         args.metrics_namespace_selector.as_deref(),
         args.metrics_pod_selector.as_deref(),
     )?;
+    config.operator_peer = metrics_peer(
+        args.operator_namespace_selector.as_deref(),
+        args.operator_pod_selector.as_deref(),
+    )?;
+    config.verify_interval = Duration::from_secs(args.verify_seconds);
     let ctx = Context::new(client, Arc::new(Metrics::default()), config);
     let health = Arc::new(runtime::Health::default());
     let leader = args.leader_election.then(|| runtime::LeaderElection {

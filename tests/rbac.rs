@@ -945,6 +945,17 @@ async fn exercise(run: &Run, realm: &str, cluster_scope: bool) -> Result<(), Str
             .then_some(())
     })
     .await?;
+    // Live verification lists the server's pods (kwok's pod IP answers nothing: still a verdict).
+    run.step("McpServer's pods listed for live verification", || async {
+        let s = Api::<McpServer>::namespaced(c.clone(), ns)
+            .get("weather")
+            .await
+            .ok()?;
+        let conditions = s.status?.conditions.clone();
+        let verified = conditions.into_iter().find(|c| c.type_ == "Verified")?;
+        (verified.reason != "PodListFailed").then_some(())
+    })
+    .await?;
 
     // 2. Owned objects deleted behind the operator's back come back, one kind at a time (any one
     //    coming back would repair the others too).

@@ -215,12 +215,24 @@ start_scheduler() {
 
 # One fake node, managed by kwok: it becomes Ready, Pods bound to it get a
 # Pod IP and turn Running/Ready (no container runs). No taint, so ordinary
-# Deployments land there without tolerations. Pod IPs (10.244.x) and Service
-# IPs (10.96.x) are bookkeeping only: nothing listens there, never connect to
-# them. The node's address is 127.0.0.1 so that anything the API server would
-# send to "the kubelet" (logs, exec) stays on loopback (and is refused).
+# Deployments land there without tolerations. Pod IPs come from the loopback
+# range 127.244.0.0/16: the local pod runner (crates/localpod) runs a pod's
+# containers on this host's 0.0.0.0, so "pod IP + container port" reaches the
+# running local pod as it would in a cluster (the operator's live verification
+# reads pod IP:9090/mcp-status), and a pod with no local process refuses
+# connections instead of sending packets off the host. All pod IPs reach the
+# same host ports: readers must check whose answer they got (the gateway's
+# status names its resource URL). Service IPs (10.96.x) are bookkeeping only:
+# never connect to them. The node's address is 127.0.0.1 so that anything the
+# API server would send to "the kubelet" (logs, exec) stays on loopback (and
+# is refused).
+KWOK_POD_CIDR=127.244.0.0/16
 start_kwok() {
-  local pf="$TESTBED_DIR/run/kwok.pid" lf="$TESTBED_DIR/logs/kwok.log"
+  local pf="$TESTBED_DIR/run/kwok.pid" lf="$TESTBED_DIR/logs/kwok.log" cf="$TESTBED_DIR/run/kwok.cidr"
+  # A kwok started by an older script hands out other pod IPs: restart it.
+  if pid_alive "$pf" && [[ "$(cat "$cf" 2>/dev/null)" != "$KWOK_POD_CIDR" ]]; then
+    stop_pid "$pf" kwok
+  fi
   if ! pid_alive "$pf"; then
     KUBECTL apply -f - >/dev/null <<EOF
 apiVersion: v1
@@ -246,7 +258,8 @@ EOF
     spawn "$pf" "$lf" "$(KWOK_BIN)" --kubeconfig="$TESTBED_DIR/kubeconfig" \
       --config="$CACHE_ROOT/bin/kwok-$KWOK_VERSION/stages.yaml" \
       --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-      --node-lease-duration-seconds=40 --cidr=10.244.0.0/16 --node-ip=127.0.0.1
+      --node-lease-duration-seconds=40 --cidr="$KWOK_POD_CIDR" --node-ip=127.0.0.1
+    echo "$KWOK_POD_CIDR" >"$cf"
   fi
 }
 

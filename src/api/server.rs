@@ -49,6 +49,8 @@ fn reserved_env_rule() -> kube::core::Rule {
     printcolumn(name = "Client", type_ = "string", json_path = ".status.clientId"),
     printcolumn(name = "Auth", type_ = "string", json_path = ".spec.auth.mode"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Verified", type_ = "string", json_path = ".status.conditions[?(@.type==\"Verified\")].status"),
+    printcolumn(name = "Tools", type_ = "integer", json_path = ".status.mcp.toolCount", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = proxy_port_rule(),
     // The Service and the label values are named after the server: a longer or dotted name
@@ -261,7 +263,8 @@ pub enum AuthMode {
 
 /// What the operator last did for this McpServer, written by the operator only. Its
 /// conditions: `Ready`, `PolicyResolved`, `KeycloakClientReady`, `SecretReady`, `Available`,
-/// `NetworkIsolated`, `Unauthenticated` with `auth.mode: None`, `Stalled`.
+/// `NetworkIsolated`, `Verified` (live verification; does not feed `Ready`), `Unauthenticated`
+/// with `auth.mode: None`, `Stalled`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct McpServerStatus {
@@ -292,6 +295,44 @@ pub struct McpServerStatus {
     /// The audience mode this server was set up for (its policy's `status.audienceMode`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience_mode: Option<super::ActiveAudience>,
+    /// What the running MCP server said in its latest successful handshake (live verification;
+    /// `Proxy` and `None` modes). Kept when a later check fails: the `Verified` condition says
+    /// whether it still holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpInfo>,
+}
+
+/// The MCP server as its `initialize` answer and `tools/list` describe it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct McpInfo {
+    /// The MCP protocol revision the server speaks (its answer to `initialize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    /// The server's own name and version (`serverInfo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_info: Option<McpServerInfo>,
+    /// Names of the server's capabilities (`tools`, `prompts`, `resources`, `logging`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// Number of tools `tools/list` returned (absent without the `tools` capability).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_count: Option<i64>,
+    /// When the operator first saw this answer verified; it moves only when the answer changes
+    /// or verification recovers, so re-checks of an unchanged server write nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+/// `serverInfo` of an MCP server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct McpServerInfo {
+    /// The server's name.
+    pub name: String,
+    /// The server's version.
+    #[serde(default)]
+    pub version: String,
 }
 
 super::status_with_conditions!(McpServerStatus);

@@ -32,6 +32,9 @@ pub const SECRET_READY: &str = "SecretReady";
 pub const AVAILABLE: &str = "Available";
 pub const UNAUTHENTICATED: &str = "Unauthenticated";
 pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
+/// Live verification: `True` when the running server answered an MCP handshake, `False` with
+/// what failed, `Unknown` while nothing could be asked. Informational: it does not feed `Ready`.
+pub const VERIFIED: &str = "Verified";
 
 /// kstatus' "abnormal-true" condition: `True` means the operator cannot make progress until a
 /// person changes something. Flux and other kstatus users report such an object as `Failed`
@@ -96,20 +99,31 @@ struct Stamp {
 
 fn set(conditions: &mut Vec<Condition>, v: Verdict, message: String, stamp: &Stamp) {
     let status = if v.ok { "True" } else { "False" };
-    match conditions.iter_mut().find(|c| c.type_ == v.type_) {
+    set_status(conditions, v.type_, status, v.reason, message, stamp)
+}
+
+fn set_status(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    stamp: &Stamp,
+) {
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
             if c.status != status {
                 c.last_transition_time = stamp.now.clone();
             }
             c.status = status.into();
-            c.reason = v.reason.into();
+            c.reason = reason.into();
             c.message = message;
             c.observed_generation = stamp.generation;
         }
         None => conditions.push(Condition {
-            type_: v.type_.into(),
+            type_: type_.into(),
             status: status.into(),
-            reason: v.reason.into(),
+            reason: reason.into(),
             message,
             observed_generation: stamp.generation,
             last_transition_time: stamp.now.clone(),
@@ -142,6 +156,19 @@ impl<S: WithConditions> Draft<S> {
     pub fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
         let v = Verdict { type_, ok, reason };
         upsert(self.status.conditions_mut(), v, message.into(), &self.stamp);
+    }
+
+    /// Sets a condition to `Unknown` (nothing to judge by), with the same transition rules.
+    pub fn set_unknown(&mut self, type_: &str, reason: &str, message: impl Into<String>) {
+        let conditions = self.status.conditions_mut();
+        set_status(
+            conditions,
+            type_,
+            "Unknown",
+            reason,
+            message.into(),
+            &self.stamp,
+        );
     }
 
     /// Drops a condition that no longer applies.

@@ -32,6 +32,11 @@ pub struct OperatorConfig {
     pub server_network_policies: bool,
     /// Who may reach the gateways' admin (metrics) port; `None`: nobody.
     pub metrics_peer: Option<MetricsPeer>,
+    /// The operator's own pods, admitted to the gateways' admin port to read `/mcp-status`
+    /// (live verification); `None`: not admitted by the NetworkPolicy.
+    pub operator_peer: Option<MetricsPeer>,
+    /// Period of live verification (see `verify.rs`); zero turns it off.
+    pub verify_interval: Duration,
 }
 
 impl OperatorConfig {
@@ -46,6 +51,8 @@ impl Default for OperatorConfig {
             concurrency: Self::DEFAULT_CONCURRENCY,
             server_network_policies: true,
             metrics_peer: None,
+            operator_peer: None,
+            verify_interval: Duration::from_secs(60),
             operator_image: format!(
                 "ghcr.io/mcp-keycloak-operator/operator:{}",
                 env!("CARGO_PKG_VERSION")
@@ -71,6 +78,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Per McpServer: a digest of the inputs of its last successful Keycloak check, and when.
     keycloak_checked: Mutex<HashMap<String, (String, Instant)>>,
+    /// Per McpServer: the verdict of its last live verification.
+    pub(super) verifications: super::verify::Memory,
     /// The server controller's store, once it runs.
     pub(super) servers: OnceLock<Store<McpServer>>,
 }
@@ -94,6 +103,7 @@ impl Context {
             admins: Mutex::default(),
             failures: Mutex::default(),
             keycloak_checked: Mutex::default(),
+            verifications: Default::default(),
             servers: OnceLock::new(),
         })
     }
@@ -155,6 +165,7 @@ impl Context {
         self.admins.lock().expect("poisoned").remove(&uid);
         self.failures.lock().expect("poisoned").remove(&uid);
         self.keycloak_checked.lock().expect("poisoned").remove(&uid);
+        self.verifications.forget(&uid);
     }
 
     /// How long a successful Keycloak check of a server stands for reconciles with the same

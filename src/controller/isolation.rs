@@ -20,7 +20,8 @@ impl Run<'_> {
         let api: Api<NetworkPolicy> = self.api();
         let operator_on = ctx.config.server_network_policies;
         let (on, reason, message) = if workload::network_policy_enabled(server, operator_on) {
-            let desired = workload::network_policy(server, ctx.config.metrics_peer.as_ref());
+            let peers = [&ctx.config.metrics_peer, &ctx.config.operator_peer];
+            let desired = workload::network_policy(server, peers.into_iter().flatten());
             apply_if_changed(&api, &desired, &uid).await?;
             (
                 true,

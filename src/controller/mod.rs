@@ -9,6 +9,7 @@ mod policy;
 mod reaping;
 mod server;
 mod ssa;
+mod verify;
 mod watch;
 
 pub use admin_secret::{bound_admin_credentials, AdminConnection, DEFAULT_AUTH_REALM};

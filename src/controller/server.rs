@@ -148,6 +148,7 @@ impl<'a> Run<'a> {
             .ensure_workload(&policy, &client_secret)
             .await
             .at(AVAILABLE)?;
+        self.verify(&policy).await;
         self.set_ready(available);
         Ok(())
     }

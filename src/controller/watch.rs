@@ -39,9 +39,17 @@ pub async fn run_until_synced(
     let servers = Controller::new(apis.servers.clone(), watcher::Config::default());
     let server_store = servers.store();
     let _ = ctx.servers.set(server_store.clone());
+    // Live verification re-checks servers on its own clock and reconciles those that changed.
+    let (verified, changed) = futures::channel::mpsc::unbounded();
+    let verifier = super::verify::run_periodic(ctx.clone(), server_store.clone(), verified);
+    let servers = servers.reconcile_on(changed);
     let servers = server_controller(servers, &apis, server_store, config.clone(), ctx.clone());
     let policies = policy_controller(&apis, config, ctx);
-    futures::join!(servers, policies);
+    // The verifier never ends; it stops with the controllers.
+    tokio::select! {
+        _ = async { futures::join!(servers, policies) } => {}
+        () = verifier => {}
+    }
 }
 
 /// The APIs of every watched kind, in one namespace or cluster-wide.

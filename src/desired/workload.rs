@@ -456,27 +456,34 @@ pub fn network_policy_enabled(server: &McpServer, operator_enabled: bool) -> boo
 }
 
 /// The NetworkPolicy isolating the server's pods: in `Proxy` mode only the gateway port (from
-/// anywhere: clients come through it) and the admin port (from `metrics` only), so no pod can
-/// call the MCP container around the gateway; otherwise only the server's port.
-pub fn network_policy(server: &McpServer, metrics: Option<&MetricsPeer>) -> NetworkPolicy {
+/// anywhere: clients come through it) and the admin port (from `admin_peers` only: the metrics
+/// scraper and the operator reading `/mcp-status`), so no pod can call the MCP container around
+/// the gateway; otherwise only the server's port.
+pub fn network_policy<'a>(
+    server: &McpServer,
+    admin_peers: impl IntoIterator<Item = &'a MetricsPeer>,
+) -> NetworkPolicy {
     let mut ingress = Vec::new();
     if server.spec.auth.mode == AuthMode::Proxy {
         ingress.push(NetworkPolicyIngressRule {
             ports: Some(vec![tcp_port(GATEWAY_PORT)]),
             from: None,
         });
-        if let Some(peer) = metrics {
-            let selector = |labels: &BTreeMap<String, String>| LabelSelector {
-                match_labels: Some(labels.clone()),
+        let selector = |labels: &BTreeMap<String, String>| LabelSelector {
+            match_labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        let from: Vec<NetworkPolicyPeer> = (admin_peers.into_iter())
+            .map(|peer| NetworkPolicyPeer {
+                namespace_selector: Some(selector(&peer.namespace_selector)),
+                pod_selector: Some(selector(&peer.pod_selector)),
                 ..Default::default()
-            };
+            })
+            .collect();
+        if !from.is_empty() {
             ingress.push(NetworkPolicyIngressRule {
                 ports: Some(vec![tcp_port(GATEWAY_ADMIN_PORT)]),
-                from: Some(vec![NetworkPolicyPeer {
-                    namespace_selector: Some(selector(&peer.namespace_selector)),
-                    pod_selector: Some(selector(&peer.pod_selector)),
-                    ..Default::default()
-                }]),
+                from: Some(from),
             });
         }
     } else {
@@ -900,7 +907,25 @@ mod tests {
                 ]
             })
         );
-        // Without a metrics peer the admin port admits nobody.
+        // The operator (reading /mcp-status) is a second peer of the same rule.
+        let operator = MetricsPeer {
+            namespace_selector: BTreeMap::from([(
+                "kubernetes.io/metadata.name".into(),
+                "mcp-system".into(),
+            )]),
+            pod_selector: BTreeMap::from([(
+                "app.kubernetes.io/name".into(),
+                "mcp-keycloak-operator".into(),
+            )]),
+        };
+        let both = serde_json::to_value(network_policy(&s, [&peer, &operator])).unwrap();
+        let from = &both["spec"]["ingress"][1]["from"];
+        assert_eq!(from.as_array().unwrap().len(), 2);
+        assert_eq!(
+            from[1]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+            "mcp-keycloak-operator"
+        );
+        // Without a peer the admin port admits nobody.
         assert_eq!(
             np_json(&s, None)["spec"]["ingress"],
             serde_json::json!([{"ports": [{"port": 8080, "protocol": "TCP"}]}])

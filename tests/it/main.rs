@@ -40,4 +40,5 @@ mod sdk_clients;
 mod security;
 mod testbed_smoke;
 mod tool_scopes;
+mod verify;
 mod walkthrough;

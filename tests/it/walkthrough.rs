@@ -109,7 +109,7 @@ fn mcp_server(name: &str, mode: Mode, port: u16, url: &str) -> McpServer {
 }
 
 /// `target/<profile>/` of this test binary.
-fn profile_dir() -> PathBuf {
+pub(crate) fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     exe.parent()
         .and_then(|d| d.parent())
@@ -118,7 +118,7 @@ fn profile_dir() -> PathBuf {
 }
 
 /// The default image map, plus the image name the harness's operator gives gateways.
-async fn images() -> ImageMap {
+pub(crate) async fn images() -> ImageMap {
     let script = tokio::task::spawn_blocking(|| ensure_server_everything(&npm_dir()))
         .await
         .unwrap()

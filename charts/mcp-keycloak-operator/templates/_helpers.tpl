@@ -109,6 +109,10 @@ removes one verb at a time and watches the operator fail; the operator never del
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Live verification: each McpServer's pods (listed by label), whose pod IPs the operator asks.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # Events on McpAuthPolicies and McpServers; patch bumps the series of a repeated event.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

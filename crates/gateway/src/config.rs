@@ -188,6 +188,16 @@ pub struct GatewayConfig {
     #[arg(long, env = "MCP_GATEWAY_INTROSPECTION_BURST", default_value_t = 100)]
     pub introspection_burst: u32,
 
+    /// Seconds between two MCP handshakes with the upstream (live verification, published as
+    /// `/mcp-status` on the admin listener); after a failure it retries sooner. 0: no probing.
+    #[arg(long = "probe-interval", env = contract::PROBE_INTERVAL_ENV, default_value_t = 30)]
+    pub probe_interval_seconds: u64,
+
+    /// Path of the upstream's MCP endpoint that the probe calls. Default: the resource URL's
+    /// path, else `/mcp`.
+    #[arg(long, env = contract::PROBE_PATH_ENV)]
+    pub probe_path: Option<String>,
+
     /// Introspections of not-yet-known tokens per second and client address.
     #[arg(
         long,
@@ -285,7 +295,9 @@ impl GatewayConfig {
         let limits = self.limits()?;
         let allowed_origins = allowed_origins(&resource, &self.allowed_origins)?;
         let service_account_clients = split_list(&self.service_account_clients);
+        let probe = self.probe(&upstream, &resource)?;
         Ok(Settings {
+            probe,
             allowed_origins,
             service_account_clients,
             require_jwt: self.require_jwt,
@@ -329,6 +341,31 @@ impl GatewayConfig {
             negative_cache_ttl: Duration::from_secs(self.negative_cache_ttl_seconds).min(ttl),
             cache_max_entries: self.cache_max_entries,
             narrowed_audience: self.audience_mode == contract::AUDIENCE_MODE_RESOURCE_INDICATOR,
+        })
+    }
+
+    /// The probe's MCP endpoint on the upstream, and its period.
+    fn probe(
+        &self,
+        upstream: &Upstream,
+        resource: &Resource,
+    ) -> Result<ProbeSettings, GatewayError> {
+        let path = match &self.probe_path {
+            Some(p) => p.trim().to_owned(),
+            None => contract::mcp_endpoint_path(&resource.raw),
+        };
+        if !path.starts_with('/') || path.contains(['?', '#']) || path.contains(char::is_whitespace)
+        {
+            return Err(config_err(format!(
+                "--probe-path {path:?} must be an absolute path without query or fragment"
+            )));
+        }
+        let raw = format!("http://{}{}{path}", upstream.authority, upstream.base_path);
+        let endpoint = Url::parse(&raw)
+            .map_err(|e| config_err(format!("probe endpoint {raw:?} is not a URL: {e}")))?;
+        Ok(ProbeSettings {
+            interval: Duration::from_secs(self.probe_interval_seconds),
+            endpoint,
         })
     }
 
@@ -597,9 +634,17 @@ pub(crate) struct IntrospectionSettings {
     pub narrowed_audience: bool,
 }
 
+/// Live verification: where the MCP handshake goes and how often (zero: never).
+#[derive(Clone, Debug)]
+pub(crate) struct ProbeSettings {
+    pub interval: Duration,
+    pub endpoint: Url,
+}
+
 /// Validated, derived settings.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
+    pub probe: ProbeSettings,
     pub resource: Resource,
     pub issuer: String,
     pub resource_name: Option<String>,
@@ -811,6 +856,8 @@ mod tests {
                 "negative-cache-ttl",
                 "MCP_GATEWAY_NEGATIVE_CACHE_TTL_SECONDS",
             ),
+            ("probe-interval", "MCP_GATEWAY_PROBE_INTERVAL_SECONDS"),
+            ("probe-path", "MCP_GATEWAY_PROBE_PATH"),
             ("require-jwt", "MCP_GATEWAY_REQUIRE_JWT"),
             ("required-scopes", "MCP_REQUIRED_SCOPES"),
             ("resource-name", "MCP_RESOURCE_NAME"),

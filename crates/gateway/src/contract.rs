@@ -45,6 +45,15 @@ pub const ADMIN_LISTEN_ENV: &str = "MCP_GATEWAY_ADMIN_LISTEN";
 pub const UPSTREAM_ENV: &str = "MCP_GATEWAY_UPSTREAM";
 /// Gateway only: browser origins allowed besides the resource URL's own.
 pub const ALLOWED_ORIGINS_ENV: &str = "MCP_GATEWAY_ALLOWED_ORIGINS";
+/// Gateway only: seconds between two MCP handshakes with the upstream (0: no probing).
+pub const PROBE_INTERVAL_ENV: &str = "MCP_GATEWAY_PROBE_INTERVAL_SECONDS";
+/// Gateway only: the upstream's MCP endpoint path the probe calls (default: [`mcp_endpoint_path`]).
+pub const PROBE_PATH_ENV: &str = "MCP_GATEWAY_PROBE_PATH";
+/// Path of the gateway's live-verification document on the admin listener (JSON, see
+/// `mcp_auth_gateway::probe::McpStatus`); the operator reads it from every pod it owns.
+pub const MCP_STATUS_PATH: &str = "/mcp-status";
+/// The MCP endpoint's path when the canonical URL has none (the SDKs' and server-everything's).
+pub const DEFAULT_MCP_PATH: &str = "/mcp";
 
 /// What the operator sets on the MCP container; `spec.env` may not override any of them.
 pub const RESERVED_ENV: [&str; 14] = [
@@ -81,9 +90,30 @@ pub fn upstream_url(port: impl std::fmt::Display) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// The MCP endpoint path of a server whose canonical URL is `url`: the URL's own path, else
+/// [`DEFAULT_MCP_PATH`] (a URL without path names the host, and servers serve `/mcp`).
+pub fn mcp_endpoint_path(url: &str) -> String {
+    let path = url::Url::parse(url)
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    if path.is_empty() {
+        DEFAULT_MCP_PATH.to_owned()
+    } else {
+        path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_endpoint_path_is_the_urls_else_mcp() {
+        assert_eq!(mcp_endpoint_path("https://h.example.com"), "/mcp");
+        assert_eq!(mcp_endpoint_path("https://h.example.com/"), "/mcp");
+        assert_eq!(mcp_endpoint_path("http://localhost:3000/mcp"), "/mcp");
+        assert_eq!(mcp_endpoint_path("https://h/a/b"), "/a/b");
+    }
 
     #[test]
     fn defaults_agree_with_the_ports() {

@@ -33,8 +33,10 @@
 //!   send headers and bodies are bounded.
 //!
 //! # Admin listener (`--admin-listen`, default `0.0.0.0:9090`)
-//! `GET /healthz` (liveness, `ok`) and `GET /metrics` (OpenMetrics text, see [`metrics`]).
-//! Both are unauthenticated and kept off the MCP port so no MCP server path is shadowed.
+//! `GET /healthz` (liveness, `ok`), `GET /metrics` (OpenMetrics text, see [`metrics`]) and
+//! `GET /mcp-status` (live verification: the latest MCP handshake with the upstream, see
+//! [`probe`]). All are unauthenticated, hold nothing secret, and are kept off the MCP port so no
+//! MCP server path is shadowed.
 //!
 //! Tokens and the client secret are never logged; the cache keys on SHA-256 of the token.
 //! See `docs/gateway.md` for the full contract.
@@ -68,6 +70,7 @@ mod limits;
 mod listener;
 mod metadata;
 pub mod metrics;
+pub mod probe;
 mod proxy;
 pub mod scopes;
 mod state;
@@ -188,8 +191,11 @@ impl Gateway {
             max_inflight = settings.limits.max_inflight,
             "MCP auth gateway configured"
         );
+        let probing = settings.probe.interval > Duration::ZERO;
+        let mcp_status = probe::McpStatus::initial(&settings.resource.raw, probing);
         Ok(Self {
             state: Arc::new(AppState {
+                mcp_status: Arc::new(std::sync::RwLock::new(mcp_status)),
                 inflight: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_inflight)),
                 settings,
                 introspector,
@@ -210,11 +216,19 @@ impl Gateway {
             .with_state(self.state.clone())
     }
 
-    /// The admin listener's router: `/healthz` and `/metrics`.
+    /// The admin listener's router: `/healthz`, `/metrics` and `/mcp-status`.
     pub fn admin_router(&self) -> Router {
         let metrics = self.state.metrics.clone();
+        let mcp_status = self.state.mcp_status.clone();
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                contract::MCP_STATUS_PATH,
+                get(move || {
+                    let doc = mcp_status.read().expect("poisoned").clone();
+                    async move { ([(http::header::CACHE_CONTROL, "no-store")], axum::Json(doc)) }
+                }),
+            )
             .route(
                 "/metrics",
                 get(move || {
@@ -230,6 +244,26 @@ impl Gateway {
                     }
                 }),
             )
+    }
+
+    /// The live-verification loop (see [`probe::run`]), or `None` with `--probe-interval 0`.
+    /// [`run`] drives it; embedders that want `/mcp-status` filled spawn it themselves.
+    pub fn prober(
+        &self,
+    ) -> Result<Option<impl Future<Output = ()> + Send + 'static>, GatewayError> {
+        let settings = &self.state.settings.probe;
+        if settings.interval.is_zero() {
+            return Ok(None);
+        }
+        let prober =
+            probe::Prober::new(settings.endpoint.clone()).map_err(GatewayError::HttpClient)?;
+        let status = self.state.mcp_status.clone();
+        Ok(Some(probe::run(prober, status, settings.interval)))
+    }
+
+    /// The latest live-verification outcome.
+    pub fn mcp_status(&self) -> probe::McpStatus {
+        self.state.mcp_status.read().expect("poisoned").clone()
     }
 
     /// Current metrics in OpenMetrics text.
@@ -312,9 +346,15 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     let listener = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
     tracing::info!(listen = %config.listen, admin_listen = %config.admin_listen, "MCP auth gateway listening");
-    gateway
+    // Aborted when serving ends (the handle is dropped with the task still running otherwise).
+    let prober = gateway.prober()?.map(tokio::spawn);
+    let served = gateway
         .serve(listener, Some(admin), shutdown_signal())
-        .await
+        .await;
+    if let Some(p) = prober {
+        p.abort();
+    }
+    served
 }
 
 async fn shutdown_signal() {

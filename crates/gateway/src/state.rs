@@ -22,4 +22,6 @@ pub(crate) struct AppState {
     pub client: UpstreamClient,
     pub metrics: Arc<Metrics>,
     pub metadata_json: Bytes,
+    /// The latest live-verification outcome (`/mcp-status`).
+    pub mcp_status: Arc<std::sync::RwLock<super::probe::McpStatus>>,
 }
