@@ -6,6 +6,7 @@ mod context;
 mod finish;
 mod isolation;
 mod policy;
+mod rotation;
 mod server;
 mod ssa;
 mod watch;

@@ -5,6 +5,7 @@ pub mod audience;
 pub mod cimd;
 pub mod plan;
 pub mod realm;
+pub mod rotation;
 pub mod workload;
 
 use serde_json::Value;
