@@ -32,6 +32,7 @@ mod install;
 mod isolation;
 mod log_hygiene;
 mod operator;
+mod rotation;
 mod runtime;
 mod scenario;
 mod sdk_clients;
