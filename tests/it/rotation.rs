@@ -80,10 +80,21 @@ async fn start_pod(b: &Scenario, images: &ImageMap, tag: &str) -> (RunningPod, u
     let secrets: Api<Secret> = b.api();
     let secrets = secrets.list(&Default::default()).await.unwrap().items;
     let mut plans = plan_pod(&deployment, &secrets, &[], images).expect("plan the pod");
-    let gateway = own_ports(&mut plans);
-    let log_dir = std::env::temp_dir().join("rotation-logs").join(&b.ns).join(tag);
+    let log_dir = std::env::temp_dir()
+        .join("rotation-logs")
+        .join(&b.ns)
+        .join(tag);
     let path = std::env::var("PATH").unwrap_or_default();
-    let mut pod = RunningPod::spawn(&plans, &path, &log_dir).expect("spawn the pod");
+    // The load's client connections take ephemeral ports too: pick again if one got ours.
+    let mut attempts = 0;
+    let (mut pod, gateway) = loop {
+        let gateway = own_ports(&mut plans);
+        match RunningPod::spawn(&plans, &path, &log_dir) {
+            Ok(pod) => break (pod, gateway),
+            Err(localpod::RunnerError::PortBusy { .. }) if attempts < 5 => attempts += 1,
+            Err(e) => panic!("spawn the pod: {e}"),
+        }
+    };
     pod.wait_ready(Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("pod {tag} not ready: {e}; logs in {}", log_dir.display()));
@@ -99,7 +110,8 @@ fn own_ports(plans: &mut [ProcessPlan]) -> u16 {
         let (ports, readiness) = match p.container.as_str() {
             "gateway" => {
                 p.env.insert(contract::LISTEN_ENV.into(), loopback(gateway));
-                p.env.insert(contract::ADMIN_LISTEN_ENV.into(), loopback(admin));
+                p.env
+                    .insert(contract::ADMIN_LISTEN_ENV.into(), loopback(admin));
                 p.env
                     .insert(contract::UPSTREAM_ENV.into(), contract::upstream_url(mcp));
                 let health = Readiness::Http {
@@ -135,11 +147,22 @@ impl Service {
         let target = Arc::new(AtomicU16::new(target));
         let to = target.clone();
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((mut inbound, peer)) = listener.accept().await {
                 let port = to.load(SeqCst);
                 tokio::spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    // From the client's own address: the gateway budgets introspections per
+                    // client address, and these are several clients.
+                    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                        return;
+                    };
+                    if socket
+                        .bind(std::net::SocketAddr::new(peer.ip(), 0))
+                        .is_err()
                     {
+                        return;
+                    }
+                    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                    if let Ok(mut out) = socket.connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                     }
                 });
@@ -166,7 +189,21 @@ struct Tally {
     failures: Vec<String>,
 }
 
-/// Workers sending `initialize` with a new token each through `url` until stopped.
+impl Tally {
+    fn record(&mut self, phase: usize, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => self.ok[phase] += 1,
+            Err(e) => self.failures.push(format!("phase {phase}: {e}")),
+        }
+    }
+}
+
+/// One request per worker at most this often: 4 new tokens a second per client address stay
+/// within the gateway's per-client introspection budget (5/s), which would answer 429.
+const PACE: Duration = Duration::from_millis(250);
+
+/// Workers sending `initialize` with a new token each through `url` until stopped, each from
+/// its own loopback address (127.0.0.10, .11, …) like distinct clients.
 struct Load {
     stop: Arc<AtomicBool>,
     phase: Arc<AtomicUsize>,
@@ -180,24 +217,28 @@ impl Load {
         let phase = Arc::new(AtomicUsize::new(0));
         let tally = Arc::new(Mutex::new(Tally::default()));
         let workers = (0..workers)
-            .map(|_| {
+            .map(|i| {
                 let (stop, phase, tally) = (stop.clone(), phase.clone(), tally.clone());
-                let (url, te, rt) = (url.to_string(), token_endpoint.to_string(), refresh_token.to_string());
+                let source = std::net::Ipv4Addr::new(127, 0, 0, 10 + i as u8);
+                let (url, te, rt) = (
+                    url.to_string(),
+                    token_endpoint.to_string(),
+                    refresh_token.to_string(),
+                );
                 tokio::spawn(async move {
                     // A connection per request: a switched Service takes effect at once.
                     let http = reqwest::Client::builder()
                         .pool_max_idle_per_host(0)
+                        .local_address(std::net::IpAddr::V4(source))
                         .timeout(Duration::from_secs(20))
                         .build()
                         .unwrap();
                     while !stop.load(SeqCst) {
+                        let next = tokio::time::Instant::now() + PACE;
                         let p = phase.load(SeqCst);
                         let outcome = one_request(&http, &url, &te, &rt).await;
-                        let mut t = tally.lock().unwrap();
-                        match outcome {
-                            Ok(()) => t.ok[p] += 1,
-                            Err(e) => t.failures.push(format!("phase {p}: {e}")),
-                        }
+                        tally.lock().unwrap().record(p, outcome);
+                        tokio::time::sleep_until(next).await;
                     }
                 })
             })
@@ -256,7 +297,10 @@ async fn one_request(
         return Ok(());
     }
     let body = resp.text().await.unwrap_or_default();
-    Err(format!("{status} {}", body.chars().take(200).collect::<String>()))
+    Err(format!(
+        "{status} {}",
+        body.chars().take(200).collect::<String>()
+    ))
 }
 
 async fn rotation_status(b: &Scenario) -> SecretRotationStatus {
@@ -265,9 +309,14 @@ async fn rotation_status(b: &Scenario) -> SecretRotationStatus {
 }
 
 async fn client_secret(b: &Scenario) -> String {
-    secret_value(&b.client, &b.ns, &format!("{SERVER}-oauth"), "client-secret")
-        .await
-        .expect("the server's Secret")
+    secret_value(
+        &b.client,
+        &b.ns,
+        &format!("{SERVER}-oauth"),
+        "client-secret",
+    )
+    .await
+    .expect("the server's Secret")
 }
 
 async fn config_hash(b: &Scenario) -> String {
@@ -304,9 +353,15 @@ async fn rotation_under_load_fails_no_request() {
         .await;
     let client_id = format!("mcp.{}.{SERVER}", b.ns);
     let kc_client = b.realm.client(&client_id).await.expect("the client");
-    assert_eq!(kc_client["attributes"]["mcpauth.dev/secret-rotation"], "true");
+    assert_eq!(
+        kc_client["attributes"]["mcpauth.dev/secret-rotation"],
+        "true"
+    );
     let st = rotation_status(&b).await;
-    assert!(st.next_rotation_time.is_some() && st.last_rotation_time.is_none(), "{st:?}");
+    assert!(
+        st.next_rotation_time.is_some() && st.last_rotation_time.is_none(),
+        "{st:?}"
+    );
 
     let images = images().await;
     let (old_pod, old_port) = start_pod(&b, &images, "old").await;
@@ -315,7 +370,7 @@ async fn rotation_under_load_fails_no_request() {
     let minted = b.realm.mint_token(&scope).await;
     let refresh = minted["refresh_token"].as_str().expect("refresh_token");
     let token_endpoint = format!("{}/token", realm_protocol(&b));
-    let load = Load::start(&url, &token_endpoint, refresh, 2);
+    let load = Load::start(&url, &token_endpoint, refresh, 4);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Rotate: Keycloak, the Secret and the pod template change; the old pod keeps serving.
@@ -347,18 +402,35 @@ async fn rotation_under_load_fails_no_request() {
         "rotation under load: {} requests before the rotation, {} on the old pod after it, {} on the new pod; {} failed; rotation to roll-out done in {rolled_in:?}",
         tally.ok[0], tally.ok[1], tally.ok[2], tally.failures.len()
     ));
-    assert!(tally.failures.is_empty(), "failed requests: {:#?}", tally.failures);
+    assert!(
+        tally.failures.is_empty(),
+        "failed requests: {:#?}",
+        tally.failures
+    );
     for (phase, n) in tally.ok.iter().enumerate() {
         assert!(*n >= 5, "too few requests in phase {phase}: {tally:?}");
     }
-    assert!(rolled_in < grace, "the roll-out took {rolled_in:?}, beyond the grace period");
+    assert!(
+        rolled_in < grace,
+        "the roll-out took {rolled_in:?}, beyond the grace period"
+    );
 
     // After the grace period: the old secret is refused, the new one works.
-    support::wait_until("the previous secret revoked", Duration::from_secs(90), || async {
-        rotation_status(&b).await.previous_secret_valid_until.is_none()
-    })
+    support::wait_until(
+        "the previous secret revoked",
+        Duration::from_secs(90),
+        || async {
+            rotation_status(&b)
+                .await
+                .previous_secret_valid_until
+                .is_none()
+        },
+    )
     .await;
-    assert!(rotated_at.elapsed() >= grace, "revoked before the grace period ended");
+    assert!(
+        rotated_at.elapsed() >= grace,
+        "revoked before the grace period ended"
+    );
     assert_eq!(introspection_status(&b, &client_id, &old_secret).await, 401);
     assert_eq!(introspection_status(&b, &client_id, &new_secret).await, 200);
     assert_rotation_policy(&b).await;
@@ -380,7 +452,10 @@ async fn assert_rotation_policy(b: &Scenario) {
     let profiles = b.realm.get("/client-policies/profiles").await;
     let profile = profiles["profiles"]
         .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == "mcp-operator.secret-rotation"))
+        .and_then(|p| {
+            p.iter()
+                .find(|p| p["name"] == "mcp-operator.secret-rotation")
+        })
         .cloned()
         .unwrap_or_else(|| panic!("no rotation profile: {profiles}"));
     assert_eq!(
@@ -392,7 +467,10 @@ async fn assert_rotation_policy(b: &Scenario) {
     let policies = b.realm.get("/client-policies/policies").await;
     let policy = policies["policies"]
         .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == "mcp-operator.secret-rotation"))
+        .and_then(|p| {
+            p.iter()
+                .find(|p| p["name"] == "mcp-operator.secret-rotation")
+        })
         .cloned()
         .unwrap_or_else(|| panic!("no rotation policy: {policies}"));
     assert_eq!(policy["conditions"][0]["condition"], "client-attributes");
@@ -411,14 +489,22 @@ async fn scheduled_rotation_and_refusal_without_the_feature() {
         .await;
     let first = client_secret(&b).await;
     let scheduled = rotation_status(&b).await;
-    let due: jiff::Timestamp = scheduled.next_rotation_time.clone().unwrap().parse().unwrap();
+    let due: jiff::Timestamp = scheduled
+        .next_rotation_time
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
     // Two rotations, each a period after the previous one.
     let mut secrets = vec![first];
     let mut last: Option<jiff::Timestamp> = None;
     for n in 1..=2 {
         let st = support::wait_for("a scheduled rotation", Duration::from_secs(60), || async {
             let st = rotation_status(&b).await;
-            let at = st.last_rotation_time.as_deref().map(|t| t.parse::<jiff::Timestamp>().unwrap());
+            let at = st
+                .last_rotation_time
+                .as_deref()
+                .map(|t| t.parse::<jiff::Timestamp>().unwrap());
             (at != last && at.is_some()).then_some(st)
         })
         .await;
@@ -444,13 +530,20 @@ async fn scheduled_rotation_and_refusal_without_the_feature() {
     let rotation = json!({"period": "1h"});
     b.create(&b.seed_policy().await).await;
     b.wait_ready::<McpAuthPolicyKind>("acme").await;
-    b.create(&rotating_server(free_port(), &url, rotation)).await;
+    b.create(&rotating_server(free_port(), &url, rotation))
+        .await;
     let message = b
         .wait_reason::<McpServer>(SERVER, "Ready", "SecretRotationUnavailable")
         .await;
-    assert!(message.contains("--features=client-secret-rotation"), "{message}");
+    assert!(
+        message.contains("--features=client-secret-rotation"),
+        "{message}"
+    );
     let client_id = format!("mcp.{}.{SERVER}", b.ns);
-    assert!(b.realm.client(&client_id).await.is_none(), "a client was created");
+    assert!(
+        b.realm.client(&client_id).await.is_none(),
+        "a client was created"
+    );
     // Without rotation the server is Ready.
     b.patch_spec::<McpServer>(SERVER, json!({"introspectionClient": {"rotation": null}}))
         .await;
