@@ -3,17 +3,37 @@
 
 use jiff::Timestamp;
 use keycloak::types::ClientRepresentation;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 
 use super::server::Run;
 use super::ssa::patch_status_if_changed;
 use crate::admin::KeycloakAdminClient;
-use crate::api::{McpAuthPolicy, PendingRotation, ROTATE_SECRET_ANNOTATION};
+use crate::api::{
+    McpAuthPolicy, McpServer, PendingRotation, SecretRotation, SecretRotationStatus,
+    ROTATE_SECRET_ANNOTATION,
+};
 use crate::desired::rotation::{self, Step, CREATION_TIME_ATTRIBUTE, ROTATION_ATTRIBUTE};
 use crate::{Error, Result};
 
 fn attribute<'c>(client: &'c ClientRepresentation, key: &str) -> Option<&'c String> {
     client.attributes.as_ref().and_then(|a| a.get(key))
+}
+
+/// The step for `server` now, and its rotation status.
+fn decide_for(server: &McpServer, spec: &SecretRotation) -> (Step, Option<SecretRotationStatus>) {
+    let annotations = server.meta().annotations.as_ref();
+    let trigger = annotations.and_then(|a| a.get(ROTATE_SECRET_ANNOTATION));
+    let old = server
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_rotation.clone());
+    let step = rotation::decide(
+        Timestamp::now(),
+        spec,
+        trigger.map(String::as_str),
+        old.as_ref(),
+    );
+    (step, old)
 }
 
 impl Run<'_> {
@@ -47,13 +67,18 @@ impl Run<'_> {
             self.d.status.secret_rotation = None;
             return Ok(client_secret);
         };
-        let annotations = self.server.meta().annotations.as_ref();
-        let trigger = annotations
-            .and_then(|a| a.get(ROTATE_SECRET_ANNOTATION))
-            .cloned();
-        let old = self.server.status.as_ref();
-        let old = old.and_then(|s| s.secret_rotation.clone());
-        let step = rotation::decide(Timestamp::now(), &spec, trigger.as_deref(), old.as_ref());
+        let (step, old) = decide_for(self.server, &spec);
+        let (step, old) = match step {
+            Step::Idle { .. } => (step, old),
+            // Acting on the cache's copy could rotate twice: it may lag behind this operator's
+            // own status writes (the Deployment's event can come first). Decide again on a
+            // fresh read.
+            _ => decide_for(
+                &self.api::<McpServer>().get(&self.server.name_any()).await?,
+                &spec,
+            ),
+        };
+        let mut status = old.unwrap_or_default();
         if let Step::Idle { next } = step {
             self.d.status.secret_rotation = Some(next);
             return Ok(client_secret);
@@ -62,7 +87,6 @@ impl Run<'_> {
         let realm = policy.spec.keycloak.realm.as_str();
         let client_id = self.d.status.client_id.clone().unwrap_or_default();
         let client = kc.rotation_client(realm, &client_id).await?;
-        let mut status = old.unwrap_or_default();
         let pending = match step {
             Step::Idle { .. } => unreachable!("handled above"),
             Step::EndGrace => {
@@ -74,29 +98,41 @@ impl Run<'_> {
             }
             Step::Resume => status.pending.clone().unwrap_or_default(),
             Step::Rotate { trigger } => {
-                // Recorded before Keycloak rotates: a crash after the rotation must not rotate
-                // again (that would revoke the secret the pods still use) nor lose the trigger.
-                let from = attribute(&client, CREATION_TIME_ATTRIBUTE).cloned();
-                let pending = PendingRotation {
-                    from: from.unwrap_or_default(),
-                    trigger,
-                };
-                status.pending = Some(pending.clone());
-                self.d.status.secret_rotation = Some(status.clone());
-                let api = self.api();
-                let before = self.server.status.as_ref();
-                patch_status_if_changed(&api, self.server, before, &self.d.status).await?;
-                pending
+                self.write_ahead_rotation(&client, &mut status, trigger)
+                    .await?
             }
         };
+        let done_before = self.rotation_done(&client, &pending);
         let secret = self.complete(&kc, realm, &client, &pending).await?;
-        let made = rotation::creation_time(client.attributes.as_ref())
-            .filter(|_| self.rotation_done(&client, &pending))
-            .unwrap_or_else(Timestamp::now);
+        // Keycloak's own time of the new secret, so a resumed rotation records the same.
+        let now = kc.rotation_client(realm, &client_id).await?;
+        let made = rotation::creation_time(now.attributes.as_ref()).unwrap_or_else(Timestamp::now);
         let new = rotation::rotated(&spec, Some(&status), made, pending.trigger.clone());
-        self.announce(&new).await;
+        if !done_before {
+            self.announce(&new).await;
+        }
         self.d.status.secret_rotation = Some(new);
         Ok(secret)
+    }
+
+    /// Records the rotation in status before Keycloak makes it: a crash after it must not
+    /// rotate again (that would revoke the secret the pods still use) nor lose the trigger.
+    async fn write_ahead_rotation(
+        &mut self,
+        client: &ClientRepresentation,
+        status: &mut SecretRotationStatus,
+        trigger: Option<String>,
+    ) -> Result<PendingRotation> {
+        let from = attribute(client, CREATION_TIME_ATTRIBUTE).cloned();
+        let pending = PendingRotation {
+            from: from.unwrap_or_default(),
+            trigger,
+        };
+        status.pending = Some(pending.clone());
+        self.d.status.secret_rotation = Some(status.clone());
+        let before = self.server.status.as_ref();
+        patch_status_if_changed(&self.api(), self.server, before, &self.d.status).await?;
+        Ok(pending)
     }
 
     fn rotation_done(&self, client: &ClientRepresentation, pending: &PendingRotation) -> bool {
@@ -140,7 +176,7 @@ impl Run<'_> {
     }
 
     /// A Normal event per rotation: when, and until when the previous secret works.
-    async fn announce(&self, new: &crate::api::SecretRotationStatus) {
+    async fn announce(&self, new: &SecretRotationStatus) {
         let message = format!(
             "rotated the secret of client {}; the previous secret stays valid until {}, the next rotation is due at {}",
             self.d.status.client_id.as_deref().unwrap_or_default(),
