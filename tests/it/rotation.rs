@@ -435,6 +435,7 @@ async fn rotation_under_load_fails_no_request() {
     assert_eq!(introspection_status(&b, &client_id, &old_secret).await, 401);
     assert_eq!(introspection_status(&b, &client_id, &new_secret).await, 200);
     assert_rotation_policy(&b).await;
+    assert_no_secret_shown(&b, &[&old_secret, &new_secret]).await;
 
     // Steady state: resyncs (every 3 s) write nothing to Keycloak.
     let writes = b.op().keycloak_writes();
@@ -442,6 +443,23 @@ async fn rotation_under_load_fails_no_request() {
     assert_eq!(b.op().keycloak_writes(), writes, "writes at steady state");
     new_pod.stop().await;
     drop(service);
+}
+
+/// Status and Events name the rotation (a `SecretRotated` event) but never a secret.
+async fn assert_no_secret_shown(b: &Scenario, secrets: &[&str]) {
+    let server: McpServer = b.get(SERVER).await;
+    let status = serde_json::to_string(&server.status).unwrap();
+    let events: Api<k8s_openapi::api::core::v1::Event> = b.api();
+    let events = events.list(&Default::default()).await.unwrap().items;
+    let rotated = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("SecretRotated"));
+    assert_eq!(rotated.count(), 1, "one SecretRotated event");
+    let events = serde_json::to_string(&events).unwrap();
+    for secret in secrets {
+        assert!(!status.contains(secret), "a secret in status: {status}");
+        assert!(!events.contains(secret), "a secret in an event");
+    }
 }
 
 fn realm_protocol(b: &Scenario) -> String {
