@@ -541,6 +541,15 @@ async fn scheduled_rotation_and_refusal_without_the_feature() {
         secrets.push(client_secret(&b).await);
         last = Some(at);
     }
+    // The policy's deletion (after its servers') removes the rotation profile and policy.
+    assert_rotation_policy(&b).await;
+    b.delete::<McpServer>(SERVER).await;
+    b.delete::<McpAuthPolicyKind>("acme").await;
+    let profiles = b.realm.get("/client-policies/profiles").await.to_string();
+    let policies = b.realm.get("/client-policies/policies").await.to_string();
+    for list in [profiles, policies] {
+        assert!(!list.contains("mcp-operator.secret-rotation"), "{list}");
+    }
     drop(b);
 
     // The default Keycloak has no client-secret-rotation: refused, nothing in Keycloak.
