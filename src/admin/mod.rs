@@ -7,6 +7,7 @@ mod audience;
 pub mod cimd;
 mod ensure;
 mod reaping;
+mod rotation;
 
 pub use ensure::*;
 
@@ -252,6 +253,8 @@ pub struct KeycloakAdminClient {
     /// The last feature probe (`GET /admin/serverinfo`, ~300 KB for a master admin) and when
     /// it was made: features change only with a Keycloak restart, so one probe serves a while.
     resource_indicators: Mutex<Option<(Instant, bool)>>,
+    /// The same for `client-secret-rotation`.
+    secret_rotation: Mutex<Option<(Instant, bool)>>,
 }
 
 impl std::fmt::Debug for KeycloakAdminClient {
@@ -304,6 +307,7 @@ impl KeycloakAdminClient {
             metrics,
             client_policy_lists_lock: Default::default(),
             resource_indicators: Mutex::new(None),
+            secret_rotation: Mutex::new(None),
         })
     }
 

@@ -200,7 +200,42 @@ pub struct IntrospectionClient {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("secretName must be a DNS subdomain name"))]
     pub secret_name: Option<String>,
+
+    /// Scheduled rotation of the client secret through Keycloak's client-secret rotation (the
+    /// `client-secret-rotation` feature): the previous secret stays valid for `gracePeriod` while
+    /// the pods roll to the new one. Absent (default): the secret never changes. The annotation
+    /// `mcpauth.dev/rotate-secret` rotates once for each new value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<SecretRotation>,
 }
+
+/// Durations are Go/CEL duration strings of whole hours, minutes and seconds: `720h`, `1h30m`, `45s`.
+const DURATION_PATTERN: &str = "^([0-9]+[hms])+$";
+
+/// `spec.introspectionClient.rotation`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!self.period.matches('^([0-9]+[hms])+$') || (has(self.gracePeriod) && !self.gracePeriod.matches('^([0-9]+[hms])+$')) || duration(has(self.gracePeriod) ? self.gracePeriod : '1h') < duration(self.period)").message("gracePeriod (default 1h) must be shorter than period: a second rotation within the grace period would cut off pods still using the previous secret"))]
+pub struct SecretRotation {
+    /// How often the secret is rotated, as a duration of hours, minutes and seconds (`720h` =
+    /// 30 days; at least `10s`, at most `8760h`). The first rotation is due one period after
+    /// rotation was enabled, each next one a period after the last.
+    #[schemars(length(min = 2, max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^([0-9]+[hms])+$') || (duration(self) >= duration('10s') && duration(self) <= duration('8760h'))").message("period must be between 10s and 8760h"))]
+    pub period: String,
+
+    /// How long the previous secret stays valid after a rotation (default `1h`; at least `5s`,
+    /// at most `168h`, shorter than `period`). Pods still running with it keep introspecting
+    /// until then, so it must cover a roll-out of the Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^([0-9]+[hms])+$') || (duration(self) >= duration('5s') && duration(self) <= duration('168h'))").message("gracePeriod must be between 5s and 168h"))]
+    pub grace_period: Option<String>,
+}
+
+/// Annotation on an McpServer: each new value rotates the client secret once (the value handled
+/// last is `status.secretRotation.lastTrigger`). Works with `spec.introspectionClient.rotation` set.
+pub const ROTATE_SECRET_ANNOTATION: &str = "mcpauth.dev/rotate-secret";
 
 /// How requests to the MCP server are authenticated.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -300,6 +335,9 @@ pub struct McpServerStatus {
     /// whether it still holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<McpInfo>,
+    /// Rotation of the client secret (with `spec.introspectionClient.rotation` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_rotation: Option<SecretRotationStatus>,
 }
 
 /// The MCP server as its `initialize` answer and `tools/list` describe it.
@@ -333,6 +371,42 @@ pub struct McpServerInfo {
     /// The server's version.
     #[serde(default)]
     pub version: String,
+}
+
+
+/// When the client secret was and will be rotated. Never holds a secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRotationStatus {
+    /// When the operator last rotated the secret (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<String>,
+    /// When the next scheduled rotation is due (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<String>,
+    /// Until when the previous secret stays valid (RFC 3339); cleared once the operator has
+    /// revoked it in Keycloak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_valid_until: Option<String>,
+    /// The last value of the `mcpauth.dev/rotate-secret` annotation that was handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_trigger: Option<String>,
+    /// A rotation recorded before it is made in Keycloak, so a crash cannot rotate twice (which
+    /// would cut off the secret the pods still use) or lose a manual trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingRotation>,
+}
+
+/// A rotation under way: done once Keycloak's secret creation time differs from `from`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingRotation {
+    /// Keycloak's `client.secret.creation.time` of the secret being replaced (empty: never
+    /// rotated before).
+    pub from: String,
+    /// The annotation value that asked for it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 super::status_with_conditions!(McpServerStatus);

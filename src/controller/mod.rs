@@ -7,6 +7,7 @@ mod finish;
 mod isolation;
 mod policy;
 mod reaping;
+mod rotation;
 mod server;
 mod ssa;
 mod verify;

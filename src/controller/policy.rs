@@ -787,7 +787,8 @@ async fn release_realm(policy: &McpAuthPolicy, ctx: &Context) -> Result<()> {
 }
 
 /// `deletionPolicy: Delete`: the policy's scopes, its CIMD profile, policy and admitted
-/// clients, the grant refusal, and anonymous registration closed again (Keycloak's default).
+/// clients, the grant refusal, the servers' secret-rotation pair, and anonymous registration
+/// closed again (Keycloak's default).
 async fn remove_from_realm(
     policy: &McpAuthPolicy,
     ctx: &Context,
@@ -800,6 +801,9 @@ async fn remove_from_realm(
     settle_cimd(policy, ctx, kc, None, &[]).await?;
     kc.ensure_client_policy_pair(realm, desired::USER_GRANTS_ONLY, None)
         .await?;
+    // The servers' secret-rotation pair: none of them is left (`PolicyInUse` otherwise).
+    let rotation = crate::desired::rotation::POLICY_NAME;
+    kc.ensure_client_policy_pair(realm, rotation, None).await?;
     if let Some(mut dcr) = policy.spec.dynamic_client_registration.clone() {
         dcr.enabled = false;
         let mut closed = policy.clone();

@@ -47,6 +47,11 @@ impl Reconciled for McpServer {
         cleanup_keycloak(ctx, server.as_ref(), remove_from_keycloak(&server, ctx)).await
     }
 
+    /// Sooner than the resync when a secret rotation or the end of a grace period is due.
+    fn requeue_after(&self, ctx: &Context) -> std::time::Duration {
+        super::rotation::requeue(self.status.as_ref(), ctx.config.resync)
+    }
+
     const CONTROLLER: &'static str = "mcpserver";
 }
 
@@ -136,11 +141,20 @@ impl<'a> Run<'a> {
             .await
             .at(POLICY_RESOLVED)?;
         let mode = self.audience_mode(&policy).at(KEYCLOAK_CLIENT_READY)?;
+        self.check_rotation_feature(&policy)
+            .await
+            .at(KEYCLOAK_CLIENT_READY)?;
         // Kubernetes Secret first: its value is reused if the Keycloak client must be recreated.
         let known_secret = self.known_secret().await.at(SECRET_READY)?;
         self.write_ahead(realm).await.at(KEYCLOAK_CLIENT_READY)?;
         let client_secret = self
             .ensure_keycloak(&policy, mode, known_secret)
+            .await
+            .at(KEYCLOAK_CLIENT_READY)?;
+        // After the client is ensured (it carries the rotation marker), before the Secret:
+        // the Secret and the pods follow whatever secret Keycloak holds.
+        let client_secret = self
+            .rotate_secret(&policy, client_secret)
             .await
             .at(KEYCLOAK_CLIENT_READY)?;
         self.ensure_secret(&client_secret).await.at(SECRET_READY)?;

@@ -6,6 +6,7 @@ pub mod cimd;
 pub mod plan;
 pub mod realm;
 pub mod reaping;
+pub mod rotation;
 pub mod workload;
 
 use serde_json::Value;

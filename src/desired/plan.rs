@@ -306,13 +306,9 @@ pub fn plan_introspection_client(
     fit(&mut want.name);
     fit(&mut want.description);
     let Some(live) = live else {
-        let body = ClientRepresentation {
-            secret: Some(new_secret()),
-            ..want
-        };
-        let write = Some(Write::Create(body));
-        return Ok(ClientPlan { id: None, write });
+        return Ok(create_client(want, new_secret));
     };
+    release_rotation(&mut want, live);
     let live_owner = owner_of(live.attributes.as_ref());
     if live_owner != owner_of(want.attributes.as_ref()) {
         let client_id = want.client_id.as_deref().unwrap_or_default();
@@ -341,6 +337,29 @@ pub fn plan_introspection_client(
         id: Some(id),
         write,
     })
+}
+
+fn create_client(want: ClientRepresentation, new_secret: impl FnOnce() -> String) -> ClientPlan {
+    let body = ClientRepresentation {
+        secret: Some(new_secret()),
+        ..want
+    };
+    let write = Some(Write::Create(body));
+    ClientPlan { id: None, write }
+}
+
+/// A client whose server no longer asks for rotation leaves the secret-rotation policy: the
+/// merged attributes would otherwise keep the live `true`.
+fn release_rotation(want: &mut ClientRepresentation, live: &ClientRepresentation) {
+    let key = crate::desired::rotation::ROTATION_ATTRIBUTE;
+    let live_on = live
+        .attributes
+        .as_ref()
+        .is_some_and(|a| a.get(key).is_some_and(|v| v == "true"));
+    let attrs = want.attributes.get_or_insert_with(Default::default);
+    if live_on && !attrs.contains_key(key) {
+        attrs.insert(key.to_string(), "false".into());
+    }
 }
 
 /// The realm's client profiles and client policies, as read once: Keycloak replaces each list
@@ -897,6 +916,44 @@ mod tests {
                 write: Some(Write::Create(expected))
             }
         );
+    }
+
+    #[test]
+    fn a_client_leaves_the_rotation_policy_when_its_server_stops_rotating() {
+        let key = crate::desired::rotation::ROTATION_ATTRIBUTE;
+        let with = |value: &str| {
+            let mut c = stored_client();
+            c.attributes
+                .as_mut()
+                .unwrap()
+                .insert(key.into(), value.into());
+            c
+        };
+        let mut rotating = want_client();
+        rotating
+            .attributes
+            .as_mut()
+            .unwrap()
+            .insert(key.into(), "true".into());
+        // Rotation on: in sync once marked, marked otherwise.
+        let plan = plan_introspection_client("acme", Some(&with("true")), &rotating, String::new);
+        assert_eq!(plan.unwrap().write, None);
+        let plan =
+            plan_introspection_client("acme", Some(&stored_client()), &rotating, String::new);
+        assert_eq!(plan.unwrap().write, client_update(rotating.clone()));
+        // Rotation off: a marked client is set to `false` once, then left alone.
+        let plan =
+            plan_introspection_client("acme", Some(&with("true")), &want_client(), String::new);
+        let mut released = want_client();
+        released
+            .attributes
+            .as_mut()
+            .unwrap()
+            .insert(key.into(), "false".into());
+        assert_eq!(plan.unwrap().write, client_update(released));
+        let plan =
+            plan_introspection_client("acme", Some(&with("false")), &want_client(), String::new);
+        assert_eq!(plan.unwrap().write, None);
     }
 
     #[test]

@@ -192,6 +192,11 @@ pub fn audience_mappers(server: &McpServer) -> Vec<ProtocolMapperRepresentation>
 pub fn introspection_client(server: &McpServer) -> ClientRepresentation {
     let mut attributes = HashMap::new();
     attributes.insert(OWNER_ATTRIBUTE.to_string(), server.owner_marker());
+    if server.spec.introspection_client.rotation.is_some() {
+        // Puts the client under the realm's secret-rotation policy (see `rotation`).
+        let attribute = super::rotation::ROTATION_ATTRIBUTE.to_string();
+        attributes.insert(attribute, "true".into());
+    }
     ClientRepresentation {
         client_id: Some(server.client_id()),
         name: Some(format!("MCP server {}", server.canonical_url())),

@@ -34,6 +34,7 @@ mod log_hygiene;
 mod monitoring;
 mod operator;
 mod reaping;
+mod rotation;
 mod runtime;
 mod scenario;
 mod sdk_clients;
