@@ -85,13 +85,26 @@ impl BenchRealm {
         self.admin_ok("POST", &self.path("/client-scopes"), scope)
             .await;
         let scopes = self.get("/client-scopes").await;
-        let id = scopes.as_array().unwrap().iter().find(|s| s["name"] == SCOPE).unwrap()["id"]
+        let id = scopes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == SCOPE)
+            .unwrap()["id"]
             .as_str()
             .unwrap()
             .to_string();
         for (mapper, key, value) in [
-            ("mcp-audience", "included.custom.audience", &self.resource[..]),
-            ("mcp-introspection-audience", "included.client.audience", INTROSPECTION_CLIENT),
+            (
+                "mcp-audience",
+                "included.custom.audience",
+                &self.resource[..],
+            ),
+            (
+                "mcp-introspection-audience",
+                "included.client.audience",
+                INTROSPECTION_CLIENT,
+            ),
         ] {
             let rep = json!({"name": mapper, "protocol": "openid-connect",
                              "protocolMapper": "oidc-audience-mapper",
@@ -156,12 +169,18 @@ impl BenchRealm {
             .expect("token request");
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "token for {client_id}: {status} {body}");
+        assert!(
+            status.is_success(),
+            "token for {client_id}: {status} {body}"
+        );
         body["access_token"].as_str().unwrap().to_string()
     }
 
     pub async fn delete(&self) {
-        let _ = self.kc.delete(&format!("/admin/realms/{}", self.name)).await;
+        let _ = self
+            .kc
+            .delete(&format!("/admin/realms/{}", self.name))
+            .await;
     }
 }
 

@@ -27,7 +27,14 @@ pub fn oha(bin: &Path, url: &str, token: Option<&str>, conns: usize, secs: f64) 
     let mut cmd = std::process::Command::new(bin);
     cmd.args(["--no-tui", "--output-format", "json", "-w", "-m", "POST"])
         .args(["-z", &format!("{}ms", (secs * 1000.0) as u64)])
-        .args(["-c", &conns.to_string(), "-T", "application/json", "-d", MCP_BODY])
+        .args([
+            "-c",
+            &conns.to_string(),
+            "-T",
+            "application/json",
+            "-d",
+            MCP_BODY,
+        ])
         .args(["-H", &format!("accept: {ACCEPT}")]);
     if let Some(t) = token {
         cmd.args(["-H", &format!("authorization: Bearer {t}")]);

@@ -141,9 +141,11 @@ async fn run() {
     let figures = measure(&lineup, &tools, &tokens, rounds, secs);
     let cold = cold_cache(&lineup, &realm, &tokens).await;
     print_results(&figures, &lineup, &cold);
-    let plot_path = std::env::var("PEERS_PLOT").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench/gateway-peers.png")
-    });
+    let plot_path = std::env::var("PEERS_PLOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench/gateway-peers.png")
+        });
     draw_plot(&plot_path, &figures);
     println!("\nload average at end: {}", procs::load_average());
     realm.delete().await;
@@ -195,9 +197,19 @@ fn gateway_command(
 ) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcp-keycloak-operator"));
     cmd.arg("proxy")
-        .args(["--listen", &listen.to_string(), "--admin-listen", &admin.to_string()])
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
         .args(["--upstream", &format!("http://{upstream}")])
-        .args(["--resource-url", &realm.resource, "--issuer", &realm.issuer()])
+        .args([
+            "--resource-url",
+            &realm.resource,
+            "--issuer",
+            &realm.issuer(),
+        ])
         .args(["--introspection-endpoint", &realm.introspection_endpoint()])
         .args(["--client-id", keycloak::INTROSPECTION_CLIENT])
         .args(["--required-scopes", keycloak::SCOPE])
@@ -216,16 +228,30 @@ fn gateway_command(
 /// JWKS, `aud` must contain our resource URL (its `--client-id`, the audience it checks), an
 /// invalid token gets 403 at once (no fallback to a browser login). Request logging stays at
 /// its default (on), as ours stays at its default (`info`).
-fn peer_command(bin: &Path, realm: &BenchRealm, listen: SocketAddr, upstream: SocketAddr) -> Command {
+fn peer_command(
+    bin: &Path,
+    realm: &BenchRealm,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg(format!("--http-address={listen}"))
         .arg(format!("--upstream=http://{upstream}/"))
-        .args(["--provider=oidc", &format!("--oidc-issuer-url={}", realm.issuer())])
+        .args([
+            "--provider=oidc",
+            &format!("--oidc-issuer-url={}", realm.issuer()),
+        ])
         .arg(format!("--client-id={}", realm.resource))
         .arg("--client-secret=unused-in-bearer-mode")
-        .arg(format!("--cookie-secret={}", mcp_keycloak_operator::admin::generate_secret()))
+        .arg(format!(
+            "--cookie-secret={}",
+            mcp_keycloak_operator::admin::generate_secret()
+        ))
         .args(["--cookie-secure=false", "--email-domain=*"])
-        .args(["--skip-jwt-bearer-tokens=true", "--bearer-token-login-fallback=false"])
+        .args([
+            "--skip-jwt-bearer-tokens=true",
+            "--bearer-token-login-fallback=false",
+        ])
         // Machine tokens carry `email_verified: false`; ours does not look at email either.
         .arg("--insecure-oidc-allow-unverified-email=true");
     cmd
@@ -239,9 +265,17 @@ async fn check_auth(lineup: &Lineup, realm: &BenchRealm, tokens: &[String]) {
     for t in [Target::Gateway, Target::OAuth2Proxy] {
         let url = lineup.url(t);
         for token in tokens {
-            assert_eq!(load::post(&http, &url, Some(token)).await, 200, "{}", t.label());
+            assert_eq!(
+                load::post(&http, &url, Some(token)).await,
+                200,
+                "{}",
+                t.label()
+            );
         }
-        for (what, token) in [("no token", None), ("a token without audience", Some(&outsider[..]))] {
+        for (what, token) in [
+            ("no token", None),
+            ("a token without audience", Some(&outsider[..])),
+        ] {
             let status = load::post(&http, &url, token).await;
             assert!(
                 matches!(status, 401 | 403),
@@ -250,10 +284,20 @@ async fn check_auth(lineup: &Lineup, realm: &BenchRealm, tokens: &[String]) {
             );
         }
     }
-    assert_eq!(load::post(&http, &lineup.url(Target::Direct), None).await, 200);
+    assert_eq!(
+        load::post(&http, &lineup.url(Target::Direct), None).await,
+        200
+    );
 }
 
-fn print_header(tools: &Tools, realm: &BenchRealm, logs: &Path, load: &str, rounds: usize, secs: f64) {
+fn print_header(
+    tools: &Tools,
+    realm: &BenchRealm,
+    logs: &Path,
+    load: &str,
+    rounds: usize,
+    secs: f64,
+) {
     let version = |bin: &Path| {
         Command::new(bin)
             .arg("--version")
@@ -262,7 +306,13 @@ fn print_header(tools: &Tools, realm: &BenchRealm, logs: &Path, load: &str, roun
             .unwrap_or_default()
     };
     let commit = Command::new("git")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"])
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
@@ -282,7 +332,10 @@ fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores ({cpu})")
@@ -314,14 +367,20 @@ fn measure(
         for conns in CONCURRENCIES {
             for i in 0..Target::ALL.len() {
                 let t = Target::ALL[(i + round) % Target::ALL.len()];
-                samples.entry((conns, t)).or_default().push(one(t, conns, secs));
+                samples
+                    .entry((conns, t))
+                    .or_default()
+                    .push(one(t, conns, secs));
             }
         }
         eprintln!("round {} of {rounds} done", round + 1);
     }
     let mut figures: BTreeMap<usize, BTreeMap<Target, Figures>> = BTreeMap::new();
     for ((conns, t), s) in samples {
-        figures.entry(conns).or_default().insert(t, report::aggregate(&s));
+        figures
+            .entry(conns)
+            .or_default()
+            .insert(t, report::aggregate(&s));
     }
     figures
 }
@@ -376,7 +435,11 @@ async fn introspections(admin: SocketAddr) -> f64 {
         .sum()
 }
 
-fn print_results(figures: &BTreeMap<usize, BTreeMap<Target, Figures>>, lineup: &Lineup, cold: &Cold) {
+fn print_results(
+    figures: &BTreeMap<usize, BTreeMap<Target, Figures>>,
+    lineup: &Lineup,
+    cold: &Cold,
+) {
     for (conns, figs) in figures {
         println!();
         for line in report::table(*conns, figs) {
@@ -386,10 +449,17 @@ fn print_results(figures: &BTreeMap<usize, BTreeMap<Target, Figures>>, lineup: &
     println!("\n| goal (issue 16) | connections | measured | verdict |");
     println!("| --- | --- | --- | --- |");
     for (conns, figs) in figures {
-        let (d, g, p) = (&figs[&Target::Direct], &figs[&Target::Gateway], &figs[&Target::OAuth2Proxy]);
+        let (d, g, p) = (
+            &figs[&Target::Direct],
+            &figs[&Target::Gateway],
+            &figs[&Target::OAuth2Proxy],
+        );
         for goal in report::goals(d, g, p) {
             let verdict = if goal.pass { "PASS" } else { "MISS" };
-            println!("| {} | {conns} | {:.2}× | {verdict} |", goal.name, goal.measured);
+            println!(
+                "| {} | {conns} | {:.2}× | {verdict} |",
+                goal.name, goal.measured
+            );
         }
     }
     print_memory(lineup);
@@ -409,7 +479,11 @@ fn print_memory(lineup: &Lineup) {
         mib(g_hwm),
         g_hwm as f64 / p_hwm as f64
     );
-    println!("| oauth2-proxy | {:.1} MiB | {:.1} MiB |", mib(p_rss), mib(p_hwm));
+    println!(
+        "| oauth2-proxy | {:.1} MiB | {:.1} MiB |",
+        mib(p_rss),
+        mib(p_hwm)
+    );
 }
 
 fn print_cold(c: &Cold) {
@@ -418,10 +492,17 @@ fn print_cold(c: &Cold) {
         c.tokens
     );
     println!("| --- | --- | --- |");
-    let row = |what: &str, (p50, p99): (f64, f64)| println!("| {what} | {p50:.3} ms | {p99:.3} ms |");
-    row("our gateway, cold cache (a new token per request)", c.gateway_cold);
+    let row =
+        |what: &str, (p50, p99): (f64, f64)| println!("| {what} | {p50:.3} ms | {p99:.3} ms |");
+    row(
+        "our gateway, cold cache (a new token per request)",
+        c.gateway_cold,
+    );
     row("our gateway, warm cache (pool tokens)", c.gateway_warm);
-    row("oauth2-proxy, the same new tokens (no cache: verifies each)", c.peer);
+    row(
+        "oauth2-proxy, the same new tokens (no cache: verifies each)",
+        c.peer,
+    );
     row("direct", c.direct);
     println!(
         "introspection calls for {} new tokens: {} ({:.2} per token)",

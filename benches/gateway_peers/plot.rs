@@ -27,7 +27,8 @@ pub fn draw(
     panels: &[(usize, BTreeMap<Target, Figures>)],
 ) -> Result<(), Box<dyn std::error::Error>> {
     // Registering twice fails harmlessly; the first registration stays.
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    let _ =
+        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
     let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 18))?;
@@ -57,7 +58,11 @@ fn panel(
     let label = |x: &f64| {
         let i = x.round();
         let on_key = (x - i).abs() < 0.01 && i >= 0.0 && i < n;
-        if on_key { KEYS[i as usize].to_string() } else { String::new() }
+        if on_key {
+            KEYS[i as usize].to_string()
+        } else {
+            String::new()
+        }
     };
     chart
         .configure_mesh()
@@ -68,7 +73,11 @@ fn panel(
         .draw()?;
     for (t, f) in figs {
         let c = color(*t);
-        let points: Vec<(f64, f64)> = KEYS.iter().enumerate().map(|(i, k)| (i as f64, f.p(k))).collect();
+        let points: Vec<(f64, f64)> = KEYS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (i as f64, f.p(k)))
+            .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
             .label(t.label())

@@ -62,10 +62,7 @@ impl Proc {
     pub fn memory_kib(&self) -> (u64, u64) {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        (
-            status_kib(&status, "VmRSS:"),
-            status_kib(&status, "VmHWM:"),
-        )
+        (status_kib(&status, "VmRSS:"), status_kib(&status, "VmHWM:"))
     }
 }
 
@@ -151,17 +148,18 @@ async fn upstream_loop(addr: &str) {
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async {
-                let _ = req.into_body().collect().await;
-                let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from_static(
-                    UPSTREAM_BODY.as_bytes(),
-                )));
-                resp.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                Ok::<_, std::convert::Infallible>(resp)
-            });
+            let svc =
+                hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async {
+                    let _ = req.into_body().collect().await;
+                    let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from_static(
+                        UPSTREAM_BODY.as_bytes(),
+                    )));
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, svc)

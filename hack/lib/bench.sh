@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The peers of benches/gateway_peers.rs, installed on demand (never by ./hack/test): oauth2-proxy
-# built from its Go module, and the load generator oha from crates.io, at the versions in
+# built from its Go module, and the load generator oha (a Rust crate, cargo install), at the versions in
 # versions.env. Sourced by hack/testbed (CACHE_ROOT, versions.env, log, die, print_export,
 # install_go_tool, run_logged).
 #
