@@ -54,6 +54,9 @@ impl Default for OperatorConfig {
     }
 }
 
+/// Own writes remembered per object (a reconcile writes an object at most twice).
+const OWN_WRITES_KEPT: usize = 4;
+
 /// An admin client and the key of the connection it was made for.
 type AdminEntry = (String, Arc<KeycloakAdminClient>);
 
@@ -73,6 +76,8 @@ pub struct Context {
     keycloak_checked: Mutex<HashMap<String, (String, Instant)>>,
     /// The server controller's store, once it runs.
     pub(super) servers: OnceLock<Store<McpServer>>,
+    /// Per object UID: resourceVersions our own writes produced (see [`Context::own_write`]).
+    own_writes: Mutex<HashMap<String, Vec<String>>>,
 }
 
 fn uid_of(obj: &impl kube::Resource) -> String {
@@ -95,6 +100,7 @@ impl Context {
             failures: Mutex::default(),
             keycloak_checked: Mutex::default(),
             servers: OnceLock::new(),
+            own_writes: Mutex::default(),
         })
     }
 
@@ -149,12 +155,48 @@ impl Context {
         }
     }
 
+    /// Records that one of our writes gave `obj` its current resourceVersion.
+    pub(super) fn record_own_write(&self, obj: &impl kube::Resource) {
+        let (uid, rv) = (uid_of(obj), obj.meta().resource_version.clone());
+        let Some(rv) = rv.filter(|_| !uid.is_empty()) else {
+            return;
+        };
+        let mut own = self.own_writes.lock().expect("poisoned");
+        let rvs = own.entry(uid).or_default();
+        // A reconcile writes a few times; older entries whose event never came are dropped.
+        if rvs.len() >= OWN_WRITES_KEPT {
+            rvs.remove(0);
+        }
+        rvs.push(rv);
+    }
+
+    /// Whether a watch event shows `obj` exactly as one of our writes left it (consumed: each
+    /// write is recognised once). Such an event must not trigger a reconcile: the reconcile that
+    /// wrote it already acted on these inputs, and a write by anyone else, or a deletion, has
+    /// another resourceVersion or comes as a deletion event.
+    pub(super) fn own_write(&self, obj: &impl kube::Resource) -> bool {
+        let (uid, rv) = (uid_of(obj), obj.meta().resource_version.as_deref());
+        let mut own = self.own_writes.lock().expect("poisoned");
+        let Some(rvs) = own.get_mut(&uid) else {
+            return false;
+        };
+        let Some(at) = rvs.iter().position(|r| Some(r.as_str()) == rv) else {
+            return false;
+        };
+        rvs.remove(at);
+        if rvs.is_empty() {
+            own.remove(&uid);
+        }
+        true
+    }
+
     /// Drops what the caches hold for an object whose finalizer has completed.
     pub fn forget(&self, obj: &impl kube::Resource) {
         let uid = uid_of(obj);
         self.admins.lock().expect("poisoned").remove(&uid);
         self.failures.lock().expect("poisoned").remove(&uid);
         self.keycloak_checked.lock().expect("poisoned").remove(&uid);
+        self.own_writes.lock().expect("poisoned").remove(&uid);
     }
 
     /// How long a successful Keycloak check of a server stands for reconciles with the same

@@ -21,7 +21,7 @@ impl Run<'_> {
         let operator_on = ctx.config.server_network_policies;
         let (on, reason, message) = if workload::network_policy_enabled(server, operator_on) {
             let desired = workload::network_policy(server, ctx.config.metrics_peer.as_ref());
-            apply_if_changed(&api, &desired, &uid).await?;
+            apply_if_changed(self.ctx, &api, &desired, &uid).await?;
             (
                 true,
                 "NetworkPolicyApplied",
