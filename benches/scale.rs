@@ -26,7 +26,8 @@
 //! `SCALE_PLOT` (default `docs/bench/scale.png`). The load average is printed with each phase:
 //! the machine is shared.
 //!
-//! `SCALE_REPLICAS` (default 0) sets the replicas of the bulk servers: 0 keeps the fake node out
+//! `SCALE_OPERATOR_BIN` runs another build of the operator (e.g. of an earlier commit, for
+//! before/after figures); `SCALE_REPLICAS` (default 0) sets the replicas of the bulk servers: 0 keeps the fake node out
 //! of phases 2–4 (a server with 0 replicas is `Available` at once), 1 includes 500–1000 kwok
 //! pods and so measures the control plane as much as the operator.
 
@@ -406,10 +407,15 @@ async fn main() {
     let tb = seeded.tb;
     let log = opts.log_file.clone();
     opts.resync_seconds = resync;
+    // Another build of the operator (e.g. of an earlier commit) for before/after figures.
+    if let Ok(bin) = std::env::var("SCALE_OPERATOR_BIN") {
+        opts.binary = bin.into();
+    }
     println!("# mcp-keycloak-operator scale benchmark");
     println!("machine: {}; at start: {}", machine(), load_average());
     println!(
-        "namespace {ns}, realm {}, operator log {}, resync {resync} s, --max-concurrent-reconciles {} (default)",
+        "operator {}, namespace {ns}, realm {}, operator log {}, resync {resync} s, --max-concurrent-reconciles {} (default)",
+        opts.binary.display(),
         realm.name,
         log.display(),
         OperatorConfig::DEFAULT_CONCURRENCY

@@ -312,6 +312,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_the_versions_our_writes_made_are_recognised_each_once() {
+        let ctx = context(Duration::from_secs(300));
+        let at = |rv: &str| {
+            let mut s = McpServer::new(
+                "s",
+                serde_json::from_value(serde_json::json!({
+                "image": "img", "policyRef": {"name": "p"}}))
+                .unwrap(),
+            );
+            s.metadata.uid = Some("uid".into());
+            s.metadata.resource_version = Some(rv.into());
+            s
+        };
+        assert!(!ctx.own_write(&at("1")), "nothing written yet");
+        ctx.record_own_write(&at("5"));
+        ctx.record_own_write(&at("7"));
+        assert!(!ctx.own_write(&at("6")), "someone else's version");
+        assert!(ctx.own_write(&at("5")));
+        assert!(!ctx.own_write(&at("5")), "recognised once");
+        assert!(ctx.own_write(&at("7")));
+        // Bounded: the oldest versions whose events never came are dropped.
+        for rv in 10..20 {
+            ctx.record_own_write(&at(&rv.to_string()));
+        }
+        assert!(!ctx.own_write(&at("10")));
+        assert!(ctx.own_write(&at("19")));
+        ctx.forget(&at("19"));
+        assert!(!ctx.own_write(&at("18")), "forgotten with the object");
+    }
+
+    #[tokio::test]
     async fn forgetting_an_object_drops_its_cache_entries() {
         let ctx = context(Duration::from_secs(300));
         let mut server = McpServer::new(
