@@ -660,8 +660,8 @@ async fn all_at_once(
     op
 }
 
-/// Samples (every 250 ms) how many of the `scale` new servers are `Ready` (`base` were before),
-/// until all are: (seconds since `started`, Ready).
+/// Samples (every 500 ms, as the all-Ready wait always did) how many of the `scale` new
+/// servers are `Ready` (`base` were before), until all are: (seconds since `started`, Ready).
 async fn ready_over_time(
     api: &Api<McpServer>,
     base: usize,
@@ -679,7 +679,7 @@ async fn ready_over_time(
             started.elapsed() < Duration::from_secs(3600),
             "only {ready} of {scale} Ready after an hour"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

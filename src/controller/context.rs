@@ -57,6 +57,10 @@ impl Default for OperatorConfig {
 /// Own writes remembered per object (a reconcile writes an object at most twice).
 const OWN_WRITES_KEPT: usize = 4;
 
+/// A successful Keycloak check of a server: a digest of its inputs, the audience scope id it
+/// found (empty in `ResourceIndicator` mode), and when.
+type KeycloakCheck = (String, String, Instant);
+
 /// An admin client and the key of the connection it was made for.
 type AdminEntry = (String, Arc<KeycloakAdminClient>);
 
@@ -73,7 +77,7 @@ pub struct Context {
     /// Per object: failed reconciles in a row, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Per McpServer: a digest of the inputs of its last successful Keycloak check, and when.
-    keycloak_checked: Mutex<HashMap<String, (String, Instant)>>,
+    keycloak_checked: Mutex<HashMap<String, KeycloakCheck>>,
     /// The server controller's store, once it runs.
     pub(super) servers: OnceLock<Store<McpServer>>,
     /// Per object UID: resourceVersions our own writes produced (see [`Context::own_write`]).
@@ -207,17 +211,20 @@ impl Context {
         (self.config.resync / 2).min(Duration::from_secs(30))
     }
 
-    /// Whether `key`'s Keycloak objects were checked with these `inputs` within the window.
-    pub fn keycloak_recently_checked(&self, key: &str, inputs: &str) -> bool {
+    /// The audience scope id found when `key`'s Keycloak objects were checked with these
+    /// `inputs` within the window, if they were. Kept here rather than read from status: the
+    /// reconcile right after the check may see the object before its status write.
+    pub fn keycloak_recently_checked(&self, key: &str, inputs: &str) -> Option<String> {
         let window = self.keycloak_check_window();
         let checked = self.keycloak_checked.lock().expect("poisoned");
-        let fresh = |(i, at): &(String, Instant)| i == inputs && at.elapsed() < window;
-        checked.get(key).is_some_and(fresh)
+        let (i, scope_id, at) = checked.get(key)?;
+        (i == inputs && at.elapsed() < window).then(|| scope_id.clone())
     }
 
-    pub fn record_keycloak_check(&self, key: &str, inputs: String) {
+    pub fn record_keycloak_check(&self, key: &str, inputs: String, scope_id: &str) {
         let mut checked = self.keycloak_checked.lock().expect("poisoned");
-        checked.insert(key.to_string(), (inputs, Instant::now()));
+        let entry = (inputs, scope_id.to_string(), Instant::now());
+        checked.insert(key.to_string(), entry);
     }
 
     pub(super) fn reset_failures(&self, key: &str) {
@@ -286,17 +293,17 @@ mod tests {
     async fn a_keycloak_check_stands_only_for_the_same_inputs_within_the_window() {
         let ctx = context(Duration::from_secs(300));
         assert_eq!(ctx.keycloak_check_window(), Duration::from_secs(30));
-        assert!(!ctx.keycloak_recently_checked("uid", "a"));
-        ctx.record_keycloak_check("uid", "a".into());
-        assert!(ctx.keycloak_recently_checked("uid", "a"));
-        assert!(!ctx.keycloak_recently_checked("uid", "b"), "other inputs");
-        assert!(!ctx.keycloak_recently_checked("other", "a"), "other server");
+        assert_eq!(ctx.keycloak_recently_checked("uid", "a"), None);
+        ctx.record_keycloak_check("uid", "a".into(), "scope-1");
+        assert_eq!(ctx.keycloak_recently_checked("uid", "a").as_deref(), Some("scope-1"));
+        assert_eq!(ctx.keycloak_recently_checked("uid", "b"), None, "other inputs");
+        assert_eq!(ctx.keycloak_recently_checked("other", "a"), None, "other server");
         // Half the resync at most, so every resync checks Keycloak again.
         let ctx = context(Duration::from_secs(4));
         assert_eq!(ctx.keycloak_check_window(), Duration::from_secs(2));
         let ctx = context(Duration::ZERO);
-        ctx.record_keycloak_check("uid", "a".into());
-        assert!(!ctx.keycloak_recently_checked("uid", "a"));
+        ctx.record_keycloak_check("uid", "a".into(), "");
+        assert_eq!(ctx.keycloak_recently_checked("uid", "a"), None);
     }
 
     #[tokio::test]
@@ -352,11 +359,11 @@ mod tests {
             .unwrap(),
         );
         server.metadata.uid = Some("uid".into());
-        ctx.record_keycloak_check("uid", "a".into());
+        ctx.record_keycloak_check("uid", "a".into(), "");
         assert_eq!(ctx.backoff("uid", false), Duration::from_secs(5));
         assert_eq!(ctx.backoff("uid", false), Duration::from_secs(10));
         ctx.forget(&server);
-        assert!(!ctx.keycloak_recently_checked("uid", "a"));
+        assert_eq!(ctx.keycloak_recently_checked("uid", "a"), None);
         assert_eq!(
             ctx.backoff("uid", false),
             Duration::from_secs(5),

@@ -237,24 +237,15 @@ impl<'a> Run<'a> {
         known_secret: Option<String>,
     ) -> Result<String> {
         let (server, ctx) = (self.server, self.ctx);
-        let recorded_scope_id = match mode {
-            ActiveAudience::Scope => self.d.status.audience_scope_id.clone(),
-            // No audience scope in this mode: nothing recorded to look for.
-            ActiveAudience::ResourceIndicator => Some(String::new()),
-        };
-        let checked = |scope_id: &str, secret: &str| {
-            ctx.keycloak_recently_checked(
-                &self.uid,
-                &check_inputs(server, policy, scope_id, secret),
-            )
-        };
-        let fresh = match (&recorded_scope_id, &known_secret) {
-            (Some(scope_id), Some(secret)) => checked(scope_id, secret),
-            _ => false,
-        };
-        let client_secret = match known_secret.clone().filter(|_| fresh) {
-            Some(secret) => secret,
-            None => {
+        let checked = known_secret.as_deref().and_then(|secret| {
+            ctx.keycloak_recently_checked(&self.uid, &check_inputs(server, policy, secret))
+        });
+        let client_secret = match (checked, known_secret.clone()) {
+            (Some(scope_id), Some(secret)) => {
+                self.d.status.audience_scope_id = Some(scope_id).filter(|id| !id.is_empty());
+                secret
+            }
+            _ => {
                 let previous = Previous::of(server);
                 let (secret, scope_id) = keycloak_objects(
                     server,
@@ -265,10 +256,8 @@ impl<'a> Run<'a> {
                     known_secret.as_deref(),
                 )
                 .await?;
-                ctx.record_keycloak_check(
-                    &self.uid,
-                    check_inputs(server, policy, &scope_id, &secret),
-                );
+                let inputs = check_inputs(server, policy, &secret);
+                ctx.record_keycloak_check(&self.uid, inputs, &scope_id);
                 self.d.status.audience_scope_id = Some(scope_id).filter(|id| !id.is_empty());
                 secret
             }
@@ -348,12 +337,7 @@ impl<'a> Run<'a> {
 }
 
 /// Everything the Keycloak step depends on (the secret only as part of a digest).
-fn check_inputs(
-    server: &McpServer,
-    policy: &McpAuthPolicy,
-    scope_id: &str,
-    secret: &str,
-) -> String {
+fn check_inputs(server: &McpServer, policy: &McpAuthPolicy, secret: &str) -> String {
     crate::desired::digest(&[
         &server.metadata.generation.unwrap_or_default().to_string(),
         policy.metadata.uid.as_deref().unwrap_or_default(),
@@ -363,7 +347,6 @@ fn check_inputs(
         // server only gets it at the end of the first check, and the check would not stand.
         &audience::client_id(server, policy_audience(policy)),
         &policy.spec.keycloak.realm,
-        scope_id,
         secret,
     ])
 }
