@@ -2,9 +2,11 @@
 //! Secret, the Deployment and the Service.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use keycloak::types::ClientScopeRepresentation;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
@@ -13,10 +15,6 @@ use super::conditions::{self, *};
 use super::finish::{cleanup_keycloak, finish, finish_cleanup, At, Reconciled, Staged};
 use super::ssa::{apply_if_changed, patch_status_if_changed};
 use super::Context;
-use std::time::Duration;
-
-use keycloak::types::ClientScopeRepresentation;
-
 use crate::admin::{Adopt, KeycloakAdminClient, RealmScopeAssignments};
 use crate::api::{
     ActiveAudience, AuthMode, DeletionPolicy, McpAuthPolicy, McpServer, McpServerStatus, ScopeType,
