@@ -34,14 +34,14 @@
 #[path = "../tests/it/harness/mod.rs"]
 #[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod harness;
+#[path = "scale_support/plot.rs"]
+mod plot;
 #[path = "../tests/it/stress/mod.rs"]
 #[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod stress;
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod support;
-#[path = "scale_support/plot.rs"]
-mod plot;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -208,7 +208,13 @@ impl Plain {
     async fn send(&self, req: reqwest::RequestBuilder) -> reqwest::Response {
         for _ in 0..2 {
             let token = self.token.read().await.clone();
-            let r = req.try_clone().unwrap().bearer_auth(token).send().await.unwrap();
+            let r = req
+                .try_clone()
+                .unwrap()
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
             if r.status() == reqwest::StatusCode::UNAUTHORIZED {
                 *self.token.write().await = support::keycloak_admin_token(self.tb).await;
                 continue;
@@ -510,7 +516,11 @@ fn print_latency(runs: usize, mut operator_lat: Vec<Duration>, mut plain_lat: Ve
     operator_lat.sort_unstable();
     plain_lat.sort_unstable();
     // Fewer than 100 runs make the 99th percentile the maximum: say so.
-    let (p99, q) = if runs >= 100 { ("p99", 0.99) } else { ("max", 1.0) };
+    let (p99, q) = if runs >= 100 {
+        ("p99", 0.99)
+    } else {
+        ("max", 1.0)
+    };
     let (op50, op99) = (percentile(&operator_lat, 0.5), percentile(&operator_lat, q));
     let (pl50, pl99) = (percentile(&plain_lat, 0.5), percentile(&plain_lat, q));
     println!("\n## apply→Ready latency, one McpServer (replicas 0: pods excluded), {runs} runs");
@@ -559,9 +569,7 @@ async fn keycloak_limit(b: &Bench, plain: &Arc<Plain>, series: &mut Series) -> f
         .collect();
     let throughput = scale as f64 / took;
     println!("\n## Keycloak limit: plain admin client, {scale} servers, concurrency {concurrency}");
-    println!(
-        "done in {took:.1} s ({throughput:.1} servers/s; 5 admin calls each, token reused)"
-    );
+    println!("done in {took:.1} s ({throughput:.1} servers/s; 5 admin calls each, token reused)");
     let removing = Instant::now();
     futures::stream::iter(made)
         .for_each_concurrent(concurrency, |((c, s), _)| {
@@ -579,7 +587,10 @@ fn operations(text: &str) -> BTreeMap<String, f64> {
     let lines = text.lines().filter_map(|l| l.strip_prefix(metric));
     let parsed = lines.filter_map(|l| {
         let (labels, value) = l.rsplit_once(' ')?;
-        Some((labels.trim_end_matches('}').to_string(), value.parse().ok()?))
+        Some((
+            labels.trim_end_matches('}').to_string(),
+            value.parse().ok()?,
+        ))
     });
     parsed.collect()
 }
@@ -653,10 +664,19 @@ async fn all_at_once(
         load_average()
     );
     let secs = all_ready.as_secs_f64();
-    targets.check(&format!("{scale} McpServers at once → all Ready ≤ 40 s: {secs:.1} s"), secs <= 40.0);
-    targets.check(&format!("Keycloak admin requests per new server ≤ 8: {requests:.1}"), requests <= 8.0);
+    targets.check(
+        &format!("{scale} McpServers at once → all Ready ≤ 40 s: {secs:.1} s"),
+        secs <= 40.0,
+    );
+    targets.check(
+        &format!("Keycloak admin requests per new server ≤ 8: {requests:.1}"),
+        requests <= 8.0,
+    );
     let ratio = throughput / limit;
-    targets.check(&format!("all-Ready throughput / Keycloak limit ≥ 0.8: {ratio:.2}"), ratio >= 0.8);
+    targets.check(
+        &format!("all-Ready throughput / Keycloak limit ≥ 0.8: {ratio:.2}"),
+        ratio >= 0.8,
+    );
     op
 }
 
@@ -698,7 +718,9 @@ async fn steady_resync(b: &Bench, op: &ChildOperator, targets: &mut Targets) -> 
     let reads = (after.reads - before.reads) / reconciles.max(1.0);
     let server_reads = |t: &str| {
         let ops = operations(t);
-        let mine = ops.iter().filter(|(k, _)| k.contains("controller=\"mcpserver\",method=\"GET\""));
+        let mine = ops
+            .iter()
+            .filter(|(k, _)| k.contains("controller=\"mcpserver\",method=\"GET\""));
         mine.map(|(_, v)| v).sum::<f64>()
     };
     let own = (server_reads(&text_after) - server_reads(&text_before)) / reconciles.max(1.0);
@@ -714,8 +736,16 @@ async fn steady_resync(b: &Bench, op: &ChildOperator, targets: &mut Targets) -> 
         after.writes - before.writes,
         op.cpu_seconds() - cpu_before
     );
-    print_operations(&text_before, &text_after, reconciles.max(1.0), "server reconcile");
-    targets.check(&format!("Keycloak reads per steady-state server reconcile ≤ 2: {reads:.2}"), reads <= 2.0);
+    print_operations(
+        &text_before,
+        &text_after,
+        reconciles.max(1.0),
+        "server reconcile",
+    );
+    targets.check(
+        &format!("Keycloak reads per steady-state server reconcile ≤ 2: {reads:.2}"),
+        reads <= 2.0,
+    );
     after.writes - before.writes
 }
 
@@ -748,7 +778,10 @@ async fn at_rest(b: &Bench, op: ChildOperator, targets: &mut Targets) -> (usize,
     let fresh_took = started.elapsed();
     let (fresh_rss, fresh_hwm) = fresh.memory_kib();
     let s = scrape(&fresh).await;
-    println!("\n## {total} McpServers at rest ({} at the end)", load_average());
+    println!(
+        "\n## {total} McpServers at rest ({} at the end)",
+        load_average()
+    );
     println!(
         "running operator: RSS {:.1} MiB (peak {:.1} MiB)",
         mib(rss),
@@ -764,7 +797,10 @@ async fn at_rest(b: &Bench, op: ChildOperator, targets: &mut Targets) -> (usize,
         fresh.cpu_seconds()
     );
     let worst = mib(rss.max(fresh_rss));
-    targets.check(&format!("RSS with {total} McpServers ≤ 48 MiB (the larger of the two): {worst:.1} MiB"), worst <= 48.0);
+    targets.check(
+        &format!("RSS with {total} McpServers ≤ 48 MiB (the larger of the two): {worst:.1} MiB"),
+        worst <= 48.0,
+    );
     (total, fresh)
 }
 

@@ -55,7 +55,11 @@ fn cdf_points(sorted: &[f64]) -> Vec<(f64, f64)> {
 }
 
 fn cdf(area: &Area, f: &Figures) -> DrawResult {
-    let max = f.operator_ms.iter().chain(f.plain_ms).fold(1.0f64, |a, b| a.max(*b));
+    let max = f
+        .operator_ms
+        .iter()
+        .chain(f.plain_ms)
+        .fold(1.0f64, |a, b| a.max(*b));
     let mut chart = ChartBuilder::on(area)
         .caption("apply→Ready, one McpServer (CDF)", ("sans-serif", 18))
         .margin(10)
@@ -92,7 +96,10 @@ fn bulk(area: &Area, f: &Figures) -> DrawResult {
     let end = f.operator_ready.iter().chain(f.plain_done).map(|(t, _)| *t);
     let end = end.fold(1.0f64, f64::max);
     let mut chart = ChartBuilder::on(area)
-        .caption(format!("{} McpServers at once", f.scale), ("sans-serif", 18))
+        .caption(
+            format!("{} McpServers at once", f.scale),
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(45)

@@ -9,8 +9,9 @@ use rand::Rng;
 use super::KeycloakAdminClient;
 use crate::api::ScopeType;
 use crate::desired::plan::{
-    Write, owned_scope_ids, owner_of, plan_introspection_client, plan_realm_scope_type,
+    owned_scope_ids, owner_of, plan_introspection_client, plan_realm_scope_type,
     plan_remove_realm_scope, plan_scope, Adopt, RealmScopeAssignments, RealmScopeWrite, ScopeWrite,
+    Write,
 };
 use crate::desired::realm::{plan_registration_components, RegistrationPolicies};
 use crate::{Error, Result};
@@ -159,7 +160,10 @@ impl KeycloakAdminClient {
                 status: 409,
                 message: "the client appeared while it was being created".into(),
             };
-            return self.create_new_client(realm, plan.write).await?.ok_or_else(raced);
+            return self
+                .create_new_client(realm, plan.write)
+                .await?
+                .ok_or_else(raced);
         }
         if let Some(write) = &plan.write {
             self.write_client(realm, write).await?;
@@ -193,7 +197,11 @@ impl KeycloakAdminClient {
         let Some(Write::Create(body)) = write else {
             return Ok(None);
         };
-        let secret = body.secret.as_ref().map(|s| s.to_string()).unwrap_or_default();
+        let secret = body
+            .secret
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         let write = Write::Create(body);
         match self.write_client(realm, &write).await {
             Ok(uuid) => Ok(Some(EnsuredClient {

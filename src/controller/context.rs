@@ -295,9 +295,20 @@ mod tests {
         assert_eq!(ctx.keycloak_check_window(), Duration::from_secs(30));
         assert_eq!(ctx.keycloak_recently_checked("uid", "a"), None);
         ctx.record_keycloak_check("uid", "a".into(), "scope-1");
-        assert_eq!(ctx.keycloak_recently_checked("uid", "a").as_deref(), Some("scope-1"));
-        assert_eq!(ctx.keycloak_recently_checked("uid", "b"), None, "other inputs");
-        assert_eq!(ctx.keycloak_recently_checked("other", "a"), None, "other server");
+        assert_eq!(
+            ctx.keycloak_recently_checked("uid", "a").as_deref(),
+            Some("scope-1")
+        );
+        assert_eq!(
+            ctx.keycloak_recently_checked("uid", "b"),
+            None,
+            "other inputs"
+        );
+        assert_eq!(
+            ctx.keycloak_recently_checked("other", "a"),
+            None,
+            "other server"
+        );
         // Half the resync at most, so every resync checks Keycloak again.
         let ctx = context(Duration::from_secs(4));
         assert_eq!(ctx.keycloak_check_window(), Duration::from_secs(2));
