@@ -9,23 +9,33 @@
 //! utime+stime) are its own. Phases:
 //!
 //! 1. apply→`Ready` latency of one McpServer (policy already `Ready`; pods excluded: 0
-//!    replicas), `LATENCY_RUNS` (default 25) runs, p50/p99; interleaved with the
+//!    replicas), `LATENCY_RUNS` (default 100) runs, p50/p99; interleaved with the
 //!    same Keycloak work done by a plain admin client making only the minimal calls (create
 //!    client with its secret, create scope, two mappers, make it a realm optional scope), and
 //!    the ratio of the two;
-//! 2. `SCALE_SERVERS` (default 500) McpServers applied at once: time until all `Ready`,
-//!    Keycloak admin requests per server, operator peak RSS and CPU seconds;
-//! 3. a steady-state resync of all of them: Keycloak writes (must be 0) and reads per server;
-//! 4. `REST_SERVERS` (default 1000) McpServers at rest: RSS of the running operator, and of a
+//! 2. the Keycloak limit: the plain client doing that work for `SCALE_SERVERS` servers at the
+//!    operator's default concurrency (servers/s), then removing it again;
+//! 3. `SCALE_SERVERS` (default 500) McpServers applied at once: time until all `Ready` and its
+//!    throughput as a ratio to the limit, Keycloak admin requests per server (by operation),
+//!    operator peak RSS and CPU seconds;
+//! 4. a steady-state resync of all of them: Keycloak writes (must be 0) and reads per server;
+//! 5. `REST_SERVERS` (default 1000) McpServers at rest: RSS of the running operator, and of a
 //!    freshly started one once it has reconciled them all.
 //!
-//! `SCALE_REPLICAS` (default 0) sets the replicas of the bulk servers: 0 keeps the fake node out
+//! Then PASS/MISS for each target of issue 16 (see [`Targets`]), and a plot of phases 1–3 in
+//! `SCALE_PLOT` (default `docs/bench/scale.png`). The load average is printed with each phase:
+//! the machine is shared.
+//!
+//! `SCALE_OPERATOR_BIN` runs another build of the operator (e.g. of an earlier commit, for
+//! before/after figures); `SCALE_REPLICAS` (default 0) sets the replicas of the bulk servers: 0 keeps the fake node out
 //! of phases 2–4 (a server with 0 replicas is `Available` at once), 1 includes 500–1000 kwok
 //! pods and so measures the control plane as much as the operator.
 
 #[path = "../tests/it/harness/mod.rs"]
 #[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod harness;
+#[path = "scale_support/plot.rs"]
+mod plot;
 #[path = "../tests/it/stress/mod.rs"]
 #[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod stress;
@@ -33,7 +43,12 @@ mod stress;
 #[allow(dead_code, unused_imports, unused_macros)] // uses only part of the shared test harness
 mod support;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use mcp_keycloak_operator::controller::OperatorConfig;
 
 use harness::*;
 use kube::api::{Api, ListParams, PostParams};
@@ -174,16 +189,44 @@ async fn settle(op: &ChildOperator, quiet: Duration, timeout: Duration) {
 /// A plain Keycloak admin client making only the calls one server needs.
 struct Plain {
     http: reqwest::Client,
-    base: String,
+    tb: &'static support::TestBed,
     realm: String,
-    token: String,
+    /// The master admin token, fetched anew after a 401 (it lives a minute on the test bed).
+    token: tokio::sync::RwLock<String>,
 }
 
 impl Plain {
+    async fn new(tb: &'static support::TestBed, realm: &str) -> Plain {
+        Plain {
+            http: reqwest::Client::new(),
+            tb,
+            realm: realm.to_string(),
+            token: tokio::sync::RwLock::new(support::keycloak_admin_token(tb).await),
+        }
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder) -> reqwest::Response {
-        let r = req.bearer_auth(&self.token).send().await.unwrap();
-        assert!(r.status().is_success(), "plain client: {}", r.status());
-        r
+        for _ in 0..2 {
+            let token = self.token.read().await.clone();
+            let r = req
+                .try_clone()
+                .unwrap()
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            if r.status() == reqwest::StatusCode::UNAUTHORIZED {
+                *self.token.write().await = support::keycloak_admin_token(self.tb).await;
+                continue;
+            }
+            assert!(r.status().is_success(), "plain client: {}", r.status());
+            return r;
+        }
+        panic!("plain client: a fresh admin token was refused");
+    }
+
+    fn admin(&self) -> String {
+        format!("{}/admin/realms/{}", self.tb.keycloak_url, self.realm)
     }
 
     fn location_id(r: &reqwest::Response) -> String {
@@ -193,7 +236,7 @@ impl Plain {
 
     /// Client with its secret, audience scope, two mappers, realm optional scope.
     async fn one_server(&self, name: &str, url: &str) -> (String, String) {
-        let admin = format!("{}/admin/realms/{}", self.base, self.realm);
+        let admin = self.admin();
         let client_id = format!("plain.{name}");
         let r = self
             .send(self.http.post(format!("{admin}/clients")).json(&json!({
@@ -242,7 +285,7 @@ impl Plain {
     }
 
     async fn delete(&self, client_uuid: &str, scope: &str) {
-        let admin = format!("{}/admin/realms/{}", self.base, self.realm);
+        let admin = self.admin();
         self.send(
             self.http
                 .delete(format!("{admin}/default-optional-client-scopes/{scope}")),
@@ -274,14 +317,14 @@ fn machine() -> String {
         .and_then(|v| v.parse::<u64>().ok())
         .map(|k| k / 1024 / 1024)
         .unwrap_or(0);
+    format!("{cores} cores ({cpu}), {mem} GiB RAM")
+}
+
+/// The 1, 5 and 15 minute load averages: other work on the machine shows here.
+fn load_average() -> String {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "{cores} cores ({cpu}), {mem} GiB RAM, load average at start {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    )
+    let parts: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("load average {}", parts.join(" "))
 }
 
 async fn create_many(client: &Client, ns: &str, names: &[String], replicas: i32) {
@@ -329,26 +372,59 @@ impl Bench {
     }
 }
 
+/// The goals of issue 16, checked against this run's figures.
+#[derive(Default)]
+struct Targets(Vec<(String, bool)>);
+
+impl Targets {
+    fn check(&mut self, what: &str, pass: bool) {
+        self.0.push((what.to_string(), pass));
+    }
+
+    fn print(&self) {
+        println!("\n## targets");
+        for (what, pass) in &self.0 {
+            println!("{} {what}", if *pass { "PASS" } else { "MISS" });
+        }
+    }
+}
+
+/// What the plot shows, gathered over the phases.
+#[derive(Default)]
+struct Series {
+    operator_ms: Vec<f64>,
+    plain_ms: Vec<f64>,
+    operator_ready: Vec<(f64, usize)>,
+    plain_done: Vec<(f64, usize)>,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let runs = env_or("LATENCY_RUNS", 25);
+    let runs = env_or("LATENCY_RUNS", 100);
     let scale = env_or("SCALE_SERVERS", 500);
     let rest = env_or("REST_SERVERS", 1000).max(scale);
     let replicas = env_or("SCALE_REPLICAS", 0) as i32;
     let resync = env_or("SCALE_RESYNC_SECONDS", 60) as u64;
+    let plot_to = std::env::var("SCALE_PLOT").unwrap_or_else(|_| "docs/bench/scale.png".into());
 
     let seeded = seeded_namespace("bench").await;
     let (client, ns, realm, mut opts) = seeded.parts();
     let tb = seeded.tb;
     let log = opts.log_file.clone();
     opts.resync_seconds = resync;
+    // Another build of the operator (e.g. of an earlier commit) for before/after figures.
+    if let Ok(bin) = std::env::var("SCALE_OPERATOR_BIN") {
+        opts.binary = bin.into();
+    }
     println!("# mcp-keycloak-operator scale benchmark");
-    println!("machine: {}", machine());
+    println!("machine: {}; at start: {}", machine(), load_average());
     println!(
-        "namespace {ns}, realm {}, operator log {}, resync {resync} s",
+        "operator {}, namespace {ns}, realm {}, operator log {}, resync {resync} s, --max-concurrent-reconciles {} (default)",
+        opts.binary.display(),
         realm.name,
-        log.display()
+        log.display(),
+        OperatorConfig::DEFAULT_CONCURRENCY
     );
     let servers: Api<McpServer> = Api::namespaced(client.clone(), &ns);
     let b = Bench {
@@ -365,11 +441,17 @@ async fn main() {
     let mut op = b.operator().await;
     wait_condition::<McpAuthPolicy>(&b.client, &b.ns, "acme", "Ready", "True").await;
 
-    latency(&b, &op, tb, realm).await;
+    let plain = Arc::new(Plain::new(tb, &realm.name).await);
+    let mut targets = Targets::default();
+    let mut series = Series::default();
+    latency(&b, &op, &plain, &mut series).await;
     op.sigkill();
-    let op = all_at_once(&b).await;
-    let resync_writes = steady_resync(&b, &op).await;
-    let (total, mut fresh) = at_rest(&b, op).await;
+    let limit = keycloak_limit(&b, &plain, &mut series).await;
+    let op = all_at_once(&b, limit, &mut targets, &mut series).await;
+    let resync_writes = steady_resync(&b, &op, &mut targets).await;
+    let (total, mut fresh) = at_rest(&b, op, &mut targets).await;
+    targets.print();
+    draw_plot(&plot_to, &series, b.scale);
     clean_up(&b, total).await;
     fresh.sigkill();
     assert_eq!(
@@ -378,15 +460,28 @@ async fn main() {
     );
 }
 
-/// Step 1, apply→Ready latency vs. the plain Keycloak calls.
-async fn latency(b: &Bench, op: &ChildOperator, tb: &support::TestBed, realm: &Realm) {
-    let (runs, ns) = (b.runs, &b.ns);
-    let plain = Plain {
-        http: reqwest::Client::new(),
-        base: tb.keycloak_url.clone(),
-        realm: realm.name.clone(),
-        token: support::keycloak_admin_token(tb).await,
+fn draw_plot(to: &str, s: &Series, scale: usize) {
+    let figures = plot::Figures {
+        operator_ms: &s.operator_ms,
+        plain_ms: &s.plain_ms,
+        operator_ready: &s.operator_ready,
+        plain_done: &s.plain_done,
+        scale,
     };
+    let path = std::path::Path::new(to);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match plot::draw(path, &figures) {
+        Ok(()) => println!("\nplot: {to}"),
+        Err(e) => println!("\nplot not drawn: {e}"),
+    }
+}
+
+/// Step 1, apply→Ready latency vs. the plain Keycloak calls.
+async fn latency(b: &Bench, op: &ChildOperator, plain: &Plain, series: &mut Series) {
+    let (runs, ns) = (b.runs, &b.ns);
+    println!("\n({} before the latency runs)", load_average());
     let mut operator_lat = vec![];
     let mut plain_lat = vec![];
     let mut plain_made = vec![];
@@ -412,104 +507,251 @@ async fn latency(b: &Bench, op: &ChildOperator, tb: &support::TestBed, realm: &R
     for (c, s) in &plain_made {
         plain.delete(c, s).await;
     }
+    series.operator_ms = operator_lat.iter().map(|d| ms(*d)).collect();
+    series.plain_ms = plain_lat.iter().map(|d| ms(*d)).collect();
     print_latency(runs, operator_lat, plain_lat);
 }
 
 fn print_latency(runs: usize, mut operator_lat: Vec<Duration>, mut plain_lat: Vec<Duration>) {
     operator_lat.sort_unstable();
     plain_lat.sort_unstable();
-    let (op50, op99) = (
-        percentile(&operator_lat, 0.5),
-        percentile(&operator_lat, 0.99),
-    );
-    let (pl50, pl99) = (percentile(&plain_lat, 0.5), percentile(&plain_lat, 0.99));
+    // Fewer than 100 runs make the 99th percentile the maximum: say so.
+    let (p99, q) = if runs >= 100 {
+        ("p99", 0.99)
+    } else {
+        ("max", 1.0)
+    };
+    let (op50, op99) = (percentile(&operator_lat, 0.5), percentile(&operator_lat, q));
+    let (pl50, pl99) = (percentile(&plain_lat, 0.5), percentile(&plain_lat, q));
     println!("\n## apply→Ready latency, one McpServer (replicas 0: pods excluded), {runs} runs");
     println!(
-        "operator:     p50 {:7.1} ms   p99 {:7.1} ms   (create → Ready=True observed, 10 ms polling)",
+        "operator:     p50 {:7.1} ms   {p99} {:7.1} ms   (create → Ready=True observed, 10 ms polling)",
         ms(op50),
         ms(op99)
     );
     println!(
-        "plain client: p50 {:7.1} ms   p99 {:7.1} ms   (5 admin calls: client, scope, 2 mappers, optional scope; token reused)",
+        "plain client: p50 {:7.1} ms   {p99} {:7.1} ms   (5 admin calls: client, scope, 2 mappers, optional scope; token reused)",
         ms(pl50),
         ms(pl99)
     );
     println!(
-        "ratio operator/plain: p50 {:.1}x   p99 {:.1}x",
+        "ratio operator/plain: p50 {:.1}x   {p99} {:.1}x",
         op50.as_secs_f64() / pl50.as_secs_f64(),
         op99.as_secs_f64() / pl99.as_secs_f64()
     );
 }
 
-/// Step 2, SCALE servers at once (fresh operator process); that operator goes on running.
-async fn all_at_once(b: &Bench) -> ChildOperator {
+/// Step 2, the Keycloak limit: the plain client creates the objects of `scale` servers at the
+/// operator's default concurrency, then deletes them. Returns its throughput (servers/s).
+async fn keycloak_limit(b: &Bench, plain: &Arc<Plain>, series: &mut Series) -> f64 {
+    let (scale, ns) = (b.scale, &b.ns);
+    let concurrency = OperatorConfig::DEFAULT_CONCURRENCY as usize;
+    println!("\n({} before the Keycloak limit)", load_average());
+    let started = Instant::now();
+    let made: Vec<((String, String), f64)> = futures::stream::iter(0..scale)
+        .map(|i| {
+            let plain = plain.clone();
+            let name = format!("lim{i:04}");
+            let url = format!("http://{name}.{ns}.example/mcp");
+            async move {
+                let made = plain.one_server(&name, &url).await;
+                (made, started.elapsed().as_secs_f64())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let took = started.elapsed().as_secs_f64();
+    let mut done: Vec<f64> = made.iter().map(|(_, t)| *t).collect();
+    done.sort_by(f64::total_cmp);
+    series.plain_done = std::iter::once((0.0, 0))
+        .chain(done.iter().enumerate().map(|(i, t)| (*t, i + 1)))
+        .collect();
+    let throughput = scale as f64 / took;
+    println!("\n## Keycloak limit: plain admin client, {scale} servers, concurrency {concurrency}");
+    println!("done in {took:.1} s ({throughput:.1} servers/s; 5 admin calls each, token reused)");
+    let removing = Instant::now();
+    futures::stream::iter(made)
+        .for_each_concurrent(concurrency, |((c, s), _)| {
+            let plain = plain.clone();
+            async move { plain.delete(&c, &s).await }
+        })
+        .await;
+    println!("removed again in {:.1} s", removing.elapsed().as_secs_f64());
+    throughput
+}
+
+/// Keycloak requests by (controller, method, operation), from `/metrics`.
+fn operations(text: &str) -> BTreeMap<String, f64> {
+    let metric = "mcp_operator_keycloak_admin_operations_total{";
+    let lines = text.lines().filter_map(|l| l.strip_prefix(metric));
+    let parsed = lines.filter_map(|l| {
+        let (labels, value) = l.rsplit_once(' ')?;
+        Some((
+            labels.trim_end_matches('}').to_string(),
+            value.parse().ok()?,
+        ))
+    });
+    parsed.collect()
+}
+
+/// The requests between two scrapes, per `per`, largest first.
+fn print_operations(before: &str, after: &str, per: f64, unit: &str) {
+    let (b, a) = (operations(before), operations(after));
+    let mut diff: Vec<(f64, &String)> = a
+        .iter()
+        .map(|(k, v)| (v - b.get(k).copied().unwrap_or(0.0), k))
+        .filter(|(d, _)| *d > 0.0)
+        .collect();
+    diff.sort_by(|x, y| y.0.total_cmp(&x.0));
+    println!("Keycloak requests per {unit}, by operation:");
+    for (d, k) in diff {
+        println!("  {:6.2}  {k}", d / per);
+    }
+}
+
+/// Step 3, SCALE servers at once (fresh operator process); that operator goes on running.
+async fn all_at_once(
+    b: &Bench,
+    limit: f64,
+    targets: &mut Targets,
+    series: &mut Series,
+) -> ChildOperator {
     let (runs, scale, replicas) = (b.runs, b.scale, b.replicas);
     let op = b.operator().await;
     wait_all_ready(&b.servers, runs + 2, Duration::from_secs(120)).await;
     settle(&op, Duration::from_secs(3), Duration::from_secs(120)).await;
+    let text_before = op.metrics(Duration::from_secs(10)).await.unwrap();
     let before = scrape(&op).await;
     let cpu_before = op.cpu_seconds();
+    let load = load_average();
     let names: Vec<String> = (0..scale).map(|i| format!("bulk{i:04}")).collect();
     let started = Instant::now();
-    create_many(&b.client, &b.ns, &names, replicas).await;
-    let applied_in = started.elapsed();
-    let all_ready =
-        wait_all_ready(&b.servers, runs + 2 + scale, Duration::from_secs(3600)).await + applied_in;
+    let (client, ns) = (b.client.clone(), b.ns.clone());
+    let creating = tokio::spawn(async move {
+        create_many(&client, &ns, &names, replicas).await;
+        started.elapsed()
+    });
+    series.operator_ready = ready_over_time(&b.servers, runs + 2, scale, started).await;
+    let all_ready = started.elapsed();
+    let applied_in = creating.await.unwrap();
     let after = scrape(&op).await;
+    let text_after = op.metrics(Duration::from_secs(10)).await.unwrap();
     let cpu = op.cpu_seconds() - cpu_before;
     let (_, hwm) = op.memory_kib();
-    println!("\n## {scale} McpServers applied at once (replicas {replicas})");
+    let throughput = scale as f64 / all_ready.as_secs_f64();
+    let requests = (after.reads + after.writes - before.reads - before.writes) / scale as f64;
+    println!("\n## {scale} McpServers applied at once (replicas {replicas}; {load} at the start)");
     println!(
-        "created in {:.1} s; all Ready after {:.1} s ({:.1} servers/s)",
+        "created in {:.1} s; all Ready after {:.1} s ({throughput:.1} servers/s); ratio to the Keycloak limit {:.2} (goal ≥ 0.8)",
         applied_in.as_secs_f64(),
         all_ready.as_secs_f64(),
-        scale as f64 / all_ready.as_secs_f64()
+        throughput / limit
     );
     println!(
-        "Keycloak admin requests per server: {:.1} ({:.1} GET + {:.1} writes); reconciles per server {:.1}; policy reconciles {}; reconcile errors {}",
-        (after.reads + after.writes - before.reads - before.writes) / scale as f64,
+        "Keycloak admin requests per server: {requests:.1} ({:.1} GET + {:.1} writes); reconciles per server {:.1}; policy reconciles {}; reconcile errors {}",
         (after.reads - before.reads) / scale as f64,
         (after.writes - before.writes) / scale as f64,
         (after.server_reconciles - before.server_reconciles) / scale as f64,
         after.policy_reconciles - before.policy_reconciles,
         after.errors - before.errors
     );
+    print_operations(&text_before, &text_after, scale as f64, "server");
     println!(
-        "operator: peak RSS (VmHWM) {:.1} MiB, CPU {:.1} s (utime+stime)",
+        "operator: peak RSS (VmHWM) {:.1} MiB, CPU {:.1} s (utime+stime); {} at the end",
         mib(hwm),
-        cpu
+        cpu,
+        load_average()
+    );
+    let secs = all_ready.as_secs_f64();
+    targets.check(
+        &format!("{scale} McpServers at once → all Ready ≤ 40 s: {secs:.1} s"),
+        secs <= 40.0,
+    );
+    targets.check(
+        &format!("Keycloak admin requests per new server ≤ 8: {requests:.1}"),
+        requests <= 8.0,
+    );
+    let ratio = throughput / limit;
+    targets.check(
+        &format!("all-Ready throughput / Keycloak limit ≥ 0.8: {ratio:.2}"),
+        ratio >= 0.8,
     );
     op
 }
 
-/// Step 3, steady-state resync of all of them; the Keycloak writes it made (must be 0).
-async fn steady_resync(b: &Bench, op: &ChildOperator) -> f64 {
+/// Samples (every 500 ms, as the all-Ready wait always did) how many of the `scale` new
+/// servers are `Ready` (`base` were before), until all are: (seconds since `started`, Ready).
+async fn ready_over_time(
+    api: &Api<McpServer>,
+    base: usize,
+    scale: usize,
+    started: Instant,
+) -> Vec<(f64, usize)> {
+    let mut samples = vec![(0.0, 0)];
+    loop {
+        let ready = count_ready(api).await.saturating_sub(base);
+        samples.push((started.elapsed().as_secs_f64(), ready));
+        if ready >= scale {
+            return samples;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "only {ready} of {scale} Ready after an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Step 4, steady-state resync of all of them; the Keycloak writes it made (must be 0).
+async fn steady_resync(b: &Bench, op: &ChildOperator, targets: &mut Targets) -> f64 {
     let resync = b.resync;
     settle(op, Duration::from_secs(5), Duration::from_secs(600)).await;
+    let text_before = op.metrics(Duration::from_secs(10)).await.unwrap();
     let before = scrape(op).await;
     let cpu_before = op.cpu_seconds();
     let window = Duration::from_secs(resync + resync / 2);
     tokio::time::sleep(window).await;
     let after = scrape(op).await;
+    let text_after = op.metrics(Duration::from_secs(10)).await.unwrap();
     let reconciles = after.server_reconciles - before.server_reconciles;
+    let reads = (after.reads - before.reads) / reconciles.max(1.0);
+    let server_reads = |t: &str| {
+        let ops = operations(t);
+        let mine = ops
+            .iter()
+            .filter(|(k, _)| k.contains("controller=\"mcpserver\",method=\"GET\""));
+        mine.map(|(_, v)| v).sum::<f64>()
+    };
+    let own = (server_reads(&text_after) - server_reads(&text_before)) / reconciles.max(1.0);
     println!(
-        "\n## steady-state resync of {} servers ({:.0} s window, resync {resync} s)",
+        "\n## steady-state resync of {} servers ({:.0} s window, resync {resync} s; {} at the end)",
         b.scale + b.runs + 2,
-        window.as_secs_f64()
+        window.as_secs_f64(),
+        load_average()
     );
     println!(
-        "server reconciles {reconciles}, policy reconciles {}; Keycloak writes {} (must be 0); reads per server reconcile {:.2}; operator CPU {:.1} s",
+        "server reconciles {reconciles}, policy reconciles {}; Keycloak writes {} (must be 0); reads per server reconcile {reads:.2} (of which the server reconciles' own {own:.2}, the rest the policy's); operator CPU {:.1} s",
         after.policy_reconciles - before.policy_reconciles,
         after.writes - before.writes,
-        (after.reads - before.reads) / reconciles.max(1.0),
         op.cpu_seconds() - cpu_before
+    );
+    print_operations(
+        &text_before,
+        &text_after,
+        reconciles.max(1.0),
+        "server reconcile",
+    );
+    targets.check(
+        &format!("Keycloak reads per steady-state server reconcile ≤ 2: {reads:.2}"),
+        reads <= 2.0,
     );
     after.writes - before.writes
 }
 
-/// Step 4, REST servers at rest: the running operator, then a fresh one after its start-up
+/// Step 5, REST servers at rest: the running operator, then a fresh one after its start-up
 /// pass (which goes on running); the number of servers.
-async fn at_rest(b: &Bench, op: ChildOperator) -> (usize, ChildOperator) {
+async fn at_rest(b: &Bench, op: ChildOperator, targets: &mut Targets) -> (usize, ChildOperator) {
     let extra: Vec<String> = (b.scale..b.rest).map(|i| format!("bulk{i:04}")).collect();
     if !extra.is_empty() {
         create_many(&b.client, &b.ns, &extra, b.replicas).await;
@@ -536,7 +778,10 @@ async fn at_rest(b: &Bench, op: ChildOperator) -> (usize, ChildOperator) {
     let fresh_took = started.elapsed();
     let (fresh_rss, fresh_hwm) = fresh.memory_kib();
     let s = scrape(&fresh).await;
-    println!("\n## {total} McpServers at rest");
+    println!(
+        "\n## {total} McpServers at rest ({} at the end)",
+        load_average()
+    );
     println!(
         "running operator: RSS {:.1} MiB (peak {:.1} MiB)",
         mib(rss),
@@ -550,6 +795,11 @@ async fn at_rest(b: &Bench, op: ChildOperator) -> (usize, ChildOperator) {
         mib(fresh_rss),
         mib(fresh_hwm),
         fresh.cpu_seconds()
+    );
+    let worst = mib(rss.max(fresh_rss));
+    targets.check(
+        &format!("RSS with {total} McpServers ≤ 48 MiB (the larger of the two): {worst:.1} MiB"),
+        worst <= 48.0,
     );
     (total, fresh)
 }

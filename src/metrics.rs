@@ -41,6 +41,20 @@ pub struct RealmLabels {
     pub realm: String,
 }
 
+/// Which reconciler made a Keycloak request, and what for: where the requests of a reconcile go
+/// (bounded: the operations are the admin client's fixed names).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeycloakOperationLabels {
+    pub controller: &'static str,
+    pub method: &'static str,
+    pub operation: String,
+}
+
+tokio::task_local! {
+    /// The controller whose reconcile runs on this task (set by `controller::finish::reconcile`).
+    pub static CONTROLLER: &'static str;
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub reaped_clients: Family<ReapLabels, Counter>,
@@ -48,6 +62,7 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<ReconcileLabels, Histogram>,
     pub keycloak_requests: Family<KeycloakRequestLabels, Counter>,
+    pub keycloak_operations: Family<KeycloakOperationLabels, Counter>,
     pub admin_token_refreshes: Counter,
     /// Clients in a policy's realm and its Max Clients limit (the dashboard and the
     /// `MCPRealmClientLimitPressure` alert compare them).
@@ -67,6 +82,7 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.005, 2.0, 14))
         });
         let keycloak_requests = Family::<KeycloakRequestLabels, Counter>::default();
+        let keycloak_operations = Family::<KeycloakOperationLabels, Counter>::default();
         let admin_token_refreshes = Counter::default();
         let reaped_clients = Family::<ReapLabels, Counter>::default();
         registry.register(
@@ -93,6 +109,11 @@ impl Default for Metrics {
             keycloak_requests.clone(),
         );
         registry.register(
+            "keycloak_admin_operations",
+            "Keycloak Admin REST API requests by controller, method and operation",
+            keycloak_operations.clone(),
+        );
+        registry.register(
             "keycloak_admin_token_refreshes",
             "Admin access tokens obtained from Keycloak",
             admin_token_refreshes.clone(),
@@ -114,6 +135,7 @@ impl Default for Metrics {
             reconcile_errors,
             reconcile_duration,
             keycloak_requests,
+            keycloak_operations,
             admin_token_refreshes,
             realm_clients,
             realm_max_clients,
@@ -124,10 +146,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn record_keycloak_request(&self, method: &'static str, outcome: &'static str) {
+    pub fn record_keycloak_request(
+        &self,
+        method: &'static str,
+        operation: &str,
+        outcome: &'static str,
+    ) {
         self.keycloak_requests
             .get_or_create(&KeycloakRequestLabels { method, outcome })
             .inc();
+        let controller = CONTROLLER.try_with(|c| *c).unwrap_or("none");
+        let operation = operation.to_string();
+        let labels = KeycloakOperationLabels {
+            controller,
+            method,
+            operation,
+        };
+        self.keycloak_operations.get_or_create(&labels).inc();
         if method == "GET" {
             self.keycloak_reads.fetch_add(1, Ordering::Relaxed);
         } else {

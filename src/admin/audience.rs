@@ -38,7 +38,7 @@ impl KeycloakAdminClient {
         loop {
             let token = self.tokens.token().await?;
             let req = self.tokens.http.get(&url).bearer_auth(token);
-            let resp = self.counted_get(req).await?;
+            let resp = self.counted_get(operation, req).await?;
             match resp.status().as_u16() {
                 200 => {}
                 // Keycloak restarted and forgot our token: once more with a fresh one.

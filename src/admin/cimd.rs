@@ -14,8 +14,10 @@ use crate::desired::cimd::CIMD_CLIENT_ATTRIBUTE;
 use crate::desired::plan::{plan_client_policy_pair, ClientPolicyLists, ClientPolicyWrite};
 use crate::{Error, Result};
 
-/// Page size when listing clients.
-const PAGE: usize = 100;
+/// Page size when listing clients: the registration sweep reads every client of the realm
+/// every 15 s, and a realm of a thousand servers has over a thousand clients (one request
+/// per 500, the list is held whole anyway).
+const PAGE: usize = 500;
 
 /// Counts items with paged probes: `probe(first, max)` returns how many items exist from
 /// `first` on, at most `max`. With `hint` = the count seen last time, an unchanged count costs
@@ -65,7 +67,8 @@ impl KeycloakAdminClient {
             "{}/realms/{realm}/.well-known/openid-configuration",
             self.base_url
         );
-        let resp = self.counted_get(self.tokens.http.get(&url)).await?;
+        let req = self.tokens.http.get(&url);
+        let resp = self.counted_get("read discovery document", req).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(Error::KeycloakApi {
@@ -128,15 +131,30 @@ impl KeycloakAdminClient {
         name: &str,
         desired: Option<(&ClientProfileRepresentation, &ClientPolicyRepresentation)>,
     ) -> Result<Option<ClientPolicyRepresentation>> {
+        let mut lists = self.client_policy_lists(realm).await?;
+        self.ensure_client_policy_pair_in(realm, &mut lists, name, desired)
+            .await
+    }
+
+    /// [`KeycloakAdminClient::ensure_client_policy_pair`] against lists read before (and kept
+    /// as written), so one reconcile that sets two pairs reads the lists once. Only the
+    /// realm's owning policy writes them, one reconcile at a time.
+    pub async fn ensure_client_policy_pair_in(
+        &self,
+        realm: &str,
+        lists: &mut ClientPolicyLists,
+        name: &str,
+        desired: Option<(&ClientProfileRepresentation, &ClientPolicyRepresentation)>,
+    ) -> Result<Option<ClientPolicyRepresentation>> {
         let _one_at_a_time = self.client_policy_lists_lock.lock().await;
-        let current = self.client_policy_lists(realm).await?;
-        let before = current
+        let before = lists
             .policies
             .iter()
             .find(|p| p.name.as_deref() == Some(name))
             .cloned();
-        for write in plan_client_policy_pair(&current, name, desired) {
+        for write in plan_client_policy_pair(lists, name, desired) {
             self.put_client_policy_list(realm, &write).await?;
+            lists.apply(&write);
         }
         Ok(before)
     }

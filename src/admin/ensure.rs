@@ -11,9 +11,18 @@ use crate::api::ScopeType;
 use crate::desired::plan::{
     owned_scope_ids, owner_of, plan_introspection_client, plan_realm_scope_type,
     plan_remove_realm_scope, plan_scope, Adopt, RealmScopeAssignments, RealmScopeWrite, ScopeWrite,
+    Write,
 };
 use crate::desired::realm::{plan_registration_components, RegistrationPolicies};
 use crate::{Error, Result};
+
+/// The introspection client as ensured: its id, its secret, and whether this call created it.
+#[derive(Debug, Clone)]
+pub struct EnsuredClient {
+    pub uuid: String,
+    pub secret: String,
+    pub created: bool,
+}
 
 /// Generated client secrets: 32 random alphanumeric characters (~190 bits).
 pub fn generate_secret() -> String {
@@ -123,31 +132,86 @@ impl KeycloakAdminClient {
         Ok(plan.foreign)
     }
 
-    /// Ensures the confidential introspection client (see [`plan_introspection_client`]) and
-    /// returns `(uuid, secret)`. `known_secret` (from the existing Kubernetes Secret) is used when
-    /// the client has to be (re)created, so running pods keep working.
+    /// Ensures the confidential introspection client (see [`plan_introspection_client`]).
+    /// `known_secret` (from the existing Kubernetes Secret) is used when the client has to be
+    /// (re)created, so running pods keep working. With `create_first` (no client recorded
+    /// yet) it is created without a read, and read only if Keycloak answers that it exists.
     pub async fn ensure_introspection_client(
         &self,
         realm: &str,
         desired: &ClientRepresentation,
         known_secret: Option<&str>,
-    ) -> Result<(String, String)> {
+        create_first: bool,
+    ) -> Result<EnsuredClient> {
+        let new_secret = || known_secret.map_or_else(generate_secret, str::to_string);
+        if create_first {
+            let plan = plan_introspection_client(realm, None, desired, new_secret)?;
+            if let Some(made) = self.create_new_client(realm, plan.write).await? {
+                return Ok(made);
+            }
+        }
         let client_id = desired.client_id.as_deref().unwrap_or_default();
         let live = self.client_by_client_id(realm, client_id).await?;
-        let new_secret = || known_secret.map_or_else(generate_secret, str::to_string);
         let plan = plan_introspection_client(realm, live.as_ref(), desired, new_secret)?;
-        let created = match &plan.write {
-            Some(write) => self.write_client(realm, write).await?,
-            None => None,
+        if plan.id.is_none() {
+            // Created by someone else since the read: the next reconcile sees it.
+            let raced = || Error::KeycloakApi {
+                operation: "create client".into(),
+                status: 409,
+                message: "the client appeared while it was being created".into(),
+            };
+            return self
+                .create_new_client(realm, plan.write)
+                .await?
+                .ok_or_else(raced);
+        }
+        if let Some(write) = &plan.write {
+            self.write_client(realm, write).await?;
+        }
+        let uuid = plan.id.unwrap_or_default();
+        // Keycloak hands a confidential client's secret to admins with the client itself;
+        // the separate read only if this one did not.
+        let secret = match live.and_then(|c| c.secret).map(|s| s.to_string()) {
+            Some(secret) => Some(secret),
+            None => self.client_secret(realm, &uuid).await?,
         };
-        let uuid = created.or(plan.id).unwrap_or_default();
-        let secret = self.client_secret(realm, &uuid).await?;
         let secret = secret.ok_or_else(|| Error::KeycloakApi {
             operation: "read client secret".into(),
             status: 200,
             message: "client has no secret".into(),
         })?;
-        Ok((uuid, secret))
+        Ok(EnsuredClient {
+            uuid,
+            secret,
+            created: false,
+        })
+    }
+
+    /// Performs a planned client creation; `None` when Keycloak already has a client of that
+    /// `clientId` (409), which the caller then reads.
+    async fn create_new_client(
+        &self,
+        realm: &str,
+        write: Option<Write<ClientRepresentation>>,
+    ) -> Result<Option<EnsuredClient>> {
+        let Some(Write::Create(body)) = write else {
+            return Ok(None);
+        };
+        let secret = body
+            .secret
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let write = Write::Create(body);
+        match self.write_client(realm, &write).await {
+            Ok(uuid) => Ok(Some(EnsuredClient {
+                uuid: uuid.unwrap_or_default(),
+                secret,
+                created: true,
+            })),
+            Err(Error::KeycloakApi { status: 409, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes a client only if it carries our marker; 404 counts as done.

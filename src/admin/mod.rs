@@ -11,6 +11,7 @@ mod rotation;
 
 pub use ensure::*;
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use futures::FutureExt;
@@ -255,6 +256,10 @@ pub struct KeycloakAdminClient {
     resource_indicators: Mutex<Option<(Instant, bool)>>,
     /// The same for `client-secret-rotation`.
     secret_rotation: Mutex<Option<(Instant, bool)>>,
+    /// Per realm: its default and optional scope lists as last read, and when (see
+    /// [`KeycloakAdminClient::shared_realm_scope_assignments`]); this client's own edits of
+    /// those lists are applied to the copy.
+    scope_assignments: Mutex<HashMap<String, (Instant, RealmScopeAssignments)>>,
 }
 
 impl std::fmt::Debug for KeycloakAdminClient {
@@ -308,6 +313,7 @@ impl KeycloakAdminClient {
             client_policy_lists_lock: Default::default(),
             resource_indicators: Mutex::new(None),
             secret_rotation: Mutex::new(None),
+            scope_assignments: Mutex::default(),
         })
     }
 
@@ -342,7 +348,8 @@ impl KeycloakAdminClient {
                 Err(KeycloakError::HttpFailure { .. }) => "server_error",
                 Err(KeycloakError::ReqwestFailure(_)) => "network_error",
             };
-            self.metrics.record_keycloak_request(method, outcome);
+            self.metrics
+                .record_keycloak_request(method, operation, outcome);
             match result {
                 Ok(v) => return Ok(v),
                 Err(KeycloakError::HttpFailure { status: 401, .. }) if !retried => {
@@ -355,7 +362,11 @@ impl KeycloakAdminClient {
     }
 
     /// A GET outside the typed API (discovery, server info), counted like the others.
-    async fn counted_get(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    async fn counted_get(
+        &self,
+        operation: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
         let resp = req.send().await;
         let outcome = match &resp {
             Ok(r) if r.status().is_success() => "success",
@@ -363,7 +374,8 @@ impl KeycloakAdminClient {
             Ok(_) => "server_error",
             Err(_) => "network_error",
         };
-        self.metrics.record_keycloak_request("GET", outcome);
+        self.metrics
+            .record_keycloak_request("GET", operation, outcome);
         resp.map_err(|e| unreachable_error(&self.base_url, &e))
     }
 
@@ -649,8 +661,35 @@ impl KeycloakAdminClient {
         .await
     }
 
-    /// Ids of the realm's default and optional client scopes.
+    /// [`KeycloakAdminClient::realm_scope_assignments`] as read within `max_age`, shared by
+    /// every reconcile of the realm: the lists grow with every server, and each server needs
+    /// one fact of them. Callers that come while it is read wait for that read.
+    pub async fn shared_realm_scope_assignments(
+        &self,
+        realm: &str,
+        max_age: Duration,
+    ) -> Result<RealmScopeAssignments> {
+        let mut cache = self.scope_assignments.lock().await;
+        if let Some((at, a)) = cache.get(realm) {
+            if at.elapsed() < max_age {
+                return Ok(a.clone());
+            }
+        }
+        let read = self.read_realm_scope_assignments(realm).await?;
+        cache.insert(realm.to_string(), (Instant::now(), read.clone()));
+        Ok(read)
+    }
+
+    /// Ids of the realm's default and optional client scopes, read now (the shared copy
+    /// refreshed with them).
     pub async fn realm_scope_assignments(&self, realm: &str) -> Result<RealmScopeAssignments> {
+        let mut cache = self.scope_assignments.lock().await;
+        let read = self.read_realm_scope_assignments(realm).await?;
+        cache.insert(realm.to_string(), (Instant::now(), read.clone()));
+        Ok(read)
+    }
+
+    async fn read_realm_scope_assignments(&self, realm: &str) -> Result<RealmScopeAssignments> {
         let defaults = self
             .call("GET", "list realm default scopes", || {
                 self.api.realm_default_default_client_scopes_get(realm)
@@ -727,8 +766,29 @@ impl KeycloakAdminClient {
         let (verb, owner) = (if add { "add" } else { "remove" }, list.name());
         let op = format!("{verb} {owner} {} scope", ty.name());
         match add {
-            true => self.send("PUT", &op, request).await,
-            false => self.delete(&op, request).await,
+            true => self.send("PUT", &op, request).await?,
+            false => self.delete(&op, request).await?,
+        }
+        if let Realm = list {
+            self.note_realm_scope_edit(realm, ty, id, add).await;
+        }
+        Ok(())
+    }
+
+    /// Applies one of our own edits of a realm scope list to the shared copy, so it stays
+    /// what Keycloak has (a parallel edit by someone else shows at the next read).
+    async fn note_realm_scope_edit(&self, realm: &str, ty: ScopeType, id: &str, add: bool) {
+        let mut cache = self.scope_assignments.lock().await;
+        let Some((_, a)) = cache.get_mut(realm) else {
+            return;
+        };
+        let ids = match ty {
+            ScopeType::Default => &mut a.default_ids,
+            ScopeType::Optional => &mut a.optional_ids,
+        };
+        ids.retain(|i| i != id);
+        if add {
+            ids.push(id.to_string());
         }
     }
 

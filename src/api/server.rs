@@ -373,7 +373,6 @@ pub struct McpServerInfo {
     pub version: String,
 }
 
-
 /// When the client secret was and will be rotated. Never holds a secret.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -61,6 +61,13 @@ impl Default for OperatorConfig {
     }
 }
 
+/// Own writes remembered per object (a reconcile writes an object at most twice).
+const OWN_WRITES_KEPT: usize = 4;
+
+/// A successful Keycloak check of a server: a digest of its inputs, the audience scope id it
+/// found (empty in `ResourceIndicator` mode), and when.
+type KeycloakCheck = (String, String, Instant);
+
 /// An admin client and the key of the connection it was made for.
 type AdminEntry = (String, Arc<KeycloakAdminClient>);
 
@@ -77,11 +84,13 @@ pub struct Context {
     /// Per object: failed reconciles in a row, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Per McpServer: a digest of the inputs of its last successful Keycloak check, and when.
-    keycloak_checked: Mutex<HashMap<String, (String, Instant)>>,
+    keycloak_checked: Mutex<HashMap<String, KeycloakCheck>>,
     /// Per McpServer: the verdict of its last live verification.
     pub(super) verifications: super::verify::Memory,
     /// The server controller's store, once it runs.
     pub(super) servers: OnceLock<Store<McpServer>>,
+    /// Per object UID: resourceVersions our own writes produced (see [`Context::own_write`]).
+    own_writes: Mutex<HashMap<String, Vec<String>>>,
 }
 
 fn uid_of(obj: &impl kube::Resource) -> String {
@@ -105,6 +114,7 @@ impl Context {
             keycloak_checked: Mutex::default(),
             verifications: Default::default(),
             servers: OnceLock::new(),
+            own_writes: Mutex::default(),
         })
     }
 
@@ -159,6 +169,41 @@ impl Context {
         }
     }
 
+    /// Records that one of our writes gave `obj` its current resourceVersion.
+    pub(super) fn record_own_write(&self, obj: &impl kube::Resource) {
+        let (uid, rv) = (uid_of(obj), obj.meta().resource_version.clone());
+        let Some(rv) = rv.filter(|_| !uid.is_empty()) else {
+            return;
+        };
+        let mut own = self.own_writes.lock().expect("poisoned");
+        let rvs = own.entry(uid).or_default();
+        // A reconcile writes a few times; older entries whose event never came are dropped.
+        if rvs.len() >= OWN_WRITES_KEPT {
+            rvs.remove(0);
+        }
+        rvs.push(rv);
+    }
+
+    /// Whether a watch event shows `obj` exactly as one of our writes left it (consumed: each
+    /// write is recognised once). Such an event must not trigger a reconcile: the reconcile that
+    /// wrote it already acted on these inputs, and a write by anyone else, or a deletion, has
+    /// another resourceVersion or comes as a deletion event.
+    pub(super) fn own_write(&self, obj: &impl kube::Resource) -> bool {
+        let (uid, rv) = (uid_of(obj), obj.meta().resource_version.as_deref());
+        let mut own = self.own_writes.lock().expect("poisoned");
+        let Some(rvs) = own.get_mut(&uid) else {
+            return false;
+        };
+        let Some(at) = rvs.iter().position(|r| Some(r.as_str()) == rv) else {
+            return false;
+        };
+        rvs.remove(at);
+        if rvs.is_empty() {
+            own.remove(&uid);
+        }
+        true
+    }
+
     /// Drops what the caches hold for an object whose finalizer has completed.
     pub fn forget(&self, obj: &impl kube::Resource) {
         let uid = uid_of(obj);
@@ -166,6 +211,7 @@ impl Context {
         self.failures.lock().expect("poisoned").remove(&uid);
         self.keycloak_checked.lock().expect("poisoned").remove(&uid);
         self.verifications.forget(&uid);
+        self.own_writes.lock().expect("poisoned").remove(&uid);
     }
 
     /// How long a successful Keycloak check of a server stands for reconciles with the same
@@ -176,17 +222,20 @@ impl Context {
         (self.config.resync / 2).min(Duration::from_secs(30))
     }
 
-    /// Whether `key`'s Keycloak objects were checked with these `inputs` within the window.
-    pub fn keycloak_recently_checked(&self, key: &str, inputs: &str) -> bool {
+    /// The audience scope id found when `key`'s Keycloak objects were checked with these
+    /// `inputs` within the window, if they were. Kept here rather than read from status: the
+    /// reconcile right after the check may see the object before its status write.
+    pub fn keycloak_recently_checked(&self, key: &str, inputs: &str) -> Option<String> {
         let window = self.keycloak_check_window();
         let checked = self.keycloak_checked.lock().expect("poisoned");
-        let fresh = |(i, at): &(String, Instant)| i == inputs && at.elapsed() < window;
-        checked.get(key).is_some_and(fresh)
+        let (i, scope_id, at) = checked.get(key)?;
+        (i == inputs && at.elapsed() < window).then(|| scope_id.clone())
     }
 
-    pub fn record_keycloak_check(&self, key: &str, inputs: String) {
+    pub fn record_keycloak_check(&self, key: &str, inputs: String, scope_id: &str) {
         let mut checked = self.keycloak_checked.lock().expect("poisoned");
-        checked.insert(key.to_string(), (inputs, Instant::now()));
+        let entry = (inputs, scope_id.to_string(), Instant::now());
+        checked.insert(key.to_string(), entry);
     }
 
     pub(super) fn reset_failures(&self, key: &str) {
@@ -255,17 +304,28 @@ mod tests {
     async fn a_keycloak_check_stands_only_for_the_same_inputs_within_the_window() {
         let ctx = context(Duration::from_secs(300));
         assert_eq!(ctx.keycloak_check_window(), Duration::from_secs(30));
-        assert!(!ctx.keycloak_recently_checked("uid", "a"));
-        ctx.record_keycloak_check("uid", "a".into());
-        assert!(ctx.keycloak_recently_checked("uid", "a"));
-        assert!(!ctx.keycloak_recently_checked("uid", "b"), "other inputs");
-        assert!(!ctx.keycloak_recently_checked("other", "a"), "other server");
+        assert_eq!(ctx.keycloak_recently_checked("uid", "a"), None);
+        ctx.record_keycloak_check("uid", "a".into(), "scope-1");
+        assert_eq!(
+            ctx.keycloak_recently_checked("uid", "a").as_deref(),
+            Some("scope-1")
+        );
+        assert_eq!(
+            ctx.keycloak_recently_checked("uid", "b"),
+            None,
+            "other inputs"
+        );
+        assert_eq!(
+            ctx.keycloak_recently_checked("other", "a"),
+            None,
+            "other server"
+        );
         // Half the resync at most, so every resync checks Keycloak again.
         let ctx = context(Duration::from_secs(4));
         assert_eq!(ctx.keycloak_check_window(), Duration::from_secs(2));
         let ctx = context(Duration::ZERO);
-        ctx.record_keycloak_check("uid", "a".into());
-        assert!(!ctx.keycloak_recently_checked("uid", "a"));
+        ctx.record_keycloak_check("uid", "a".into(), "");
+        assert_eq!(ctx.keycloak_recently_checked("uid", "a"), None);
     }
 
     #[tokio::test]
@@ -281,6 +341,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_the_versions_our_writes_made_are_recognised_each_once() {
+        let ctx = context(Duration::from_secs(300));
+        let at = |rv: &str| {
+            let mut s = McpServer::new(
+                "s",
+                serde_json::from_value(serde_json::json!({
+                "image": "img", "policyRef": {"name": "p"}}))
+                .unwrap(),
+            );
+            s.metadata.uid = Some("uid".into());
+            s.metadata.resource_version = Some(rv.into());
+            s
+        };
+        assert!(!ctx.own_write(&at("1")), "nothing written yet");
+        ctx.record_own_write(&at("5"));
+        ctx.record_own_write(&at("7"));
+        assert!(!ctx.own_write(&at("6")), "someone else's version");
+        assert!(ctx.own_write(&at("5")));
+        assert!(!ctx.own_write(&at("5")), "recognised once");
+        assert!(ctx.own_write(&at("7")));
+        // Bounded: the oldest versions whose events never came are dropped.
+        for rv in 10..20 {
+            ctx.record_own_write(&at(&rv.to_string()));
+        }
+        assert!(!ctx.own_write(&at("10")));
+        assert!(ctx.own_write(&at("19")));
+        ctx.forget(&at("19"));
+        assert!(!ctx.own_write(&at("18")), "forgotten with the object");
+    }
+
+    #[tokio::test]
     async fn forgetting_an_object_drops_its_cache_entries() {
         let ctx = context(Duration::from_secs(300));
         let mut server = McpServer::new(
@@ -290,11 +381,11 @@ mod tests {
             .unwrap(),
         );
         server.metadata.uid = Some("uid".into());
-        ctx.record_keycloak_check("uid", "a".into());
+        ctx.record_keycloak_check("uid", "a".into(), "");
         assert_eq!(ctx.backoff("uid", false), Duration::from_secs(5));
         assert_eq!(ctx.backoff("uid", false), Duration::from_secs(10));
         ctx.forget(&server);
-        assert!(!ctx.keycloak_recently_checked("uid", "a"));
+        assert_eq!(ctx.keycloak_recently_checked("uid", "a"), None);
         assert_eq!(
             ctx.backoff("uid", false),
             Duration::from_secs(5),

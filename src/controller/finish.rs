@@ -63,14 +63,17 @@ pub trait Reconciled:
 pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
+    let run = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(o) => K::apply(o, &ctx, &api).await,
             Finalizer::Cleanup(o) => K::cleanup(o, &ctx).await,
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    });
+    // Keycloak requests are counted per controller (metrics::CONTROLLER).
+    let result = crate::metrics::CONTROLLER
+        .scope(K::CONTROLLER, run)
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics
         .record_reconcile(K::CONTROLLER, started.elapsed());
     result
@@ -109,7 +112,7 @@ pub async fn finish<K: Reconciled>(
         d.set(condition, false, e.reason(), e.to_string());
         d.set(READY, false, e.reason(), e.to_string());
     }
-    patch_status_if_changed(api, obj, old, &d.status).await?;
+    patch_status_if_changed(ctx, api, obj, old, &d.status).await?;
     let before = old.and_then(|s| find(s.conditions(), READY));
     let after = d.get(READY).expect("every reconcile sets Ready");
     if let Some(warning) = ready_event(

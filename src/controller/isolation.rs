@@ -22,7 +22,7 @@ impl Run<'_> {
         let (on, reason, message) = if workload::network_policy_enabled(server, operator_on) {
             let peers = [&ctx.config.metrics_peer, &ctx.config.operator_peer];
             let desired = workload::network_policy(server, peers.into_iter().flatten());
-            apply_if_changed(&api, &desired, &uid).await?;
+            apply_if_changed(self.ctx, &api, &desired, &uid).await?;
             (
                 true,
                 "NetworkPolicyApplied",

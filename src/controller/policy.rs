@@ -21,6 +21,7 @@ use crate::api::{
 };
 use crate::desired::audience;
 use crate::desired::cimd::{self, Admission, CimdClientPlan};
+use crate::desired::plan::ClientPolicyLists;
 use crate::desired::realm::{self as desired, RealmClaim};
 use crate::desired::reaping::{Coverage, Origin, Settings};
 use crate::metrics::RealmLabels;
@@ -57,6 +58,7 @@ impl Reconciled for McpAuthPolicy {
                     api,
                     kc,
                     d,
+                    client_policies: None,
                 };
                 let outcome = run.configure().await;
                 (run.d, outcome)
@@ -108,6 +110,9 @@ struct Run<'a> {
     api: &'a Api<McpAuthPolicy>,
     kc: Arc<KeycloakAdminClient>,
     d: Draft<McpAuthPolicyStatus>,
+    /// The realm's client profiles and policies, read once for both pairs this reconcile
+    /// sets (the grant refusal, metadata documents), kept as written.
+    client_policies: Option<ClientPolicyLists>,
 }
 
 impl Run<'_> {
@@ -122,8 +127,12 @@ impl Run<'_> {
         self.refuse_machine_grants()
             .await
             .at(MACHINE_GRANTS_REFUSED)?;
+        // The scopes admitted clients need: computed once for the sweep and for CIMD.
+        let wanted = admitted_scopes(self.policy, self.ctx, mode)
+            .await
+            .at(REGISTRATION_POLICY_APPLIED)?;
         let listed = self
-            .open_registered_clients(mode)
+            .open_registered_clients(&wanted)
             .await
             .at(REGISTRATION_POLICY_APPLIED)?;
         let reaped = self.reap_abandoned(listed.as_deref()).await.at(REAPING)?;
@@ -131,7 +140,9 @@ impl Run<'_> {
         self.client_limit_guard(count)
             .await
             .at(REGISTRATION_POLICY_APPLIED)?;
-        let (reason, message) = apply_cimd(self.policy, self.ctx, &self.kc, mode)
+        let (policy, ctx, kc) = (self.policy, self.ctx, self.kc.clone());
+        let lists = self.client_policy_lists().await.at(CIMD_APPLIED)?;
+        let (reason, message) = apply_cimd(policy, ctx, &kc, &wanted, lists)
             .await
             .at(CIMD_APPLIED)?;
         self.d.set(CIMD_APPLIED, true, reason, message);
@@ -149,7 +160,7 @@ impl Run<'_> {
             return Ok(());
         }
         self.d.status.keycloak_realm = Some(self.realm.to_string());
-        patch_status_if_changed(self.api, self.policy, None, &self.d.status).await
+        patch_status_if_changed(self.ctx, self.api, self.policy, None, &self.d.status).await
     }
 
     /// The realm as Keycloak has it, created first if the spec asks for it.
@@ -300,12 +311,21 @@ impl Run<'_> {
         let refused = desired::refused_grants(self.policy, admin);
         let wanted = desired::user_grants_only(&refused);
         let wanted = wanted.as_ref().map(|(p, q)| (p, q));
-        self.kc
-            .ensure_client_policy_pair(self.realm, desired::USER_GRANTS_ONLY, wanted)
+        let (kc, realm) = (self.kc.clone(), self.realm);
+        let lists = self.client_policy_lists().await?;
+        kc.ensure_client_policy_pair_in(realm, lists, desired::USER_GRANTS_ONLY, wanted)
             .await?;
         let (ok, reason, message) = grants_verdict(self.realm, &refused, admin);
         self.d.set(MACHINE_GRANTS_REFUSED, ok, reason, message);
         Ok(())
+    }
+
+    /// The realm's client profiles and policies as this reconcile last read or wrote them.
+    async fn client_policy_lists(&mut self) -> Result<&mut ClientPolicyLists> {
+        if self.client_policies.is_none() {
+            self.client_policies = Some(self.kc.client_policy_lists(self.realm).await?);
+        }
+        Ok(self.client_policies.as_mut().expect("read above"))
     }
 
     /// DCR guard rail: `status.realmClients` against `maxClients`, the `ClientLimitPressure`
@@ -363,17 +383,16 @@ impl Run<'_> {
     /// clients (read anyway), or `None` when registration is closed and nothing was read.
     async fn open_registered_clients(
         &mut self,
-        mode: ActiveAudience,
+        wanted: &[(String, ScopeType)],
     ) -> Result<Option<Vec<ClientRepresentation>>> {
         let enabled = self.policy.spec.dynamic_client_registration.as_ref();
         if !enabled.is_some_and(|d| d.enabled) {
             return Ok(None);
         }
-        let wanted = admitted_scopes(self.policy, self.ctx, mode).await?;
         let mut scope_ids = ScopeIds::default();
         let clients = self.kc.all_clients(self.realm).await?;
         for client in &clients {
-            let adds = cimd::registered_client_scopes(client, &wanted);
+            let adds = cimd::registered_client_scopes(client, wanted);
             let adds = adds.into_iter().map(|n| (n, ScopeType::Optional));
             add_scopes(&self.kc, self.realm, client, adds, &mut scope_ids).await?;
         }
@@ -562,17 +581,18 @@ async fn apply_cimd(
     policy: &McpAuthPolicy,
     ctx: &Context,
     kc: &KeycloakAdminClient,
-    mode: ActiveAudience,
+    admitted: &[(String, ScopeType)],
+    lists: &mut ClientPolicyLists,
 ) -> Result<(&'static str, String)> {
     let wanted = cimd::requested(policy);
     if wanted.is_some() {
         check_cimd_feature(policy, kc).await?;
     }
     let scopes = match wanted {
-        Some(_) => admitted_scopes(policy, ctx, mode).await?,
-        None => vec![],
+        Some(_) => admitted,
+        None => &[],
     };
-    settle_cimd(policy, ctx, kc, wanted, &scopes).await?;
+    settle_cimd(policy, ctx, kc, wanted, scopes, lists).await?;
     Ok(cimd_verdict(policy, wanted))
 }
 
@@ -625,12 +645,15 @@ async fn settle_cimd(
     kc: &KeycloakAdminClient,
     wanted: Option<&crate::api::ClientIdMetadataDocuments>,
     scopes: &[(String, ScopeType)],
+    lists: &mut ClientPolicyLists,
 ) -> Result<()> {
     let realm = &policy.spec.keycloak.realm;
     let name = cimd::owned_name(policy);
     let desired = wanted.map(|c| (cimd::profile(policy, c), cimd::client_policy(policy, c)));
     let desired = desired.as_ref().map(|(p, q)| (p, q));
-    let before = kc.ensure_client_policy_pair(realm, &name, desired).await?;
+    let before = kc
+        .ensure_client_policy_pair_in(realm, lists, &name, desired)
+        .await?;
     let previously = before.as_ref().map(Admission::of_live);
     let admission = wanted.map(Admission::of);
     let admitted = Admitted {
@@ -798,8 +821,9 @@ async fn remove_from_realm(
     let realm = &policy.spec.keycloak.realm;
     kc.delete_owned_scopes(realm, &policy.owner_marker(), None)
         .await?;
-    settle_cimd(policy, ctx, kc, None, &[]).await?;
-    kc.ensure_client_policy_pair(realm, desired::USER_GRANTS_ONLY, None)
+    let mut lists = kc.client_policy_lists(realm).await?;
+    settle_cimd(policy, ctx, kc, None, &[], &mut lists).await?;
+    kc.ensure_client_policy_pair_in(realm, &mut lists, desired::USER_GRANTS_ONLY, None)
         .await?;
     // The servers' secret-rotation pair: none of them is left (`PolicyInUse` otherwise).
     let rotation = crate::desired::rotation::POLICY_NAME;

@@ -131,7 +131,7 @@ impl Run<'_> {
         status.pending = Some(pending.clone());
         self.d.status.secret_rotation = Some(status.clone());
         let before = self.server.status.as_ref();
-        patch_status_if_changed(&self.api(), self.server, before, &self.d.status).await?;
+        patch_status_if_changed(self.ctx, &self.api(), self.server, before, &self.d.status).await?;
         Ok(pending)
     }
 

@@ -2,9 +2,11 @@
 //! Secret, the Deployment and the Service.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use keycloak::types::ClientScopeRepresentation;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
@@ -13,7 +15,7 @@ use super::conditions::{self, *};
 use super::finish::{cleanup_keycloak, finish, finish_cleanup, At, Reconciled, Staged};
 use super::ssa::{apply_if_changed, patch_status_if_changed};
 use super::Context;
-use crate::admin::Adopt;
+use crate::admin::{Adopt, KeycloakAdminClient, RealmScopeAssignments};
 use crate::api::{
     ActiveAudience, AuthMode, DeletionPolicy, McpAuthPolicy, McpServer, McpServerStatus, ScopeType,
 };
@@ -235,7 +237,7 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         self.d.status.keycloak_realm = Some(realm.to_string());
-        patch_status_if_changed(&self.api(), self.server, None, &self.d.status).await
+        patch_status_if_changed(self.ctx, &self.api(), self.server, None, &self.d.status).await
     }
 
     /// The introspection client and audience scope in Keycloak; returns the client secret.
@@ -248,24 +250,15 @@ impl<'a> Run<'a> {
         known_secret: Option<String>,
     ) -> Result<String> {
         let (server, ctx) = (self.server, self.ctx);
-        let recorded_scope_id = match mode {
-            ActiveAudience::Scope => self.d.status.audience_scope_id.clone(),
-            // No audience scope in this mode: nothing recorded to look for.
-            ActiveAudience::ResourceIndicator => Some(String::new()),
-        };
-        let checked = |scope_id: &str, secret: &str| {
-            ctx.keycloak_recently_checked(
-                &self.uid,
-                &check_inputs(server, policy, scope_id, secret),
-            )
-        };
-        let fresh = match (&recorded_scope_id, &known_secret) {
-            (Some(scope_id), Some(secret)) => checked(scope_id, secret),
-            _ => false,
-        };
-        let client_secret = match known_secret.clone().filter(|_| fresh) {
-            Some(secret) => secret,
-            None => {
+        let checked = known_secret.as_deref().and_then(|secret| {
+            ctx.keycloak_recently_checked(&self.uid, &check_inputs(server, policy, secret))
+        });
+        let client_secret = match (checked, known_secret.clone()) {
+            (Some(scope_id), Some(secret)) => {
+                self.d.status.audience_scope_id = Some(scope_id).filter(|id| !id.is_empty());
+                secret
+            }
+            _ => {
                 let previous = Previous::of(server);
                 let (secret, scope_id) = keycloak_objects(
                     server,
@@ -276,10 +269,8 @@ impl<'a> Run<'a> {
                     known_secret.as_deref(),
                 )
                 .await?;
-                ctx.record_keycloak_check(
-                    &self.uid,
-                    check_inputs(server, policy, &scope_id, &secret),
-                );
+                let inputs = check_inputs(server, policy, &secret);
+                ctx.record_keycloak_check(&self.uid, inputs, &scope_id);
                 self.d.status.audience_scope_id = Some(scope_id).filter(|id| !id.is_empty());
                 secret
             }
@@ -303,7 +294,7 @@ impl<'a> Run<'a> {
         let server = self.server;
         let client_id = self.d.status.client_id.clone().unwrap_or_default();
         let desired = workload::secret(server, &client_id, client_secret);
-        apply_if_changed(&self.api::<Secret>(), &desired, &self.uid).await?;
+        apply_if_changed(self.ctx, &self.api::<Secret>(), &desired, &self.uid).await?;
         let message = format!(
             "Secret {} holds the client credentials",
             server.secret_name()
@@ -323,12 +314,14 @@ impl<'a> Run<'a> {
         let inputs = WorkloadInputs::resolve(server, policy, client_secret, image);
         let deployments: Api<Deployment> = self.api();
         apply_if_changed(
+            self.ctx,
             &deployments,
             &workload::deployment(server, &inputs),
             &self.uid,
         )
         .await?;
         apply_if_changed(
+            self.ctx,
             &self.api::<Service>(),
             &workload::service(server),
             &self.uid,
@@ -357,24 +350,16 @@ impl<'a> Run<'a> {
 }
 
 /// Everything the Keycloak step depends on (the secret only as part of a digest).
-fn check_inputs(
-    server: &McpServer,
-    policy: &McpAuthPolicy,
-    scope_id: &str,
-    secret: &str,
-) -> String {
+fn check_inputs(server: &McpServer, policy: &McpAuthPolicy, secret: &str) -> String {
     crate::desired::digest(&[
         &server.metadata.generation.unwrap_or_default().to_string(),
         policy.metadata.uid.as_deref().unwrap_or_default(),
         &policy.metadata.generation.unwrap_or_default().to_string(),
         policy_audience(policy).name(),
-        server
-            .status
-            .as_ref()
-            .and_then(|s| s.client_id.as_deref())
-            .unwrap_or_default(),
+        // The client id this reconcile wants, not the one in status: the status of a new
+        // server only gets it at the end of the first check, and the check would not stand.
+        &audience::client_id(server, policy_audience(policy)),
         &policy.spec.keycloak.realm,
-        scope_id,
         secret,
     ])
 }
@@ -420,9 +405,10 @@ async fn keycloak_objects(
     let owner = server.owner_marker();
     let scope_names: Vec<&str> = policy.spec.scopes.iter().map(|s| s.name.as_str()).collect();
     let mapper = audience::mapper_name(server);
+    let window = ctx.keycloak_check_window();
     let done = match mode {
         ActiveAudience::Scope => {
-            let done = scope_objects(server, &kc, realm, previous, known_secret).await?;
+            let done = scope_objects(server, &kc, realm, previous, known_secret, window).await?;
             if previous.mode == Some(ActiveAudience::ResourceIndicator) {
                 let scopes = kc.client_scopes(realm).await?;
                 kc.ensure_named_mapper(realm, &scopes, &scope_names, &mapper, None)
@@ -432,9 +418,11 @@ async fn keycloak_objects(
         }
         ActiveAudience::ResourceIndicator => {
             let client = audience::resource_client(server);
-            let (_uuid, secret) = kc
-                .ensure_introspection_client(realm, &client, known_secret)
-                .await?;
+            let create_first = previous.client_id.is_none();
+            let secret = kc
+                .ensure_introspection_client(realm, &client, known_secret, create_first)
+                .await?
+                .secret;
             let scopes = kc.client_scopes(realm).await?;
             let desired = audience::policy_scope_mapper(server);
             kc.ensure_named_mapper(realm, &scopes, &scope_names, &mapper, Some(&desired))
@@ -456,23 +444,27 @@ async fn keycloak_objects(
 }
 
 /// `Scope` mode: the introspection client and the server's audience scope; returns the client
-/// secret and the scope's id.
+/// secret and the scope's id. A server that never recorded either (a new one) creates both
+/// without reading first; Keycloak's 409 sends it the long way.
 async fn scope_objects(
     server: &McpServer,
-    kc: &crate::admin::KeycloakAdminClient,
+    kc: &KeycloakAdminClient,
     realm: &str,
     previous: &Previous,
     known_secret: Option<&str>,
+    window: Duration,
 ) -> Result<(String, String)> {
     let audience_scope = kdesired::audience_scope(server);
+    let new = previous.scope_id.is_none() && previous.client_id.is_none();
     // The scope by its recorded id: one small read, where the realm's list grows with every
-    // server. The list when the id is unknown or stale (deleted, or a scope of another name).
+    // server. The list when the id is stale (deleted, or a scope of another name).
     let by_id = match previous.scope_id.as_deref() {
         Some(id) => kc.client_scope(realm, id).await?,
         None => None,
     };
     let scopes = match by_id.filter(|s| s.name == audience_scope.name) {
         Some(scope) => vec![scope],
+        None if new => vec![],
         None => kc.client_scopes(realm).await?,
     };
     // A foreign scope of our name is refused before the client is created, so the conflict
@@ -480,18 +472,39 @@ async fn scope_objects(
     crate::admin::check_scope_owner(&scopes, &audience_scope, Adopt::Unmarked)?;
     // Client first: the audience scope's second mapper names it.
     let client = kdesired::introspection_client(server);
-    let (_uuid, secret) = kc
-        .ensure_introspection_client(realm, &client, known_secret)
+    let made = kc
+        .ensure_introspection_client(realm, &client, known_secret, new)
         .await?;
     let mappers = kdesired::audience_mappers(server);
-    let scope_id = kc
-        .ensure_client_scope(realm, &scopes, &audience_scope, &mappers, Adopt::Unmarked)
-        .await?;
-    let assignments = kc.realm_scope_assignments(realm).await?;
+    let (desired, mappers) = (&audience_scope, &mappers);
+    let ensure = |scopes: Vec<ClientScopeRepresentation>| async move {
+        let id = kc
+            .ensure_client_scope(realm, &scopes, desired, mappers, Adopt::Unmarked)
+            .await?;
+        Ok::<_, Error>((id, scopes))
+    };
+    let (scope_id, scopes) = match ensure(scopes).await {
+        Err(Error::KeycloakApi { status: 409, .. }) if new => {
+            let scopes = kc.client_scopes(realm).await?;
+            let owned = crate::admin::check_scope_owner(&scopes, desired, Adopt::Unmarked);
+            if let (Err(e), true) = (owned, made.created) {
+                // Undo this reconcile's client: a conflict leaves nothing half-applied.
+                kc.delete_client(realm, &made.uuid).await?;
+                return Err(e);
+            }
+            ensure(scopes).await?
+        }
+        other => other?,
+    };
+    let assignments = match scopes.iter().any(|s| s.name == desired.name) {
+        true => kc.shared_realm_scope_assignments(realm, window).await?,
+        // Created just now: in neither list.
+        false => RealmScopeAssignments::default(),
+    };
     // Optional, never default: a default audience scope would put this URL in every token.
     kc.ensure_realm_scope_type(realm, &assignments, &scope_id, ScopeType::Optional)
         .await?;
-    Ok((secret, scope_id))
+    Ok((made.secret, scope_id))
 }
 
 /// `UrlConflict` when another McpServer of the realm holds this server's url.

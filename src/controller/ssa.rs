@@ -5,13 +5,19 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::MANAGER;
+use super::{Context, MANAGER};
 use crate::desired::is_subset;
 use crate::{Error, Result};
 
 /// Server-side applies `desired` unless the live object already matches it. Refuses to take
-/// over an object of the same name that we do not own.
-pub async fn apply_if_changed<K>(api: &Api<K>, desired: &K, owner_uid: &str) -> Result<bool>
+/// over an object of the same name that we do not own. The write is recorded as ours (see
+/// [`Context::own_write`]).
+pub async fn apply_if_changed<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    desired: &K,
+    owner_uid: &str,
+) -> Result<bool>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
@@ -32,12 +38,14 @@ where
         }
     }
     let params = PatchParams::apply(MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(desired)).await?;
+    let written = api.patch(&name, &params, &Patch::Apply(desired)).await?;
+    ctx.record_own_write(&written);
     Ok(true)
 }
 
-/// Writes status with server-side apply, only when it differs from `old`.
+/// Writes status with server-side apply, only when it differs from `old`; recorded as ours.
 pub async fn patch_status_if_changed<K, S>(
+    ctx: &Context,
     api: &Api<K>,
     obj: &K,
     old: Option<&S>,
@@ -56,7 +64,9 @@ where
         "status": new,
     });
     let params = PatchParams::apply(MANAGER).force();
-    api.patch_status(&obj.name_any(), &params, &Patch::Apply(&patch))
+    let written = api
+        .patch_status(&obj.name_any(), &params, &Patch::Apply(&patch))
         .await?;
+    ctx.record_own_write(&written);
     Ok(())
 }

@@ -4,14 +4,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
@@ -36,7 +37,7 @@ pub async fn run_until_synced(
     let apis = Apis::new(&ctx.client, namespace.as_deref());
     tokio::spawn(probe_listable(apis.clone(), on_synced));
     let config = Config::default().concurrency(ctx.config.concurrency);
-    let servers = Controller::new(apis.servers.clone(), watcher::Config::default());
+    let servers = self_triggered(apis.servers.clone(), ctx.clone());
     let server_store = servers.store();
     let _ = ctx.servers.set(server_store.clone());
     // Live verification re-checks servers on its own clock and reconciles those that changed.
@@ -52,6 +53,53 @@ pub async fn run_until_synced(
     }
 }
 
+/// A controller of `K` whose store holds no `managedFields` (never read, and often the bigger
+/// half of an object) and whose own writes do not trigger it again (see
+/// [`Context::own_write`]): a status write would otherwise re-run every reconcile once more.
+fn self_triggered<K>(api: Api<K>, ctx: Arc<Context>) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
+    K: 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .modify(strip_managed_fields)
+        .reflect(writer)
+        .applied_objects()
+        .try_filter(move |obj| futures::future::ready(!ctx.own_write(obj)));
+    Controller::for_stream(stream, reader)
+}
+
+fn strip_managed_fields(obj: &mut impl Resource) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Triggers from the owned children of one kind, watched by metadata only (the operator reads
+/// a child itself when it reconciles); our own writes to them trigger nothing, their deletion
+/// and everyone else's changes (a Deployment's status) do.
+fn owned<K>(
+    api: Api<PartialObjectMeta<K>>,
+    ctx: Arc<Context>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
+    K: 'static,
+{
+    let owned = watcher::Config::default().labels(&owned_selector());
+    watcher(api, owned)
+        .modify(strip_managed_fields)
+        .try_filter_map(move |event| {
+            let trigger = match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                    (!ctx.own_write(&o)).then_some(o)
+                }
+                watcher::Event::Delete(o) => Some(o),
+                watcher::Event::Init | watcher::Event::InitDone => None,
+            };
+            futures::future::ready(Ok(trigger))
+        })
+}
+
 /// The APIs of every watched kind, in one namespace or cluster-wide.
 #[derive(Clone)]
 struct Apis {
@@ -61,9 +109,22 @@ struct Apis {
     secrets: Api<Secret>,
     services: Api<Service>,
     network_policies: Api<NetworkPolicy>,
+    client: kube::Client,
+    namespace: Option<String>,
 }
 
 impl Apis {
+    /// The metadata-only API of a kind (its watches and lists carry no spec or data).
+    fn meta<K>(&self) -> Api<PartialObjectMeta<K>>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
     fn new(client: &kube::Client, namespace: Option<&str>) -> Self {
         fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
         where
@@ -81,6 +142,8 @@ impl Apis {
             secrets: api(client, namespace),
             services: api(client, namespace),
             network_policies: api(client, namespace),
+            client: client.clone(),
+            namespace: namespace.map(str::to_string),
         }
     }
 }
@@ -97,7 +160,6 @@ async fn server_controller(
     config: Config,
     ctx: Arc<Context>,
 ) {
-    let owned = watcher::Config::default().labels(&owned_selector());
     // A policy change reconciles the servers that use it.
     let users_of = move |policy: McpAuthPolicy| {
         let (ns, name) = (policy.namespace(), policy.name_any());
@@ -108,10 +170,10 @@ async fn server_controller(
     controller
         .with_config(config)
         .trigger_backoff(WatchBackoff::default())
-        .owns(apis.deployments.clone(), owned.clone())
-        .owns(apis.secrets.clone(), owned.clone())
-        .owns(apis.services.clone(), owned.clone())
-        .owns(apis.network_policies.clone(), owned)
+        .owns_stream(owned(apis.meta::<Deployment>(), ctx.clone()))
+        .owns_stream(owned(apis.meta::<Secret>(), ctx.clone()))
+        .owns_stream(owned(apis.meta::<Service>(), ctx.clone()))
+        .owns_stream(owned(apis.meta::<NetworkPolicy>(), ctx.clone()))
         .watches(apis.policies.clone(), watcher::Config::default(), users_of)
         .shutdown_on_signal()
         .run(reconcile, error_policy(McpServer::CONTROLLER), ctx)
@@ -120,7 +182,7 @@ async fn server_controller(
 }
 
 async fn policy_controller(apis: &Apis, config: Config, ctx: Arc<Context>) {
-    let controller = Controller::new(apis.policies.clone(), watcher::Config::default());
+    let controller = self_triggered(apis.policies.clone(), ctx.clone());
     let policy_store = controller.store();
     let server_trigger = ServerTrigger::default();
     // A server's audience scope must reach the clients Keycloak created from metadata

@@ -196,7 +196,7 @@ fn expositions() -> (String, String) {
     use mcp_auth_gateway::metrics::Outcome;
     use mcp_keycloak_operator::metrics::{Metrics, RealmLabels};
     let op = Metrics::default();
-    op.record_keycloak_request("GET", "ok");
+    op.record_keycloak_request("GET", "find client", "ok");
     op.record_reconcile("mcpserver", Duration::from_millis(3));
     op.record_error("mcpserver", "KeycloakUnreachable");
     op.record_reaped("registered", 1);
