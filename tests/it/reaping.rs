@@ -141,8 +141,12 @@ async fn idle_registered_clients_are_reaped_and_used_ones_kept() {
         exists(&s, "hand-made-app").await,
         "a hand-made client was deleted"
     );
+    // The status is written when the reconcile that deleted the client ends.
+    eventually("reapedTotal 2 in status", || async {
+        reaping_status(&s).await["reapedTotal"] == 2
+    })
+    .await;
     let st = reaping_status(&s).await;
-    assert_eq!(st["reapedTotal"], 2, "{st}");
     assert!(st["lastReapedAt"].is_string(), "{st}");
     assert!(event_note(&s, "ClientsReaped", &idle).await);
 
@@ -172,9 +176,12 @@ async fn idle_registered_clients_are_reaped_and_used_ones_kept() {
         exists(&s, "hand-made-app").await,
         "a hand-made client was deleted"
     );
-    let metrics = s.op().ctx.metrics.encode();
+    // Counted when the pass that deleted it ends.
     let counted = "mcp_operator_reaped_clients_total{kind=\"registered\"} 3";
-    assert!(metrics.contains(counted), "{metrics}");
+    eventually("3 registered clients counted", || async {
+        s.op().ctx.metrics.encode().contains(counted)
+    })
+    .await;
 }
 
 /// `dryRun` lists the idle client and deletes nothing; switched off, the client is reaped and
