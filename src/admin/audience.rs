@@ -3,6 +3,7 @@
 
 use keycloak::types::{ClientScopeRepresentation, ProtocolMapperRepresentation};
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::KeycloakAdminClient;
@@ -15,17 +16,29 @@ const FEATURE_PROBE_TTL: Duration = Duration::from_secs(60);
 
 impl KeycloakAdminClient {
     /// Whether this Keycloak runs `resource-indicators` (see
-    /// [`audience::resource_indicators_enabled`]), probed at most once a minute.
+    /// [`audience::resource_indicators_enabled`]).
     pub async fn resource_indicators(&self) -> Result<bool> {
-        let mut last = self.resource_indicators.lock().await;
-        if let Some((at, on)) = *last {
+        let features = self.server_features().await?;
+        Ok(audience::resource_indicators_enabled(&features))
+    }
+
+    /// What the feature probes read of `GET /admin/serverinfo` (`profileInfo`,
+    /// `systemInfo.version`), kept for a minute: features change only with a Keycloak restart,
+    /// so one read of the ~300 KB document serves every feature probe of this client.
+    pub async fn server_features(&self) -> Result<Arc<serde_json::Value>> {
+        let mut last = self.server_features.lock().await;
+        if let Some((at, features)) = &*last {
             if at.elapsed() < FEATURE_PROBE_TTL {
-                return Ok(on);
+                return Ok(features.clone());
             }
         }
-        let on = audience::resource_indicators_enabled(&self.server_info().await?);
-        *last = Some((Instant::now(), on));
-        Ok(on)
+        let info = self.server_info().await?;
+        let features = Arc::new(serde_json::json!({
+            "profileInfo": info["profileInfo"],
+            "systemInfo": {"version": info["systemInfo"]["version"]},
+        }));
+        *last = Some((Instant::now(), features.clone()));
+        Ok(features)
     }
 
     /// `GET /admin/serverinfo` as JSON (the typed crate lacks it). Answered to a realm's own

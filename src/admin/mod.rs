@@ -251,11 +251,9 @@ pub struct KeycloakAdminClient {
     /// PUT: one read-merge-write at a time through this client. Only a realm's owning policy
     /// writes them, and policies with equal connections share a client.
     client_policy_lists_lock: tokio::sync::Mutex<()>,
-    /// The last feature probe (`GET /admin/serverinfo`, ~300 KB for a master admin) and when
-    /// it was made: features change only with a Keycloak restart, so one probe serves a while.
-    resource_indicators: Mutex<Option<(Instant, bool)>>,
-    /// The same for `client-secret-rotation`.
-    secret_rotation: Mutex<Option<(Instant, bool)>>,
+    /// The features part of the last `GET /admin/serverinfo` and when it was read (see
+    /// [`KeycloakAdminClient::server_features`]).
+    server_features: Mutex<Option<(Instant, Arc<serde_json::Value>)>>,
     /// Per realm: its default and optional scope lists as last read, and when (see
     /// [`KeycloakAdminClient::shared_realm_scope_assignments`]); this client's own edits of
     /// those lists are applied to the copy.
@@ -311,8 +309,7 @@ impl KeycloakAdminClient {
             tokens,
             metrics,
             client_policy_lists_lock: Default::default(),
-            resource_indicators: Mutex::new(None),
-            secret_rotation: Mutex::new(None),
+            server_features: Mutex::new(None),
             scope_assignments: Mutex::default(),
         })
     }

@@ -1,30 +1,16 @@
 //! Executors of secret rotation ([`crate::desired::rotation`]): the feature probe, the realm's
 //! rotation profile and policy, rotating and revoking through Keycloak's client-secret endpoints.
 
-use std::time::{Duration, Instant};
-
 use keycloak::types::ClientRepresentation;
 
 use super::KeycloakAdminClient;
 use crate::desired::rotation;
 use crate::{Error, Result};
 
-/// How long one feature probe is reused (features change only with a Keycloak restart).
-const FEATURE_PROBE_TTL: Duration = Duration::from_secs(60);
-
 impl KeycloakAdminClient {
-    /// Whether this Keycloak runs `client-secret-rotation` (see [`rotation::feature_enabled`]),
-    /// probed at most once a minute.
+    /// Whether this Keycloak runs `client-secret-rotation` (see [`rotation::feature_enabled`]).
     pub async fn secret_rotation_supported(&self) -> Result<bool> {
-        let mut last = self.secret_rotation.lock().await;
-        if let Some((at, on)) = *last {
-            if at.elapsed() < FEATURE_PROBE_TTL {
-                return Ok(on);
-            }
-        }
-        let on = rotation::feature_enabled(&self.server_info().await?);
-        *last = Some((Instant::now(), on));
-        Ok(on)
+        Ok(rotation::feature_enabled(&*self.server_features().await?))
     }
 
     /// The realm's secret-rotation profile and policy, written only if they differ.

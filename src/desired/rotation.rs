@@ -255,16 +255,35 @@ mod tests {
         assert!(!feature_enabled(&json!({})));
     }
 
-    #[test]
-    fn rotation_steps_by_schedule_trigger_and_grace() {
-        let s = spec("1h", Some("10m"));
-        let now = t("2026-12-01T12:00:00Z");
-        // First sight: schedule one period out, nothing rotated.
-        let first = decide(now, &s, None, None);
-        let scheduled = SecretRotationStatus {
+    /// What a 1 h period (10 min grace) schedules on first sight at noon.
+    fn scheduled() -> SecretRotationStatus {
+        SecretRotationStatus {
             next_rotation_time: Some("2026-12-01T13:00:00Z".into()),
             ..Default::default()
-        };
+        }
+    }
+
+    /// After the trigger `a` rotated at noon, once the operator revoked the previous secret.
+    fn revoked() -> SecretRotationStatus {
+        let after = rotated(
+            &spec("1h", Some("10m")),
+            Some(&scheduled()),
+            t("2026-12-01T12:00:00Z"),
+            Some("a".into()),
+        );
+        SecretRotationStatus {
+            previous_secret_valid_until: None,
+            ..after
+        }
+    }
+
+    #[test]
+    fn rotation_is_scheduled_one_period_out_and_due_then() {
+        let s = spec("1h", Some("10m"));
+        let now = t("2026-12-01T12:00:00Z");
+        let scheduled = scheduled();
+        // First sight: schedule one period out, nothing rotated.
+        let first = decide(now, &s, None, None);
         assert_eq!(
             first,
             Step::Idle {
@@ -273,16 +292,26 @@ mod tests {
         );
         // Same status later, before due: idle and unchanged (no write at steady state).
         let later = t("2026-12-01T12:30:00Z");
+        let idle = decide(later, &s, None, Some(&scheduled));
         assert_eq!(
-            decide(later, &s, None, Some(&scheduled)),
+            idle,
             Step::Idle {
                 next: scheduled.clone()
             }
         );
         // Due.
         let due = t("2026-12-01T13:00:00Z");
-        let rotate = Step::Rotate { trigger: None };
-        assert_eq!(decide(due, &s, None, Some(&scheduled)), rotate);
+        assert_eq!(
+            decide(due, &s, None, Some(&scheduled)),
+            Step::Rotate { trigger: None }
+        );
+    }
+
+    #[test]
+    fn a_trigger_rotates_once_and_the_grace_ends_with_a_revoke() {
+        let s = spec("1h", Some("10m"));
+        let now = t("2026-12-01T12:00:00Z");
+        let scheduled = scheduled();
         // A new trigger value rotates at once; the handled one does not again.
         let want = Step::Rotate {
             trigger: Some("a".into()),
@@ -305,10 +334,7 @@ mod tests {
             decide(grace_end, &s, Some("a"), Some(&after)),
             Step::EndGrace
         );
-        let revoked = SecretRotationStatus {
-            previous_secret_valid_until: None,
-            ..after.clone()
-        };
+        let revoked = revoked();
         let idle = decide(grace_end, &s, Some("a"), Some(&revoked));
         assert_eq!(
             idle,
@@ -320,17 +346,16 @@ mod tests {
             wake_in(grace_end, &revoked),
             Some(Duration::from_secs(50 * 60))
         );
+    }
+
+    #[test]
+    fn a_shorter_period_counts_from_the_last_rotation_and_a_pending_one_resumes_first() {
+        let revoked = revoked();
         // A shorter period applies from the last rotation.
         let shorter = spec("20m", Some("10m"));
-        assert_eq!(
-            decide(
-                t("2026-12-01T12:20:00Z"),
-                &shorter,
-                Some("a"),
-                Some(&revoked)
-            ),
-            rotate
-        );
+        let at = t("2026-12-01T12:20:00Z");
+        let rotate = Step::Rotate { trigger: None };
+        assert_eq!(decide(at, &shorter, Some("a"), Some(&revoked)), rotate);
         // A rotation recorded but not known to be done is resumed before anything else.
         let pending = SecretRotationStatus {
             pending: Some(PendingRotation {
@@ -339,6 +364,8 @@ mod tests {
             }),
             ..revoked
         };
+        let s = spec("1h", Some("10m"));
+        let due = t("2026-12-01T13:00:00Z");
         assert_eq!(decide(due, &s, Some("c"), Some(&pending)), Step::Resume);
     }
 

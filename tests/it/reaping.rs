@@ -58,20 +58,8 @@ async fn register(s: &Scenario) -> Result<String, String> {
 /// `LOGIN` and a `CODE_TO_TOKEN` event, and a session — offline too with `offline_access`.
 async fn log_in(s: &Scenario, client_id: &str, scope: &str) {
     let base = format!("{}/protocol/openid-connect", s.realm_url());
-    let code = login_for_code(&base, client_id, USER, PASSWORD, scope).await;
-    let form = [
-        ("grant_type", "authorization_code"),
-        ("client_id", client_id),
-        ("code", code.as_str()),
-        ("redirect_uri", MINTER_REDIRECT),
-    ];
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/token"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "token for {client_id}");
+    let (status, _) = code_flow_token(&base, client_id, (USER, PASSWORD), scope, None).await;
+    assert_eq!(status, 200, "token for {client_id}");
 }
 
 async fn exists(s: &Scenario, client_id: &str) -> bool {

@@ -370,22 +370,7 @@ impl Realm {
             "{}/realms/{}/protocol/openid-connect",
             self.kc.base_url, self.name
         );
-        let code = login_for_code_with(&base, &client_id, &user, &password, scope, resource).await;
-        let mut form = vec![
-            ("grant_type", "authorization_code"),
-            ("client_id", client_id.as_str()),
-            ("code", code.as_str()),
-            ("redirect_uri", MINTER_REDIRECT),
-        ];
-        form.extend(resource.map(|r| ("resource", r)));
-        let resp = reqwest::Client::new()
-            .post(format!("{base}/token"))
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        code_flow_token(&base, &client_id, (&user, &password), scope, resource).await
     }
 
     /// RFC 7662 introspection with a confidential client's credentials.
@@ -459,6 +444,33 @@ fn user_rep(user: &str, password: &str) -> Value {
 
 /// Redirect URI of the minter client; nothing listens there (the code is read off the redirect).
 pub const MINTER_REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+/// The authorization-code flow of `client_id` (public, redirect [`MINTER_REDIRECT`]) for a
+/// user, with RFC 8707 `resource` when given: the token endpoint's status and answer.
+pub async fn code_flow_token(
+    base: &str,
+    client_id: &str,
+    (user, password): (&str, &str),
+    scope: &str,
+    resource: Option<&str>,
+) -> (u16, Value) {
+    let code = login_for_code_with(base, client_id, user, password, scope, resource).await;
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("client_id", client_id),
+        ("code", code.as_str()),
+        ("redirect_uri", MINTER_REDIRECT),
+    ];
+    form.extend(resource.map(|r| ("resource", r)));
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/token"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
 
 /// Logs `user` in on Keycloak's login page (GET the form, POST the credentials with the
 /// session cookies) and returns the authorization code from the redirect.
