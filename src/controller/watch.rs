@@ -16,9 +16,10 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use super::conditions::READY;
 use super::finish::{reconcile, Reconciled};
 use super::Context;
-use crate::api::{McpAuthPolicy, McpServer};
+use crate::api::{ActiveAudience, McpAuthPolicy, McpServer};
 use crate::desired::cimd::requested;
 use crate::desired::workload::MANAGED_BY;
 use crate::Error;
@@ -100,6 +101,28 @@ where
         })
 }
 
+/// The policies whose change matters to their servers (see [`PolicyTrigger`]), and deleted ones.
+fn policy_changes(
+    api: Api<McpAuthPolicy>,
+) -> impl futures::Stream<Item = Result<McpAuthPolicy, watcher::Error>> + Send + 'static {
+    let trigger = PolicyTrigger::default();
+    watcher(api, watcher::Config::default())
+        .modify(strip_managed_fields)
+        .try_filter_map(move |event| {
+            let fire = match event {
+                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                    trigger.changed(&p).then_some(p)
+                }
+                watcher::Event::Delete(p) => {
+                    trigger.forget(&p);
+                    Some(p)
+                }
+                watcher::Event::Init | watcher::Event::InitDone => None,
+            };
+            futures::future::ready(Ok(fire))
+        })
+}
+
 /// The APIs of every watched kind, in one namespace or cluster-wide.
 #[derive(Clone)]
 struct Apis {
@@ -160,7 +183,7 @@ async fn server_controller(
     config: Config,
     ctx: Arc<Context>,
 ) {
-    // A policy change reconciles the servers that use it.
+    // A policy change that servers read reconciles the servers that use it.
     let users_of = move |policy: McpAuthPolicy| {
         let (ns, name) = (policy.namespace(), policy.name_any());
         let users = server_store.state().into_iter();
@@ -174,7 +197,7 @@ async fn server_controller(
         .owns_stream(owned(apis.meta::<Secret>(), ctx.clone()))
         .owns_stream(owned(apis.meta::<Service>(), ctx.clone()))
         .owns_stream(owned(apis.meta::<NetworkPolicy>(), ctx.clone()))
-        .watches(apis.policies.clone(), watcher::Config::default(), users_of)
+        .watches_stream(policy_changes(apis.policies.clone()), users_of)
         .shutdown_on_signal()
         .run(reconcile, error_policy(McpServer::CONTROLLER), ctx)
         .for_each(|_| futures::future::ready(()))
@@ -337,9 +360,62 @@ impl ServerTrigger {
     }
 }
 
+/// Which McpAuthPolicy events reconcile the policy's servers: only a change of what a server
+/// reconcile reads from it — the spec, `Ready` and the generation it describes, the audience
+/// mode — or its deletion. The rest of its status (`realmClients` on every sweep, reaping)
+/// would re-run every server of the policy, each re-checking Keycloak (the scale bench's cascade).
+#[derive(Default)]
+struct PolicyTrigger {
+    seen: Mutex<HashMap<ObjectRef<McpAuthPolicy>, PolicyView>>,
+}
+
+/// What of a policy its servers act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PolicyView {
+    generation: Option<i64>,
+    deleting: bool,
+    /// `Ready`'s status, reason and message (a server's `PolicyNotReady` quotes the message).
+    ready: Option<(String, String, String)>,
+    observed_generation: Option<i64>,
+    audience_mode: Option<ActiveAudience>,
+}
+
+impl PolicyView {
+    fn of(p: &McpAuthPolicy) -> Self {
+        let status = p.status.as_ref();
+        let ready = status.and_then(|s| super::conditions::find(&s.conditions, READY));
+        PolicyView {
+            generation: p.metadata.generation,
+            deleting: p.metadata.deletion_timestamp.is_some(),
+            ready: ready.map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())),
+            observed_generation: status.and_then(|s| s.observed_generation),
+            audience_mode: status.and_then(|s| s.audience_mode),
+        }
+    }
+}
+
+impl PolicyTrigger {
+    /// Whether `policy` differs from what its servers last saw (and remembers it).
+    fn changed(&self, policy: &McpAuthPolicy) -> bool {
+        let view = PolicyView::of(policy);
+        let mut seen = self.seen.lock().expect("poisoned");
+        let key = ObjectRef::from_obj(policy);
+        if seen.get(&key) == Some(&view) {
+            return false;
+        }
+        seen.insert(key, view);
+        true
+    }
+
+    fn forget(&self, policy: &McpAuthPolicy) {
+        let mut seen = self.seen.lock().expect("poisoned");
+        seen.remove(&ObjectRef::from_obj(policy));
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{ServerTrigger, WatchBackoff};
+    use super::{PolicyTrigger, ServerTrigger, WatchBackoff};
     use crate::api::{McpAuthPolicy, McpServer};
     use kube::runtime::reflector::ObjectRef;
     use kube::runtime::utils::Backoff;
@@ -408,6 +484,54 @@ mod tests {
             let got = t.policy_to_reconcile(&server(1, None, false), |_| p.clone());
             assert_eq!(got, None);
         }
+    }
+
+    /// A policy at `generation` whose status says `ready` for `observed`, `realm_clients`.
+    fn policy_status(generation: i64, ready: &str, observed: i64, clients: i64) -> McpAuthPolicy {
+        let mut p = (*policy(None)).clone();
+        p.metadata.generation = Some(generation);
+        p.status = serde_json::from_value(serde_json::json!({
+            "conditions": [{"type": "Ready", "status": ready, "reason": "Ready", "message": "m",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "observedGeneration": observed,
+            "realmClients": clients,
+        }))
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn policy_events_reconcile_servers_only_when_what_they_read_changes() {
+        let t = PolicyTrigger::default();
+        // (generation, Ready, observed generation, realmClients) -> whether servers reconcile.
+        let steps = [
+            ((1, "False", 0, 0), true),
+            ((1, "True", 1, 0), true),
+            ((1, "True", 1, 7), false), // the registration sweep counted clients
+            ((1, "True", 1, 9), false),
+            ((2, "True", 1, 9), true), // a spec change, not yet reconciled
+            ((2, "True", 2, 9), true),
+        ];
+        for ((generation, ready, observed, clients), fires) in steps {
+            let p = policy_status(generation, ready, observed, clients);
+            assert_eq!(
+                t.changed(&p),
+                fires,
+                "{generation} {ready} {observed} {clients}"
+            );
+        }
+        let mut p = policy_status(2, "True", 2, 9);
+        p.status.as_mut().unwrap().audience_mode =
+            Some(crate::api::ActiveAudience::ResourceIndicator);
+        assert!(t.changed(&p), "the audience mode changed");
+        p.metadata.deletion_timestamp =
+            serde_json::from_value(serde_json::json!("2026-01-02T00:00:00Z")).unwrap();
+        assert!(t.changed(&p), "being deleted");
+        t.forget(&p);
+        assert!(
+            t.seen.lock().unwrap().is_empty(),
+            "deletion forgets the policy"
+        );
     }
 
     #[test]
