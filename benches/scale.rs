@@ -26,7 +26,7 @@
 //! `SCALE_PLOT` (default `docs/bench/scale.png`). The load average is printed with each phase:
 //! the machine is shared.
 //!
-//! `SCALE_OPERATOR_BIN` runs another build of the operator (e.g. of an earlier commit, for
+//! `SCALE_OPERATOR_LOG` sets the operator's `RUST_LOG`. `SCALE_OPERATOR_BIN` runs another build of the operator (e.g. of an earlier commit, for
 //! before/after figures); `SCALE_REPLICAS` (default 0) sets the replicas of the bulk servers: 0 keeps the fake node out
 //! of phases 2–4 (a server with 0 replicas is `Available` at once), 1 includes 500–1000 kwok
 //! pods and so measures the control plane as much as the operator.
@@ -168,21 +168,34 @@ async fn scrape(op: &ChildOperator) -> Scrape {
     }
 }
 
-/// Waits until the operator has made no reconcile for `quiet`.
-async fn settle(op: &ChildOperator, quiet: Duration, timeout: Duration) {
+/// Waits until the operator has been quiet for `quiet`: no Keycloak write, no policy reconcile,
+/// and no more server reconciles than the resync of `servers` explains (N servers resyncing
+/// every R s make N/R reconciles a second for ever, so "none at all" never comes at scale).
+async fn settle(
+    op: &ChildOperator,
+    quiet: Duration,
+    timeout: Duration,
+    servers: usize,
+    resync: u64,
+) {
     let started = Instant::now();
-    let mut last = scrape(op).await;
-    let mut since = Instant::now();
-    while since.elapsed() < quiet {
-        assert!(started.elapsed() < timeout, "operator never settled");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = scrape(op).await;
-        if now.server_reconciles != last.server_reconciles
-            || now.policy_reconciles != last.policy_reconciles
+    let background = servers as f64 / resync.max(1) as f64 * quiet.as_secs_f64();
+    let allowed = if servers == 0 {
+        0.0
+    } else {
+        1.5 * background + 1.0
+    };
+    loop {
+        let before = scrape(op).await;
+        tokio::time::sleep(quiet).await;
+        let after = scrape(op).await;
+        if after.writes == before.writes
+            && after.policy_reconciles == before.policy_reconciles
+            && after.server_reconciles - before.server_reconciles <= allowed
         {
-            since = Instant::now();
+            return;
         }
-        last = now;
+        assert!(started.elapsed() < timeout, "operator never settled");
     }
 }
 
@@ -413,6 +426,11 @@ async fn main() {
     let tb = seeded.tb;
     let log = opts.log_file.clone();
     opts.resync_seconds = resync;
+    // e.g. `info,mcp_keycloak_operator::controller::finish=debug`: one line per reconcile, in
+    // kube-runtime's span that names its trigger.
+    if let Ok(filter) = std::env::var("SCALE_OPERATOR_LOG") {
+        opts.rust_log = filter;
+    }
     // Another build of the operator (e.g. of an earlier commit) for before/after figures.
     if let Ok(bin) = std::env::var("SCALE_OPERATOR_BIN") {
         opts.binary = bin.into();
@@ -502,7 +520,14 @@ async fn latency(b: &Bench, op: &ChildOperator, plain: &Plain, series: &mut Seri
             operator_lat.push(op_took);
             plain_lat.push(plain_took);
         }
-        settle(op, Duration::from_millis(1500), Duration::from_secs(60)).await;
+        settle(
+            op,
+            Duration::from_millis(1500),
+            Duration::from_secs(60),
+            0,
+            1,
+        )
+        .await;
     }
     for (c, s) in &plain_made {
         plain.delete(c, s).await;
@@ -541,12 +566,62 @@ fn print_latency(runs: usize, mut operator_lat: Vec<Duration>, mut plain_lat: Ve
     );
 }
 
+/// The test bed's processes whose CPU a phase is charged with (pid files of `hack/testbed`).
+const TESTBED_PROCESSES: [(&str, &str); 4] = [
+    ("Keycloak", "keycloak/default/kc.pid"),
+    ("kube-apiserver", "run/kube-apiserver.pid"),
+    ("etcd", "run/etcd.pid"),
+    ("kube-controller-manager", "run/kube-controller-manager.pid"),
+];
+
+/// CPU seconds so far of each test bed process (see [`TESTBED_PROCESSES`]).
+fn testbed_cpu() -> Vec<(&'static str, f64)> {
+    let dir = std::env::var("TESTBED_DIR").unwrap_or_default();
+    let pid = |file: &str| -> Option<u32> {
+        let text = std::fs::read_to_string(std::path::Path::new(&dir).join(file)).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    };
+    let cpu = |file: &str| pid(file).map_or(0.0, cpu_seconds_of);
+    TESTBED_PROCESSES
+        .iter()
+        .map(|(name, file)| (*name, cpu(file)))
+        .collect()
+}
+
+/// Prints the CPU seconds per server each process spent from `before` to `after` (and `own`,
+/// the client's: the operator, or the plain client in this bench process).
+fn print_cpu(
+    before: &[(&'static str, f64)],
+    after: &[(&'static str, f64)],
+    own: (&str, f64),
+    servers: usize,
+) {
+    let n = servers.max(1) as f64;
+    let mut parts = vec![format!("{} {:.1} ms", own.0, own.1 * 1000.0 / n)];
+    let mut total = own.1;
+    for ((name, b), (_, a)) in before.iter().zip(after) {
+        parts.push(format!("{name} {:.1} ms", (a - b) * 1000.0 / n));
+        total += a - b;
+    }
+    println!(
+        "CPU per server: {} (total {:.1} ms)",
+        parts.join(", "),
+        total * 1000.0 / n
+    );
+}
+
+/// This bench process's own CPU seconds (the plain client runs in it).
+fn own_cpu() -> f64 {
+    cpu_seconds_of(std::process::id())
+}
+
 /// Step 2, the Keycloak limit: the plain client creates the objects of `scale` servers at the
 /// operator's default concurrency, then deletes them. Returns its throughput (servers/s).
 async fn keycloak_limit(b: &Bench, plain: &Arc<Plain>, series: &mut Series) -> f64 {
     let (scale, ns) = (b.scale, &b.ns);
     let concurrency = OperatorConfig::DEFAULT_CONCURRENCY as usize;
     println!("\n({} before the Keycloak limit)", load_average());
+    let (cpu_before, own_before) = (testbed_cpu(), own_cpu());
     let started = Instant::now();
     let made: Vec<((String, String), f64)> = futures::stream::iter(0..scale)
         .map(|i| {
@@ -570,6 +645,8 @@ async fn keycloak_limit(b: &Bench, plain: &Arc<Plain>, series: &mut Series) -> f
     let throughput = scale as f64 / took;
     println!("\n## Keycloak limit: plain admin client, {scale} servers, concurrency {concurrency}");
     println!("done in {took:.1} s ({throughput:.1} servers/s; 5 admin calls each, token reused)");
+    let own = ("plain client", own_cpu() - own_before);
+    print_cpu(&cpu_before, &testbed_cpu(), own, scale);
     let removing = Instant::now();
     futures::stream::iter(made)
         .for_each_concurrent(concurrency, |((c, s), _)| {
@@ -620,10 +697,17 @@ async fn all_at_once(
     let (runs, scale, replicas) = (b.runs, b.scale, b.replicas);
     let op = b.operator().await;
     wait_all_ready(&b.servers, runs + 2, Duration::from_secs(120)).await;
-    settle(&op, Duration::from_secs(3), Duration::from_secs(120)).await;
+    settle(
+        &op,
+        Duration::from_secs(3),
+        Duration::from_secs(120),
+        runs + 2,
+        b.resync,
+    )
+    .await;
     let text_before = op.metrics(Duration::from_secs(10)).await.unwrap();
     let before = scrape(&op).await;
-    let cpu_before = op.cpu_seconds();
+    let (cpu_before, testbed_before) = (op.cpu_seconds(), testbed_cpu());
     let load = load_average();
     let names: Vec<String> = (0..scale).map(|i| format!("bulk{i:04}")).collect();
     let started = Instant::now();
@@ -638,6 +722,7 @@ async fn all_at_once(
     let after = scrape(&op).await;
     let text_after = op.metrics(Duration::from_secs(10)).await.unwrap();
     let cpu = op.cpu_seconds() - cpu_before;
+    let testbed_after = testbed_cpu();
     let (_, hwm) = op.memory_kib();
     let throughput = scale as f64 / all_ready.as_secs_f64();
     let requests = (after.reads + after.writes - before.reads - before.writes) / scale as f64;
@@ -657,6 +742,7 @@ async fn all_at_once(
         after.errors - before.errors
     );
     print_operations(&text_before, &text_after, scale as f64, "server");
+    print_cpu(&testbed_before, &testbed_after, ("operator", cpu), scale);
     println!(
         "operator: peak RSS (VmHWM) {:.1} MiB, CPU {:.1} s (utime+stime); {} at the end",
         mib(hwm),
@@ -706,7 +792,15 @@ async fn ready_over_time(
 /// Step 4, steady-state resync of all of them; the Keycloak writes it made (must be 0).
 async fn steady_resync(b: &Bench, op: &ChildOperator, targets: &mut Targets) -> f64 {
     let resync = b.resync;
-    settle(op, Duration::from_secs(5), Duration::from_secs(600)).await;
+    let servers = b.scale + b.runs + 2;
+    settle(
+        op,
+        Duration::from_secs(5),
+        Duration::from_secs(600),
+        servers,
+        resync,
+    )
+    .await;
     let text_before = op.metrics(Duration::from_secs(10)).await.unwrap();
     let before = scrape(op).await;
     let cpu_before = op.cpu_seconds();
@@ -758,8 +852,16 @@ async fn at_rest(b: &Bench, op: ChildOperator, targets: &mut Targets) -> (usize,
     }
     let total = b.runs + 2 + b.rest;
     wait_all_ready(&b.servers, total, Duration::from_secs(3600)).await;
-    settle(&op, Duration::from_secs(5), Duration::from_secs(900)).await;
+    settle(
+        &op,
+        Duration::from_secs(5),
+        Duration::from_secs(900),
+        total,
+        b.resync,
+    )
+    .await;
     let (rss, hwm) = op.memory_kib();
+    let (anon, file) = op.rss_split_kib();
     let mut op = op;
     op.sigkill();
     let mut fresh = ChildOperator::spawn(&b.opts);
@@ -774,26 +876,38 @@ async fn at_rest(b: &Bench, op: ChildOperator, targets: &mut Targets) -> (usize,
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    settle(&fresh, Duration::from_secs(5), Duration::from_secs(900)).await;
+    settle(
+        &fresh,
+        Duration::from_secs(5),
+        Duration::from_secs(900),
+        total,
+        b.resync,
+    )
+    .await;
     let fresh_took = started.elapsed();
     let (fresh_rss, fresh_hwm) = fresh.memory_kib();
+    let (fresh_anon, fresh_file) = fresh.rss_split_kib();
     let s = scrape(&fresh).await;
     println!(
         "\n## {total} McpServers at rest ({} at the end)",
         load_average()
     );
     println!(
-        "running operator: RSS {:.1} MiB (peak {:.1} MiB)",
+        "running operator: RSS {:.1} MiB (peak {:.1} MiB; anonymous {:.1}, file-backed {:.1})",
         mib(rss),
-        mib(hwm)
+        mib(hwm),
+        mib(anon),
+        mib(file)
     );
     println!(
-        "fresh operator after its start-up pass ({:.0} s, {} server reconciles, {} Keycloak writes): RSS {:.1} MiB (peak {:.1} MiB), CPU {:.1} s",
+        "fresh operator after its start-up pass ({:.0} s, {} server reconciles, {} Keycloak writes): RSS {:.1} MiB (peak {:.1} MiB; anonymous {:.1}, file-backed {:.1}), CPU {:.1} s",
         fresh_took.as_secs_f64(),
         s.server_reconciles,
         s.writes,
         mib(fresh_rss),
         mib(fresh_hwm),
+        mib(fresh_anon),
+        mib(fresh_file),
         fresh.cpu_seconds()
     );
     let worst = mib(rss.max(fresh_rss));

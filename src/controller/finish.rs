@@ -76,6 +76,13 @@ pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
         .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics
         .record_reconcile(K::CONTROLLER, started.elapsed());
+    // In kube-runtime's span, which names what triggered this reconcile.
+    tracing::debug!(
+        controller = K::CONTROLLER,
+        ok = result.is_ok(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "reconciled"
+    );
     result
 }
 

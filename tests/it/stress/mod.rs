@@ -140,27 +140,38 @@ impl ChildOperator {
 
     /// (VmRSS, VmHWM) in KiB from /proc/PID/status.
     pub fn memory_kib(&self) -> (u64, u64) {
+        (self.status_kib("VmRSS:"), self.status_kib("VmHWM:"))
+    }
+
+    /// The resident set split: (RssAnon, RssFile) in KiB — the heap against the mapped binary.
+    pub fn rss_split_kib(&self) -> (u64, u64) {
+        (self.status_kib("RssAnon:"), self.status_kib("RssFile:"))
+    }
+
+    fn status_kib(&self, name: &str) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        let field = |name: &str| {
-            s.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// utime + stime of the process, in seconds (from /proc/PID/stat).
     pub fn cpu_seconds(&self) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        ticks as f64 / clock_ticks() as f64
+        cpu_seconds_of(self.pid)
     }
+}
+
+/// utime + stime of process `pid`, in seconds (from /proc/PID/stat; 0 if it is gone).
+pub fn cpu_seconds_of(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / clock_ticks() as f64
 }
 
 impl Drop for ChildOperator {
