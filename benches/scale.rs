@@ -581,11 +581,20 @@ fn testbed_cpu() -> Vec<(&'static str, f64)> {
         let text = std::fs::read_to_string(std::path::Path::new(&dir).join(file)).ok()?;
         text.split_whitespace().next()?.parse().ok()
     };
-    let cpu = |file: &str| pid(file).map_or(0.0, cpu_seconds_of);
+    let cpu = |file: &str| pid(file).map_or(0.0, cpu_of_tree);
     TESTBED_PROCESSES
         .iter()
         .map(|(name, file)| (*name, cpu(file)))
         .collect()
+}
+
+/// CPU seconds of `pid` and its descendants (Keycloak's pid file names `kc.sh`, whose child is
+/// the JVM).
+fn cpu_of_tree(pid: u32) -> f64 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+    let children = children.unwrap_or_default();
+    let below = children.split_whitespace().filter_map(|c| c.parse().ok());
+    cpu_seconds_of(pid) + below.map(cpu_of_tree).sum::<f64>()
 }
 
 /// Prints the CPU seconds per server each process spent from `before` to `after` (and `own`,
