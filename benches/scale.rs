@@ -852,6 +852,15 @@ async fn steady_resync(b: &Bench, op: &ChildOperator, targets: &mut Targets) -> 
     after.writes - before.writes
 }
 
+/// Waits until `op` has settled with `servers` resyncing; then its (VmRSS, VmHWM, RssAnon,
+/// RssFile) in KiB.
+async fn memory_at_rest(op: &ChildOperator, servers: usize, resync: u64) -> [u64; 4] {
+    let (quiet, timeout) = (Duration::from_secs(5), Duration::from_secs(900));
+    settle(op, quiet, timeout, servers, resync).await;
+    let ((rss, hwm), (anon, file)) = (op.memory_kib(), op.rss_split_kib());
+    [rss, hwm, anon, file]
+}
+
 /// Step 5, REST servers at rest: the running operator, then a fresh one after its start-up
 /// pass (which goes on running); the number of servers.
 async fn at_rest(b: &Bench, op: ChildOperator, targets: &mut Targets) -> (usize, ChildOperator) {
@@ -861,16 +870,7 @@ async fn at_rest(b: &Bench, op: ChildOperator, targets: &mut Targets) -> (usize,
     }
     let total = b.runs + 2 + b.rest;
     wait_all_ready(&b.servers, total, Duration::from_secs(3600)).await;
-    settle(
-        &op,
-        Duration::from_secs(5),
-        Duration::from_secs(900),
-        total,
-        b.resync,
-    )
-    .await;
-    let (rss, hwm) = op.memory_kib();
-    let (anon, file) = op.rss_split_kib();
+    let [rss, hwm, anon, file] = memory_at_rest(&op, total, b.resync).await;
     let mut op = op;
     op.sigkill();
     let mut fresh = ChildOperator::spawn(&b.opts);
@@ -885,17 +885,9 @@ async fn at_rest(b: &Bench, op: ChildOperator, targets: &mut Targets) -> (usize,
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    settle(
-        &fresh,
-        Duration::from_secs(5),
-        Duration::from_secs(900),
-        total,
-        b.resync,
-    )
-    .await;
+    let [fresh_rss, fresh_hwm, fresh_anon, fresh_file] =
+        memory_at_rest(&fresh, total, b.resync).await;
     let fresh_took = started.elapsed();
-    let (fresh_rss, fresh_hwm) = fresh.memory_kib();
-    let (fresh_anon, fresh_file) = fresh.rss_split_kib();
     let s = scrape(&fresh).await;
     println!(
         "\n## {total} McpServers at rest ({} at the end)",
