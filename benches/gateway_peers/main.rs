@@ -407,6 +407,8 @@ async fn cold_cache(lineup: &Lineup, realm: &BenchRealm, pool: &[String]) -> Col
     let before = introspections(lineup.gateway_admin).await;
     let gw_cold = load::sequential(&http, &lineup.url(Target::Gateway), &fresh).await;
     let introspections = introspections(lineup.gateway_admin).await - before;
+    // The pool's cache entries (30 s) may have lapsed since the load runs: fill them first.
+    load::sequential(&http, &lineup.url(Target::Gateway), pool).await;
     let gw_warm = load::sequential(&http, &lineup.url(Target::Gateway), &warm).await;
     let peer = load::sequential(&http, &lineup.url(Target::OAuth2Proxy), &fresh).await;
     let direct = load::sequential(&http, &lineup.url(Target::Direct), &fresh).await;
