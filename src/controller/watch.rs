@@ -87,39 +87,47 @@ where
     K: 'static,
 {
     let owned = watcher::Config::default().labels(&owned_selector());
-    watcher(api, owned)
-        .modify(strip_managed_fields)
-        .try_filter_map(move |event| {
-            let trigger = match event {
-                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                    (!ctx.own_write(&o)).then_some(o)
-                }
-                watcher::Event::Delete(o) => Some(o),
-                watcher::Event::Init | watcher::Event::InitDone => None,
-            };
-            futures::future::ready(Ok(trigger))
-        })
+    triggers(api, owned, move |o| !ctx.own_write(o), |_| {})
 }
 
 /// The policies whose change matters to their servers (see [`PolicyTrigger`]), and deleted ones.
 fn policy_changes(
     api: Api<McpAuthPolicy>,
 ) -> impl futures::Stream<Item = Result<McpAuthPolicy, watcher::Error>> + Send + 'static {
-    let trigger = PolicyTrigger::default();
-    watcher(api, watcher::Config::default())
+    let trigger = Arc::new(PolicyTrigger::default());
+    let forget = trigger.clone();
+    let config = watcher::Config::default();
+    triggers(
+        api,
+        config,
+        move |p| trigger.changed(p),
+        move |p| forget.forget(p),
+    )
+}
+
+/// A watch as a trigger stream: an object that is applied triggers when `fires` says so, a
+/// deleted one always (after `deleted` has seen it); `managedFields` are dropped.
+fn triggers<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    fires: impl Fn(&K) -> bool + Send + 'static,
+    deleted: impl Fn(&K) + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, config)
         .modify(strip_managed_fields)
         .try_filter_map(move |event| {
-            let fire = match event {
-                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
-                    trigger.changed(&p).then_some(p)
-                }
-                watcher::Event::Delete(p) => {
-                    trigger.forget(&p);
-                    Some(p)
+            let trigger = match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => fires(&o).then_some(o),
+                watcher::Event::Delete(o) => {
+                    deleted(&o);
+                    Some(o)
                 }
                 watcher::Event::Init | watcher::Event::InitDone => None,
             };
-            futures::future::ready(Ok(fire))
+            futures::future::ready(Ok(trigger))
         })
 }
 
@@ -142,22 +150,10 @@ impl Apis {
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
     {
-        match &self.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        }
+        api(&self.client, self.namespace.as_deref())
     }
 
     fn new(client: &kube::Client, namespace: Option<&str>) -> Self {
-        fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
-        where
-            K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-        {
-            match ns {
-                Some(ns) => Api::namespaced(client.clone(), ns),
-                None => Api::all(client.clone()),
-            }
-        }
         Apis {
             servers: api(client, namespace),
             policies: api(client, namespace),
@@ -168,6 +164,17 @@ impl Apis {
             client: client.clone(),
             namespace: namespace.map(str::to_string),
         }
+    }
+}
+
+/// The API of a namespaced kind in namespace `ns`, or in all namespaces.
+fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     }
 }
 
