@@ -10,6 +10,11 @@ use mcp_keycloak_operator::controller::{Context, OperatorConfig};
 use mcp_keycloak_operator::metrics::Metrics;
 use mcp_keycloak_operator::runtime;
 
+/// jemalloc, with its background purging thread, returns freed memory to the system (glibc's
+/// arenas kept most of the start-up peak resident; BENCHMARKS.md, operator scale).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mcp-keycloak-operator",
