@@ -945,13 +945,18 @@ async fn exercise(run: &Run, realm: &str, cluster_scope: bool) -> Result<(), Str
             .then_some(())
     })
     .await?;
-    // Live verification lists the server's pods (kwok's pod IP answers nothing: still a verdict).
+    // Live verification lists the server's pods once one is ready (kwok's pod IP answers
+    // nothing: still a verdict); the same reconcile writes readyReplicas and Verified.
     run.step("McpServer's pods listed for live verification", || async {
         let s = Api::<McpServer>::namespaced(c.clone(), ns)
             .get("weather")
             .await
             .ok()?;
-        let conditions = s.status?.conditions.clone();
+        let status = s.status?;
+        if status.ready_replicas.unwrap_or(0) < 1 {
+            return None;
+        }
+        let conditions = status.conditions.clone();
         let verified = conditions.into_iter().find(|c| c.type_ == "Verified")?;
         (verified.reason != "PodListFailed").then_some(())
     })

@@ -13,7 +13,7 @@ use kube::ResourceExt;
 
 use super::conditions::{self, *};
 use super::finish::{cleanup_keycloak, finish, finish_cleanup, At, Reconciled, Staged};
-use super::ssa::{apply_if_changed, patch_status_if_changed};
+use super::ssa::{apply_if_changed, get_cached, patch_status_if_changed};
 use super::Context;
 use crate::admin::{Adopt, KeycloakAdminClient, RealmScopeAssignments};
 use crate::api::{
@@ -62,7 +62,8 @@ async fn resolve_policy(server: &McpServer, ctx: &Context) -> Result<McpAuthPoli
     let ns = server.namespace().unwrap_or_default();
     let name = &server.spec.policy_ref.name;
     let api: Api<McpAuthPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let policy = api.get_opt(name).await?.ok_or_else(|| {
+    // From the watch cache: a policy's every change re-triggers its servers anyway.
+    let policy = get_cached(&api, name).await?.ok_or_else(|| {
         Error::invalid(
             "PolicyNotFound",
             format!("McpAuthPolicy {ns}/{name} not found"),
@@ -312,10 +313,9 @@ impl<'a> Run<'a> {
         let server = self.server;
         let image = &self.ctx.config.operator_image;
         let inputs = WorkloadInputs::resolve(server, policy, client_secret, image);
-        let deployments: Api<Deployment> = self.api();
-        apply_if_changed(
+        let deployment = apply_if_changed(
             self.ctx,
-            &deployments,
+            &self.api::<Deployment>(),
             &workload::deployment(server, &inputs),
             &self.uid,
         )
@@ -328,8 +328,7 @@ impl<'a> Run<'a> {
         )
         .await?;
         self.isolate().await?;
-        let deployment = deployments.get_opt(&server.name_any()).await?;
-        let dstatus = deployment.and_then(|d| d.status).unwrap_or_default();
+        let dstatus = deployment.status.unwrap_or_default();
         let available_replicas = dstatus.available_replicas.unwrap_or(0);
         self.d.status.ready_replicas = Some(dstatus.ready_replicas.unwrap_or(0));
         let available = available_replicas > 0 || server.spec.replicas == 0;

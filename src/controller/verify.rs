@@ -351,31 +351,26 @@ impl Run<'_> {
             return;
         }
         let issuer = policy.issuer();
-        let verdict = verdict_of(self.ctx, self.server, &issuer).await;
+        // No ready replica, no pod to ask: the LIST is skipped (the Deployment's status
+        // change when one turns ready triggers the next reconcile).
+        let any_ready = self.d.status.ready_replicas.unwrap_or(0) > 0;
+        let verdict = verdict_of(self.ctx, self.server, &issuer, any_ready).await;
         let now = Time(jiff::Timestamp::now());
         merge(&mut self.d, &verdict, now);
         self.ctx.verifications.remember(&self.uid, verdict, issuer);
     }
 }
 
-/// Lists the server's pods and asks them; a failed LIST is a verdict of its own.
-async fn verdict_of(ctx: &Context, server: &McpServer, issuer: &str) -> Verdict {
-    let ns = server.namespace().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = format!(
-        "{SERVER_LABEL}={},app.kubernetes.io/managed-by={MANAGED_BY}",
-        server.name_any()
-    );
-    let pods = match api.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => list.items,
-        Err(e) => {
-            tracing::warn!(server = %server.name_any(), error = %e, "cannot list the server's pods");
-            let message = format!(
-                "cannot list the server's pods: {}",
-                clean(&e.to_string(), MAX_MESSAGE)
-            );
-            return Verdict::new(Tri::Unknown, "PodListFailed", message);
+/// Lists the server's pods (unless `any_ready` says none is ready) and asks them; a failed
+/// LIST is a verdict of its own.
+async fn verdict_of(ctx: &Context, server: &McpServer, issuer: &str, any_ready: bool) -> Verdict {
+    let pods = if any_ready {
+        match list_pods(ctx, server).await {
+            Ok(pods) => pods,
+            Err(verdict) => return verdict,
         }
+    } else {
+        Vec::new()
     };
     let targets = targets(&pods);
     let url = server.canonical_url();
@@ -389,6 +384,26 @@ async fn verdict_of(ctx: &Context, server: &McpServer, issuer: &str) -> Verdict 
         AuthMode::Native => {
             let checks = ask_all(&targets, |t| native_check(&http, server, issuer, t)).await;
             judge_native(&checks)
+        }
+    }
+}
+
+async fn list_pods(ctx: &Context, server: &McpServer) -> Result<Vec<Pod>, Verdict> {
+    let ns = server.namespace().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!(
+        "{SERVER_LABEL}={},app.kubernetes.io/managed-by={MANAGED_BY}",
+        server.name_any()
+    );
+    match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => Ok(list.items),
+        Err(e) => {
+            tracing::warn!(server = %server.name_any(), error = %e, "cannot list the server's pods");
+            let message = format!(
+                "cannot list the server's pods: {}",
+                clean(&e.to_string(), MAX_MESSAGE)
+            );
+            Err(Verdict::new(Tri::Unknown, "PodListFailed", message))
         }
     }
 }
@@ -545,7 +560,7 @@ pub async fn run_periodic(
                     if server.metadata.deletion_timestamp.is_some() || !ready {
                         return;
                     }
-                    let verdict = verdict_of(&ctx, &server, &issuer).await;
+                    let verdict = verdict_of(&ctx, &server, &issuer, true).await;
                     if ctx.verifications.differs(&uid, &verdict) {
                         let _ = trigger.unbounded_send(ObjectRef::from_obj(&*server));
                     }
