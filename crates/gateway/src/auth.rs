@@ -57,15 +57,27 @@ pub fn extract_bearer(headers: &HeaderMap) -> Presented<'_> {
 /// A compact JWS (`header.payload.signature`) or JWE (five parts): base64url parts, the
 /// header a JSON object (`eyJ` is base64url of `{"`). Keycloak issues JWS access tokens, so
 /// anything else is refused without an introspection call.
+/// One pass over the bytes: it runs on every request (a profile found three passes at 2.3 %
+/// of the gateway's CPU).
 pub fn is_jwt_shaped(token: &str) -> bool {
-    let parts = token.split('.').count();
-    (parts == 3 || parts == 5)
-        && token.starts_with("eyJ")
-        && token.split('.').all(|p| {
-            p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-        && token.split('.').take(2).all(|p| !p.is_empty())
+    if !token.starts_with("eyJ") {
+        return false;
+    }
+    let (mut dots, mut part_len) = (0, 0);
+    for b in token.bytes() {
+        if b == b'.' {
+            // The header and the payload may not be empty; the signature may (`alg: none`).
+            if dots < 2 && part_len == 0 {
+                return false;
+            }
+            (dots, part_len) = (dots + 1, 0);
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            part_len += 1;
+        } else {
+            return false;
+        }
+    }
+    dots == 2 || dots == 4
 }
 
 /// RFC 6750 `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
@@ -555,6 +567,37 @@ mod tests {
             "eyJa.b.c=",
         ] {
             assert!(!is_jwt_shaped(bad), "{bad}");
+        }
+    }
+
+    /// The one-pass check answers as the plain definition does, on every short string over
+    /// the characters that matter (the prefix, a part character, the dot, a foreign one).
+    #[test]
+    fn jwt_shape_agrees_with_its_definition() {
+        let definition = |t: &str| {
+            let parts: Vec<&str> = t.split('.').collect();
+            (parts.len() == 3 || parts.len() == 5)
+                && t.starts_with("eyJ")
+                && parts.iter().all(|p| {
+                    p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+                && parts.iter().take(2).all(|p| !p.is_empty())
+        };
+        let alphabet = ['a', '.', '_', '+'];
+        let mut tails = vec![String::new()];
+        for _ in 0..7 {
+            let longer: Vec<String> = tails
+                .iter()
+                .filter(|t| t.len() == tails.last().unwrap().len())
+                .flat_map(|t| alphabet.iter().map(move |c| format!("{t}{c}")))
+                .collect();
+            tails.extend(longer);
+        }
+        for tail in &tails {
+            for token in [tail.clone(), format!("eyJ{tail}")] {
+                assert_eq!(is_jwt_shaped(&token), definition(&token), "{token:?}");
+            }
         }
     }
 }
