@@ -353,26 +353,28 @@ impl Run<'_> {
         let issuer = policy.issuer();
         // No ready replica, no pod to ask: the LIST is skipped (the Deployment's status
         // change when one turns ready triggers the next reconcile).
-        let any_ready = self.d.status.ready_replicas.unwrap_or(0) > 0;
-        let verdict = verdict_of(self.ctx, self.server, &issuer, any_ready).await;
+        let verdict = if self.d.status.ready_replicas.unwrap_or(0) > 0 {
+            verdict_of(self.ctx, self.server, &issuer).await
+        } else {
+            verdict_from(self.server, &issuer, &[]).await
+        };
         let now = Time(jiff::Timestamp::now());
         merge(&mut self.d, &verdict, now);
         self.ctx.verifications.remember(&self.uid, verdict, issuer);
     }
 }
 
-/// Lists the server's pods (unless `any_ready` says none is ready) and asks them; a failed
-/// LIST is a verdict of its own.
-async fn verdict_of(ctx: &Context, server: &McpServer, issuer: &str, any_ready: bool) -> Verdict {
-    let pods = if any_ready {
-        match list_pods(ctx, server).await {
-            Ok(pods) => pods,
-            Err(verdict) => return verdict,
-        }
-    } else {
-        Vec::new()
-    };
-    let targets = targets(&pods);
+/// Lists the server's pods and asks them; a failed LIST is a verdict of its own.
+async fn verdict_of(ctx: &Context, server: &McpServer, issuer: &str) -> Verdict {
+    match list_pods(ctx, server).await {
+        Ok(pods) => verdict_from(server, issuer, &pods).await,
+        Err(verdict) => verdict,
+    }
+}
+
+/// Asks the ready ones of `pods` and judges their answers.
+async fn verdict_from(server: &McpServer, issuer: &str, pods: &[Pod]) -> Verdict {
+    let targets = targets(pods);
     let url = server.canonical_url();
     let http = match http_client() {
         Ok(c) => c,
@@ -560,7 +562,7 @@ pub async fn run_periodic(
                     if server.metadata.deletion_timestamp.is_some() || !ready {
                         return;
                     }
-                    let verdict = verdict_of(&ctx, &server, &issuer, true).await;
+                    let verdict = verdict_of(&ctx, &server, &issuer).await;
                     if ctx.verifications.differs(&uid, &verdict) {
                         let _ = trigger.unbounded_send(ObjectRef::from_obj(&*server));
                     }
