@@ -252,6 +252,7 @@ impl Plain {
                 "secret": mcp_keycloak_operator::admin::generate_secret(),
                 "standardFlowEnabled": false, "implicitFlowEnabled": false,
                 "directAccessGrantsEnabled": false, "serviceAccountsEnabled": false,
+                "defaultClientScopes": [], "optionalClientScopes": [],
                 "attributes": {"mcpauth.dev/owner": format!("bench/{name}")}
             })))
             .await;

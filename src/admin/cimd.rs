@@ -10,14 +10,14 @@ use keycloak::types::{
 use serde::Deserialize;
 
 use super::{ClientSearch, KeycloakAdminClient};
-use crate::desired::cimd::CIMD_CLIENT_ATTRIBUTE;
+use crate::desired::cimd::{registration_candidate, CIMD_CLIENT_ATTRIBUTE};
 use crate::desired::plan::{plan_client_policy_pair, ClientPolicyLists, ClientPolicyWrite};
 use crate::{Error, Result};
 
 /// Page size when listing clients: the registration sweep reads every client of the realm
-/// every 15 s, and a realm of a thousand servers has over a thousand clients (one request
-/// per 500, the list is held whole anyway).
-const PAGE: usize = 500;
+/// every 15 s, and a realm of a thousand servers has over a thousand clients. One request per
+/// 200, and at most one page of clients the sweep does not keep is in memory.
+const PAGE: usize = 200;
 
 /// Counts items with paged probes: `probe(first, max)` returns how many items exist from
 /// `first` on, at most `max`. With `hint` = the count seen last time, an unchanged count costs
@@ -163,22 +163,26 @@ impl KeycloakAdminClient {
     /// search for `://`) and Keycloak's CIMD cache attribute.
     pub async fn cimd_clients(&self, realm: &str) -> Result<Vec<ClientRepresentation>> {
         let operation = "search metadata-document clients";
-        let found = self.clients_paged(realm, operation, Some("://")).await?;
         let attribute = |c: &ClientRepresentation| {
             (c.attributes.as_ref()).is_some_and(|a| a.contains_key(CIMD_CLIENT_ATTRIBUTE))
         };
-        Ok(found.into_iter().filter(attribute).collect())
+        let (found, _) = self
+            .clients_paged(realm, operation, Some("://"), attribute)
+            .await?;
+        Ok(found)
     }
 
-    /// Every client of the realm (`client_id`: only those whose id contains it), page by page.
+    /// The clients of the realm (`client_id`: only those whose id contains it), page by page:
+    /// those `keep` accepts, and how many there are in all. Only one page of the others is
+    /// ever in memory.
     async fn clients_paged(
         &self,
         realm: &str,
         operation: &str,
         client_id: Option<&str>,
-    ) -> Result<Vec<ClientRepresentation>> {
-        let mut out = vec![];
-        let mut first = 0usize;
+        keep: impl Fn(&ClientRepresentation) -> bool,
+    ) -> Result<(Vec<ClientRepresentation>, usize)> {
+        let (mut out, mut first) = (vec![], 0usize);
         loop {
             let search = ClientSearch {
                 client_id,
@@ -188,9 +192,9 @@ impl KeycloakAdminClient {
             };
             let page = self.clients(realm, operation, search).await?;
             let n = page.len();
-            out.extend(page);
+            out.extend(page.into_iter().filter(|c| keep(c)));
             if n < PAGE {
-                return Ok(out);
+                return Ok((out, first + n));
             }
             first += PAGE;
         }
@@ -217,10 +221,14 @@ impl KeycloakAdminClient {
         self.update_client(realm, &id, &body).await
     }
 
-    /// Every client of the realm: what Keycloak's Max Clients policy counts, and what the
-    /// registration sweep looks through.
-    pub async fn all_clients(&self, realm: &str) -> Result<Vec<ClientRepresentation>> {
-        self.clients_paged(realm, "list clients", None).await
+    /// What the registration sweep and reaping look through (see [`registration_candidate`]),
+    /// and the number of clients in the realm: what Keycloak's Max Clients policy counts.
+    pub async fn registration_candidates(
+        &self,
+        realm: &str,
+    ) -> Result<(Vec<ClientRepresentation>, usize)> {
+        self.clients_paged(realm, "list clients", None, registration_candidate)
+            .await
     }
 
     /// Number of clients in the realm (what Keycloak's Max Clients policy counts), without

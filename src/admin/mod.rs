@@ -8,6 +8,7 @@ pub mod cimd;
 mod ensure;
 mod reaping;
 mod rotation;
+mod shared;
 
 pub use ensure::*;
 
@@ -258,6 +259,9 @@ pub struct KeycloakAdminClient {
     /// [`KeycloakAdminClient::shared_realm_scope_assignments`]); this client's own edits of
     /// those lists are applied to the copy.
     scope_assignments: Mutex<HashMap<String, (Instant, RealmScopeAssignments)>>,
+    /// Per realm: its client scopes as last read (see
+    /// [`KeycloakAdminClient::shared_client_scope`]).
+    realm_scopes: Mutex<HashMap<String, shared::ScopesById>>,
 }
 
 impl std::fmt::Debug for KeycloakAdminClient {
@@ -311,6 +315,7 @@ impl KeycloakAdminClient {
             client_policy_lists_lock: Default::default(),
             server_features: Mutex::new(None),
             scope_assignments: Mutex::default(),
+            realm_scopes: Mutex::default(),
         })
     }
 

@@ -135,8 +135,9 @@ impl Run<'_> {
             .open_registered_clients(&wanted)
             .await
             .at(REGISTRATION_POLICY_APPLIED)?;
-        let reaped = self.reap_abandoned(listed.as_deref()).await.at(REAPING)?;
-        let count = listed.map(|l| l.len().saturating_sub(reaped));
+        let candidates = listed.as_ref().map(|(l, _)| l.as_slice());
+        let reaped = self.reap_abandoned(candidates).await.at(REAPING)?;
+        let count = listed.map(|(_, total)| total.saturating_sub(reaped));
         self.client_limit_guard(count)
             .await
             .at(REGISTRATION_POLICY_APPLIED)?;
@@ -380,27 +381,28 @@ impl Run<'_> {
     /// Clients registered anonymously get every MCP scope they lack (see
     /// [`cimd::registered_client_scopes`]), so step-up to a per-tool scope, or a second server,
     /// works for them. Nothing is written for clients already in sync. Returns the realm's
-    /// clients (read anyway), or `None` when registration is closed and nothing was read.
+    /// [`cimd::registration_candidate`]s and its number of clients (read anyway), or `None`
+    /// when registration is closed and nothing was read.
     async fn open_registered_clients(
         &mut self,
         wanted: &[(String, ScopeType)],
-    ) -> Result<Option<Vec<ClientRepresentation>>> {
+    ) -> Result<Option<(Vec<ClientRepresentation>, usize)>> {
         let enabled = self.policy.spec.dynamic_client_registration.as_ref();
         if !enabled.is_some_and(|d| d.enabled) {
             return Ok(None);
         }
         let mut scope_ids = ScopeIds::default();
-        let clients = self.kc.all_clients(self.realm).await?;
+        let (clients, total) = self.kc.registration_candidates(self.realm).await?;
         for client in &clients {
             let adds = cimd::registered_client_scopes(client, wanted);
             let adds = adds.into_iter().map(|n| (n, ScopeType::Optional));
             add_scopes(&self.kc, self.realm, client, adds, &mut scope_ids).await?;
         }
-        Ok(Some(clients))
+        Ok(Some((clients, total)))
     }
 
-    /// Deletes abandoned clients (see [`reaping`]); `listed` are the realm's clients when
-    /// already read. Returns how many were deleted.
+    /// Deletes abandoned clients (see [`reaping`]); `listed` are the realm's registration
+    /// candidates when already read. Returns how many were deleted.
     async fn reap_abandoned(&mut self, listed: Option<&[ClientRepresentation]>) -> Result<usize> {
         let settings = reaping::settings(self.policy);
         if settings.is_empty() {
@@ -418,7 +420,7 @@ impl Run<'_> {
                 &read
             }
             None => {
-                read = self.kc.all_clients(self.realm).await?;
+                read = self.kc.registration_candidates(self.realm).await?.0;
                 &read
             }
         };

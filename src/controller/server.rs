@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use keycloak::types::ClientScopeRepresentation;
+use keycloak::types::{ClientScopeRepresentation, ProtocolMapperRepresentation};
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
@@ -20,6 +20,7 @@ use crate::api::{
     ActiveAudience, AuthMode, DeletionPolicy, McpAuthPolicy, McpServer, McpServerStatus, ScopeType,
 };
 use crate::desired::audience;
+use crate::desired::plan::scope_in_sync;
 use crate::desired::realm as kdesired;
 use crate::desired::workload::{self, WorkloadInputs, SECRET_KEY_CLIENT_SECRET};
 use crate::{Error, Result};
@@ -454,11 +455,10 @@ async fn scope_objects(
     window: Duration,
 ) -> Result<(String, String)> {
     let audience_scope = kdesired::audience_scope(server);
+    let mappers = kdesired::audience_mappers(server);
     let new = previous.scope_id.is_none() && previous.client_id.is_none();
-    // The scope by its recorded id: one small read, where the realm's list grows with every
-    // server. The list when the id is stale (deleted, or a scope of another name).
     let by_id = match previous.scope_id.as_deref() {
-        Some(id) => kc.client_scope(realm, id).await?,
+        Some(id) => recorded_scope(kc, realm, id, &audience_scope, &mappers, window).await?,
         None => None,
     };
     let scopes = match by_id.filter(|s| s.name == audience_scope.name) {
@@ -474,7 +474,6 @@ async fn scope_objects(
     let made = kc
         .ensure_introspection_client(realm, &client, known_secret, new)
         .await?;
-    let mappers = kdesired::audience_mappers(server);
     let (desired, mappers) = (&audience_scope, &mappers);
     let ensure = |scopes: Vec<ClientScopeRepresentation>| async move {
         let id = kc
@@ -504,6 +503,25 @@ async fn scope_objects(
     kc.ensure_realm_scope_type(realm, &assignments, &scope_id, ScopeType::Optional)
         .await?;
     Ok((made.secret, scope_id))
+}
+
+/// The audience scope by its recorded id, `None` if there is none. Confirmed from the realm's
+/// scope list shared within `window` (no read of its own); read by id when that copy would need
+/// a write, so writes are planned from a fresh read. The realm's list, read by each server,
+/// would grow with every server; the caller reads it when the id is stale.
+async fn recorded_scope(
+    kc: &KeycloakAdminClient,
+    realm: &str,
+    id: &str,
+    desired: &ClientScopeRepresentation,
+    mappers: &[ProtocolMapperRepresentation],
+    window: Duration,
+) -> Result<Option<ClientScopeRepresentation>> {
+    let shared = kc.shared_client_scope(realm, id, window).await?;
+    match shared.filter(|s| scope_in_sync(s, id, desired, mappers)) {
+        Some(in_sync) => Ok(Some(in_sync)),
+        None => kc.client_scope(realm, id).await,
+    }
 }
 
 /// `UrlConflict` when another McpServer of the realm holds this server's url.

@@ -357,6 +357,15 @@ pub fn plan_cimd_client(
     }
 }
 
+/// Whether the registration sweep or reaping could ever act on `client`: one Keycloak named
+/// itself (registered anonymously) or made from a metadata document. The realm's other clients
+/// (the servers' own, hand-made ones) are only counted, never kept in memory.
+pub fn registration_candidate(client: &ClientRepresentation) -> bool {
+    let named_by_keycloak = client.client_id.is_some() && client.client_id == client.id;
+    let attrs = client.attributes.as_ref();
+    named_by_keycloak || attrs.is_some_and(|a| a.contains_key(CIMD_CLIENT_ATTRIBUTE))
+}
+
 /// Share of `maxClients` from which the guard rail warns.
 pub const PRESSURE_PERCENT: i64 = 90;
 
@@ -760,5 +769,50 @@ mod tests {
         let mut saml = registered.clone();
         saml.protocol = Some("saml".into());
         assert!(registered_client_scopes(&saml, &wanted).is_empty());
+    }
+
+    /// Every client the sweep or reaping acts on is a candidate, so dropping the others while
+    /// listing loses nothing.
+    #[test]
+    fn only_candidates_are_ever_acted_on() {
+        use crate::desired::reaping::origin;
+        let wanted = vec![
+            ("mcp:tools".to_string(), ScopeType::Optional),
+            ("mcp:admin".to_string(), ScopeType::Optional),
+        ];
+        let attrs = |pairs: &[(&str, &str)]| {
+            let pairs = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            Some(pairs.collect::<HashMap<_, _>>())
+        };
+        let mut clients = vec![];
+        for client_id in ["5bad9d5c", "mcp.team.s1", "https://app.example/client.json"] {
+            for a in [
+                None,
+                attrs(&[(OWNER_ATTRIBUTE, OWNER)]),
+                attrs(&[(CIMD_CLIENT_ATTRIBUTE, "1")]),
+                attrs(&[(CIMD_CLIENT_ATTRIBUTE, "1"), (OWNER_ATTRIBUTE, OWNER)]),
+            ] {
+                clients.push(ClientRepresentation {
+                    id: Some("5bad9d5c".into()),
+                    client_id: Some(client_id.into()),
+                    attributes: a,
+                    optional_client_scopes: Some(vec!["mcp:tools".into()]),
+                    ..Default::default()
+                });
+            }
+        }
+        let mut acted = 0;
+        for c in &clients {
+            let acts =
+                origin(c, OWNER).is_some() || !registered_client_scopes(c, &wanted).is_empty();
+            acted += usize::from(acts);
+            assert!(!acts || registration_candidate(c), "{c:?}");
+        }
+        assert!(acted >= 3, "the cases include clients acted on");
+        let server = &clients[5];
+        assert!(
+            !registration_candidate(server),
+            "a server's own client is not kept"
+        );
     }
 }

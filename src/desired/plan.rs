@@ -167,6 +167,23 @@ pub fn plan_scope(
     })
 }
 
+/// Whether `live`, the scope recorded as `id`, needs no write to be `desired` with `mappers`
+/// (a scope of another name or owner does).
+pub fn scope_in_sync(
+    live: &ClientScopeRepresentation,
+    id: &str,
+    desired: &ClientScopeRepresentation,
+    mappers: &[ProtocolMapperRepresentation],
+) -> bool {
+    let plan = plan_scope(
+        std::slice::from_ref(live),
+        desired,
+        mappers,
+        Adopt::Unmarked,
+    );
+    plan.is_ok_and(|p| p.writes.is_empty() && p.id.as_deref() == Some(id))
+}
+
 /// The one write (if any) that makes the mapper called `name` on a scope `desired`: created,
 /// updated when it drifted, deleted when `desired` is `None`. Other mappers are never touched:
 /// the scope belongs to someone else (a policy scope carrying a server's audience).
@@ -339,9 +356,13 @@ pub fn plan_introspection_client(
     })
 }
 
+/// Created with no client scopes: it only introspects, and Keycloak would otherwise link the
+/// realm's every optional scope — one per server, so N per client and N² in the realm.
 fn create_client(want: ClientRepresentation, new_secret: impl FnOnce() -> String) -> ClientPlan {
     let body = ClientRepresentation {
         secret: Some(new_secret()),
+        default_client_scopes: Some(vec![]),
+        optional_client_scopes: Some(vec![]),
         ..want
     };
     let write = Some(Write::Create(body));
@@ -700,6 +721,37 @@ mod tests {
         }
     }
 
+    /// A shared copy confirms a scope only when nothing would be written from it.
+    #[test]
+    fn a_scope_is_in_sync_only_without_writes_and_under_its_recorded_id() {
+        for (name, edit, expected) in scope_cases() {
+            let mut live = stored_scopes();
+            edit(&mut live[1]);
+            let in_sync = scope_in_sync(&live[1], "s1", &want_scope(), &want_mappers());
+            assert_eq!(in_sync, expected.is_empty(), "{name}");
+        }
+        let live = &stored_scopes()[1];
+        assert!(
+            !scope_in_sync(live, "s2", &want_scope(), &want_mappers()),
+            "another id"
+        );
+        let mut renamed = live.clone();
+        renamed.name = Some("mcp:server:team:other".into());
+        assert!(!scope_in_sync(
+            &renamed,
+            "s1",
+            &want_scope(),
+            &want_mappers()
+        ));
+        let theirs = &stored_scopes()[0];
+        let mut want_theirs = want_scope();
+        want_theirs.name = theirs.name.clone();
+        assert!(
+            !scope_in_sync(theirs, "s0", &want_theirs, &[]),
+            "another owner's"
+        );
+    }
+
     #[test]
     fn missing_scope_is_created_with_its_mappers() {
         let live = &stored_scopes()[..1];
@@ -907,6 +959,8 @@ mod tests {
         let plan = plan_introspection_client("acme", None, &want_client(), || "known".into());
         let expected = ClientRepresentation {
             secret: Some("known".into()),
+            default_client_scopes: Some(vec![]),
+            optional_client_scopes: Some(vec![]),
             ..want_client()
         };
         assert_eq!(

@@ -115,6 +115,11 @@ async fn seed_scenario_converges_and_every_keycloak_object_is_right() {
         kc_client["attributes"]["mcpauth.dev/owner"],
         format!("McpServer/{}/weather", s.ns)
     );
+    // No client scopes: it only introspects (below), and would otherwise get every server's
+    // audience scope, the realm's optional scopes, as one more of its own.
+    for list in ["defaultClientScopes", "optionalClientScopes"] {
+        assert_eq!(kc_client[list], json!([]), "{list}: {kc_client}");
+    }
 
     // Secret = Keycloak's secret; the Deployment references it, never inlines it.
     let secret = secret_value(&s.client, &s.ns, "weather-oauth", "client-secret")
@@ -217,6 +222,73 @@ async fn steady_state_resync_writes_nothing_to_keycloak_or_kubernetes() {
         "{logins} admin logins for {total} requests: the token is not reused"
     );
     let _ = deployments;
+}
+
+/// Keycloak requests the server reconciler made for `operation` so far.
+fn server_requests(s: &Scenario, method: &'static str, operation: &str) -> u64 {
+    let labels = mcp_keycloak_operator::metrics::KeycloakOperationLabels {
+        controller: "mcpserver",
+        method,
+        operation: operation.into(),
+    };
+    s.op()
+        .ctx
+        .metrics
+        .keycloak_operations
+        .get_or_create(&labels)
+        .get()
+}
+
+/// At steady state the servers' audience scopes are confirmed from the realm's shared scope
+/// list, not read one by one; a scope edited by hand is still read again and repaired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audience_scopes_are_confirmed_from_the_shared_list_and_drift_still_repaired() {
+    let s = Scenario::new("shared").await;
+    let urls = [
+        "http://localhost:3001",
+        "http://localhost:3002",
+        "http://localhost:3003",
+    ];
+    s.seed(&[("a", urls[0]), ("b", urls[1]), ("c", urls[2])])
+        .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    let count = |op| server_requests(&s, "GET", op);
+    let (checks, by_id, lists) = (
+        count("find client"),
+        count("read client scope"),
+        count("list client scopes"),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let checks = count("find client") - checks;
+    let by_id = count("read client scope") - by_id;
+    let lists = count("list client scopes") - lists;
+    println!("steady state over 10 s: {checks} client reads, {by_id} scope reads by id, {lists} scope-list reads");
+    assert!(
+        checks >= 6,
+        "the servers' resyncs checked Keycloak ({checks} client reads)"
+    );
+    assert_eq!(by_id, 0, "an audience scope in sync was read by id");
+
+    // By hand: the description of b's audience scope. Read again by id, and put back.
+    let r = &s.realm;
+    let name = format!("mcp:server:{}:b", s.ns);
+    let mut scope = r.scope(&name).await.unwrap();
+    let wanted = scope["description"].clone();
+    scope["description"] = json!("edited by hand");
+    let id = scope["id"].as_str().unwrap().to_string();
+    let (st, _) =
+        r.kc.put(&r.path(&format!("/client-scopes/{id}")), &scope)
+            .await;
+    assert!(st.is_success());
+    support::wait_for("audience scope description restored", WAIT, || async {
+        (r.scope(&name).await?["description"] == wanted).then_some(())
+    })
+    .await;
+    assert!(
+        count("read client scope") > 0,
+        "the edited scope was read again by id"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
