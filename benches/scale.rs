@@ -369,6 +369,8 @@ struct Bench {
     rest: usize,
     replicas: i32,
     resync: u64,
+    /// The test bed's state dir, where its pid files are.
+    testbed_dir: std::path::PathBuf,
 }
 
 impl Bench {
@@ -419,6 +421,7 @@ async fn main() {
     let seeded = seeded_namespace("bench").await;
     let (client, ns, realm, mut opts) = seeded.parts();
     let tb = seeded.tb;
+    let testbed_dir = tb.dir.clone();
     let log = opts.log_file.clone();
     opts.resync_seconds = resync;
     // e.g. `info,mcp_keycloak_operator::controller::finish=debug`: one line per reconcile, in
@@ -450,6 +453,7 @@ async fn main() {
         rest,
         replicas,
         resync,
+        testbed_dir,
     };
     let mut op = b.operator().await;
     wait_condition::<McpAuthPolicy>(&b.client, &b.ns, "acme", "Ready", "True").await;
@@ -570,10 +574,9 @@ const TESTBED_PROCESSES: [(&str, &str); 4] = [
 ];
 
 /// CPU seconds so far of each test bed process (see [`TESTBED_PROCESSES`]).
-fn testbed_cpu() -> Vec<(&'static str, f64)> {
-    let dir = std::env::var("TESTBED_DIR").unwrap_or_default();
+fn testbed_cpu(dir: &std::path::Path) -> Vec<(&'static str, f64)> {
     let pid = |file: &str| -> Option<u32> {
-        let text = std::fs::read_to_string(std::path::Path::new(&dir).join(file)).ok()?;
+        let text = std::fs::read_to_string(dir.join(file)).ok()?;
         text.split_whitespace().next()?.parse().ok()
     };
     let cpu = |file: &str| pid(file).map_or(0.0, cpu_of_tree);
@@ -625,7 +628,7 @@ async fn keycloak_limit(b: &Bench, plain: &Arc<Plain>, series: &mut Series) -> f
     let (scale, ns) = (b.scale, &b.ns);
     let concurrency = OperatorConfig::DEFAULT_CONCURRENCY as usize;
     println!("\n({} before the Keycloak limit)", load_average());
-    let (cpu_before, own_before) = (testbed_cpu(), own_cpu());
+    let (cpu_before, own_before) = (testbed_cpu(&b.testbed_dir), own_cpu());
     let started = Instant::now();
     let made: Vec<((String, String), f64)> = futures::stream::iter(0..scale)
         .map(|i| {
@@ -650,7 +653,7 @@ async fn keycloak_limit(b: &Bench, plain: &Arc<Plain>, series: &mut Series) -> f
     println!("\n## Keycloak limit: plain admin client, {scale} servers, concurrency {concurrency}");
     println!("done in {took:.1} s ({throughput:.1} servers/s; 5 admin calls each, token reused)");
     let own = ("plain client", own_cpu() - own_before);
-    print_cpu(&cpu_before, &testbed_cpu(), own, scale);
+    print_cpu(&cpu_before, &testbed_cpu(&b.testbed_dir), own, scale);
     let removing = Instant::now();
     futures::stream::iter(made)
         .for_each_concurrent(concurrency, |((c, s), _)| {
@@ -711,7 +714,7 @@ async fn all_at_once(
     .await;
     let text_before = op.metrics(Duration::from_secs(10)).await.unwrap();
     let before = scrape(&op).await;
-    let (cpu_before, testbed_before) = (op.cpu_seconds(), testbed_cpu());
+    let (cpu_before, testbed_before) = (op.cpu_seconds(), testbed_cpu(&b.testbed_dir));
     let load = load_average();
     let names: Vec<String> = (0..scale).map(|i| format!("bulk{i:04}")).collect();
     let started = Instant::now();
@@ -726,7 +729,7 @@ async fn all_at_once(
     let after = scrape(&op).await;
     let text_after = op.metrics(Duration::from_secs(10)).await.unwrap();
     let cpu = op.cpu_seconds() - cpu_before;
-    let testbed_after = testbed_cpu();
+    let testbed_after = testbed_cpu(&b.testbed_dir);
     let (_, hwm) = op.memory_kib();
     let throughput = scale as f64 / all_ready.as_secs_f64();
     let requests = (after.reads + after.writes - before.reads - before.writes) / scale as f64;
