@@ -10,7 +10,7 @@ use keycloak::types::{
 use serde::Deserialize;
 
 use super::{ClientSearch, KeycloakAdminClient};
-use crate::desired::cimd::{registration_candidate, CIMD_CLIENT_ATTRIBUTE};
+use crate::desired::cimd::{from_metadata_document, registration_candidate};
 use crate::desired::plan::{plan_client_policy_pair, ClientPolicyLists, ClientPolicyWrite};
 use crate::{Error, Result};
 
@@ -163,11 +163,8 @@ impl KeycloakAdminClient {
     /// search for `://`) and Keycloak's CIMD cache attribute.
     pub async fn cimd_clients(&self, realm: &str) -> Result<Vec<ClientRepresentation>> {
         let operation = "search metadata-document clients";
-        let attribute = |c: &ClientRepresentation| {
-            (c.attributes.as_ref()).is_some_and(|a| a.contains_key(CIMD_CLIENT_ATTRIBUTE))
-        };
         let (found, _) = self
-            .clients_paged(realm, operation, Some("://"), attribute)
+            .clients_paged(realm, operation, Some("://"), from_metadata_document)
             .await?;
         Ok(found)
     }

@@ -12,7 +12,6 @@ mod shared;
 
 pub use ensure::*;
 
-use std::collections::HashMap;
 use std::future::Future;
 
 use futures::FutureExt;
@@ -258,10 +257,10 @@ pub struct KeycloakAdminClient {
     /// Per realm: its default and optional scope lists as last read, and when (see
     /// [`KeycloakAdminClient::shared_realm_scope_assignments`]); this client's own edits of
     /// those lists are applied to the copy.
-    scope_assignments: Mutex<HashMap<String, (Instant, RealmScopeAssignments)>>,
+    scope_assignments: shared::PerRealm<RealmScopeAssignments>,
     /// Per realm: its client scopes as last read (see
     /// [`KeycloakAdminClient::shared_client_scope`]).
-    realm_scopes: Mutex<HashMap<String, shared::ScopesById>>,
+    realm_scopes: shared::PerRealm<shared::ScopesById>,
 }
 
 impl std::fmt::Debug for KeycloakAdminClient {
@@ -314,8 +313,8 @@ impl KeycloakAdminClient {
             metrics,
             client_policy_lists_lock: Default::default(),
             server_features: Mutex::new(None),
-            scope_assignments: Mutex::default(),
-            realm_scopes: Mutex::default(),
+            scope_assignments: Default::default(),
+            realm_scopes: Default::default(),
         })
     }
 
@@ -671,24 +670,17 @@ impl KeycloakAdminClient {
         realm: &str,
         max_age: Duration,
     ) -> Result<RealmScopeAssignments> {
-        let mut cache = self.scope_assignments.lock().await;
-        if let Some((at, a)) = cache.get(realm) {
-            if at.elapsed() < max_age {
-                return Ok(a.clone());
-            }
-        }
-        let read = self.read_realm_scope_assignments(realm).await?;
-        cache.insert(realm.to_string(), (Instant::now(), read.clone()));
-        Ok(read)
+        let read = self.read_realm_scope_assignments(realm);
+        self.scope_assignments
+            .within(realm, Some(max_age), read)
+            .await
     }
 
     /// Ids of the realm's default and optional client scopes, read now (the shared copy
     /// refreshed with them).
     pub async fn realm_scope_assignments(&self, realm: &str) -> Result<RealmScopeAssignments> {
-        let mut cache = self.scope_assignments.lock().await;
-        let read = self.read_realm_scope_assignments(realm).await?;
-        cache.insert(realm.to_string(), (Instant::now(), read.clone()));
-        Ok(read)
+        let read = self.read_realm_scope_assignments(realm);
+        self.scope_assignments.within(realm, None, read).await
     }
 
     async fn read_realm_scope_assignments(&self, realm: &str) -> Result<RealmScopeAssignments> {
@@ -780,18 +772,17 @@ impl KeycloakAdminClient {
     /// Applies one of our own edits of a realm scope list to the shared copy, so it stays
     /// what Keycloak has (a parallel edit by someone else shows at the next read).
     async fn note_realm_scope_edit(&self, realm: &str, ty: ScopeType, id: &str, add: bool) {
-        let mut cache = self.scope_assignments.lock().await;
-        let Some((_, a)) = cache.get_mut(realm) else {
-            return;
+        let edit = |a: &mut RealmScopeAssignments| {
+            let ids = match ty {
+                ScopeType::Default => &mut a.default_ids,
+                ScopeType::Optional => &mut a.optional_ids,
+            };
+            ids.retain(|i| i != id);
+            if add {
+                ids.push(id.to_string());
+            }
         };
-        let ids = match ty {
-            ScopeType::Default => &mut a.default_ids,
-            ScopeType::Optional => &mut a.optional_ids,
-        };
-        ids.retain(|i| i != id);
-        if add {
-            ids.push(id.to_string());
-        }
+        self.scope_assignments.edit(realm, edit).await
     }
 
     // ---- client registration policies (components) ----

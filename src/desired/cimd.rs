@@ -357,13 +357,22 @@ pub fn plan_cimd_client(
     }
 }
 
-/// Whether the registration sweep or reaping could ever act on `client`: one Keycloak named
-/// itself (registered anonymously) or made from a metadata document. The realm's other clients
-/// (the servers' own, hand-made ones) are only counted, never kept in memory.
-pub fn registration_candidate(client: &ClientRepresentation) -> bool {
-    let named_by_keycloak = client.client_id.is_some() && client.client_id == client.id;
+/// A client Keycloak named itself (`clientId` equal to its id): registered anonymously.
+pub fn named_by_keycloak(client: &ClientRepresentation) -> bool {
+    client.client_id.is_some() && client.client_id == client.id
+}
+
+/// A client Keycloak made from a metadata document (it carries Keycloak's CIMD attribute).
+pub fn from_metadata_document(client: &ClientRepresentation) -> bool {
     let attrs = client.attributes.as_ref();
-    named_by_keycloak || attrs.is_some_and(|a| a.contains_key(CIMD_CLIENT_ATTRIBUTE))
+    attrs.is_some_and(|a| a.contains_key(CIMD_CLIENT_ATTRIBUTE))
+}
+
+/// Whether the registration sweep or reaping could ever act on `client`: one Keycloak named
+/// itself or made from a metadata document. The realm's other clients (the servers' own,
+/// hand-made ones) are only counted, never kept in memory.
+pub fn registration_candidate(client: &ClientRepresentation) -> bool {
+    named_by_keycloak(client) || from_metadata_document(client)
 }
 
 /// Share of `maxClients` from which the guard rail warns.
@@ -379,9 +388,8 @@ pub fn registered_client_scopes(
     client: &ClientRepresentation,
     wanted: &[(String, ScopeType)],
 ) -> Vec<String> {
-    let named_by_keycloak = client.client_id.is_some() && client.client_id == client.id;
     let marked = (client.attributes.as_ref()).is_some_and(|a| a.contains_key(OWNER_ATTRIBUTE));
-    if !named_by_keycloak
+    if !named_by_keycloak(client)
         || marked
         || client
             .protocol

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use keycloak::types::{ClientRepresentation, RealmEventsConfigRepresentation};
 
-use super::cimd::CIMD_CLIENT_ATTRIBUTE;
+use super::cimd::{from_metadata_document, named_by_keycloak};
 use crate::api::{parse_duration, Reaping, OWNER_ATTRIBUTE};
 
 /// Events that count as a client being used.
@@ -63,15 +63,14 @@ pub enum Origin {
 pub fn origin(client: &ClientRepresentation, owner: &str) -> Option<Origin> {
     let attrs = client.attributes.as_ref();
     let marker = attrs.and_then(|a| a.get(OWNER_ATTRIBUTE));
-    let from_document = attrs.is_some_and(|a| a.contains_key(CIMD_CLIENT_ATTRIBUTE));
+    let from_document = from_metadata_document(client);
     let oidc = client
         .protocol
         .as_deref()
         .is_none_or(|p| p == "openid-connect");
-    let named_by_keycloak = client.client_id.is_some() && client.client_id == client.id;
     match (from_document, marker) {
         (true, Some(m)) if m == owner => Some(Origin::MetadataDocument),
-        (false, None) if named_by_keycloak && oidc => Some(Origin::Registered),
+        (false, None) if named_by_keycloak(client) && oidc => Some(Origin::Registered),
         _ => None,
     }
 }
@@ -239,6 +238,7 @@ pub fn events_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::cimd::CIMD_CLIENT_ATTRIBUTE;
 
     const OWNER: &str = "McpAuthPolicy/ns/acme";
     const DAY: i64 = 86_400_000;
