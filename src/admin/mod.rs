@@ -6,6 +6,7 @@
 mod audience;
 pub mod cimd;
 mod ensure;
+mod gate;
 mod reaping;
 mod rotation;
 mod shared;
@@ -261,6 +262,8 @@ pub struct KeycloakAdminClient {
     /// Per realm: its client scopes as last read (see
     /// [`KeycloakAdminClient::shared_client_scope`]).
     realm_scopes: shared::PerRealm<shared::ScopesById>,
+    /// Per realm: client creations apart from additions to its realm scope lists.
+    realm_gates: gate::RealmGates<(String, ScopeType)>,
 }
 
 impl std::fmt::Debug for KeycloakAdminClient {
@@ -315,6 +318,7 @@ impl KeycloakAdminClient {
             server_features: Mutex::new(None),
             scope_assignments: Default::default(),
             realm_scopes: Default::default(),
+            realm_gates: Default::default(),
         })
     }
 
@@ -529,7 +533,10 @@ impl KeycloakAdminClient {
         match write {
             Write::Create(c) => {
                 let create = || self.api.realm_clients_post(realm, c.clone());
-                self.create("create client", create).await.map(Some)
+                let gate = self.realm_gates.of(realm);
+                gate.shared(self.create("create client", create))
+                    .await
+                    .map(Some)
             }
             Write::Update(id, c) => self.update_client(realm, id, c).await.map(|()| None),
             Write::Delete(id) => self.delete_client(realm, id).await.map(|()| None),
@@ -701,10 +708,15 @@ impl KeycloakAdminClient {
         })
     }
 
-    /// Adds the scope to the realm's default or optional scopes.
+    /// Adds the scope to the realm's default or optional scopes, batched with other additions
+    /// and never while a client is created (see [`gate`]).
     pub async fn add_realm_scope_type(&self, realm: &str, id: &str, ty: ScopeType) -> Result<()> {
-        self.edit_scope_list(realm, ScopeList::Realm, ty, id, true)
-            .await
+        let add = |(id, ty): (String, ScopeType)| async move {
+            self.edit_scope_list(realm, ScopeList::Realm, ty, &id, true)
+                .await
+        };
+        let gate = self.realm_gates.of(realm);
+        gate.batched((id.to_string(), ty), add).await
     }
 
     /// Removes the scope from the realm's default or optional scopes; 404 counts as done.
