@@ -97,7 +97,14 @@ impl<K: Clone> Gate<K> {
         {
             self.until_idle().await;
             let _alone = self.lock.write().await;
-            for (next, done) in self.take_waiting(std::mem::take) {
+            let batch = self.take_waiting(std::mem::take);
+            if !batch.is_empty() {
+                tracing::debug!(
+                    additions = batch.len(),
+                    "realm scope list additions at once"
+                );
+            }
+            for (next, done) in batch {
                 let _ = done.send(write(next).await);
             }
         }
