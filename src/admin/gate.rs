@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{oneshot, Notify, RwLock};
 
@@ -26,7 +26,7 @@ impl<K> Default for RealmGates<K> {
     }
 }
 
-impl<K: Clone> RealmGates<K> {
+impl<K> RealmGates<K> {
     pub fn of(&self, realm: &str) -> Arc<Gate<K>> {
         let mut gates = self.0.lock().expect("gates poisoned");
         gates.entry(realm.to_string()).or_default().clone()
@@ -38,8 +38,11 @@ pub(super) struct Gate<K> {
     /// Shared work running or queued, and a wake-up when there is none.
     sharing: AtomicUsize,
     idle: Notify,
-    waiting: Mutex<Vec<(K, oneshot::Sender<Result<()>>)>>,
+    waiting: Mutex<Vec<Waiting<K>>>,
 }
+
+/// An item to write, and where its result goes.
+type Waiting<K> = (K, oneshot::Sender<Result<()>>);
 
 impl<K> Default for Gate<K> {
     fn default() -> Self {
@@ -93,11 +96,11 @@ impl<K: Clone> Gate<K> {
         Fut: Future<Output = Result<()>>,
     {
         let (done, result) = oneshot::channel();
-        self.take_waiting(|w| w.push((item.clone(), done)));
+        self.waiting().push((item.clone(), done));
         {
             self.until_idle().await;
             let _alone = self.lock.write().await;
-            let batch = self.take_waiting(std::mem::take);
+            let batch = std::mem::take(&mut *self.waiting());
             if !batch.is_empty() {
                 tracing::debug!(
                     additions = batch.len(),
@@ -118,11 +121,8 @@ impl<K: Clone> Gate<K> {
         }
     }
 
-    fn take_waiting<T>(
-        &self,
-        f: impl FnOnce(&mut Vec<(K, oneshot::Sender<Result<()>>)>) -> T,
-    ) -> T {
-        f(&mut self.waiting.lock().expect("gate poisoned"))
+    fn waiting(&self) -> MutexGuard<'_, Vec<Waiting<K>>> {
+        self.waiting.lock().expect("gate poisoned")
     }
 }
 
